@@ -1,0 +1,134 @@
+/* device.c - PCI devices, their context entries, DMA and the fault log. */
+#include <string.h>
+
+#include "hw.h"
+
+/* Devices are few (a table of max_dev slots) and looked up once per call,
+ * never per page, so a scan is enough. */
+static struct hw_device *find(const struct hw_iommu *io, uint32_t sbdf)
+{
+    for (uint32_t i = 0; i < io->max_dev; i++)
+        if (io->dev[i].used && io->dev[i].sbdf == sbdf)
+            return &io->dev[i];
+    return NULL;
+}
+
+int hw_dev_add(struct hw_iommu *io, uint32_t sbdf)
+{
+    if (find(io, sbdf))
+        return HW_E_EXISTS;
+    for (uint32_t i = 0; i < io->max_dev; i++) {
+        if (!io->dev[i].used) {
+            io->dev[i] = (struct hw_device){.sbdf = sbdf, .ctx = HW_CTX_NONE,
+                                            .used = 1};
+            return HW_OK;
+        }
+    }
+    return HW_E_NOSPC;
+}
+
+int hw_dev_remove(struct hw_iommu *io, uint32_t sbdf)
+{
+    struct hw_device *d = find(io, sbdf);
+    if (!d)
+        return HW_E_NODEV;
+    if (d->ctx != HW_CTX_NONE)
+        io->ctx[d->ctx].ndevices--;
+    d->used = 0;
+    return HW_OK;
+}
+
+int hw_dev_attach(struct hw_iommu *io, uint32_t sbdf, uint32_t ctx)
+{
+    struct hw_device *d = find(io, sbdf);
+    struct hw_ctx *c = NULL;
+    if (!d)
+        return HW_E_NODEV;
+    if (ctx != HW_CTX_NONE) {
+        int st = hw_ctx_get(io, ctx, &c);
+        if (st != HW_OK)
+            return st;
+        c->ndevices++;
+    }
+    uint32_t old = d->ctx;
+    /* The switch itself: one store of the context entry. The IOTLB is
+     * tagged by context, so no invalidation is needed for the device. */
+    d->ctx = ctx;
+    if (old != HW_CTX_NONE)
+        io->ctx[old].ndevices--;
+    return HW_OK;
+}
+
+int hw_dev_context(const struct hw_iommu *io, uint32_t sbdf, uint32_t *ctx)
+{
+    const struct hw_device *d = find(io, sbdf);
+    if (!d)
+        return HW_E_NODEV;
+    *ctx = d->ctx;
+    return HW_OK;
+}
+
+/* Full log: the new fault is dropped and the overflow flag set, as VT-d
+ * does when its fault-recording registers are all in use. */
+static void record(struct hw_iommu *io, uint32_t sbdf, uint64_t addr,
+                   int kind, int write)
+{
+    if (io->nfaults == io->fault_cap) {
+        io->fault_overflow = 1;
+        return;
+    }
+    io->faults[io->nfaults++] = (struct hw_fault_rec){
+        .addr = addr, .sbdf = sbdf, .kind = (uint8_t)kind,
+        .write = (uint8_t)(write != 0)};
+}
+
+int hw_dma(struct hw_iommu *io, uint32_t sbdf, uint64_t addr, void *buf,
+           uint64_t len, int write, uint64_t *done)
+{
+    const struct hw_device *d = find(io, sbdf);
+    uint8_t *p = buf;
+    *done = 0;
+    if (!d)
+        return HW_E_NODEV;
+    /* No wrap-around check on addr + *done: every page translated lies
+     * below max_iova < 2^48 and the first one above it faults. */
+    while (*done < len) {
+        uint64_t a = addr + *done, maddr = 0;
+        uint64_t chunk = HW_PAGE_SIZE - (a & (HW_PAGE_SIZE - 1));
+        struct hw_ctx *c;
+        int stale = 0, kind = HW_FAULT_BLOCKED;
+        /* The context entry is read per page, as hardware would. */
+        uint32_t ctx = d->ctx;
+        if (ctx != HW_CTX_NONE && hw_ctx_get(io, ctx, &c) == HW_OK)
+            kind = hw_xlate(io, ctx, a, write, &maddr, &stale);
+        if (stale)
+            return HW_E_STALE;
+        if (kind != HW_FAULT_NONE) {
+            record(io, sbdf, a, kind, write);
+            return HW_E_FAULT;
+        }
+        if (chunk > len - *done)
+            chunk = len - *done;
+        if (write)
+            memcpy(io->m->mem + maddr, p + *done, chunk);
+        else
+            memcpy(p + *done, io->m->mem + maddr, chunk);
+        *done += chunk;
+    }
+    return HW_OK;
+}
+
+uint32_t hw_faults_read(const struct hw_iommu *io, struct hw_fault_rec *out,
+                        uint32_t cap, int *overflow)
+{
+    uint32_t n = io->nfaults < cap ? io->nfaults : cap;
+    memcpy(out, io->faults, n * sizeof(*out));
+    *overflow = io->fault_overflow;
+    return n;
+}
+
+void hw_faults_clear(struct hw_iommu *io)
+{
+    io->nfaults = 0;
+    io->fault_overflow = 0;
+}

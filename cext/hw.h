@@ -1,0 +1,345 @@
+/*
+ * hw.h - the simulated hardware under xenemu: machine memory, a VT-d-like
+ * IOMMU (second-level I/O page tables, IOTLB, context entries) and DMA by PCI
+ * devices with fault recording.
+ *
+ * This is the only header of cext/. It describes every piece of data the C
+ * layer owns, so that the hot state (page tables, per-frame metadata, IOTLB)
+ * never becomes one Python object per page: Python calls in once per
+ * operation or per batch and passes runs of numbers as flat arrays.
+ *
+ * Everything here is independent of Xen's semantics (domains, p2m, errno):
+ * the Xen layer above maps these status codes to its own errors.
+ */
+#ifndef XENEMU_HW_H
+#define XENEMU_HW_H
+
+#include <stdint.h>
+
+/* --- constants ----------------------------------------------------------- */
+
+#define HW_PAGE_SHIFT 12
+#define HW_PAGE_SIZE (1ULL << HW_PAGE_SHIFT)
+
+/* A second-level PTE as in VT-d: bit 0 read, bit 1 write, the address field
+ * (bits 12..51) holds mfn << 12. An entry is present when R or W is set, so a
+ * zeroed table is an empty table, and non-leaf entries carry R|W. */
+#define HW_PTE_R 0x1ULL
+#define HW_PTE_W 0x2ULL
+#define HW_PTE_PERM (HW_PTE_R | HW_PTE_W)
+#define HW_PTE_ADDR 0x000FFFFFFFFFF000ULL
+#define HW_PT_ENTRIES 512
+#define HW_PT_SHIFT 9
+
+/* The address field limits machine memory to 2^52 bytes; 2^40 frames. */
+#define HW_MAX_FRAMES (1ULL << 40)
+
+/* Owner of a free or hypervisor-owned (e.g. page-table) frame. */
+#define HW_OWNER_NONE 0xFFFFu
+
+/* No context: a device attached to it is blocked (all its DMA faults). */
+#define HW_CTX_NONE 0xFFFFFFFFu
+
+/* Table sizes: 16-bit domain ids as in VT-d, a bus number space of
+ * devices, and a fault log far larger than hardware's few registers. */
+#define HW_MAX_CTX 65535u
+#define HW_MAX_DEV 65536u
+#define HW_MAX_FAULTS 65536u
+
+/* Interrupt (MSI) window: DMA writes there are interrupts, never memory. */
+#define HW_INTR_FIRST 0xFEE00000ULL
+#define HW_INTR_LAST 0xFEEFFFFFULL
+
+/* Status codes returned by every operation (0 = success). */
+enum hw_status {
+    HW_OK = 0,
+    HW_E_INVAL = 1,      /* argument out of its domain (perm, sizes, ...) */
+    HW_E_NOCTX = 2,      /* context id not allocated */
+    HW_E_RANGE = 3,      /* dfn/address beyond the IOMMU's address width */
+    HW_E_BADFRAME = 4,   /* mfn outside the machine, or frame not in use */
+    HW_E_PRESENT = 5,    /* map: dfn already mapped */
+    HW_E_NOTPRESENT = 6, /* unmap/lookup: no mapping at dfn */
+    HW_E_NOMEM = 7,      /* no free machine frame (e.g. for a table page) */
+    HW_E_BUSY = 8,       /* context has devices, or is being torn down */
+    HW_E_NODEV = 9,      /* device not registered */
+    HW_E_EXISTS = 10,    /* device already registered */
+    HW_E_NOSPC = 11,     /* context or device table full */
+    HW_E_STALE = 12,     /* check mode: an IOTLB hit disagrees with tables */
+    HW_E_FAULT = 13,     /* DMA stopped by a fault (recorded in the log) */
+    HW_E_REFCOUNT = 14,  /* reference count would overflow / go below 0 */
+};
+
+/* Translation fault kinds (0 = translated), as recorded in the fault log
+ * and returned per address by hw_translate. */
+enum hw_fault {
+    HW_FAULT_NONE = 0,
+    HW_FAULT_NOT_PRESENT = 1, /* no present leaf entry */
+    HW_FAULT_WRITE = 2,       /* write to an entry without W */
+    HW_FAULT_READ = 3,        /* read from an entry without R */
+    HW_FAULT_WIDTH = 4,       /* address above 2^width - 1 */
+    HW_FAULT_INTR = 5,        /* DMA into the interrupt window */
+    HW_FAULT_BLOCKED = 6,     /* device attached to no context */
+};
+
+/* --- machine memory ------------------------------------------------------ */
+
+/*
+ * Machine frames and their metadata. Every array is one anonymous
+ * MAP_NORESERVE mapping, so a 4 GiB machine costs only the pages touched and
+ * a never-touched entry reads as zero. The encodings are chosen so that zero
+ * is the right initial value: a free frame is all zero bytes, state 0, owner
+ * stored XOR 0xFFFF (so a zero entry reads as HW_OWNER_NONE).
+ *
+ * Allocation is O(1): frames below `watermark` have been handed out at least
+ * once; freed frames go on `free_stack` and are reused first (LIFO).
+ * Invariant: every free frame is zero (never touched, or MADV_DONTNEED on
+ * free), so page-table pages need no clearing and freeing returns memory.
+ */
+struct hw_machine {
+    uint8_t *mem;         /* nframes * 4 KiB of machine memory */
+    uint32_t *refcount;   /* page references (taken by the Xen layer) */
+    uint16_t *owner_x;    /* owner domid XOR 0xFFFF */
+    uint8_t *in_use;      /* 1 while allocated: catches double free */
+    uint64_t *free_stack; /* freed mfns, top at free_top - 1 */
+    uint64_t nframes;
+    uint64_t watermark;
+    uint64_t free_top;
+    uint64_t used;        /* frames currently allocated */
+};
+
+/* size is in bytes, a non-zero multiple of 4 KiB below HW_MAX_FRAMES pages.
+ * Returns NULL on bad size or when the mappings can't be made. */
+struct hw_machine *hw_machine_create(uint64_t size);
+void hw_machine_destroy(struct hw_machine *m);
+
+/* Allocate n frames for `owner` into out[0..n): all or nothing
+ * (HW_E_NOMEM leaves nothing allocated). Refcounts start at 0. */
+int hw_frames_alloc(struct hw_machine *m, uint16_t owner, uint64_t n,
+                    uint64_t *out);
+/* Free n frames: all must be in use with refcount 0, else nothing is freed
+ * and *bad is the index of the first offender (HW_E_BADFRAME/REFCOUNT). */
+int hw_frames_free(struct hw_machine *m, const uint64_t *mfns, uint64_t n,
+                   uint64_t *bad);
+/* Take (delta +1) or drop (delta -1) one reference on each of n frames.
+ * mfns == NULL means the contiguous run first..first+n-1. All or nothing:
+ * on error *bad is the index of the first frame that is outside the
+ * machine, not in use, or whose count would overflow or underflow. */
+int hw_refs_adjust(struct hw_machine *m, const uint64_t *mfns, uint64_t first,
+                   uint64_t n, int delta, uint64_t *bad);
+/* Read refcounts and owners of n frames (either output may be NULL). */
+int hw_frames_info(const struct hw_machine *m, const uint64_t *mfns,
+                   uint64_t n, uint32_t *refs, uint16_t *owners,
+                   uint64_t *bad);
+/* Give n in-use frames to a new owner (all or nothing). */
+int hw_frames_set_owner(struct hw_machine *m, const uint64_t *mfns,
+                        uint64_t n, uint16_t owner, uint64_t *bad);
+/* Copy bytes out of / into machine memory at machine address maddr. */
+int hw_mem_read(const struct hw_machine *m, uint64_t maddr, void *buf,
+                uint64_t len);
+int hw_mem_write(struct hw_machine *m, uint64_t maddr, const void *buf,
+                 uint64_t len);
+
+/* Internal to cext/: one zeroed frame for the IOMMU's tables, and back. */
+int hw_frame_take(struct hw_machine *m, uint16_t owner, uint64_t *mfn);
+void hw_frame_release(struct hw_machine *m, uint64_t mfn);
+
+/* --- IOTLB --------------------------------------------------------------- */
+
+/* Counters kept per IOMMU and per context. `walks` counts page-table entries
+ * read by the hardware walker (one per level visited), so a miss that stops
+ * at a non-present upper entry costs fewer walks than a full one. */
+struct hw_counters {
+    uint64_t hits;
+    uint64_t misses;
+    uint64_t walks;
+    uint64_t invalidations; /* invalidation requests, not entries dropped */
+    uint64_t stale;         /* check mode: hits found stale */
+};
+
+/* One cached translation, tagged by (context id, dfn) so contexts never see
+ * each other's entries. Only present translations are cached: a not-present
+ * walk fills nothing, so map never needs an invalidation (there is no
+ * negative entry to go stale), and map never overwrites a present entry. */
+struct hw_tlb_entry {
+    uint64_t dfn;
+    uint64_t mfn;
+    uint32_t ctx;
+    uint8_t perm;  /* HW_PTE_R / HW_PTE_W */
+    uint8_t valid;
+};
+
+/* Set-associative: `ways` entries per set, set chosen by a hash of
+ * (ctx, dfn); a full set evicts round-robin (rr[set]). Deterministic, so the
+ * pure-Python reference reproduces hits and misses exactly. */
+struct hw_iotlb {
+    struct hw_tlb_entry *e; /* nsets * ways */
+    uint8_t *rr;            /* next victim way per set */
+    uint32_t nsets;         /* power of two */
+    uint32_t ways;
+};
+
+/* --- IOMMU, contexts and devices ----------------------------------------- */
+
+enum hw_ctx_state { HW_CTX_FREE = 0, HW_CTX_LIVE = 1, HW_CTX_DYING = 2 };
+
+/* A hardware translation domain (a VT-d domain id): one root table. */
+struct hw_ctx {
+    uint64_t root;         /* mfn of the top-level table */
+    uint64_t mapped;       /* present leaf entries */
+    uint64_t tables;       /* table pages, root included */
+    uint64_t td_cursor;    /* teardown: next dfn to examine */
+    uint32_t ndevices;     /* devices whose context entry points here */
+    uint8_t state;         /* enum hw_ctx_state */
+    struct hw_counters cnt;
+};
+
+/* A PCI device's context entry: `ctx` is the only thing DMA reads, and
+ * reattach replaces it with one aligned 32-bit store, so a device always
+ * translates through either the old or the new context, never "none". */
+struct hw_device {
+    uint32_t sbdf;         /* seg << 16 | bus << 8 | devfn */
+    uint32_t ctx;          /* HW_CTX_NONE = blocked */
+    uint8_t used;
+};
+
+/* One fault-recording slot, like VT-d's fault recording registers. */
+struct hw_fault_rec {
+    uint64_t addr;
+    uint32_t sbdf;
+    uint8_t kind;          /* enum hw_fault */
+    uint8_t write;
+};
+
+struct hw_iommu {
+    struct hw_machine *m;
+    uint32_t width;        /* 39 (3 levels) or 48 (4 levels) */
+    uint32_t levels;
+    uint64_t max_iova;     /* 2^width - 1 */
+    struct hw_ctx *ctx;    /* max_ctx slots, id = index */
+    uint32_t *ctx_free;    /* freed ids, reused LIFO before the watermark */
+    uint32_t max_ctx;
+    uint32_t ctx_watermark;
+    uint32_t ctx_free_top;
+    struct hw_device *dev;
+    uint32_t max_dev;
+    struct hw_fault_rec *faults;
+    uint32_t fault_cap;
+    uint32_t nfaults;
+    uint8_t fault_overflow; /* a fault arrived with the log full: dropped */
+    uint8_t check;          /* verify every IOTLB hit against the tables */
+    struct hw_iotlb tlb;
+    struct hw_counters cnt;
+};
+
+/* width must be 39 or 48; iotlb_entries and ways powers of two with
+ * ways <= entries <= 2^20 and ways <= 64. NULL on bad arguments. The IOMMU
+ * takes its table pages from m, which must outlive it. */
+struct hw_iommu *hw_iommu_create(struct hw_machine *m, uint32_t width,
+                                 uint32_t max_ctx, uint32_t max_dev,
+                                 uint32_t iotlb_entries, uint32_t iotlb_ways,
+                                 uint32_t fault_cap);
+/* Frees IOMMU bookkeeping and every table page still held. */
+void hw_iommu_destroy(struct hw_iommu *io);
+void hw_iommu_set_check(struct hw_iommu *io, int on);
+
+/* Context lifetime. alloc takes a root table frame (HW_E_NOMEM) and an id
+ * (HW_E_NOSPC). Teardown is preemptible: each call examines at most `budget`
+ * leaf slots, writes the mfns it unmaps to out (out_cap >= budget), and
+ * sets *finished when the context is gone (tables freed, id reusable). The
+ * first call refuses a context with devices (HW_E_BUSY), invalidates its
+ * IOTLB entries and marks it dying: from then on only teardown accepts it. */
+int hw_ctx_alloc(struct hw_iommu *io, uint32_t *id);
+int hw_ctx_teardown(struct hw_iommu *io, uint32_t id, uint64_t budget,
+                    uint64_t *out, uint64_t out_cap, uint64_t *written,
+                    int *finished);
+/* Counts and counters of one context / of the whole IOMMU. */
+int hw_ctx_info(const struct hw_iommu *io, uint32_t id, uint64_t *mapped,
+                uint64_t *tables, struct hw_counters *cnt);
+void hw_iommu_counters(const struct hw_iommu *io, struct hw_counters *cnt);
+
+/* Map n pages dfn.. -> mfns[i] (or first_mfn + i when mfns is NULL) with
+ * perm (non-empty subset of R|W). Stops at the first page that is beyond the
+ * width, has a bad mfn, is already present, or needs a table page when none
+ * is left; *done counts pages mapped before it. */
+int hw_map(struct hw_iommu *io, uint32_t id, uint64_t dfn, uint64_t n,
+           const uint64_t *mfns, uint64_t first_mfn, uint32_t perm,
+           uint64_t *done);
+/* Unmap n pages from dfn, writing each unmapped mfn to out (out_cap >= n).
+ * Stops at the first hole (HW_E_NOTPRESENT) or dfn beyond the width. With
+ * flush set, the done pages are invalidated from the IOTLB; without it the
+ * caller must invalidate (as Xen defers iommu_iotlb_flush). */
+int hw_unmap(struct hw_iommu *io, uint32_t id, uint64_t dfn, uint64_t n,
+             uint64_t *out, uint64_t out_cap, int flush, uint64_t *done);
+/* Software read of the tables (no IOTLB, no counters). */
+int hw_lookup(struct hw_iommu *io, uint32_t id, uint64_t dfn,
+              uint64_t *mfn, uint32_t *perm);
+/* Translate n device addresses through the IOTLB for a read or a write:
+ * maddr[i] is the machine address, fault[i] the fault kind (0 = ok; maddr
+ * is then 0). Returns HW_E_STALE (after counting it) at the first stale hit
+ * in check mode, with *done the addresses translated before it. */
+int hw_translate(struct hw_iommu *io, uint32_t id, const uint64_t *addrs,
+                 uint64_t n, int write, uint64_t *maddr, uint8_t *fault,
+                 uint64_t *done);
+
+/* IOTLB invalidation: pages [dfn, dfn+n) of a context, a context, all. */
+int hw_inval_pages(struct hw_iommu *io, uint32_t id, uint64_t dfn,
+                   uint64_t n);
+int hw_inval_ctx(struct hw_iommu *io, uint32_t id);
+void hw_inval_all(struct hw_iommu *io);
+
+/* Internal to cext/ (iotlb.c): lookup, fill and drop of cached entries. */
+int hw_tlb_init(struct hw_iotlb *t, uint32_t entries, uint32_t ways);
+void hw_tlb_fini(struct hw_iotlb *t);
+struct hw_tlb_entry *hw_tlb_find(struct hw_iotlb *t, uint32_t ctx,
+                                 uint64_t dfn);
+void hw_tlb_fill(struct hw_iotlb *t, uint32_t ctx, uint64_t dfn, uint64_t mfn,
+                 uint8_t perm);
+void hw_tlb_drop_range(struct hw_iotlb *t, uint32_t ctx, uint64_t dfn,
+                       uint64_t n);
+void hw_tlb_drop_ctx(struct hw_iotlb *t, uint32_t ctx);
+void hw_tlb_drop_all(struct hw_iotlb *t);
+
+/* Internal to cext/ (pagetable.c): walk for the translation path; returns
+ * the leaf PTE or 0 and adds the entries read to *walks. */
+uint64_t hw_pt_walk(const struct hw_iommu *io, const struct hw_ctx *c,
+                    uint64_t dfn, uint64_t *walks);
+/* Internal: state of one teardown slice. out == NULL discards the mfns
+ * (used when the whole IOMMU is destroyed). */
+struct hw_td {
+    uint64_t budget;  /* leaf slots still to examine in this slice */
+    uint64_t *out;
+    uint64_t written;
+};
+/* Internal: clear and free a context's tables from c->td_cursor on;
+ * returns 1 when everything, root included, is freed. */
+int hw_pt_teardown(struct hw_iommu *io, struct hw_ctx *c, struct hw_td *s);
+/* Internal: the live context `id` (HW_E_NOCTX if not allocated, HW_E_BUSY
+ * while it is being torn down). */
+int hw_ctx_get(const struct hw_iommu *io, uint32_t id, struct hw_ctx **c);
+/* Internal: translate one device address through context id (live) and the
+ * IOTLB; returns the fault kind. *stale is set (check mode) when the hit
+ * was stale: the result must then not be used. */
+int hw_xlate(struct hw_iommu *io, uint32_t id, uint64_t addr, int write,
+             uint64_t *maddr, int *stale);
+
+/* Devices. add/remove register an sbdf (a removed device is detached).
+ * attach points the device's context entry at a live context, or at none
+ * (HW_CTX_NONE = blocked), in one store. */
+int hw_dev_add(struct hw_iommu *io, uint32_t sbdf);
+int hw_dev_remove(struct hw_iommu *io, uint32_t sbdf);
+int hw_dev_attach(struct hw_iommu *io, uint32_t sbdf, uint32_t ctx);
+int hw_dev_context(const struct hw_iommu *io, uint32_t sbdf, uint32_t *ctx);
+
+/* DMA of len bytes at device address addr, page by page through the
+ * device's current context. *done = bytes moved; a fault stops the transfer,
+ * is recorded in the log and returns HW_E_FAULT. */
+int hw_dma(struct hw_iommu *io, uint32_t sbdf, uint64_t addr, void *buf,
+           uint64_t len, int write, uint64_t *done);
+
+/* Fault log: copy up to cap records (oldest first) and the overflow flag;
+ * clear empties the log and resets the flag. */
+uint32_t hw_faults_read(const struct hw_iommu *io, struct hw_fault_rec *out,
+                        uint32_t cap, int *overflow);
+void hw_faults_clear(struct hw_iommu *io);
+
+#endif

@@ -1,0 +1,244 @@
+/* iommu.c - the IOMMU object: contexts (lifetime, counters), IOTLB
+ * invalidation requests and address translation through the IOTLB. */
+#include <stdlib.h>
+
+#include "hw.h"
+
+struct hw_iommu *hw_iommu_create(struct hw_machine *m, uint32_t width,
+                                 uint32_t max_ctx, uint32_t max_dev,
+                                 uint32_t iotlb_entries, uint32_t iotlb_ways,
+                                 uint32_t fault_cap)
+{
+    if (!m || (width != 39 && width != 48) || max_ctx == 0 ||
+        max_ctx > HW_MAX_CTX || max_dev == 0 || max_dev > HW_MAX_DEV ||
+        fault_cap == 0 || fault_cap > HW_MAX_FAULTS)
+        return NULL;
+    struct hw_iommu *io = calloc(1, sizeof(*io));
+    if (!io)
+        return NULL;
+    io->m = m;
+    io->width = width;
+    /* 12 offset bits, then 9 bits per level. */
+    io->levels = (width - HW_PAGE_SHIFT) / HW_PT_SHIFT;
+    io->max_iova = (1ULL << width) - 1;
+    io->max_ctx = max_ctx;
+    io->max_dev = max_dev;
+    io->fault_cap = fault_cap;
+    io->ctx = calloc(max_ctx, sizeof(*io->ctx));
+    io->ctx_free = calloc(max_ctx, sizeof(*io->ctx_free));
+    io->dev = calloc(max_dev, sizeof(*io->dev));
+    io->faults = calloc(fault_cap, sizeof(*io->faults));
+    if (!io->ctx || !io->ctx_free || !io->dev || !io->faults ||
+        hw_tlb_init(&io->tlb, iotlb_entries, iotlb_ways) != HW_OK) {
+        hw_iommu_destroy(io);
+        return NULL;
+    }
+    return io;
+}
+
+void hw_iommu_destroy(struct hw_iommu *io)
+{
+    if (!io)
+        return;
+    for (uint32_t i = 0; io->ctx && i < io->ctx_watermark; i++) {
+        if (io->ctx[i].state == HW_CTX_FREE)
+            continue;
+        struct hw_td all = {.budget = UINT64_MAX};
+        hw_pt_teardown(io, &io->ctx[i], &all);
+    }
+    hw_tlb_fini(&io->tlb);
+    free(io->ctx);
+    free(io->ctx_free);
+    free(io->dev);
+    free(io->faults);
+    free(io);
+}
+
+void hw_iommu_set_check(struct hw_iommu *io, int on)
+{
+    io->check = on != 0;
+}
+
+int hw_ctx_get(const struct hw_iommu *io, uint32_t id, struct hw_ctx **c)
+{
+    if (id >= io->max_ctx || io->ctx[id].state == HW_CTX_FREE)
+        return HW_E_NOCTX;
+    if (io->ctx[id].state == HW_CTX_DYING)
+        return HW_E_BUSY;
+    *c = &io->ctx[id];
+    return HW_OK;
+}
+
+int hw_ctx_alloc(struct hw_iommu *io, uint32_t *id)
+{
+    uint64_t root;
+    if (!io->ctx_free_top && io->ctx_watermark == io->max_ctx)
+        return HW_E_NOSPC;
+    if (hw_frame_take(io->m, HW_OWNER_NONE, &root) != HW_OK)
+        return HW_E_NOMEM;
+    uint32_t i = io->ctx_free_top ? io->ctx_free[--io->ctx_free_top]
+                                  : io->ctx_watermark++;
+    /* A reused id starts with fresh counters. */
+    io->ctx[i] = (struct hw_ctx){.root = root, .tables = 1,
+                                 .state = HW_CTX_LIVE};
+    *id = i;
+    return HW_OK;
+}
+
+static void inval_ctx(struct hw_iommu *io, uint32_t id)
+{
+    hw_tlb_drop_ctx(&io->tlb, id);
+    io->ctx[id].cnt.invalidations++;
+    io->cnt.invalidations++;
+}
+
+int hw_ctx_teardown(struct hw_iommu *io, uint32_t id, uint64_t budget,
+                    uint64_t *out, uint64_t out_cap, uint64_t *written,
+                    int *finished)
+{
+    *written = 0;
+    *finished = 0;
+    if (budget == 0 || !out || out_cap < budget)
+        return HW_E_INVAL;
+    if (id >= io->max_ctx || io->ctx[id].state == HW_CTX_FREE)
+        return HW_E_NOCTX;
+    struct hw_ctx *c = &io->ctx[id];
+    if (c->state == HW_CTX_LIVE) {
+        if (c->ndevices)
+            return HW_E_BUSY;
+        /* Dying contexts refuse translation, so the IOTLB can't refill
+         * with entries for it: one invalidation here covers the rest. */
+        c->state = HW_CTX_DYING;
+        c->td_cursor = 0;
+        inval_ctx(io, id);
+    }
+    struct hw_td s = {.budget = budget, .out = out};
+    int all = hw_pt_teardown(io, c, &s);
+    *written = s.written;
+    if (all) {
+        c->state = HW_CTX_FREE;
+        io->ctx_free[io->ctx_free_top++] = id;
+        *finished = 1;
+    }
+    return HW_OK;
+}
+
+int hw_ctx_info(const struct hw_iommu *io, uint32_t id, uint64_t *mapped,
+                uint64_t *tables, struct hw_counters *cnt)
+{
+    if (id >= io->max_ctx || io->ctx[id].state == HW_CTX_FREE)
+        return HW_E_NOCTX;
+    *mapped = io->ctx[id].mapped;
+    *tables = io->ctx[id].tables;
+    *cnt = io->ctx[id].cnt;
+    return HW_OK;
+}
+
+void hw_iommu_counters(const struct hw_iommu *io, struct hw_counters *cnt)
+{
+    *cnt = io->cnt;
+}
+
+int hw_inval_pages(struct hw_iommu *io, uint32_t id, uint64_t dfn, uint64_t n)
+{
+    struct hw_ctx *c;
+    int st = hw_ctx_get(io, id, &c);
+    if (st != HW_OK)
+        return st;
+    hw_tlb_drop_range(&io->tlb, id, dfn, n);
+    c->cnt.invalidations++;
+    io->cnt.invalidations++;
+    return HW_OK;
+}
+
+int hw_inval_ctx(struct hw_iommu *io, uint32_t id)
+{
+    struct hw_ctx *c;
+    int st = hw_ctx_get(io, id, &c);
+    if (st != HW_OK)
+        return st;
+    inval_ctx(io, id);
+    return HW_OK;
+}
+
+void hw_inval_all(struct hw_iommu *io)
+{
+    hw_tlb_drop_all(&io->tlb);
+    io->cnt.invalidations++;
+}
+
+static int perm_fault(uint8_t perm, int write)
+{
+    if (write && !(perm & HW_PTE_W))
+        return HW_FAULT_WRITE;
+    if (!write && !(perm & HW_PTE_R))
+        return HW_FAULT_READ;
+    return HW_FAULT_NONE;
+}
+
+int hw_xlate(struct hw_iommu *io, uint32_t id, uint64_t addr, int write,
+             uint64_t *maddr, int *stale)
+{
+    struct hw_ctx *c = &io->ctx[id];
+    uint64_t dfn = addr >> HW_PAGE_SHIFT, mfn, walks = 0;
+    uint8_t perm;
+    *maddr = 0;
+    *stale = 0;
+    if (addr > io->max_iova)
+        return HW_FAULT_WIDTH;
+    if (addr >= HW_INTR_FIRST && addr <= HW_INTR_LAST)
+        return HW_FAULT_INTR;
+    struct hw_tlb_entry *e = hw_tlb_find(&io->tlb, id, dfn);
+    if (e) {
+        c->cnt.hits++;
+        io->cnt.hits++;
+        mfn = e->mfn;
+        perm = e->perm;
+        if (io->check) {
+            uint64_t pte = hw_pt_walk(io, c, dfn, &walks);
+            if ((pte & HW_PTE_ADDR) >> HW_PAGE_SHIFT != mfn ||
+                (pte & HW_PTE_PERM) != perm) {
+                c->cnt.stale++;
+                io->cnt.stale++;
+                *stale = 1;
+                return HW_FAULT_NONE;
+            }
+        }
+    } else {
+        c->cnt.misses++;
+        io->cnt.misses++;
+        uint64_t pte = hw_pt_walk(io, c, dfn, &walks);
+        c->cnt.walks += walks;
+        io->cnt.walks += walks;
+        if (!pte)
+            return HW_FAULT_NOT_PRESENT;
+        mfn = (pte & HW_PTE_ADDR) >> HW_PAGE_SHIFT;
+        perm = (uint8_t)(pte & HW_PTE_PERM);
+        /* Cached even if this access faults: the entry itself is valid. */
+        hw_tlb_fill(&io->tlb, id, dfn, mfn, perm);
+    }
+    int f = perm_fault(perm, write);
+    if (f == HW_FAULT_NONE)
+        *maddr = (mfn << HW_PAGE_SHIFT) | (addr & (HW_PAGE_SIZE - 1));
+    return f;
+}
+
+int hw_translate(struct hw_iommu *io, uint32_t id, const uint64_t *addrs,
+                 uint64_t n, int write, uint64_t *maddr, uint8_t *fault,
+                 uint64_t *done)
+{
+    struct hw_ctx *c;
+    int st = hw_ctx_get(io, id, &c);
+    *done = 0;
+    if (st != HW_OK)
+        return st;
+    for (uint64_t i = 0; i < n; i++) {
+        int stale;
+        int f = hw_xlate(io, id, addrs[i], write, &maddr[i], &stale);
+        if (stale)
+            return HW_E_STALE;
+        fault[i] = (uint8_t)f;
+        (*done)++;
+    }
+    return HW_OK;
+}

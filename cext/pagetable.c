@@ -1,0 +1,222 @@
+/* pagetable.c - the VT-d-like second-level I/O page tables of a context:
+ * map, unmap, lookup, the hardware walk and the teardown walk. Tables are
+ * 4 KiB machine frames holding 512 little-endian 64-bit entries. */
+#include <stddef.h>
+
+#include "hw.h"
+
+static uint64_t *table(const struct hw_machine *m, uint64_t mfn)
+{
+    return (uint64_t *)(void *)(m->mem + mfn * HW_PAGE_SIZE);
+}
+
+static uint64_t pte_mfn(uint64_t pte)
+{
+    return (pte & HW_PTE_ADDR) >> HW_PAGE_SHIFT;
+}
+
+/* Tables live in simulated memory that raw writes can corrupt, so an entry
+ * pointing outside the machine counts as not present: nothing ever follows
+ * it out of bounds. */
+static int present(const struct hw_machine *m, uint64_t pte)
+{
+    return (pte & HW_PTE_PERM) && pte_mfn(pte) < m->nframes;
+}
+
+static uint32_t index_at(uint64_t dfn, uint32_t level)
+{
+    return (uint32_t)(dfn >> (HW_PT_SHIFT * (level - 1))) & (HW_PT_ENTRIES - 1);
+}
+
+/* The leaf table covering dfn, creating missing tables when `create` is
+ * set. NULL with *st = HW_E_NOTPRESENT (no create) or HW_E_NOMEM. */
+static uint64_t *leaf_table(struct hw_iommu *io, struct hw_ctx *c,
+                            uint64_t dfn, int create, int *st)
+{
+    uint64_t mfn = c->root;
+    for (uint32_t l = io->levels; l > 1; l--) {
+        uint64_t *pte = &table(io->m, mfn)[index_at(dfn, l)];
+        if (!present(io->m, *pte)) {
+            uint64_t fresh;
+            if (!create) {
+                *st = HW_E_NOTPRESENT;
+                return NULL;
+            }
+            if (hw_frame_take(io->m, HW_OWNER_NONE, &fresh) != HW_OK) {
+                *st = HW_E_NOMEM;
+                return NULL;
+            }
+            c->tables++;
+            *pte = (fresh << HW_PAGE_SHIFT) | HW_PTE_PERM;
+        }
+        mfn = pte_mfn(*pte);
+    }
+    return table(io->m, mfn);
+}
+
+static uint64_t max_dfn(const struct hw_iommu *io)
+{
+    return io->max_iova >> HW_PAGE_SHIFT;
+}
+
+int hw_map(struct hw_iommu *io, uint32_t id, uint64_t dfn, uint64_t n,
+           const uint64_t *mfns, uint64_t first_mfn, uint32_t perm,
+           uint64_t *done)
+{
+    struct hw_ctx *c;
+    int st = hw_ctx_get(io, id, &c);
+    *done = 0;
+    if (st != HW_OK)
+        return st;
+    if (perm == 0 || (perm & ~HW_PTE_PERM))
+        return HW_E_INVAL;
+    uint64_t *leaf = NULL;
+    for (uint64_t i = 0; i < n; i++) {
+        uint64_t d = dfn + i;
+        uint64_t mfn = mfns ? mfns[i] : first_mfn + i;
+        if (d < dfn || d > max_dfn(io))
+            return HW_E_RANGE;
+        if (mfn >= io->m->nframes || (!mfns && mfn < first_mfn))
+            return HW_E_BADFRAME;
+        /* One walk per leaf table, not per page. */
+        if (!leaf || index_at(d, 1) == 0) {
+            leaf = leaf_table(io, c, d, 1, &st);
+            if (!leaf)
+                return st;
+        }
+        uint64_t *pte = &leaf[index_at(d, 1)];
+        if (present(io->m, *pte))
+            return HW_E_PRESENT;
+        *pte = (mfn << HW_PAGE_SHIFT) | perm;
+        c->mapped++;
+        (*done)++;
+    }
+    return HW_OK;
+}
+
+int hw_unmap(struct hw_iommu *io, uint32_t id, uint64_t dfn, uint64_t n,
+             uint64_t *out, uint64_t out_cap, int flush, uint64_t *done)
+{
+    struct hw_ctx *c;
+    int st = hw_ctx_get(io, id, &c);
+    *done = 0;
+    if (st != HW_OK)
+        return st;
+    if (out_cap < n)
+        return HW_E_INVAL;
+    uint64_t *leaf = NULL;
+    for (uint64_t i = 0; i < n; i++) {
+        uint64_t d = dfn + i;
+        if (d < dfn || d > max_dfn(io)) {
+            st = HW_E_RANGE;
+            break;
+        }
+        if (!leaf || index_at(d, 1) == 0) {
+            leaf = leaf_table(io, c, d, 0, &st);
+            if (!leaf)
+                break;
+        }
+        uint64_t *pte = &leaf[index_at(d, 1)];
+        if (!present(io->m, *pte)) {
+            st = HW_E_NOTPRESENT;
+            break;
+        }
+        out[i] = pte_mfn(*pte);
+        *pte = 0;
+        c->mapped--;
+        (*done)++;
+    }
+    /* The pages done are gone from the tables whatever stopped the run, so
+     * the flush covers exactly them. */
+    if (flush && *done) {
+        hw_tlb_drop_range(&io->tlb, id, dfn, *done);
+        c->cnt.invalidations++;
+        io->cnt.invalidations++;
+    }
+    return st;
+}
+
+int hw_lookup(struct hw_iommu *io, uint32_t id, uint64_t dfn,
+              uint64_t *mfn, uint32_t *perm)
+{
+    struct hw_ctx *c;
+    int st = hw_ctx_get(io, id, &c);
+    if (st != HW_OK)
+        return st;
+    if (dfn > max_dfn(io))
+        return HW_E_RANGE;
+    uint64_t *leaf = leaf_table(io, c, dfn, 0, &st);
+    if (!leaf)
+        return st;
+    uint64_t pte = leaf[index_at(dfn, 1)];
+    if (!present(io->m, pte))
+        return HW_E_NOTPRESENT;
+    *mfn = pte_mfn(pte);
+    *perm = (uint32_t)(pte & HW_PTE_PERM);
+    return HW_OK;
+}
+
+uint64_t hw_pt_walk(const struct hw_iommu *io, const struct hw_ctx *c,
+                    uint64_t dfn, uint64_t *walks)
+{
+    uint64_t mfn = c->root;
+    for (uint32_t l = io->levels; l >= 1; l--) {
+        uint64_t pte = table(io->m, mfn)[index_at(dfn, l)];
+        (*walks)++;
+        if (!present(io->m, pte))
+            return 0;
+        if (l == 1)
+            return pte;
+        mfn = pte_mfn(pte);
+    }
+    return 0;
+}
+
+/* Clears the subtree of the table at `mfn` (covering dfns from `base`),
+ * resuming at c->td_cursor. Returns 1 when the table is empty (the caller
+ * frees it), 0 when the budget ran out, the cursor then naming the next
+ * leaf slot to examine. */
+static int td_table(struct hw_iommu *io, struct hw_ctx *c, struct hw_td *s,
+                    uint64_t mfn, uint32_t level, uint64_t base)
+{
+    uint64_t *t = table(io->m, mfn);
+    uint32_t shift = HW_PT_SHIFT * (level - 1);
+    /* Slots before the cursor were cleared by earlier calls. */
+    uint32_t i = c->td_cursor > base
+                     ? (uint32_t)((c->td_cursor - base) >> shift) : 0;
+    for (; i < HW_PT_ENTRIES; i++) {
+        uint64_t d = base + ((uint64_t)i << shift);
+        if (level == 1) {
+            if (!s->budget) {
+                c->td_cursor = d;
+                return 0;
+            }
+            s->budget--;
+            if (present(io->m, t[i])) {
+                if (s->out)
+                    s->out[s->written++] = pte_mfn(t[i]);
+                c->mapped--;
+            }
+            t[i] = 0;
+            continue;
+        }
+        if (!present(io->m, t[i]))
+            continue;
+        uint64_t child = pte_mfn(t[i]);
+        if (!td_table(io, c, s, child, level - 1, d))
+            return 0;
+        hw_frame_release(io->m, child);
+        c->tables--;
+        t[i] = 0;
+    }
+    return 1;
+}
+
+int hw_pt_teardown(struct hw_iommu *io, struct hw_ctx *c, struct hw_td *s)
+{
+    if (!td_table(io, c, s, c->root, io->levels, 0))
+        return 0;
+    hw_frame_release(io->m, c->root);
+    c->tables--;
+    return 1;
+}

@@ -1,0 +1,120 @@
+"""Names shared by both implementations of the simulated hardware.
+
+The values mirror cext/hw.h (a test checks they agree with the compiled
+library), so the pure-Python reference needs no C to run.
+"""
+from __future__ import annotations
+
+import enum
+from typing import NamedTuple
+
+PAGE_SHIFT = 12
+PAGE_SIZE = 1 << PAGE_SHIFT
+
+PERM_R = 0x1  #: VT-d second-level PTE bit 0: reads allowed
+PERM_W = 0x2  #: bit 1: writes allowed
+PERM_RW = PERM_R | PERM_W
+
+OWNER_NONE = 0xFFFF  #: owner of a free or hypervisor-owned frame
+INTR_FIRST = 0xFEE00000  #: interrupt (MSI) window, never memory for DMA
+INTR_LAST = 0xFEEFFFFF
+
+MAX_CONTEXTS = 65535
+MAX_DEVICES = 65536
+MAX_FAULTS = 65536
+
+
+class Status(enum.IntEnum):
+    """Why an operation stopped (0 = it did not)."""
+
+    OK = 0
+    INVAL = 1  #: argument out of its domain
+    NOCTX = 2  #: context id not allocated
+    RANGE = 3  #: dfn / address beyond the address width
+    BADFRAME = 4  #: mfn outside the machine, or frame not in use
+    PRESENT = 5  #: map: dfn already mapped
+    NOTPRESENT = 6  #: unmap: hole
+    NOMEM = 7  #: no free machine frame (data or table page)
+    BUSY = 8  #: context has devices / is being torn down
+    NODEV = 9  #: device not registered
+    EXISTS = 10  #: device already registered
+    NOSPC = 11  #: context or device table full
+    STALE = 12  #: check mode: an IOTLB hit disagreed with the tables
+    FAULT = 13  #: DMA stopped by a translation fault (see the fault log)
+    REFCOUNT = 14  #: reference count would overflow or go below zero
+
+
+class Fault(enum.IntEnum):
+    """Translation fault kinds, as in the fault log and translate()."""
+
+    NONE = 0
+    NOT_PRESENT = 1
+    WRITE = 2  #: write through an entry without PERM_W
+    READ = 3  #: read through an entry without PERM_R
+    WIDTH = 4  #: address above max_iova_addr
+    INTR = 5  #: DMA into the interrupt window
+    BLOCKED = 6  #: device attached to no context
+
+
+class HwError(Exception):
+    """An operation refused as a whole. `index` names the offending element
+    of a batch (all-or-nothing frame operations), else None."""
+
+    def __init__(self, status: int, index: int | None = None):
+        self.status = Status(status)
+        self.index = index
+        where = "" if index is None else f" at index {index}"
+        super().__init__(f"{self.status.name}{where}")
+
+
+class StaleIotlbError(HwError):
+    """Check mode found an IOTLB hit that no longer matches the page tables
+    (someone changed a mapping without invalidating). `done` = addresses
+    translated (translate) or bytes moved (DMA) before it."""
+
+    def __init__(self, done: int):
+        super().__init__(Status.STALE)
+        self.done = done
+
+
+class FaultRecord(NamedTuple):
+    sbdf: int
+    addr: int
+    kind: Fault
+    write: bool
+
+
+class Counters(NamedTuple):
+    """IOTLB counters. `walks` counts page-table entries read by the
+    walker (one per level visited), `invalidations` invalidation requests."""
+
+    hits: int
+    misses: int
+    walks: int
+    invalidations: int
+    stale: int
+
+
+class ContextInfo(NamedTuple):
+    mapped: int  #: present leaf entries
+    tables: int  #: table pages, root included
+    counters: Counters
+
+
+def sbdf(seg: int, bus: int, devfn: int) -> int:
+    """PCI segment/bus/devfn as the one uint32 the hardware uses."""
+    if not (0 <= seg <= 0xFFFF and 0 <= bus <= 0xFF and 0 <= devfn <= 0xFF):
+        raise ValueError("segment, bus or devfn out of range")
+    return seg << 16 | bus << 8 | devfn
+
+
+def levels_for(width: int) -> int:
+    """Page-table levels of an address width: 12 offset bits, 9 per level."""
+    if width not in (39, 48):
+        raise ValueError("address width must be 39 or 48")
+    return (width - PAGE_SHIFT) // 9
+
+
+def check_status(status: int) -> None:
+    if status:
+        raise HwError(status)

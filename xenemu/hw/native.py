@@ -1,0 +1,292 @@
+"""The simulated hardware in C (cext/, through cffi): `Machine` and `Iommu`.
+
+Both classes are thin: each method is one C call for the whole operation or
+batch, runs of frame numbers travel as uint64 buffers (array('Q')), and no
+Python object exists per page or per mapping. xenemu.hw.reference has the
+same classes in pure Python; docstrings there and here describe the shared
+interface. Not thread-safe (output cells are reused between calls).
+"""
+from __future__ import annotations
+
+from array import array
+
+from ._hwlib import ffi, lib
+from .common import (
+    Counters, ContextInfo, Fault, FaultRecord, HwError, StaleIotlbError,
+    Status, check_status,
+)
+
+
+def _u64(mfns, ranges: bool = False):
+    """(pointer, count, first) for a uint64 buffer or, where the C function
+    takes runs (first + i when the pointer is NULL), a range of step 1."""
+    if ranges and isinstance(mfns, range):
+        if mfns.step != 1:
+            raise ValueError("a run of frames is a range with step 1")
+        return ffi.NULL, len(mfns), mfns.start
+    if memoryview(mfns).itemsize != 8:
+        raise TypeError("frame numbers must be a uint64 buffer, e.g. array('Q')")
+    p = ffi.from_buffer("uint64_t[]", mfns)
+    return p, len(p), 0
+
+
+class Machine:
+    """Machine memory of `size` bytes (4 KiB frames, lazily backed), its
+    O(1) frame allocator and per-frame refcount (uint32) and owner (uint16;
+    OWNER_NONE = free or hypervisor-owned)."""
+
+    def __init__(self, size: int = 4 << 30):
+        m = lib.hw_machine_create(size)
+        if m == ffi.NULL:
+            raise ValueError("machine size must be a multiple of 4 KiB "
+                             "(and the mapping must succeed)")
+        self._m = ffi.gc(m, lib.hw_machine_destroy)
+        self.size = size
+        self.nframes = size >> 12
+        self._bad = ffi.new("uint64_t *")
+
+    @property
+    def used(self) -> int:
+        """Frames currently allocated (guest memory and table pages)."""
+        return self._m.used
+
+    def alloc(self, n: int, owner: int) -> array:
+        """n zeroed frames for `owner`, all or nothing (HwError NOMEM)."""
+        out = array("Q", bytes(8 * n))
+        check_status(lib.hw_frames_alloc(
+            self._m, owner, n, ffi.from_buffer("uint64_t[]", out)))
+        return out
+
+    def _batch(self, status: int) -> None:
+        if status:
+            raise HwError(status, self._bad[0])
+
+    def free(self, mfns) -> None:
+        """Free frames (each in use with refcount 0), all or nothing."""
+        p, n, _ = _u64(mfns)
+        self._batch(lib.hw_frames_free(self._m, p, n, self._bad))
+
+    def get_refs(self, mfns) -> None:
+        """Take one reference on each frame (buffer or range), all or
+        nothing; HwError(BADFRAME|REFCOUNT, index) names the first bad one."""
+        p, n, first = _u64(mfns, ranges=True)
+        self._batch(lib.hw_refs_adjust(self._m, p, first, n, 1, self._bad))
+
+    def put_refs(self, mfns) -> None:
+        """Drop one reference on each frame, all or nothing."""
+        p, n, first = _u64(mfns, ranges=True)
+        self._batch(lib.hw_refs_adjust(self._m, p, first, n, -1, self._bad))
+
+    def refcounts(self, mfns) -> array:
+        p, n, _ = _u64(mfns)
+        out = array("I", bytes(4 * n))
+        self._batch(lib.hw_frames_info(
+            self._m, p, n, ffi.from_buffer("uint32_t[]", out), ffi.NULL,
+            self._bad))
+        return out
+
+    def owners(self, mfns) -> array:
+        p, n, _ = _u64(mfns)
+        out = array("H", bytes(2 * n))
+        self._batch(lib.hw_frames_info(
+            self._m, p, n, ffi.NULL, ffi.from_buffer("uint16_t[]", out),
+            self._bad))
+        return out
+
+    def set_owner(self, mfns, owner: int) -> None:
+        p, n, _ = _u64(mfns)
+        self._batch(lib.hw_frames_set_owner(self._m, p, n, owner, self._bad))
+
+    def read(self, maddr: int, n: int) -> bytes:
+        buf = bytearray(n)
+        check_status(lib.hw_mem_read(self._m, maddr,
+                                     ffi.from_buffer(buf), n))
+        return bytes(buf)
+
+    def write(self, maddr: int, data) -> None:
+        check_status(lib.hw_mem_write(self._m, maddr, ffi.from_buffer(data),
+                                      len(data)))
+
+
+class Iommu:
+    """A VT-d-like IOMMU over `machine`: contexts with 3-level (width 39)
+    or 4-level (width 48) second-level page tables, a set-associative
+    IOTLB of `iotlb_entries` in `iotlb_ways`-way sets, PCI devices and a
+    fault log of `fault_log` records."""
+
+    def __init__(self, machine: Machine, width: int = 39,
+                 max_contexts: int = 1024, max_devices: int = 256,
+                 iotlb_entries: int = 1024, iotlb_ways: int = 4,
+                 fault_log: int = 256, check: bool = False):
+        io = lib.hw_iommu_create(machine._m, width, max_contexts,
+                                 max_devices, iotlb_entries, iotlb_ways,
+                                 fault_log)
+        if io == ffi.NULL:
+            raise ValueError("bad IOMMU parameters")
+        self.machine = machine  # keeps the memory alive under the IOMMU
+        self._io = ffi.gc(io, lib.hw_iommu_destroy)
+        self.width = width
+        self.levels = io.levels
+        self.max_iova_addr = io.max_iova
+        self._u64 = ffi.new("uint64_t *")
+        self._u64b = ffi.new("uint64_t *")
+        self._u32 = ffi.new("uint32_t *")
+        self._int = ffi.new("int *")
+        self._cnt = ffi.new("struct hw_counters *")
+        self.check = check
+
+    @property
+    def check(self) -> bool:
+        """Check mode: every IOTLB hit is verified against the tables; a
+        stale one is counted and raises StaleIotlbError."""
+        return bool(self._io.check)
+
+    @check.setter
+    def check(self, on: bool) -> None:
+        lib.hw_iommu_set_check(self._io, int(on))
+
+    # --- contexts -------------------------------------------------------
+    def alloc_context(self) -> int:
+        """A new context (hardware domain id) with an empty root table."""
+        check_status(lib.hw_ctx_alloc(self._io, self._u32))
+        return self._u32[0]
+
+    def teardown(self, ctx: int, budget: int) -> tuple[array, bool]:
+        """One preemptible slice of destroying `ctx`: examines at most
+        `budget` leaf slots and returns (mfns unmapped in this slice,
+        finished). The first slice refuses a context with devices (BUSY)
+        and invalidates its IOTLB entries; when finished the tables are
+        freed and the id may be reused."""
+        out = array("Q", bytes(8 * budget))
+        check_status(lib.hw_ctx_teardown(
+            self._io, ctx, budget, ffi.from_buffer("uint64_t[]", out),
+            budget, self._u64, self._int))
+        del out[self._u64[0]:]
+        return out, bool(self._int[0])
+
+    def context_info(self, ctx: int) -> ContextInfo:
+        u = ffi.new("uint64_t[2]")
+        check_status(lib.hw_ctx_info(self._io, ctx, u, u + 1, self._cnt))
+        return ContextInfo(u[0], u[1], self._counters())
+
+    def counters(self) -> Counters:
+        """IOMMU-wide counters (sum over contexts, plus global flushes)."""
+        lib.hw_iommu_counters(self._io, self._cnt)
+        return self._counters()
+
+    def _counters(self) -> Counters:
+        c = self._cnt
+        return Counters(c.hits, c.misses, c.walks, c.invalidations, c.stale)
+
+    # --- mappings -------------------------------------------------------
+    def map(self, ctx: int, dfn: int, mfns, perm: int) -> tuple[int, int]:
+        """Map dfn+i -> mfns[i] (buffer) or start+i (range) with perm
+        (PERM_R|PERM_W, non-empty). Returns (pages done, Status): stops at
+        RANGE, BADFRAME, PRESENT or NOMEM; NOCTX/BUSY/INVAL do nothing."""
+        p, n, first = _u64(mfns, ranges=True)
+        st = lib.hw_map(self._io, ctx, dfn, n, p, first, perm, self._u64)
+        return self._u64[0], st
+
+    def unmap(self, ctx: int, dfn: int, n: int,
+              flush: bool = True) -> tuple[int, int, array]:
+        """Unmap n pages from dfn. Returns (done, Status, mfns that were
+        mapped there, len == done); stops at NOTPRESENT or RANGE. With
+        flush, the done pages leave the IOTLB; without, the caller must
+        invalidate_pages() before relying on it (check mode catches it)."""
+        out = array("Q", bytes(8 * n))
+        st = lib.hw_unmap(self._io, ctx, dfn, n,
+                          ffi.from_buffer("uint64_t[]", out), n, int(flush),
+                          self._u64)
+        done = self._u64[0]
+        del out[done:]
+        return done, st, out
+
+    def lookup(self, ctx: int, dfn: int) -> tuple[int, int] | None:
+        """(mfn, perm) mapped at dfn, or None; software read of the
+        tables (no IOTLB, no counters). HwError NOCTX/BUSY/RANGE."""
+        st = lib.hw_lookup(self._io, ctx, dfn, self._u64, self._u32)
+        if st == Status.NOTPRESENT:
+            return None
+        check_status(st)
+        return self._u64[0], self._u32[0]
+
+    def translate(self, ctx: int, addrs, write: bool = False
+                  ) -> tuple[array, array]:
+        """Translate device addresses (uint64 buffer) through the IOTLB as
+        reads or writes: (machine addresses, Fault kinds); a faulting
+        address reads 0. Nothing is logged (no device involved)."""
+        if memoryview(addrs).itemsize != 8:
+            raise TypeError("addresses must be a uint64 buffer")
+        pa = ffi.from_buffer("uint64_t[]", addrs)
+        n = len(pa)
+        maddr = array("Q", bytes(8 * n))
+        fault = array("B", bytes(n))
+        st = lib.hw_translate(self._io, ctx, pa, n, int(write),
+                              ffi.from_buffer("uint64_t[]", maddr),
+                              ffi.from_buffer("uint8_t[]", fault), self._u64)
+        if st == Status.STALE:
+            raise StaleIotlbError(self._u64[0])
+        check_status(st)
+        return maddr, fault
+
+    # --- IOTLB invalidation ----------------------------------------------
+    def invalidate_pages(self, ctx: int, dfn: int, n: int) -> None:
+        check_status(lib.hw_inval_pages(self._io, ctx, dfn, n))
+
+    def invalidate_context(self, ctx: int) -> None:
+        check_status(lib.hw_inval_ctx(self._io, ctx))
+
+    def invalidate_all(self) -> None:
+        lib.hw_inval_all(self._io)
+
+    # --- devices and DMA -------------------------------------------------
+    def add_device(self, sbdf: int) -> None:
+        """Register a PCI device (blocked until attached)."""
+        check_status(lib.hw_dev_add(self._io, sbdf))
+
+    def remove_device(self, sbdf: int) -> None:
+        check_status(lib.hw_dev_remove(self._io, sbdf))
+
+    def attach(self, sbdf: int, ctx: int | None) -> None:
+        """Point the device's context entry at ctx (None = blocked) in one
+        store: its DMA uses either the old or the new context, never none."""
+        check_status(lib.hw_dev_attach(
+            self._io, sbdf, lib.HW_CTX_NONE if ctx is None else ctx))
+
+    def device_context(self, sbdf: int) -> int | None:
+        check_status(lib.hw_dev_context(self._io, sbdf, self._u32))
+        ctx = self._u32[0]
+        return None if ctx == lib.HW_CTX_NONE else ctx
+
+    def dma_read(self, sbdf: int, addr: int, n: int) -> bytes:
+        """Device reads n bytes at addr; returns the bytes read before any
+        fault (the fault goes to the log)."""
+        buf = bytearray(n)
+        self._dma(sbdf, addr, buf, n, 0)
+        return bytes(buf[:self._u64b[0]])
+
+    def dma_write(self, sbdf: int, addr: int, data) -> int:
+        """Device writes data at addr; returns bytes written before any
+        fault (the fault goes to the log)."""
+        self._dma(sbdf, addr, data, len(data), 1)
+        return self._u64b[0]
+
+    def _dma(self, sbdf, addr, buf, n, write):
+        st = lib.hw_dma(self._io, sbdf, addr, ffi.from_buffer(buf), n, write,
+                        self._u64b)
+        if st == Status.STALE:
+            raise StaleIotlbError(self._u64b[0])
+        if st != Status.FAULT:
+            check_status(st)
+
+    def faults(self) -> tuple[list[FaultRecord], bool]:
+        """(fault records oldest first, overflow flag); the log keeps the
+        first `fault_log` faults and sets overflow for any later one."""
+        cap = self._io.fault_cap
+        recs = ffi.new("struct hw_fault_rec[]", cap)
+        n = lib.hw_faults_read(self._io, recs, cap, self._int)
+        return ([FaultRecord(r.sbdf, r.addr, Fault(r.kind), bool(r.write))
+                 for r in recs[0:n]], bool(self._int[0]))
+
+    def clear_faults(self) -> None:
+        lib.hw_faults_clear(self._io)

@@ -1,0 +1,633 @@
+"""Pure-Python reference of the simulated hardware (same interface as
+xenemu.hw.native): the baseline of the benchmark and the oracle of the
+differential tests.
+
+It keeps the same observable behaviour as the C layer, including the page
+tables themselves (VT-d second-level format, little-endian 64-bit entries in
+simulated machine memory), frame allocation order, context id reuse and the
+IOTLB's set hash and round-robin replacement, so counters match exactly.
+Like the C layer it holds no Python object per page: memory is an anonymous
+mmap, metadata and IOTLB are flat arrays.
+"""
+from __future__ import annotations
+
+import mmap
+import struct
+from array import array
+
+from .common import (
+    INTR_FIRST, INTR_LAST, MAX_CONTEXTS, MAX_DEVICES, MAX_FAULTS, OWNER_NONE,
+    PAGE_SHIFT, PAGE_SIZE, PERM_RW, PERM_W, PERM_R, Counters, ContextInfo,
+    Fault, FaultRecord, HwError, StaleIotlbError, Status, check_status,
+    levels_for,
+)
+
+_PTE = struct.Struct("<Q")
+_ADDR = 0x000FFFFFFFFFF000
+_MASK64 = (1 << 64) - 1
+_MAX_FRAMES = 1 << 40
+_CTX_NONE = 0xFFFFFFFF
+_FREE, _LIVE, _DYING = 0, 1, 2
+
+
+def _run(mfns, ranges: bool = False):
+    """The frame numbers of a uint64 buffer (or, where the C layer takes
+    runs, a range of step 1)."""
+    if ranges and isinstance(mfns, range):
+        if mfns.step != 1:
+            raise ValueError("a run of frames is a range with step 1")
+        return mfns
+    if memoryview(mfns).itemsize != 8:
+        raise TypeError("frame numbers must be a uint64 buffer, e.g. array('Q')")
+    return memoryview(mfns).cast("B").cast("Q")
+
+
+class Machine:
+    """See xenemu.hw.native.Machine."""
+
+    def __init__(self, size: int = 4 << 30):
+        if size <= 0 or size % PAGE_SIZE or size // PAGE_SIZE > _MAX_FRAMES:
+            raise ValueError("machine size must be a multiple of 4 KiB")
+        self.size = size
+        self.nframes = n = size >> PAGE_SHIFT
+        self.mem = mmap.mmap(-1, size)
+        self._ref = array("I", bytes(4 * n))
+        self._owner = array("H", bytes(2 * n))  # owner XOR 0xFFFF, as in C
+        self._in_use = bytearray(n)
+        self._free = array("Q")
+        self._watermark = 0
+        self.used = 0
+
+    def _available(self) -> int:
+        return len(self._free) + self.nframes - self._watermark
+
+    def _take(self, owner: int) -> int:
+        """One zeroed frame (the IOMMU's table pages); HwError NOMEM."""
+        if not self._available():
+            raise HwError(Status.NOMEM)
+        if self._free:
+            mfn = self._free.pop()
+        else:
+            mfn = self._watermark
+            self._watermark += 1
+        self._in_use[mfn] = 1
+        self._owner[mfn] = owner ^ OWNER_NONE
+        self._ref[mfn] = 0
+        self.used += 1
+        return mfn
+
+    def _release(self, mfn: int) -> None:
+        if mfn >= self.nframes or not self._in_use[mfn]:
+            return
+        self.mem.madvise(mmap.MADV_DONTNEED, mfn << PAGE_SHIFT, PAGE_SIZE)
+        self._in_use[mfn] = 0
+        self._owner[mfn] = 0
+        self._ref[mfn] = 0
+        self._free.append(mfn)
+        self.used -= 1
+
+    def alloc(self, n: int, owner: int) -> array:
+        if n > self._available():
+            raise HwError(Status.NOMEM)
+        return array("Q", [self._take(owner) for _ in range(n)])
+
+    def _ok(self, mfn: int) -> bool:
+        return mfn < self.nframes and self._in_use[mfn]
+
+    def free(self, mfns) -> None:
+        run = _run(mfns)
+        for i, mfn in enumerate(run):
+            if not self._ok(mfn):
+                raise HwError(Status.BADFRAME, i)
+            if self._ref[mfn]:
+                raise HwError(Status.REFCOUNT, i)
+        for mfn in run:
+            self._release(mfn)
+
+    def _adjust(self, mfns, delta: int) -> None:
+        run = _run(mfns, ranges=True)
+        for i, mfn in enumerate(run):
+            if not self._ok(mfn):
+                raise HwError(Status.BADFRAME, i)
+        ref = self._ref
+        for i, mfn in enumerate(run):
+            r = ref[mfn] + delta
+            if not 0 <= r <= 0xFFFFFFFF:
+                for j in range(i):
+                    ref[run[j]] -= delta
+                raise HwError(Status.REFCOUNT, i)
+            ref[mfn] = r
+
+    def get_refs(self, mfns) -> None:
+        self._adjust(mfns, 1)
+
+    def put_refs(self, mfns) -> None:
+        self._adjust(mfns, -1)
+
+    def _check_range(self, run) -> None:
+        for i, mfn in enumerate(run):
+            if mfn >= self.nframes:
+                raise HwError(Status.BADFRAME, i)
+
+    def refcounts(self, mfns) -> array:
+        run = _run(mfns)
+        self._check_range(run)
+        return array("I", (self._ref[m] for m in run))
+
+    def owners(self, mfns) -> array:
+        run = _run(mfns)
+        self._check_range(run)
+        return array("H", (self._owner[m] ^ OWNER_NONE for m in run))
+
+    def set_owner(self, mfns, owner: int) -> None:
+        run = _run(mfns)
+        for i, mfn in enumerate(run):
+            if not self._ok(mfn):
+                raise HwError(Status.BADFRAME, i)
+        for mfn in run:
+            self._owner[mfn] = owner ^ OWNER_NONE
+
+    def _span_ok(self, maddr: int, n: int) -> bool:
+        return 0 <= maddr <= self.size and 0 <= n <= self.size - maddr
+
+    def read(self, maddr: int, n: int) -> bytes:
+        if not self._span_ok(maddr, n):
+            raise HwError(Status.BADFRAME)
+        return self.mem[maddr:maddr + n]
+
+    def write(self, maddr: int, data) -> None:
+        if not self._span_ok(maddr, len(data)):
+            raise HwError(Status.BADFRAME)
+        self.mem[maddr:maddr + len(data)] = bytes(data)
+
+
+class _Context:
+    """Per context (never per page): root, counts, counters, state."""
+
+    __slots__ = ("root", "mapped", "tables", "cursor", "ndevices", "state",
+                 "cnt")
+
+    def __init__(self, root: int):
+        self.root = root
+        self.mapped = 0
+        self.tables = 1
+        self.cursor = 0
+        self.ndevices = 0
+        self.state = _LIVE
+        self.cnt = [0, 0, 0, 0, 0]  # hits misses walks invalidations stale
+
+
+_HITS, _MISSES, _WALKS, _INVAL, _STALE = range(5)
+
+
+class _Iotlb:
+    """Set-associative cache in flat arrays; same hash and replacement as
+    cext/iotlb.c."""
+
+    def __init__(self, entries: int, ways: int):
+        def pow2(x):
+            return x > 0 and not x & (x - 1)
+        if (not pow2(entries) or not pow2(ways) or ways > entries
+                or ways > 64 or entries > 1 << 20):
+            raise ValueError("bad IOTLB geometry")
+        self.ways = ways
+        self.nsets = entries // ways
+        self.valid = bytearray(entries)
+        self.ctx = array("I", bytes(4 * entries))
+        self.dfn = array("Q", bytes(8 * entries))
+        self.mfn = array("Q", bytes(8 * entries))
+        self.perm = bytearray(entries)
+        self.rr = bytearray(self.nsets)
+
+    def set_of(self, ctx: int, dfn: int) -> int:
+        h = ((dfn * 0x9E3779B97F4A7C15) ^ (ctx * 0xC2B2AE3D27D4EB4F)) & _MASK64
+        return (h >> 32) & (self.nsets - 1)
+
+    def find(self, ctx: int, dfn: int) -> int:
+        """Slot index of (ctx, dfn), or -1."""
+        base = self.set_of(ctx, dfn) * self.ways
+        for i in range(base, base + self.ways):
+            if self.valid[i] and self.ctx[i] == ctx and self.dfn[i] == dfn:
+                return i
+        return -1
+
+    def fill(self, ctx: int, dfn: int, mfn: int, perm: int) -> None:
+        s = self.set_of(ctx, dfn)
+        base = s * self.ways
+        w = 0
+        while w < self.ways and self.valid[base + w]:
+            w += 1
+        if w == self.ways:
+            w = self.rr[s]
+            self.rr[s] = (w + 1) % self.ways
+        i = base + w
+        self.valid[i], self.ctx[i], self.dfn[i] = 1, ctx, dfn
+        self.mfn[i], self.perm[i] = mfn, perm
+
+    def drop_range(self, ctx: int, dfn: int, n: int) -> None:
+        if n <= len(self.valid):
+            for d in range(dfn, dfn + n):
+                i = self.find(ctx, d & _MASK64)
+                if i >= 0:
+                    self.valid[i] = 0
+            return
+        for i in range(len(self.valid)):
+            if (self.valid[i] and self.ctx[i] == ctx
+                    and (self.dfn[i] - dfn) & _MASK64 < n):
+                self.valid[i] = 0
+
+    def drop_ctx(self, ctx: int) -> None:
+        for i in range(len(self.valid)):
+            if self.ctx[i] == ctx:
+                self.valid[i] = 0
+
+    def drop_all(self) -> None:
+        self.valid[:] = bytes(len(self.valid))
+
+
+class Iommu:
+    """See xenemu.hw.native.Iommu."""
+
+    def __init__(self, machine: Machine, width: int = 39,
+                 max_contexts: int = 1024, max_devices: int = 256,
+                 iotlb_entries: int = 1024, iotlb_ways: int = 4,
+                 fault_log: int = 256, check: bool = False):
+        if (width not in (39, 48) or not 0 < max_contexts <= MAX_CONTEXTS
+                or not 0 < max_devices <= MAX_DEVICES
+                or not 0 < fault_log <= MAX_FAULTS):
+            raise ValueError("bad IOMMU parameters")
+        self.machine = machine
+        self.width = width
+        self.levels = levels_for(width)
+        self.max_iova_addr = (1 << width) - 1
+        self._max_dfn = self.max_iova_addr >> PAGE_SHIFT
+        self._max_ctx = max_contexts
+        self._ctx: list[_Context | None] = []
+        self._ctx_free: list[int] = []
+        self._dev_sbdf = array("I", bytes(4 * max_devices))
+        self._dev_ctx = array("I", bytes(4 * max_devices))
+        self._dev_used = bytearray(max_devices)
+        self._fault_cap = fault_log
+        self._faults: list[FaultRecord] = []
+        self._overflow = False
+        self._tlb = _Iotlb(iotlb_entries, iotlb_ways)
+        self._cnt = [0, 0, 0, 0, 0]
+        self.check = check
+
+    # --- page-table memory ---------------------------------------------
+    def _pte(self, table: int, index: int) -> int:
+        return _PTE.unpack_from(self.machine.mem,
+                                (table << PAGE_SHIFT) + 8 * index)[0]
+
+    def _set_pte(self, table: int, index: int, value: int) -> None:
+        _PTE.pack_into(self.machine.mem, (table << PAGE_SHIFT) + 8 * index,
+                       value)
+
+    def _present(self, pte: int) -> bool:
+        return bool(pte & PERM_RW) and (pte & _ADDR) >> PAGE_SHIFT < \
+            self.machine.nframes
+
+    @staticmethod
+    def _index(dfn: int, level: int) -> int:
+        return (dfn >> (9 * (level - 1))) & 511
+
+    def _leaf_table(self, c: _Context, dfn: int, create: bool) -> int:
+        """mfn of the leaf table for dfn; HwError NOTPRESENT/NOMEM."""
+        mfn = c.root
+        for level in range(self.levels, 1, -1):
+            i = self._index(dfn, level)
+            pte = self._pte(mfn, i)
+            if not self._present(pte):
+                if not create:
+                    raise HwError(Status.NOTPRESENT)
+                fresh = self.machine._take(OWNER_NONE)
+                c.tables += 1
+                pte = fresh << PAGE_SHIFT | PERM_RW
+                self._set_pte(mfn, i, pte)
+            mfn = (pte & _ADDR) >> PAGE_SHIFT
+        return mfn
+
+    def _walk(self, c: _Context) -> tuple:
+        """A walker for the translation path: dfn -> (leaf pte or 0,
+        entries read)."""
+        def walk(dfn):
+            mfn = c.root
+            for level in range(self.levels, 0, -1):
+                pte = self._pte(mfn, self._index(dfn, level))
+                if not self._present(pte):
+                    return 0, self.levels - level + 1
+                mfn = (pte & _ADDR) >> PAGE_SHIFT
+            return pte, self.levels
+        return walk
+
+    # --- contexts -------------------------------------------------------
+    def _get(self, ctx: int) -> _Context:
+        c = self._ctx[ctx] if 0 <= ctx < len(self._ctx) else None
+        if c is None or c.state == _FREE:
+            raise HwError(Status.NOCTX)
+        if c.state == _DYING:
+            raise HwError(Status.BUSY)
+        return c
+
+    def alloc_context(self) -> int:
+        if not self._ctx_free and len(self._ctx) == self._max_ctx:
+            raise HwError(Status.NOSPC)
+        root = self.machine._take(OWNER_NONE)
+        if self._ctx_free:
+            ctx = self._ctx_free.pop()
+            self._ctx[ctx] = _Context(root)
+        else:
+            ctx = len(self._ctx)
+            self._ctx.append(_Context(root))
+        return ctx
+
+    def _inval_ctx(self, ctx: int, c: _Context) -> None:
+        self._tlb.drop_ctx(ctx)
+        c.cnt[_INVAL] += 1
+        self._cnt[_INVAL] += 1
+
+    def teardown(self, ctx: int, budget: int) -> tuple[array, bool]:
+        if budget <= 0:
+            raise HwError(Status.INVAL)
+        c = self._ctx[ctx] if 0 <= ctx < len(self._ctx) else None
+        if c is None or c.state == _FREE:
+            raise HwError(Status.NOCTX)
+        if c.state == _LIVE:
+            if c.ndevices:
+                raise HwError(Status.BUSY)
+            c.state = _DYING
+            c.cursor = 0
+            self._inval_ctx(ctx, c)
+        out = array("Q")
+        left = [budget]
+
+        def clear(mfn, level, base):
+            shift = 9 * (level - 1)
+            i = (c.cursor - base) >> shift if c.cursor > base else 0
+            while i < 512:
+                d = base + (i << shift)
+                pte = self._pte(mfn, i)
+                if level == 1:
+                    if not left[0]:
+                        c.cursor = d
+                        return False
+                    left[0] -= 1
+                    if self._present(pte):
+                        out.append((pte & _ADDR) >> PAGE_SHIFT)
+                        c.mapped -= 1
+                    self._set_pte(mfn, i, 0)
+                elif self._present(pte):
+                    child = (pte & _ADDR) >> PAGE_SHIFT
+                    if not clear(child, level - 1, d):
+                        return False
+                    self.machine._release(child)
+                    c.tables -= 1
+                    self._set_pte(mfn, i, 0)
+                i += 1
+            return True
+
+        if not clear(c.root, self.levels, 0):
+            return out, False
+        self.machine._release(c.root)
+        c.tables -= 1
+        c.state = _FREE
+        self._ctx_free.append(ctx)
+        return out, True
+
+    def context_info(self, ctx: int) -> ContextInfo:
+        c = self._ctx[ctx] if 0 <= ctx < len(self._ctx) else None
+        if c is None or c.state == _FREE:
+            raise HwError(Status.NOCTX)
+        return ContextInfo(c.mapped, c.tables, Counters(*c.cnt))
+
+    def counters(self) -> Counters:
+        return Counters(*self._cnt)
+
+    # --- mappings -------------------------------------------------------
+    def map(self, ctx: int, dfn: int, mfns, perm: int) -> tuple[int, int]:
+        run = _run(mfns, ranges=True)
+        try:
+            c = self._get(ctx)
+        except HwError as e:
+            return 0, e.status
+        if not perm or perm & ~PERM_RW:
+            return 0, Status.INVAL
+        done = 0
+        leaf = -1
+        for mfn in run:
+            d = dfn + done
+            if d > self._max_dfn:
+                return done, Status.RANGE
+            if mfn >= self.machine.nframes:
+                return done, Status.BADFRAME
+            if leaf < 0 or d & 511 == 0:
+                try:
+                    leaf = self._leaf_table(c, d, True)
+                except HwError as e:
+                    return done, e.status
+            if self._present(self._pte(leaf, d & 511)):
+                return done, Status.PRESENT
+            self._set_pte(leaf, d & 511, mfn << PAGE_SHIFT | perm)
+            c.mapped += 1
+            done += 1
+        return done, Status.OK
+
+    def unmap(self, ctx: int, dfn: int, n: int,
+              flush: bool = True) -> tuple[int, int, array]:
+        out = array("Q")
+        try:
+            c = self._get(ctx)
+        except HwError as e:
+            return 0, e.status, out
+        st = Status.OK
+        leaf = -1
+        for d in range(dfn, dfn + n):
+            if d > self._max_dfn:
+                st = Status.RANGE
+                break
+            if leaf < 0 or d & 511 == 0:
+                try:
+                    leaf = self._leaf_table(c, d, False)
+                except HwError as e:
+                    st = e.status
+                    break
+            pte = self._pte(leaf, d & 511)
+            if not self._present(pte):
+                st = Status.NOTPRESENT
+                break
+            out.append((pte & _ADDR) >> PAGE_SHIFT)
+            self._set_pte(leaf, d & 511, 0)
+            c.mapped -= 1
+        if flush and out:
+            self._tlb.drop_range(ctx, dfn, len(out))
+            c.cnt[_INVAL] += 1
+            self._cnt[_INVAL] += 1
+        return len(out), st, out
+
+    def lookup(self, ctx: int, dfn: int) -> tuple[int, int] | None:
+        c = self._get(ctx)
+        if dfn > self._max_dfn:
+            raise HwError(Status.RANGE)
+        try:
+            leaf = self._leaf_table(c, dfn, False)
+        except HwError:
+            return None
+        pte = self._pte(leaf, dfn & 511)
+        if not self._present(pte):
+            return None
+        return (pte & _ADDR) >> PAGE_SHIFT, pte & PERM_RW
+
+    def _xlate(self, ctx: int, c: _Context, walk, addr: int,
+               write: bool) -> tuple[int, int]:
+        """(fault kind, machine address); raises StaleIotlbError(0)."""
+        if addr > self.max_iova_addr:
+            return Fault.WIDTH, 0
+        if INTR_FIRST <= addr <= INTR_LAST:
+            return Fault.INTR, 0
+        dfn = addr >> PAGE_SHIFT
+        tlb = self._tlb
+        i = tlb.find(ctx, dfn)
+        if i >= 0:
+            c.cnt[_HITS] += 1
+            self._cnt[_HITS] += 1
+            mfn, perm = tlb.mfn[i], tlb.perm[i]
+            if self.check:
+                pte, _ = walk(dfn)
+                if (pte & _ADDR) >> PAGE_SHIFT != mfn or pte & PERM_RW != perm:
+                    c.cnt[_STALE] += 1
+                    self._cnt[_STALE] += 1
+                    raise StaleIotlbError(0)
+        else:
+            c.cnt[_MISSES] += 1
+            self._cnt[_MISSES] += 1
+            pte, walks = walk(dfn)
+            c.cnt[_WALKS] += walks
+            self._cnt[_WALKS] += walks
+            if not pte:
+                return Fault.NOT_PRESENT, 0
+            mfn, perm = (pte & _ADDR) >> PAGE_SHIFT, pte & PERM_RW
+            tlb.fill(ctx, dfn, mfn, perm)
+        if write and not perm & PERM_W:
+            return Fault.WRITE, 0
+        if not write and not perm & PERM_R:
+            return Fault.READ, 0
+        return Fault.NONE, mfn << PAGE_SHIFT | addr & (PAGE_SIZE - 1)
+
+    def translate(self, ctx: int, addrs, write: bool = False
+                  ) -> tuple[array, array]:
+        c = self._get(ctx)
+        walk = self._walk(c)
+        maddr = array("Q")
+        fault = array("B")
+        for addr in _run(addrs):
+            try:
+                f, ma = self._xlate(ctx, c, walk, addr, write)
+            except StaleIotlbError:
+                raise StaleIotlbError(len(maddr)) from None
+            maddr.append(ma)
+            fault.append(f)
+        return maddr, fault
+
+    # --- IOTLB invalidation ----------------------------------------------
+    def invalidate_pages(self, ctx: int, dfn: int, n: int) -> None:
+        c = self._get(ctx)
+        self._tlb.drop_range(ctx, dfn, n)
+        c.cnt[_INVAL] += 1
+        self._cnt[_INVAL] += 1
+
+    def invalidate_context(self, ctx: int) -> None:
+        self._inval_ctx(ctx, self._get(ctx))
+
+    def invalidate_all(self) -> None:
+        self._tlb.drop_all()
+        self._cnt[_INVAL] += 1
+
+    # --- devices and DMA -------------------------------------------------
+    def _find(self, sbdf: int) -> int:
+        for i, used in enumerate(self._dev_used):
+            if used and self._dev_sbdf[i] == sbdf:
+                return i
+        raise HwError(Status.NODEV)
+
+    def add_device(self, sbdf: int) -> None:
+        try:
+            self._find(sbdf)
+        except HwError:
+            pass
+        else:
+            raise HwError(Status.EXISTS)
+        i = self._dev_used.find(0)
+        if i < 0:
+            raise HwError(Status.NOSPC)
+        self._dev_used[i] = 1
+        self._dev_sbdf[i] = sbdf
+        self._dev_ctx[i] = _CTX_NONE
+
+    def remove_device(self, sbdf: int) -> None:
+        i = self._find(sbdf)
+        if self._dev_ctx[i] != _CTX_NONE:
+            self._ctx[self._dev_ctx[i]].ndevices -= 1
+        self._dev_used[i] = 0
+
+    def attach(self, sbdf: int, ctx: int | None) -> None:
+        i = self._find(sbdf)
+        if ctx is not None:
+            self._get(ctx).ndevices += 1
+        old = self._dev_ctx[i]
+        self._dev_ctx[i] = _CTX_NONE if ctx is None else ctx
+        if old != _CTX_NONE:
+            self._ctx[old].ndevices -= 1
+
+    def device_context(self, sbdf: int) -> int | None:
+        ctx = self._dev_ctx[self._find(sbdf)]
+        return None if ctx == _CTX_NONE else ctx
+
+    def _dma(self, sbdf: int, addr: int, n: int, write: bool, data=None):
+        """Moves bytes page by page; returns (bytes done, chunks read)."""
+        i = self._find(sbdf)
+        mem = self.machine.mem
+        done = 0
+        chunks = []
+        while done < n:
+            a = addr + done
+            chunk = min(PAGE_SIZE - (a & (PAGE_SIZE - 1)), n - done)
+            ctx = self._dev_ctx[i]
+            if ctx == _CTX_NONE:
+                kind, ma = Fault.BLOCKED, 0
+            else:
+                c = self._ctx[ctx]
+                try:
+                    kind, ma = self._xlate(ctx, c, self._walk(c), a, write)
+                except StaleIotlbError:
+                    raise StaleIotlbError(done) from None
+            if kind:
+                self._record(sbdf, a, kind, write)
+                break
+            if write:
+                mem[ma:ma + chunk] = bytes(data[done:done + chunk])
+            else:
+                chunks.append(mem[ma:ma + chunk])
+            done += chunk
+        return done, b"".join(chunks)
+
+    def dma_read(self, sbdf: int, addr: int, n: int) -> bytes:
+        return self._dma(sbdf, addr, n, False)[1]
+
+    def dma_write(self, sbdf: int, addr: int, data) -> int:
+        return self._dma(sbdf, addr, len(data), True, memoryview(data))[0]
+
+    def _record(self, sbdf: int, addr: int, kind: int, write: bool) -> None:
+        if len(self._faults) == self._fault_cap:
+            self._overflow = True
+            return
+        self._faults.append(FaultRecord(sbdf, addr, Fault(kind), write))
+
+    def faults(self) -> tuple[list[FaultRecord], bool]:
+        return list(self._faults), self._overflow
+
+    def clear_faults(self) -> None:
+        self._faults.clear()
+        self._overflow = False
+
+
+__all__ = ["Machine", "Iommu"]
