@@ -105,12 +105,16 @@ struct hw_machine {
     uint64_t watermark;
     uint64_t free_top;
     uint64_t used;        /* frames currently allocated */
+    uint32_t holders;     /* creator + IOMMUs using it; freed at zero */
 };
 
 /* size is in bytes, a non-zero multiple of 4 KiB below HW_MAX_FRAMES pages.
- * Returns NULL on bad size or when the mappings can't be made. */
+ * Returns NULL on bad size or when the mappings can't be made. The machine
+ * is counted: each IOMMU holds it (its tables live there), so whichever of
+ * the creator and the IOMMUs lets go last frees it, in any order (Python's
+ * collector does not order finalizers). */
 struct hw_machine *hw_machine_create(uint64_t size);
-void hw_machine_destroy(struct hw_machine *m);
+void hw_machine_put(struct hw_machine *m);
 
 /* Allocate n frames for `owner` into out[0..n): all or nothing
  * (HW_E_NOMEM leaves nothing allocated). Refcounts start at 0. */

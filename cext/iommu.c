@@ -17,6 +17,7 @@ struct hw_iommu *hw_iommu_create(struct hw_machine *m, uint32_t width,
     if (!io)
         return NULL;
     io->m = m;
+    m->holders++;
     io->width = width;
     /* 12 offset bits, then 9 bits per level. */
     io->levels = (width - HW_PAGE_SHIFT) / HW_PT_SHIFT;
@@ -51,6 +52,7 @@ void hw_iommu_destroy(struct hw_iommu *io)
     free(io->ctx_free);
     free(io->dev);
     free(io->faults);
+    hw_machine_put(io->m);
     free(io);
 }
 

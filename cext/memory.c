@@ -27,6 +27,7 @@ struct hw_machine *hw_machine_create(uint64_t size)
     struct hw_machine *m = calloc(1, sizeof(*m));
     if (!m)
         return NULL;
+    m->holders = 1;
     m->nframes = size / HW_PAGE_SIZE;
     m->mem = lazy_map(size);
     m->refcount = lazy_map(m->nframes * sizeof(uint32_t));
@@ -35,15 +36,15 @@ struct hw_machine *hw_machine_create(uint64_t size)
     m->free_stack = lazy_map(m->nframes * sizeof(uint64_t));
     if (!m->mem || !m->refcount || !m->owner_x || !m->in_use ||
         !m->free_stack) {
-        hw_machine_destroy(m);
+        hw_machine_put(m);
         return NULL;
     }
     return m;
 }
 
-void hw_machine_destroy(struct hw_machine *m)
+void hw_machine_put(struct hw_machine *m)
 {
-    if (!m)
+    if (!m || --m->holders)
         return;
     lazy_unmap(m->mem, m->nframes * HW_PAGE_SIZE);
     lazy_unmap(m->refcount, m->nframes * sizeof(uint32_t));

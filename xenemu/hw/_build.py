@@ -42,7 +42,7 @@ struct hw_fault_rec { uint64_t addr; uint32_t sbdf; uint8_t kind;
                       uint8_t write; ...; };
 
 struct hw_machine *hw_machine_create(uint64_t size);
-void hw_machine_destroy(struct hw_machine *m);
+void hw_machine_put(struct hw_machine *m);
 int hw_frames_alloc(struct hw_machine *m, uint16_t owner, uint64_t n,
                     uint64_t *out);
 int hw_frames_free(struct hw_machine *m, const uint64_t *mfns, uint64_t n,

@@ -40,7 +40,7 @@ class Machine:
         if m == ffi.NULL:
             raise ValueError("machine size must be a multiple of 4 KiB "
                              "(and the mapping must succeed)")
-        self._m = ffi.gc(m, lib.hw_machine_destroy)
+        self._m = ffi.gc(m, lib.hw_machine_put)
         self.size = size
         self.nframes = size >> 12
         self._bad = ffi.new("uint64_t *")
@@ -123,7 +123,8 @@ class Iommu:
                                  fault_log)
         if io == ffi.NULL:
             raise ValueError("bad IOMMU parameters")
-        self.machine = machine  # keeps the memory alive under the IOMMU
+        self.machine = machine
+        # The C IOMMU holds the C machine itself (see hw_machine_put).
         self._io = ffi.gc(io, lib.hw_iommu_destroy)
         self.width = width
         self.levels = io.levels

@@ -50,7 +50,10 @@ class Machine:
             raise ValueError("machine size must be a multiple of 4 KiB")
         self.size = size
         self.nframes = n = size >> PAGE_SHIFT
-        self.mem = mmap.mmap(-1, size)
+        # Private, so MADV_DONTNEED zeroes a freed frame as in C.
+        # (Python's mmap has no MAP_NORESERVE; pages are lazy all the same.)
+        self.mem = mmap.mmap(-1, size,
+                             flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
         self._ref = array("I", bytes(4 * n))
         self._owner = array("H", bytes(2 * n))  # owner XOR 0xFFFF, as in C
         self._in_use = bytearray(n)
