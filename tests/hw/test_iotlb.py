@@ -181,3 +181,19 @@ def test_check_mode_passes_on_coherent_use(iommu):
     for _ in range(3):
         iommu.translate(ctx, addrs(*range(8)))
     assert iommu.counters().hits == 16
+
+
+def test_round_robin_replacement(hw_impl, machine):
+    """A full set evicts its ways in turn (both implementations alike)."""
+    from xenemu.hw.reference import _Iotlb
+    io = hw_impl.Iommu(machine, iotlb_entries=16, iotlb_ways=2)
+    ctx = io.alloc_context()
+    io.map(ctx, 0, range(1, 201), PERM_R)
+    same_set = [d for d in range(200) if _Iotlb(16, 2).set_of(ctx, d) == 0]
+    a, b, c, d = same_set[:4]
+    for dfn in (a, b, c, d):  # c evicts a (way 0), d evicts b (way 1)
+        io.translate(ctx, addrs(dfn))
+    io.translate(ctx, addrs(c, d))
+    assert io.counters().hits == 2
+    io.translate(ctx, addrs(a, b))
+    assert io.counters().hits == 2
