@@ -1,0 +1,1 @@
+"""Benchmarks of xenemu: `python -m bench [--smoke]` (see __main__)."""
