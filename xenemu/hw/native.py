@@ -24,7 +24,9 @@ def _u64(mfns, ranges: bool = False):
         if mfns.step != 1:
             raise ValueError("a run of frames is a range with step 1")
         return ffi.NULL, len(mfns), mfns.start
-    if memoryview(mfns).itemsize != 8:
+    # array('Q') is the common case: skip the memoryview on the hot path.
+    if not (type(mfns) is array and mfns.typecode == "Q") \
+            and memoryview(mfns).itemsize != 8:
         raise TypeError("frame numbers must be a uint64 buffer, e.g. array('Q')")
     p = ffi.from_buffer("uint64_t[]", mfns)
     return p, len(p), 0
