@@ -203,3 +203,10 @@ def test_context_ids_reused_with_fresh_state(hw_impl, machine):
     info = io.context_info(a)
     assert info.mapped == 0 and info.tables == 1 and info.counters.misses == 0
     assert io.lookup(a, 0) is None
+
+
+def test_any_uint64_buffer_is_a_run(iommu):
+    ctx = iommu.alloc_context()
+    raw = array("Q", [4, 9]).tobytes()
+    assert iommu.map(ctx, 0, memoryview(raw).cast("Q"), PERM_R) == (2, 0)
+    assert iommu.lookup(ctx, 1) == (9, PERM_R)
