@@ -18,8 +18,7 @@ from array import array
 from .common import (
     INTR_FIRST, INTR_LAST, MAX_CONTEXTS, MAX_DEVICES, MAX_FAULTS, OWNER_NONE,
     PAGE_SHIFT, PAGE_SIZE, PERM_RW, PERM_W, PERM_R, Counters, ContextInfo,
-    Fault, FaultRecord, HwError, StaleIotlbError, Status, check_status,
-    levels_for,
+    Fault, FaultRecord, HwError, StaleIotlbError, Status, levels_for,
 )
 
 _PTE = struct.Struct("<Q")

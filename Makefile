@@ -1,0 +1,61 @@
+# xenemu: `make run` starts the daemon on the embedded default machine,
+# `make test` runs every test. Both set everything up on first use.
+
+PYTHON    ?= python3
+VENV      := .venv
+VPY       := $(VENV)/bin/python
+STAMP     := $(VENV)/.installed
+BUILD     := build
+CC        ?= gcc
+CFLAGS    ?= -O2 -g
+WARN      := -std=c99 -Wall -Wextra -Werror -pedantic
+PYTEST_ARGS ?=
+
+# The package is installed editable; the cffi extension is rebuilt whenever a
+# C source or its build script changes.
+HW_SOURCES := $(wildcard cext/*.c cext/*.h) xenemu/hw/_build.py
+
+.PHONY: all run test bench bench-smoke clients venv clean
+
+all: venv clients
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml setup.py $(HW_SOURCES)
+	test -x $(VPY) || $(PYTHON) -m venv $(VENV)
+	$(VPY) -m pip install -q --disable-pip-version-check -e '.[test]'
+	touch $@
+
+# --- C client library and examples -------------------------------------
+CLIENT_HDRS := $(wildcard abi/xen/*.h abi/xenemu/*.h) clients/c/xenemu_client.h
+LIB         := $(BUILD)/libxenemu.a
+EXAMPLES    := $(BUILD)/query_caps
+
+clients: $(LIB) $(EXAMPLES)
+
+$(BUILD)/xenemu_client.o: clients/c/xenemu_client.c $(CLIENT_HDRS)
+	@mkdir -p $(BUILD)
+	$(CC) $(CFLAGS) $(WARN) -D_POSIX_C_SOURCE=200809L -Iabi -Iclients/c -c $< -o $@
+
+$(LIB): $(BUILD)/xenemu_client.o
+	rm -f $@
+	ar rcs $@ $^
+
+$(BUILD)/%: clients/c/examples/%.c $(LIB) $(CLIENT_HDRS)
+	$(CC) $(CFLAGS) $(WARN) -Iabi -Iclients/c $< $(LIB) -o $@
+
+# --- running --------------------------------------------------------------
+run: venv clients
+	$(VENV)/bin/xenemu serve
+
+test: venv clients
+	$(VPY) -m pytest -q $(PYTEST_ARGS)
+
+bench: venv clients
+	$(VPY) -m bench
+
+bench-smoke: venv clients
+	$(VPY) -m bench --smoke
+
+clean:
+	rm -rf $(BUILD) $(VENV) *.egg-info xenemu/hw/_hwlib.* .pytest_cache

@@ -1,0 +1,26 @@
+"""Fixtures shared by the tests (helpers live in support.py)."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from support import BUILD, ROOT, DaemonProcess
+
+
+@pytest.fixture
+def daemon(tmp_path):
+    d = DaemonProcess(tmp_path)
+    yield d
+    rc = d.stop()
+    assert rc == 0, f"daemon exited with {rc}:\n{d.log()}"
+
+
+@pytest.fixture(scope="session")
+def c_build():
+    """The C client library and examples, built as `make clients` builds them."""
+    subprocess.run(["make", "-s", "clients"], cwd=ROOT, check=True)
+    return BUILD
+
+

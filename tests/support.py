@@ -1,0 +1,73 @@
+"""Helpers shared by the tests: the daemon as a user starts it, and C compilation."""
+
+from __future__ import annotations
+
+import select
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BUILD = ROOT / "build"
+
+
+class DaemonProcess:
+    """`xenemu serve` in a subprocess, with its sockets in a private directory."""
+
+    def __init__(self, tmp_path: Path, *extra_args: str):
+        self.socket_dir = tmp_path / "sockets"
+        self.log_path = tmp_path / "daemon.log"
+        tmp_path.mkdir(parents=True, exist_ok=True)
+        self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "xenemu.cli", "--log-level", "debug", "serve",
+             "--socket-dir", str(self.socket_dir), *extra_args],
+            stdout=subprocess.PIPE, stderr=self._log, cwd=ROOT, bufsize=0)  # unbuffered: select() sees every line
+        self.sockets: dict[int, Path] = {}
+        self.banner = self._read_banner()
+
+    def _read_banner(self, timeout: float = 30.0) -> str:
+        """Read stdout up to the daemon's "ready" line, noting each domain's socket."""
+        lines = []
+        deadline = time.monotonic() + timeout
+        out = self.proc.stdout
+        while time.monotonic() < deadline:
+            if not select.select([out], [], [], 0.2)[0]:
+                if self.proc.poll() is not None:
+                    break
+                continue
+            line = out.readline().decode()
+            if not line:
+                break
+            lines.append(line)
+            if "XENEMU_SOCKET=" in line:
+                domid = int(line.split()[1].lstrip("d"))
+                self.sockets[domid] = Path(line.strip().split("XENEMU_SOCKET=")[1])
+            if line.startswith("xenemu: ready"):
+                return "".join(lines)
+        raise RuntimeError(f"daemon did not start:\n{''.join(lines)}\n{self.log()}")
+
+    def socket(self, domid: int) -> str:
+        return str(self.sockets[domid])
+
+    def log(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, sig=signal.SIGTERM, timeout: float = 20.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            self._log.close()
+            self.proc.stdout.close()
+
+
+def compile_c(src: Path, out: Path, *extra: str, std: str = "-std=c99") -> Path:
+    cmd = ["gcc", std, "-Wall", "-Wextra", "-Werror", "-pedantic", "-D_POSIX_C_SOURCE=200809L",
+           f"-I{ROOT / 'abi'}", f"-I{ROOT / 'clients' / 'c'}", str(src), *extra, "-o", str(out)]
+    subprocess.run(cmd, check=True, capture_output=True, text=True)
+    return out

@@ -1,0 +1,86 @@
+"""The `xenemu` command."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from pathlib import Path
+
+import trio
+
+from .daemon import Daemon, DaemonError, default_socket_dir
+from .hypervisor import Hypervisor
+from .machine import ConfigError, default_machine, load_machine
+
+
+def _serve(args) -> int:
+    try:
+        config = load_machine(args.config) if args.config else default_machine()
+    except ConfigError as e:
+        print(f"xenemu: {e}", file=sys.stderr)
+        return 2
+    hv = Hypervisor(config)
+    daemon = Daemon(hv, args.socket_dir)
+
+    async def main():
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async with trio.open_nursery() as nursery:
+                paths = await nursery.start(daemon.run)
+                _announce(hv, paths, args.config)
+                async for signum in signals:
+                    logging.getLogger("xenemu").info("xenemu: %s received",
+                                                     signal.Signals(signum).name)
+                    daemon.stop()
+                    break
+                # The nursery waits for daemon.run to finish in-flight work and clean up.
+
+    try:
+        trio.run(main)
+    except DaemonError as e:
+        print(f"xenemu: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        print(f"xenemu: cannot serve: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _announce(hv: Hypervisor, paths: dict, config_path) -> None:
+    where = config_path or "the embedded default machine"
+    print(f"xenemu: serving {where}", flush=True)
+    for domid, path in paths.items():
+        d = hv.domains[domid]
+        role = "hardware domain" if d.hardware else "guest"
+        print(f"xenemu: d{domid} ({d.name}, {role}, {d.nr_contexts} contexts): "
+              f"XENEMU_SOCKET={path}", flush=True)
+    print("xenemu: ready (SIGINT or SIGTERM stops it)", flush=True)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="xenemu",
+                                     description="Userspace emulator of Xen's PV-IOMMU interface")
+    parser.add_argument("--log-level", default="info",
+                        choices=["debug", "info", "warning", "error"],
+                        help="debug shows one [PV-IOMMU] line per hypercall")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the daemon")
+    serve.add_argument("--config", type=Path, help="machine description (TOML); "
+                       "default: the embedded default machine")
+    serve.add_argument("--socket-dir", type=Path, default=default_socket_dir(),
+                       help="directory for the sockets (default: $XENEMU_DIR or /tmp/xenemu-UID)")
+    serve.set_defaults(func=_serve)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(message)s",
+                        stream=sys.stderr)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,264 @@
+"""Python clients: a blocking one and a trio one, with a helper per sub-op.
+
+    with XenemuClient() as xen:             # $XENEMU_SOCKET, or a path
+        res = xen.query_capabilities()
+        res.ret, res.op.cap.max_ctx_no
+
+    async with open_trio_client(path) as xen:
+        res = await xen.map_pages(ctx_no=1, gfn=0x100, dfn=0x100, nr_pages=4)
+        res.ret, res.op.map_pages.mapped
+
+Every helper returns an OpResult: the hypercall's return value and the
+pv_iommu_op as the hypervisor wrote it back (all union views decoded, raw
+bytes kept). Protocol failures raise XenemuError; Xen errors never raise,
+they are return values, as for a guest.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import socket
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+
+from . import abi
+from .errno import result_name
+from .wire import Error, FrameDecoder, ProtocolError, Region, Reply, encode_call
+
+# The guest address the client's op buffer nominally lives at: the handle
+# argument of the hypercall. Any value works as long as it names the region.
+OP_GADDR = 0x7F00_0000_0000
+
+
+class XenemuError(Exception):
+    """The connection failed or the daemon answered with a protocol error."""
+
+    def __init__(self, message: str, code: int | None = None):
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(frozen=True, slots=True)
+class OpResult:
+    ret: int
+    raw: bytes          # the 32 bytes written back
+
+    @property
+    def op(self) -> Any:
+        return abi.decode_op(self.raw)
+
+    @property
+    def ok(self) -> bool:
+        return self.ret == 0
+
+    @property
+    def name(self) -> str:
+        """'0' or the Xen error name, e.g. '-EADDRINUSE'."""
+        return result_name(self.ret)
+
+
+def socket_path(path: str | os.PathLike | None) -> str:
+    path = path or os.environ.get("XENEMU_SOCKET")
+    if not path:
+        raise XenemuError("no socket: pass a path or set XENEMU_SOCKET")
+    return os.fspath(path)
+
+
+def _op_call(req_id: int, raw_op: bytes) -> bytes:
+    return encode_call(req_id, abi.HYPERVISOR_iommu_op, (OP_GADDR,), (Region(OP_GADDR, raw_op),))
+
+
+def _op_result(reply: Reply) -> OpResult:
+    data = reply.regions[0].data if reply.regions else b""
+    return OpResult(reply.ret, data)
+
+
+def _check(frame) -> Reply:
+    if isinstance(frame, Error):
+        raise XenemuError(f"daemon closed the connection: {frame.message}", frame.code)
+    return frame
+
+
+class SubOps:
+    """One helper per sub-op; subclasses supply iommu_op(raw) (sync or async)."""
+
+    def iommu_op(self, raw: bytes):
+        raise NotImplementedError
+
+    def noop(self):
+        return self.iommu_op(abi.encode_op(abi.IOMMUOP_noop))
+
+    def query_capabilities(self):
+        return self.iommu_op(abi.encode_op(abi.IOMMUOP_query_capabilities))
+
+    def alloc_context(self, flags: int = 0):
+        return self.iommu_op(abi.encode_op(abi.IOMMUOP_alloc_context, 0, flags))
+
+    def free_context(self, ctx_no: int, flags: int = 0):
+        return self.iommu_op(abi.encode_op(abi.IOMMUOP_free_context, ctx_no, flags))
+
+    def reattach_device(self, ctx_no: int, seg: int = 0, bus: int = 0, devfn: int = 0):
+        return self.iommu_op(abi.encode_op(abi.IOMMUOP_reattach_device, ctx_no, 0,
+                                           "reattach_device",
+                                           dev=dict(seg=seg, bus=bus, devfn=devfn)))
+
+    def map_pages(self, ctx_no: int, gfn: int, dfn: int, nr_pages: int,
+                  flags: int = abi.IOMMU_OP_readable | abi.IOMMU_OP_writeable):
+        return self.iommu_op(abi.encode_op(abi.IOMMUOP_map_pages, ctx_no, flags, "map_pages",
+                                           gfn=gfn, dfn=dfn, nr_pages=nr_pages))
+
+    def unmap_pages(self, ctx_no: int, dfn: int, nr_pages: int):
+        return self.iommu_op(abi.encode_op(abi.IOMMUOP_unmap_pages, ctx_no, 0, "unmap_pages",
+                                           dfn=dfn, nr_pages=nr_pages))
+
+    def lookup_page(self, ctx_no: int, dfn: int):
+        return self.iommu_op(abi.encode_op(abi.IOMMUOP_lookup_page, ctx_no, 0, "lookup_page",
+                                           dfn=dfn))
+
+
+class XenemuClient(SubOps):
+    """Blocking client: one connection, the domain its socket belongs to."""
+
+    def __init__(self, path: str | os.PathLike | None = None, timeout: float | None = 30.0):
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._sock.settimeout(timeout)
+        try:
+            self._sock.connect(socket_path(path))
+        except OSError as e:
+            self._sock.close()
+            raise XenemuError(f"cannot connect to {socket_path(path)}: {e}") from None
+        self._decoder = FrameDecoder.for_client()
+        self._ids = itertools.count(1)
+
+    def close(self) -> None:
+        self._sock.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def send_raw(self, data: bytes) -> None:
+        """Send bytes as they are (tests use this to send broken frames)."""
+        try:
+            self._sock.sendall(data)
+        except OSError as e:
+            raise XenemuError(f"connection failed: {e}") from None
+
+    def receive_frame(self) -> Reply | Error:
+        """The next frame from the daemon, blocking."""
+        try:
+            while (frame := self._decoder.next_frame()) is None:
+                data = self._sock.recv(65536)
+                if not data:
+                    self._decoder.close()
+                    raise XenemuError("daemon closed the connection")
+                self._decoder.feed(data)
+        except ProtocolError as e:
+            raise XenemuError(f"bad frame from the daemon: {e}", e.code) from None
+        except OSError as e:
+            raise XenemuError(f"connection failed: {e}") from None
+        return frame
+
+    def hypercall(self, op: int, args=(), regions=()) -> Reply:
+        req_id = next(self._ids)
+        self.send_raw(encode_call(req_id, op, args, regions))
+        reply = _check(self.receive_frame())
+        if reply.req_id != req_id:
+            raise XenemuError(f"reply to request {reply.req_id}, expected {req_id}")
+        return reply
+
+    def iommu_op(self, raw: bytes) -> OpResult:
+        return _op_result(self.hypercall(abi.HYPERVISOR_iommu_op, (OP_GADDR,),
+                                         (Region(OP_GADDR, raw),)))
+
+    def pipeline(self, raw_ops: list[bytes]) -> list[OpResult]:
+        """Send every op before reading any reply: many requests in flight."""
+        first = next(self._ids)
+        ids = [first] + [next(self._ids) for _ in raw_ops[1:]]
+        self.send_raw(b"".join(_op_call(i, raw) for i, raw in zip(ids, raw_ops)))
+        by_id = {}
+        for _ in ids:
+            reply = _check(self.receive_frame())
+            by_id[reply.req_id] = _op_result(reply)
+        return [by_id[i] for i in ids]
+
+
+class TrioXenemuClient(SubOps):
+    """trio client: any number of tasks may call it at once, each waits for its reply."""
+
+    def __init__(self, stream: trio.SocketStream):
+        self._stream = stream
+        self._send_lock = trio.Lock()
+        self._ids = itertools.count(1)
+        self._waiting: dict[int, list] = {}   # req_id -> [Event, reply or exception]
+        self._failure: XenemuError | None = None
+
+    async def hypercall(self, op: int, args=(), regions=()) -> Reply:
+        if self._failure:
+            raise self._failure
+        req_id = next(self._ids)
+        slot = self._waiting[req_id] = [trio.Event(), None]
+        try:
+            async with self._send_lock:
+                await self._stream.send_all(encode_call(req_id, op, args, regions))
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as e:
+            self._waiting.pop(req_id, None)
+            raise XenemuError(f"connection failed: {e}") from None
+        await slot[0].wait()
+        if isinstance(slot[1], XenemuError):
+            raise slot[1]
+        return slot[1]
+
+    async def iommu_op(self, raw: bytes) -> OpResult:
+        return _op_result(await self.hypercall(abi.HYPERVISOR_iommu_op, (OP_GADDR,),
+                                               (Region(OP_GADDR, raw),)))
+
+    async def _read_replies(self) -> None:
+        decoder = FrameDecoder.for_client()
+        try:
+            while True:
+                data = await self._stream.receive_some(65536)
+                if not data:
+                    decoder.close()
+                    raise XenemuError("daemon closed the connection")
+                decoder.feed(data)
+                for frame in decoder:
+                    if isinstance(frame, Error):
+                        raise XenemuError(f"daemon closed the connection: {frame.message}",
+                                          frame.code)
+                    slot = self._waiting.pop(frame.req_id, None)
+                    if slot is not None:
+                        slot[1] = frame
+                        slot[0].set()
+        except ProtocolError as e:
+            self._fail(XenemuError(f"bad frame from the daemon: {e}", e.code))
+        except XenemuError as e:
+            self._fail(e)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as e:
+            self._fail(XenemuError(f"connection failed: {e}"))
+
+    def _fail(self, error: XenemuError) -> None:
+        self._failure = error
+        for slot in self._waiting.values():
+            slot[1] = error
+            slot[0].set()
+        self._waiting.clear()
+
+
+@asynccontextmanager
+async def open_trio_client(path: str | os.PathLike | None = None):
+    stream = await trio.open_unix_socket(socket_path(path))
+    async with stream:
+        client = TrioXenemuClient(stream)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(client._read_replies)
+            try:
+                yield client
+            finally:
+                nursery.cancel_scope.cancel()

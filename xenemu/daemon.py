@@ -1,0 +1,194 @@
+"""The daemon: trio code that moves bytes between sockets and the core.
+
+One Unix socket per domain, created owner-only in a private directory: the
+calling domain is the socket a frame arrived on, never a field the guest
+writes. Each connection runs in its own task: bytes go to a FrameDecoder,
+whole calls to the Hypervisor, replies back. Requests of one connection are
+served in order; a continuation (-ERESTART) yields to other tasks before
+the call is re-run, so a long operation never stalls other domains.
+A broken frame gets an ERROR frame and closes its connection, nothing else.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import math
+import logging
+import os
+import socket as stdsocket
+import stat
+from pathlib import Path
+
+import trio
+
+from .guest import GuestMemory
+from .hypervisor import RESTART, Hypervisor
+from .wire import ERR_INTERNAL, Call, FrameDecoder, ProtocolError, encode_error, encode_reply
+
+log = logging.getLogger("xenemu.daemon")
+
+RECEIVE_SIZE = 64 * 1024
+SHUTDOWN_GRACE = 5.0       # seconds in-flight work may take once a stop is asked
+ERROR_SEND_TIMEOUT = 5.0   # a peer that will not read its error frame is dropped after this
+
+
+def default_socket_dir() -> Path:
+    return Path(os.environ.get("XENEMU_DIR") or f"/tmp/xenemu-{os.getuid()}")
+
+
+def domain_socket_path(socket_dir: Path, domid: int) -> Path:
+    return Path(socket_dir) / f"dom{domid}.sock"
+
+
+class DaemonError(Exception):
+    pass
+
+
+class Daemon:
+    def __init__(self, hv: Hypervisor, socket_dir: Path):
+        self.hv = hv
+        self.socket_dir = Path(socket_dir)
+        self.paths: dict[int, Path] = {}
+        self._stopping = False
+        self._accept_scope: trio.CancelScope | None = None
+        self._conn_nursery: trio.Nursery | None = None
+        self._receive_scopes: set[trio.CancelScope] = set()
+        self._next_conn = 0
+
+    # -- lifecycle -------------------------------------------------------------
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """Serve until stop(); `task_status.started()` gets {domid: socket path}."""
+        listeners = [(domid, await self._listen(domid)) for domid in self.hv.domains]
+        try:
+            async with trio.open_nursery() as conn_nursery:
+                self._conn_nursery = conn_nursery
+                with trio.CancelScope() as self._accept_scope:
+                    async with trio.open_nursery() as accept_nursery:
+                        for domid, listener in listeners:
+                            accept_nursery.start_soon(functools.partial(
+                                trio.serve_listeners,
+                                functools.partial(self._serve_connection, domid=domid),
+                                [listener], handler_nursery=conn_nursery))
+                        task_status.started(dict(self.paths))
+                # Accepting has stopped: connections finish what they hold, within a grace time.
+                conn_nursery.cancel_scope.deadline = trio.current_time() + SHUTDOWN_GRACE
+        finally:
+            for domid, listener in listeners:
+                with trio.CancelScope(shield=True):
+                    await listener.aclose()
+            self._remove_sockets()
+            log.info("xenemu: stopped")
+
+    def stop(self) -> None:
+        """Stop accepting, let each connection finish the requests it has read, then return."""
+        if self._stopping:
+            return
+        self._stopping = True
+        log.info("xenemu: stopping")
+        if self._accept_scope is not None:
+            self._accept_scope.cancel()
+        for scope in self._receive_scopes:
+            scope.cancel()
+
+    # -- sockets ---------------------------------------------------------------
+
+    async def _listen(self, domid: int) -> trio.SocketListener:
+        self._make_private_dir()
+        path = domain_socket_path(self.socket_dir, domid)
+        self._clear_stale(path)
+        sock = trio.socket.socket(stdsocket.AF_UNIX, stdsocket.SOCK_STREAM)
+        try:
+            await sock.bind(str(path))
+            os.chmod(path, 0o600)
+            sock.listen(128)
+        except OSError:
+            sock.close()
+            raise
+        self.paths[domid] = path
+        return trio.SocketListener(sock)
+
+    def _make_private_dir(self) -> None:
+        self.socket_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        st = self.socket_dir.stat()
+        if st.st_uid != os.getuid() or stat.S_IMODE(st.st_mode) & 0o077:
+            raise DaemonError(f"{self.socket_dir} must be owned by this user and not open to others "
+                              f"(mode {stat.S_IMODE(st.st_mode):o})")
+
+    @staticmethod
+    def _clear_stale(path: Path) -> None:
+        """Remove a socket left by a daemon that died; refuse to steal a live one."""
+        if not path.exists():
+            return
+        probe = stdsocket.socket(stdsocket.AF_UNIX, stdsocket.SOCK_STREAM)
+        try:
+            probe.connect(str(path))
+        except OSError as e:
+            if e.errno not in (errno.ECONNREFUSED, errno.ENOTSOCK, errno.ENOENT):
+                raise
+            path.unlink(missing_ok=True)
+        else:
+            raise DaemonError(f"{path} is in use: is another xenemu daemon running?")
+        finally:
+            probe.close()
+
+    def _remove_sockets(self) -> None:
+        for path in self.paths.values():
+            path.unlink(missing_ok=True)
+
+    # -- connections -----------------------------------------------------------
+
+    async def _serve_connection(self, stream: trio.SocketStream, domid: int) -> None:
+        self._next_conn += 1
+        conn = f"d{domid} conn {self._next_conn}"
+        log.debug("%s: connected", conn)
+        decoder = FrameDecoder.for_server()
+        try:
+            async with stream:
+                while not self._stopping:
+                    with trio.CancelScope() as scope:
+                        self._receive_scopes.add(scope)
+                        try:
+                            data = await stream.receive_some(RECEIVE_SIZE)
+                        finally:
+                            self._receive_scopes.discard(scope)
+                    if scope.cancelled_caught:
+                        break
+                    if not data:
+                        decoder.close()
+                        break
+                    decoder.feed(data)
+                    if not await self._answer(stream, domid, decoder, conn):
+                        break
+        except ProtocolError as e:  # only TRUNCATED: the peer is gone, nobody to tell
+            log.info("%s: %s", conn, e)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            log.info("%s: peer went away", conn)
+        log.debug("%s: closed", conn)
+
+    async def _answer(self, stream, domid: int, decoder: FrameDecoder, conn: str) -> bool:
+        """Serve every whole call buffered; False when the connection must close."""
+        replies = []
+        keep_open = True
+        try:
+            for call in decoder:
+                replies.append(await self._execute(domid, call))
+        except ProtocolError as e:
+            log.warning("%s: protocol error %s; closing the connection", conn, e)
+            replies.append(encode_error(e.req_id, e.code, e.message))
+            keep_open = False
+        except Exception:
+            log.exception("%s: internal error; closing the connection", conn)
+            replies.append(encode_error(0, ERR_INTERNAL, "internal error in the daemon (see its log)"))
+            keep_open = False
+        if replies:
+            with trio.move_on_after(math.inf if keep_open else ERROR_SEND_TIMEOUT):
+                await stream.send_all(b"".join(replies))
+        return keep_open
+
+    async def _execute(self, domid: int, call: Call) -> bytes:
+        mem = GuestMemory(call.regions)
+        while (ret := self.hv.hypercall(domid, call.op, call.args, mem)) == RESTART:
+            await trio.sleep(0)  # the continuation: let other domains in before going on
+        return encode_reply(call.req_id, ret, mem.regions())

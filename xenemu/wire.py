@@ -1,0 +1,315 @@
+"""The wire protocol (abi/xenemu/wire.h, abi/PROTOCOL.md): frame layouts and a
+sans-IO codec.
+
+Nothing here does I/O. `FrameDecoder` takes bytes as they arrive and hands
+out whole frames, or raises `ProtocolError` with what the peer got wrong; the
+`encode_*` functions build frames. The daemon, the clients, trace replay and
+the tests all share it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from construct import Array, Bytes, Int16ul, Int32ul, Int64sl, Int64ul, Struct, this
+
+MAGIC = 0x554D4558  # b"XEMU"
+VERSION = 1
+MAX_FRAME = 1 << 20
+MAX_REGIONS = 16
+NR_ARGS = 5
+
+FRAME_CALL = 1
+FRAME_REPLY = 2
+FRAME_ERROR = 3
+
+ERR_BAD_MAGIC = 1
+ERR_BAD_VERSION = 2
+ERR_BAD_LENGTH = 3
+ERR_BAD_TYPE = 4
+ERR_MALFORMED = 5
+ERR_TRUNCATED = 6
+ERR_INTERNAL = 7
+
+ERROR_NAMES = {
+    ERR_BAD_MAGIC: "BAD_MAGIC",
+    ERR_BAD_VERSION: "BAD_VERSION",
+    ERR_BAD_LENGTH: "BAD_LENGTH",
+    ERR_BAD_TYPE: "BAD_TYPE",
+    ERR_MALFORMED: "MALFORMED",
+    ERR_TRUNCATED: "TRUNCATED",
+    ERR_INTERNAL: "INTERNAL",
+}
+
+HDR_SIZE = 24
+CALL_SIZE = 48
+REPLY_SIZE = 8
+ERROR_SIZE = 8
+REGION_SIZE = 16
+
+HeaderLayout = Struct(
+    "magic" / Int32ul,
+    "version" / Int16ul,
+    "type" / Int16ul,
+    "length" / Int32ul,
+    "nr_regions" / Int16ul,
+    "reserved" / Int16ul,
+    "req_id" / Int64ul,
+)
+Header = HeaderLayout.compile()
+
+RegionDescriptorLayout = Struct(
+    "gaddr" / Int64ul,
+    "len" / Int32ul,
+    "reserved" / Int32ul,
+)
+RegionDescriptor = RegionDescriptorLayout.compile()
+
+RegionLayout = Struct(
+    *RegionDescriptorLayout.subcons,
+    "data" / Bytes(this.len),
+)
+
+# Frames whole (used to build them) and their fixed parts (used to parse,
+# since the decoder walks the regions itself to check each against length).
+CallFixed = Struct(
+    "header" / HeaderLayout,
+    "op" / Int64ul,
+    "args" / Array(NR_ARGS, Int64ul),
+).compile()
+
+ReplyFixed = Struct(
+    "header" / HeaderLayout,
+    "ret" / Int64sl,
+).compile()
+
+CallFrame = Struct(
+    "header" / HeaderLayout,
+    "op" / Int64ul,
+    "args" / Array(NR_ARGS, Int64ul),
+    "regions" / Array(this.header.nr_regions, RegionLayout),
+).compile()
+
+ReplyFrame = Struct(
+    "header" / HeaderLayout,
+    "ret" / Int64sl,
+    "regions" / Array(this.header.nr_regions, RegionLayout),
+).compile()
+
+ErrorFrame = Struct(
+    "header" / HeaderLayout,
+    "code" / Int32ul,
+    "msg_len" / Int32ul,
+    "message" / Bytes(this.msg_len),
+).compile()
+
+_BODY_SIZE = {FRAME_CALL: CALL_SIZE, FRAME_REPLY: REPLY_SIZE, FRAME_ERROR: ERROR_SIZE}
+
+
+class ProtocolError(Exception):
+    """The peer broke the protocol; `code` is an ERR_* value.
+
+    `req_id` is the id of the frame at fault when its header was readable.
+    """
+
+    def __init__(self, code: int, message: str, req_id: int = 0):
+        super().__init__(f"{ERROR_NAMES.get(code, code)}: {message}")
+        self.code = code
+        self.message = message
+        self.req_id = req_id
+
+
+@dataclass(frozen=True, slots=True)
+class Region:
+    """Guest memory at `gaddr`, as sent or as written back."""
+    gaddr: int
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    req_id: int
+    op: int
+    args: tuple[int, ...]
+    regions: tuple[Region, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    req_id: int
+    ret: int
+    regions: tuple[Region, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Error:
+    req_id: int
+    code: int
+    message: str
+
+
+def _regions_built(regions) -> list[dict]:
+    if len(regions) > MAX_REGIONS:
+        raise ValueError(f"at most {MAX_REGIONS} regions in a frame")
+    return [dict(gaddr=r.gaddr, len=len(r.data), reserved=0, data=bytes(r.data)) for r in regions]
+
+
+def _header(ftype: int, length: int, nr_regions: int, req_id: int) -> dict:
+    if length > MAX_FRAME:
+        raise ValueError(f"frame of {length} bytes is over the {MAX_FRAME}-byte maximum")
+    return dict(magic=MAGIC, version=VERSION, type=ftype, length=length,
+                nr_regions=nr_regions, reserved=0, req_id=req_id)
+
+
+def _regions_size(regions) -> int:
+    return sum(REGION_SIZE + len(r.data) for r in regions)
+
+
+def encode_call(req_id: int, op: int, args=(), regions=()) -> bytes:
+    """A CALL frame; `args` is padded with zeros to five arguments."""
+    args = tuple(args) + (0,) * (NR_ARGS - len(args))
+    if len(args) != NR_ARGS:
+        raise ValueError(f"a hypercall takes at most {NR_ARGS} arguments")
+    length = HDR_SIZE + CALL_SIZE + _regions_size(regions)
+    return CallFrame.build(dict(header=_header(FRAME_CALL, length, len(regions), req_id),
+                                op=op, args=list(args), regions=_regions_built(regions)))
+
+
+def encode_reply(req_id: int, ret: int, regions=()) -> bytes:
+    length = HDR_SIZE + REPLY_SIZE + _regions_size(regions)
+    return ReplyFrame.build(dict(header=_header(FRAME_REPLY, length, len(regions), req_id),
+                                 ret=ret, regions=_regions_built(regions)))
+
+
+def encode_error(req_id: int, code: int, message: str) -> bytes:
+    text = message.encode("utf-8")[:4096]
+    length = HDR_SIZE + ERROR_SIZE + len(text)
+    return ErrorFrame.build(dict(header=_header(FRAME_ERROR, length, 0, req_id),
+                                 code=code, msg_len=len(text), message=text))
+
+
+class FrameDecoder:
+    """Turns a byte stream into frames of the types this side accepts.
+
+    feed() bytes as they arrive, then call next_frame() until it returns None
+    (a partial frame stays buffered). A protocol error raises ProtocolError;
+    after that the stream is out of step and the connection must be closed.
+    At end of stream, call close(): it raises TRUNCATED if a frame was cut off.
+    """
+
+    def __init__(self, accept: frozenset[int], max_frame: int = MAX_FRAME):
+        self._accept = accept
+        self._max_frame = max_frame
+        self._buf = bytearray()
+        self._pos = 0
+
+    @classmethod
+    def for_server(cls) -> FrameDecoder:
+        return cls(frozenset({FRAME_CALL}))
+
+    @classmethod
+    def for_client(cls) -> FrameDecoder:
+        return cls(frozenset({FRAME_REPLY, FRAME_ERROR}))
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received but not yet part of a whole frame."""
+        return len(self._buf) - self._pos
+
+    def feed(self, data: bytes) -> None:
+        if self._pos:
+            # Drop consumed bytes before growing, so the buffer stays one frame big.
+            del self._buf[:self._pos]
+            self._pos = 0
+        self._buf += data
+
+    def close(self) -> None:
+        if self.buffered:
+            raise ProtocolError(ERR_TRUNCATED,
+                                f"stream ended {self.buffered} bytes into a frame")
+
+    def next_frame(self) -> Call | Reply | Error | None:
+        if self.buffered < HDR_SIZE:
+            self._check_prefix()
+            return None
+        hdr = Header.parse(memoryview(self._buf)[self._pos:self._pos + HDR_SIZE])
+        self._check_header(hdr)
+        if self.buffered < hdr.length:
+            return None
+        start = self._pos
+        raw = bytes(self._buf[start:start + hdr.length])
+        self._pos += hdr.length
+        return self._decode(hdr, raw)
+
+    def __iter__(self):
+        while (frame := self.next_frame()) is not None:
+            yield frame
+
+    def _check_prefix(self) -> None:
+        # Reject a wrong magic as soon as its bytes are in, not when 24 have come.
+        have = bytes(self._buf[self._pos:self._pos + 4])
+        if have != MAGIC.to_bytes(4, "little")[:len(have)]:
+            raise ProtocolError(ERR_BAD_MAGIC, f"bad magic {have.hex()}, expected 58454d55 ('XEMU')")
+
+    def _check_header(self, hdr) -> None:
+        if hdr.magic != MAGIC:
+            raise ProtocolError(ERR_BAD_MAGIC, f"bad magic {hdr.magic:#010x}, expected {MAGIC:#010x}")
+        if hdr.version != VERSION:
+            raise ProtocolError(ERR_BAD_VERSION,
+                                f"wire version {hdr.version} not supported (this side speaks {VERSION})",
+                                hdr.req_id)
+        if hdr.type not in self._accept:
+            raise ProtocolError(ERR_BAD_TYPE, f"frame type {hdr.type} not accepted here", hdr.req_id)
+        minimum = HDR_SIZE + _BODY_SIZE[hdr.type]
+        if not minimum <= hdr.length <= self._max_frame:
+            raise ProtocolError(ERR_BAD_LENGTH,
+                                f"frame length {hdr.length} outside {minimum}..{self._max_frame}",
+                                hdr.req_id)
+        if hdr.reserved:
+            raise ProtocolError(ERR_MALFORMED, "reserved header field is not zero", hdr.req_id)
+        if hdr.type == FRAME_ERROR and hdr.nr_regions:
+            raise ProtocolError(ERR_MALFORMED, "an error frame carries no regions", hdr.req_id)
+        if hdr.nr_regions > MAX_REGIONS:
+            raise ProtocolError(ERR_MALFORMED,
+                                f"{hdr.nr_regions} regions, at most {MAX_REGIONS}", hdr.req_id)
+
+    def _decode(self, hdr, raw: bytes):
+        # The header says how long the frame is; the body must fill it exactly.
+        body_end = HDR_SIZE + _BODY_SIZE[hdr.type]
+        if hdr.type == FRAME_ERROR:
+            msg_len = int.from_bytes(raw[body_end - 4:body_end], "little")
+            if body_end + msg_len != hdr.length:
+                raise ProtocolError(ERR_MALFORMED, "error message length does not match the frame",
+                                    hdr.req_id)
+            f = ErrorFrame.parse(raw)
+            return Error(hdr.req_id, f.code, f.message.decode("utf-8", "replace"))
+        regions = self._walk_regions(hdr, raw, body_end)
+        if hdr.type == FRAME_CALL:
+            f = CallFixed.parse(raw)
+            return Call(hdr.req_id, f.op, tuple(f.args), regions)
+        return Reply(hdr.req_id, ReplyFixed.parse(raw).ret, regions)
+
+    @staticmethod
+    def _walk_regions(hdr, raw: bytes, offset: int) -> tuple[Region, ...]:
+        regions = []
+        for i in range(hdr.nr_regions):
+            if offset + REGION_SIZE > hdr.length:
+                raise ProtocolError(ERR_MALFORMED, f"region {i} descriptor runs past the frame",
+                                    hdr.req_id)
+            desc = RegionDescriptor.parse(raw[offset:offset + REGION_SIZE])
+            gaddr, size = desc.gaddr, desc.len
+            if desc.reserved:
+                raise ProtocolError(ERR_MALFORMED, f"region {i} reserved field is not zero",
+                                    hdr.req_id)
+            offset += REGION_SIZE
+            if offset + size > hdr.length:
+                raise ProtocolError(ERR_MALFORMED,
+                                    f"region {i} of {size} bytes runs past the frame", hdr.req_id)
+            if gaddr + size > 1 << 64:
+                raise ProtocolError(ERR_MALFORMED, f"region {i} wraps the address space", hdr.req_id)
+            regions.append(Region(gaddr, raw[offset:offset + size]))
+            offset += size
+        if offset != hdr.length:
+            raise ProtocolError(ERR_MALFORMED,
+                                f"{hdr.length - offset} stray bytes after the last region", hdr.req_id)
+        return tuple(regions)
