@@ -1,0 +1,507 @@
+/*
+ * xen_iommu_driver - the life of one DMA domain, as Linux's xen-iommu guest
+ * driver (revision 1 of PV-IOMMU, driver v1/v2) drives it.
+ *
+ *   XENEMU_SOCKET=/tmp/xenemu-$UID/dom0.sock build/xen_iommu_driver \
+ *       [--device SSSS:BB:DD.F] [--pages N] [--gfn G] [--dfn D]
+ *
+ * Defaults: --device 0000:00:03.0 --pages 600 --gfn 0x1000 --dfn 0x40000
+ * (device, gfn and dfn in hex, pages in decimal). 600 pages need three
+ * map calls of at most max_nr_pages (256) each.
+ *
+ * The xen_iommu_* functions below issue HYPERVISOR_iommu_op() exactly as the
+ * driver's callbacks do (probe, domain_alloc_paging, attach_dev, map_pages,
+ * unmap_pages, iova_to_phys, release_device, domain_free); main() runs them
+ * in the order a DMA user causes them and checks every answer:
+ *
+ *   probe            query_capabilities: 0, max_ctx_no > 0, max_nr_pages > 0
+ *   alloc_context    alloc_context, flags 0: 0; the id is read from op.ctx_no
+ *   attach           reattach_device(ctx, device): 0
+ *   map              N pages gfn..gfn+N-1 at dfn..dfn+N-1, read/write, in
+ *                    chunks of max_nr_pages: ret 0, mapped N, ceil(N/max) calls
+ *   lookup_first     lookup_page of the first, middle (N/2) and last dfn:
+ *   lookup_middle      ret 0 and gfn = gfn_base + offset (iova_to_phys reads
+ *   lookup_last        an error as 0, as the driver does)
+ *   lookup_unmapped  lookup_page of a dfn just past the buffer: -ENOENT
+ *   remap            mapping the first chunk again: -EADDRINUSE, mapped 0
+ *   free_busy        free_context, flags 0, device still attached: -EBUSY
+ *   unmap            unmap in chunks (a failed chunk is warned about and the
+ *                    next one still tried): every call 0, unmapped N
+ *   release          reattach_device(0, device): 0
+ *   free_context     free_context, flags 0: 0
+ *   free_again       free_context of the same id again: -ENOENT
+ *
+ * Output: one line per step on stdout, space-separated key=value pairs, the
+ * step first and its hypercall's return value (Xen's negated errno) next:
+ *
+ *   step=probe ret=0 max_ctx_no=128 max_nr_pages=256 max_iova_addr=0x7fffffffff
+ *   step=alloc_context ret=0 ctx=1
+ *   step=attach ret=0 ctx=1 device=0000:00:03.0
+ *   step=map ret=0 mapped=600 calls=3 gfn=0x1000 dfn=0x40000 pages=600
+ *   step=lookup_first ret=0 dfn=0x40000 gfn=0x1000 want=0x1000
+ *   ...
+ *   step=unmap ret=0 unmapped=600 calls=3 errors=0
+ *   ...
+ *   result=ok
+ *
+ * Every step name appears at most once. At the first step whose expectation
+ * fails the program stops: it tears down what it built (best effort: the
+ * device back to context 0, then free_context with
+ * IOMMU_TEARDOWN_REATTACH_DEFAULT, which also drops the mappings), printing
+ * "step=cleanup ret=R ctx=C", then prints
+ * "result=fail step=<name> reason=<why>" and exits non-zero.
+ *
+ * Exit codes:
+ *   0  every expectation held (result=ok)
+ *   1  a step after the probe did not answer as expected
+ *   2  bad command line
+ *   3  no PV-IOMMU: query_capabilities returned -ENOSYS (xenemu: also when
+ *      the daemon can't be reached; stderr then says why)
+ *   4  PV-IOMMU present but unusable: max_ctx_no == 0 (or max_nr_pages == 0)
+ *   5  the probe returned another error, e.g. -EPERM in a domain that is not
+ *      the hardware domain (revision 1 serves the hardware domain only)
+ *
+ * A PV dom0's driver maps one page per call (its frames are not contiguous);
+ * this program behaves like an HVM/PVH guest and uses max_nr_pages.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "xenemu_client.h"
+
+#define XEN_PAGE_SHIFT 12
+#define XEN_PAGE_SIZE (UINT64_C(1) << XEN_PAGE_SHIFT)
+
+enum {
+    EXIT_OK = 0,
+    EXIT_STEP_FAILED = 1,
+    EXIT_USAGE = 2,
+    EXIT_NO_PV_IOMMU = 3,
+    EXIT_UNSUPPORTED = 4,
+    EXIT_PROBE_ERROR = 5,
+};
+
+/* What the probe learnt (the driver keeps it in its global state). */
+static struct pv_iommu_op caps;
+
+/* ---- the driver ------------------------------------------------------- */
+
+/* probe: -ENOSYS means no PV-IOMMU, max_ctx_no == 0 means unsupported. */
+static long xen_iommu_probe(void)
+{
+    memset(&caps, 0, sizeof(caps));
+    caps.subop_id = IOMMUOP_query_capabilities;
+    return HYPERVISOR_iommu_op(&caps);
+}
+
+/* domain_alloc_paging: a new context, flags 0; its id comes back in ctx_no. */
+static long xen_iommu_domain_alloc_paging(uint16_t *ctx_no)
+{
+    struct pv_iommu_op op;
+    long ret;
+
+    memset(&op, 0, sizeof(op));
+    op.subop_id = IOMMUOP_alloc_context;
+    op.flags = 0;
+    ret = HYPERVISOR_iommu_op(&op);
+    if (ret == 0)
+        *ctx_no = op.ctx_no;
+    return ret;
+}
+
+/* attach_dev (and release_device with ctx_no 0): the return code is passed up. */
+static long xen_iommu_attach_dev(uint16_t ctx_no, const struct physdev_pci_device *dev)
+{
+    struct pv_iommu_op op;
+
+    memset(&op, 0, sizeof(op));
+    op.subop_id = IOMMUOP_reattach_device;
+    op.ctx_no = ctx_no;
+    op.reattach_device.dev = *dev;
+    return HYPERVISOR_iommu_op(&op);
+}
+
+static long xen_iommu_release_device(const struct physdev_pci_device *dev)
+{
+    return xen_iommu_attach_dev(IOMMU_DEFAULT_CONTEXT, dev);
+}
+
+/*
+ * map_pages: chunks of at most max_nr_pages; `mapped` is added to the count
+ * after every call, and the first error ends the loop and is returned.
+ */
+static long xen_iommu_map_pages(uint16_t ctx_no, uint64_t iova, uint64_t paddr, uint64_t pgcount,
+                                uint64_t *mapped, unsigned int *calls)
+{
+    struct pv_iommu_op op;
+    uint64_t done = 0;
+    long ret = 0;
+
+    *mapped = 0;
+    *calls = 0;
+    while (done < pgcount) {
+        uint64_t left = pgcount - done;
+        uint32_t nr = left < caps.cap.max_nr_pages ? (uint32_t)left : caps.cap.max_nr_pages;
+
+        memset(&op, 0, sizeof(op));
+        op.subop_id = IOMMUOP_map_pages;
+        op.ctx_no = ctx_no;
+        op.flags = IOMMU_OP_readable | IOMMU_OP_writeable;
+        op.map_pages.gfn = (paddr >> XEN_PAGE_SHIFT) + done;
+        op.map_pages.dfn = (iova >> XEN_PAGE_SHIFT) + done;
+        op.map_pages.nr_pages = nr;
+        ret = HYPERVISOR_iommu_op(&op);
+        ++*calls;
+        *mapped += op.map_pages.mapped;   /* Xen copies the struct back on error too */
+        if (ret)
+            break;
+        done += nr;
+    }
+    return ret;
+}
+
+/*
+ * unmap_pages: the same chunks. Linux requires unmap never to fail, so an
+ * error is warned about and the next chunk is still unmapped. Returns the
+ * number of pages unmapped; *errors counts the calls that failed and
+ * *first_err holds the first failure's code (0 if none).
+ */
+static uint64_t xen_iommu_unmap_pages(uint16_t ctx_no, uint64_t iova, uint64_t pgcount,
+                                      unsigned int *calls, unsigned int *errors, long *first_err)
+{
+    struct pv_iommu_op op;
+    uint64_t done = 0, unmapped = 0;
+    long ret;
+
+    *calls = 0;
+    *errors = 0;
+    *first_err = 0;
+    while (done < pgcount) {
+        uint64_t left = pgcount - done;
+        uint32_t nr = left < caps.cap.max_nr_pages ? (uint32_t)left : caps.cap.max_nr_pages;
+
+        memset(&op, 0, sizeof(op));
+        op.subop_id = IOMMUOP_unmap_pages;
+        op.ctx_no = ctx_no;
+        op.unmap_pages.dfn = (iova >> XEN_PAGE_SHIFT) + done;
+        op.unmap_pages.nr_pages = nr;
+        ret = HYPERVISOR_iommu_op(&op);
+        ++*calls;
+        unmapped += op.unmap_pages.unmapped;
+        if (ret) {
+            fprintf(stderr, "xen_iommu_driver: warning: unmap_pages ctx=%u dfn=0x%" PRIx64
+                    " nr_pages=%" PRIu32 " failed (%ld), unmapped %" PRIu32 "\n",
+                    (unsigned)ctx_no, op.unmap_pages.dfn, nr, ret, op.unmap_pages.unmapped);
+            if (!*errors)
+                *first_err = ret;
+            ++*errors;
+        }
+        done += nr;
+    }
+    return unmapped;
+}
+
+/* iova_to_phys: lookup_page with dfn = iova >> 12; an error reads as 0. */
+static uint64_t xen_iommu_iova_to_phys(uint16_t ctx_no, uint64_t iova, long *ret)
+{
+    struct pv_iommu_op op;
+
+    memset(&op, 0, sizeof(op));
+    op.subop_id = IOMMUOP_lookup_page;
+    op.ctx_no = ctx_no;
+    op.lookup_page.dfn = iova >> XEN_PAGE_SHIFT;
+    *ret = HYPERVISOR_iommu_op(&op);
+    if (*ret)
+        return 0;
+    return (op.lookup_page.gfn << XEN_PAGE_SHIFT) | (iova & (XEN_PAGE_SIZE - 1));
+}
+
+/* domain_free: free_context with flags 0 (devices must have been moved away). */
+static long xen_iommu_domain_free(uint16_t ctx_no, uint32_t flags)
+{
+    struct pv_iommu_op op;
+
+    memset(&op, 0, sizeof(op));
+    op.subop_id = IOMMUOP_free_context;
+    op.ctx_no = ctx_no;
+    op.flags = flags;
+    return HYPERVISOR_iommu_op(&op);
+}
+
+/* ---- the command line ---------------------------------------------------- */
+
+static int parse_u64(const char *s, int base, uint64_t *out)
+{
+    char *end;
+    unsigned long long v;
+
+    /* strtoull would accept blanks, a sign and (base 16) a 0x prefix. */
+    if (!*s || *s == ' ' || *s == '\t' || *s == '-' || *s == '+')
+        return -1;
+    if (base == 16 && s[0] == '0' && (s[1] == 'x' || s[1] == 'X'))
+        s += 2;
+    if (!*s)
+        return -1;
+    errno = 0;
+    v = strtoull(s, &end, base);
+    if (*end || errno)
+        return -1;
+    *out = v;
+    return 0;
+}
+
+/* A field of SSSS:BB:DD.F: 1..width hex digits, then `sep`. */
+static const char *parse_hex_field(const char *s, unsigned int width, char sep, unsigned int *out)
+{
+    unsigned int v = 0, n = 0;
+
+    for (; *s && *s != sep; s++, n++) {
+        unsigned int d;
+
+        if (*s >= '0' && *s <= '9')
+            d = (unsigned int)(*s - '0');
+        else if (*s >= 'a' && *s <= 'f')
+            d = (unsigned int)(*s - 'a' + 10);
+        else if (*s >= 'A' && *s <= 'F')
+            d = (unsigned int)(*s - 'A' + 10);
+        else
+            return NULL;
+        v = v * 16 + d;
+        if (n + 1 > width)
+            return NULL;
+    }
+    if (n == 0 || *s != sep)
+        return NULL;
+    *out = v;
+    return sep ? s + 1 : s;
+}
+
+static int parse_sbdf(const char *s, struct physdev_pci_device *dev)
+{
+    unsigned int seg, bus, slot, fn;
+
+    if (!(s = parse_hex_field(s, 4, ':', &seg)) || !(s = parse_hex_field(s, 2, ':', &bus)) ||
+        !(s = parse_hex_field(s, 2, '.', &slot)) || !(s = parse_hex_field(s, 1, '\0', &fn)) ||
+        slot > 0x1f || fn > 7)
+        return -1;
+    dev->seg = (uint16_t)seg;
+    dev->bus = (uint8_t)bus;
+    dev->devfn = (uint8_t)(slot << 3 | fn);
+    return 0;
+}
+
+static void usage(void)
+{
+    fprintf(stderr, "usage: xen_iommu_driver [--device SSSS:BB:DD.F] [--pages N] [--gfn G] [--dfn D]\n"
+                    "  device, gfn and dfn in hex; defaults 0000:00:03.0, 600, 0x1000, 0x40000\n");
+}
+
+/* ---- the run ------------------------------------------------------------- */
+
+struct run {
+    struct physdev_pci_device dev;
+    char device[16];
+    uint64_t pages, gfn, dfn;
+    uint16_t ctx_no;
+    int have_ctx, attached;
+};
+
+/* Undo what is still set up, then report the failed step. */
+static int fail(struct run *r, const char *step, const char *reason, int code)
+{
+    if (r->have_ctx) {
+        long ret = 0;
+
+        if (r->attached)
+            ret = xen_iommu_release_device(&r->dev);
+        if (ret == 0)
+            ret = xen_iommu_domain_free(r->ctx_no, IOMMU_TEARDOWN_REATTACH_DEFAULT);
+        printf("step=cleanup ret=%ld ctx=%u\n", ret, (unsigned)r->ctx_no);
+    }
+    printf("result=fail step=%s reason=%s\n", step, reason);
+    return code;
+}
+
+/* One lookup of the buffer's page `off`: must give back gfn + off. */
+static int check_lookup(struct run *r, const char *step, uint64_t off)
+{
+    uint64_t iova = (r->dfn + off) << XEN_PAGE_SHIFT;
+    uint64_t want = r->gfn + off;
+    long ret;
+    uint64_t gfn = xen_iommu_iova_to_phys(r->ctx_no, iova, &ret) >> XEN_PAGE_SHIFT;
+
+    printf("step=%s ret=%ld dfn=0x%" PRIx64 " gfn=0x%" PRIx64 " want=0x%" PRIx64 "\n",
+           step, ret, r->dfn + off, gfn, want);
+    return ret == 0 && gfn == want;
+}
+
+int main(int argc, char **argv)
+{
+    struct run r;
+    uint64_t mapped, unmapped, last_dfn, hole, chunk;
+    unsigned int calls, want_calls, errors;
+    long ret, first_err;
+    int i;
+
+    setvbuf(stdout, NULL, _IOLBF, 0);
+    memset(&r, 0, sizeof(r));
+    r.pages = 600;
+    r.gfn = 0x1000;
+    r.dfn = 0x40000;
+    parse_sbdf("0000:00:03.0", &r.dev);
+
+    for (i = 1; i < argc; i++) {
+        const char *opt = argv[i], *val;
+        int bad;
+
+        if (!strcmp(opt, "-h") || !strcmp(opt, "--help")) {
+            usage();
+            return EXIT_OK;
+        }
+        if (i + 1 >= argc) {
+            usage();
+            return EXIT_USAGE;
+        }
+        val = argv[++i];
+        if (!strcmp(opt, "--device"))
+            bad = parse_sbdf(val, &r.dev);
+        else if (!strcmp(opt, "--pages"))
+            bad = parse_u64(val, 10, &r.pages) || r.pages == 0 || r.pages > UINT32_MAX;
+        else if (!strcmp(opt, "--gfn"))
+            bad = parse_u64(val, 16, &r.gfn);
+        else if (!strcmp(opt, "--dfn"))
+            bad = parse_u64(val, 16, &r.dfn);
+        else
+            bad = 1;
+        if (bad) {
+            fprintf(stderr, "xen_iommu_driver: bad argument: %s %s\n", opt, val);
+            usage();
+            return EXIT_USAGE;
+        }
+    }
+    if (r.gfn > UINT64_MAX - r.pages || r.dfn > (UINT64_MAX >> XEN_PAGE_SHIFT) - r.pages) {
+        fprintf(stderr, "xen_iommu_driver: buffer wraps around\n");
+        return EXIT_USAGE;
+    }
+    snprintf(r.device, sizeof(r.device), "%04x:%02x:%02x.%u", (unsigned)r.dev.seg, (unsigned)r.dev.bus,
+            (unsigned)(r.dev.devfn >> 3), (unsigned)(r.dev.devfn & 7));
+
+    /* 1. probe */
+    ret = xen_iommu_probe();
+    printf("step=probe ret=%ld max_ctx_no=%u max_nr_pages=%" PRIu32 " max_iova_addr=0x%" PRIx64 "\n",
+           ret, (unsigned)caps.cap.max_ctx_no, caps.cap.max_nr_pages, caps.cap.max_iova_addr);
+    if (ret == -XEN_ENOSYS) {
+        fprintf(stderr, "xen_iommu_driver: no PV-IOMMU (query_capabilities: -ENOSYS)%s%s\n",
+                *xenemu_last_error() ? ": " : "", xenemu_last_error());
+        return fail(&r, "probe", "no-pv-iommu", EXIT_NO_PV_IOMMU);
+    }
+    if (ret) {
+        fprintf(stderr, "xen_iommu_driver: query_capabilities failed (%ld)\n", ret);
+        return fail(&r, "probe", "error", EXIT_PROBE_ERROR);
+    }
+    if (caps.cap.max_ctx_no == 0 || caps.cap.max_nr_pages == 0) {
+        fprintf(stderr, "xen_iommu_driver: PV-IOMMU unsupported (max_ctx_no=%u max_nr_pages=%" PRIu32 ")\n",
+                (unsigned)caps.cap.max_ctx_no, caps.cap.max_nr_pages);
+        return fail(&r, "probe", "unsupported", EXIT_UNSUPPORTED);
+    }
+    last_dfn = r.dfn + r.pages - 1;
+    if (last_dfn > caps.cap.max_iova_addr >> XEN_PAGE_SHIFT) {
+        fprintf(stderr, "xen_iommu_driver: dfn 0x%" PRIx64 " is past the aperture (max_iova_addr 0x%"
+                PRIx64 ")\n", last_dfn, caps.cap.max_iova_addr);
+        return fail(&r, "probe", "outside-aperture", EXIT_STEP_FAILED);
+    }
+    chunk = r.pages < caps.cap.max_nr_pages ? r.pages : caps.cap.max_nr_pages;
+    want_calls = (unsigned int)((r.pages + caps.cap.max_nr_pages - 1) / caps.cap.max_nr_pages);
+
+    /* 2. paging domain */
+    ret = xen_iommu_domain_alloc_paging(&r.ctx_no);
+    printf("step=alloc_context ret=%ld ctx=%u\n", ret, (unsigned)r.ctx_no);
+    if (ret)
+        return fail(&r, "alloc_context", "error", EXIT_STEP_FAILED);
+    r.have_ctx = 1;
+    if (r.ctx_no == IOMMU_DEFAULT_CONTEXT || r.ctx_no > caps.cap.max_ctx_no)
+        return fail(&r, "alloc_context", "bad-ctx", EXIT_STEP_FAILED);
+
+    /* 3. attach_dev */
+    ret = xen_iommu_attach_dev(r.ctx_no, &r.dev);
+    printf("step=attach ret=%ld ctx=%u device=%s\n", ret, (unsigned)r.ctx_no, r.device);
+    if (ret)
+        return fail(&r, "attach", "error", EXIT_STEP_FAILED);
+    r.attached = 1;
+
+    /* 4. map */
+    ret = xen_iommu_map_pages(r.ctx_no, r.dfn << XEN_PAGE_SHIFT, r.gfn << XEN_PAGE_SHIFT, r.pages,
+                              &mapped, &calls);
+    printf("step=map ret=%ld mapped=%" PRIu64 " calls=%u gfn=0x%" PRIx64 " dfn=0x%" PRIx64
+           " pages=%" PRIu64 "\n", ret, mapped, calls, r.gfn, r.dfn, r.pages);
+    if (ret)
+        return fail(&r, "map", "error", EXIT_STEP_FAILED);
+    if (mapped != r.pages || calls != want_calls)
+        return fail(&r, "map", "count", EXIT_STEP_FAILED);
+
+    /* 5. iova_to_phys */
+    if (!check_lookup(&r, "lookup_first", 0))
+        return fail(&r, "lookup_first", "mismatch", EXIT_STEP_FAILED);
+    if (!check_lookup(&r, "lookup_middle", r.pages / 2))
+        return fail(&r, "lookup_middle", "mismatch", EXIT_STEP_FAILED);
+    if (!check_lookup(&r, "lookup_last", r.pages - 1))
+        return fail(&r, "lookup_last", "mismatch", EXIT_STEP_FAILED);
+    hole = last_dfn + 1 <= caps.cap.max_iova_addr >> XEN_PAGE_SHIFT ? last_dfn + 1 : r.dfn - 1;
+    {
+        uint64_t phys = xen_iommu_iova_to_phys(r.ctx_no, hole << XEN_PAGE_SHIFT, &ret);
+
+        printf("step=lookup_unmapped ret=%ld dfn=0x%" PRIx64 " gfn=0x%" PRIx64 "\n",
+               ret, hole, phys >> XEN_PAGE_SHIFT);
+        if (ret != -XEN_ENOENT || phys != 0)
+            return fail(&r, "lookup_unmapped", "want-enoent", EXIT_STEP_FAILED);
+    }
+
+    /* 6. error paths: the first chunk again, and freeing a context in use */
+    ret = xen_iommu_map_pages(r.ctx_no, r.dfn << XEN_PAGE_SHIFT, r.gfn << XEN_PAGE_SHIFT, chunk,
+                              &mapped, &calls);
+    printf("step=remap ret=%ld mapped=%" PRIu64 " calls=%u\n", ret, mapped, calls);
+    if (ret != -XEN_EADDRINUSE || mapped != 0 || calls != 1)
+        return fail(&r, "remap", "want-eaddrinuse", EXIT_STEP_FAILED);
+
+    ret = xen_iommu_domain_free(r.ctx_no, 0);
+    printf("step=free_busy ret=%ld ctx=%u\n", ret, (unsigned)r.ctx_no);
+    if (ret == 0)
+        r.have_ctx = r.attached = 0;   /* gone after all: nothing left to clean up */
+    if (ret != -XEN_EBUSY)
+        return fail(&r, "free_busy", "want-ebusy", EXIT_STEP_FAILED);
+
+    /* 7. unmap */
+    unmapped = xen_iommu_unmap_pages(r.ctx_no, r.dfn << XEN_PAGE_SHIFT, r.pages, &calls, &errors,
+                                     &first_err);
+    printf("step=unmap ret=%ld unmapped=%" PRIu64 " calls=%u errors=%u\n",
+           first_err, unmapped, calls, errors);
+    if (errors)
+        return fail(&r, "unmap", "error", EXIT_STEP_FAILED);
+    if (unmapped != r.pages || calls != want_calls)
+        return fail(&r, "unmap", "count", EXIT_STEP_FAILED);
+
+    /* 8. release the device */
+    ret = xen_iommu_release_device(&r.dev);
+    printf("step=release ret=%ld ctx=%u device=%s\n", ret, (unsigned)IOMMU_DEFAULT_CONTEXT, r.device);
+    if (ret)
+        return fail(&r, "release", "error", EXIT_STEP_FAILED);
+    r.attached = 0;
+
+    /* 9. domain free, then once more */
+    ret = xen_iommu_domain_free(r.ctx_no, 0);
+    printf("step=free_context ret=%ld ctx=%u\n", ret, (unsigned)r.ctx_no);
+    if (ret)
+        return fail(&r, "free_context", "error", EXIT_STEP_FAILED);
+    r.have_ctx = 0;
+
+    ret = xen_iommu_domain_free(r.ctx_no, 0);
+    printf("step=free_again ret=%ld ctx=%u\n", ret, (unsigned)r.ctx_no);
+    if (ret != -XEN_ENOENT)
+        return fail(&r, "free_again", "want-enoent", EXIT_STEP_FAILED);
+
+    printf("result=ok\n");
+    return EXIT_OK;
+}
