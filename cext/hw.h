@@ -101,6 +101,7 @@ struct hw_machine {
     uint16_t *owner_x;    /* owner domid XOR 0xFFFF */
     uint8_t *in_use;      /* 1 while allocated: catches double free */
     uint64_t *free_stack; /* freed mfns, top at free_top - 1 */
+    uint64_t *m2p;        /* machine-to-phys: the gfn each frame backs (Xen's M2P) */
     uint64_t nframes;
     uint64_t watermark;
     uint64_t free_top;
@@ -137,6 +138,14 @@ int hw_frames_info(const struct hw_machine *m, const uint64_t *mfns,
 /* Give n in-use frames to a new owner (all or nothing). */
 int hw_frames_set_owner(struct hw_machine *m, const uint64_t *mfns,
                         uint64_t n, uint16_t owner, uint64_t *bad);
+/* M2P: record that frames mfns[i] back gfns first_gfn + i (all or nothing,
+ * frames must be in use), and read the gfns of n frames (HW_GFN_INVALID for
+ * a frame not in use). */
+#define HW_GFN_INVALID UINT64_MAX
+int hw_m2p_set(struct hw_machine *m, const uint64_t *mfns, uint64_t n,
+               uint64_t first_gfn, uint64_t *bad);
+void hw_m2p_read(const struct hw_machine *m, const uint64_t *mfns, uint64_t n,
+                 uint64_t *gfns);
 /* Copy bytes out of / into machine memory at machine address maddr. */
 int hw_mem_read(const struct hw_machine *m, uint64_t maddr, void *buf,
                 uint64_t len);
@@ -281,6 +290,10 @@ int hw_lookup(struct hw_iommu *io, uint32_t id, uint64_t dfn,
  * maddr[i] is the machine address, fault[i] the fault kind (0 = ok; maddr
  * is then 0). Returns HW_E_STALE (after counting it) at the first stale hit
  * in check mode, with *done the addresses translated before it. */
+/* Software read of n entries from dfn (no IOTLB, no counters): mfns[i] and
+ * perms[i] (0 = not present) for dfn + i. For dumps, not for DMA. */
+int hw_lookup_run(struct hw_iommu *io, uint32_t id, uint64_t dfn, uint64_t n,
+                  uint64_t *mfns, uint8_t *perms);
 int hw_translate(struct hw_iommu *io, uint32_t id, const uint64_t *addrs,
                  uint64_t n, int write, uint64_t *maddr, uint8_t *fault,
                  uint64_t *done);

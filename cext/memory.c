@@ -34,8 +34,9 @@ struct hw_machine *hw_machine_create(uint64_t size)
     m->owner_x = lazy_map(m->nframes * sizeof(uint16_t));
     m->in_use = lazy_map(m->nframes);
     m->free_stack = lazy_map(m->nframes * sizeof(uint64_t));
+    m->m2p = lazy_map(m->nframes * sizeof(uint64_t));
     if (!m->mem || !m->refcount || !m->owner_x || !m->in_use ||
-        !m->free_stack) {
+        !m->free_stack || !m->m2p) {
         hw_machine_put(m);
         return NULL;
     }
@@ -51,6 +52,7 @@ void hw_machine_put(struct hw_machine *m)
     lazy_unmap(m->owner_x, m->nframes * sizeof(uint16_t));
     lazy_unmap(m->in_use, m->nframes);
     lazy_unmap(m->free_stack, m->nframes * sizeof(uint64_t));
+    lazy_unmap(m->m2p, m->nframes * sizeof(uint64_t));
     free(m);
 }
 
@@ -183,6 +185,27 @@ int hw_frames_set_owner(struct hw_machine *m, const uint64_t *mfns,
     for (uint64_t i = 0; i < n; i++)
         m->owner_x[mfns[i]] = owner ^ HW_OWNER_NONE;
     return HW_OK;
+}
+
+int hw_m2p_set(struct hw_machine *m, const uint64_t *mfns, uint64_t n,
+               uint64_t first_gfn, uint64_t *bad)
+{
+    for (uint64_t i = 0; i < n; i++) {
+        if (!frame_ok(m, mfns[i])) {
+            *bad = i;
+            return HW_E_BADFRAME;
+        }
+    }
+    for (uint64_t i = 0; i < n; i++)
+        m->m2p[mfns[i]] = first_gfn + i;
+    return HW_OK;
+}
+
+void hw_m2p_read(const struct hw_machine *m, const uint64_t *mfns, uint64_t n,
+                 uint64_t *gfns)
+{
+    for (uint64_t i = 0; i < n; i++)
+        gfns[i] = frame_ok(m, mfns[i]) ? m->m2p[mfns[i]] : HW_GFN_INVALID;
 }
 
 static int span_ok(const struct hw_machine *m, uint64_t maddr, uint64_t len)

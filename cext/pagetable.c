@@ -156,6 +156,25 @@ int hw_lookup(struct hw_iommu *io, uint32_t id, uint64_t dfn,
     return HW_OK;
 }
 
+int hw_lookup_run(struct hw_iommu *io, uint32_t id, uint64_t dfn, uint64_t n,
+                  uint64_t *mfns, uint8_t *perms)
+{
+    struct hw_ctx *c;
+    int st = hw_ctx_get(io, id, &c);
+    if (st != HW_OK)
+        return st;
+    if (n && (dfn > max_dfn(io) || n - 1 > max_dfn(io) - dfn))
+        return HW_E_RANGE;
+    for (uint64_t i = 0; i < n; i++) {
+        uint64_t *leaf = leaf_table(io, c, dfn + i, 0, &st);
+        uint64_t pte = leaf ? leaf[index_at(dfn + i, 1)] : 0;
+        int here = leaf && present(io->m, pte);
+        mfns[i] = here ? pte_mfn(pte) : 0;
+        perms[i] = here ? (uint8_t)(pte & HW_PTE_PERM) : 0;
+    }
+    return HW_OK;
+}
+
 uint64_t hw_pt_walk(const struct hw_iommu *io, const struct hw_ctx *c,
                     uint64_t dfn, uint64_t *walks)
 {

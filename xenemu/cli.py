@@ -28,7 +28,7 @@ def _serve(args) -> int:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async with trio.open_nursery() as nursery:
                 paths = await nursery.start(daemon.run)
-                _announce(hv, paths, args.config)
+                _announce(hv, paths, daemon.control_path, args.config)
                 async for signum in signals:
                     logging.getLogger("xenemu").info("xenemu: %s received",
                                                      signal.Signals(signum).name)
@@ -47,7 +47,7 @@ def _serve(args) -> int:
     return 0
 
 
-def _announce(hv: Hypervisor, paths: dict, config_path) -> None:
+def _announce(hv: Hypervisor, paths: dict, control_path, config_path) -> None:
     where = config_path or "the embedded default machine"
     print(f"xenemu: serving {where}", flush=True)
     for domid, path in paths.items():
@@ -55,7 +55,34 @@ def _announce(hv: Hypervisor, paths: dict, config_path) -> None:
         role = "hardware domain" if d.hardware else "guest"
         print(f"xenemu: d{domid} ({d.name}, {role}, {d.nr_contexts} contexts): "
               f"XENEMU_SOCKET={path}", flush=True)
+    print(f"xenemu: control: XENEMU_CONTROL={control_path}", flush=True)
     print("xenemu: ready (SIGINT or SIGTERM stops it)", flush=True)
+
+
+def _ctl(args) -> int:
+    from . import control
+    from .ctl import ControlClient, ControlError, format_reply, parse_value
+
+    if args.op == "help":
+        print("operations: " + ", ".join(control.OPERATIONS))
+        return 0
+    kwargs = {}
+    for item in args.args:
+        key, sep, value = item.partition("=")
+        if not sep:
+            print(f"xenemu ctl: arguments are key=value, got {item!r}", file=sys.stderr)
+            return 2
+        kwargs[key] = parse_value(value)
+    if "devices" in kwargs and isinstance(kwargs["devices"], str):
+        kwargs["devices"] = kwargs["devices"].split(",")
+    try:
+        with ControlClient(args.socket) as ctl:
+            reply = ctl.call(args.op, **kwargs)
+    except ControlError as e:
+        print(f"xenemu ctl {args.op}: {e}", file=sys.stderr)
+        return 1
+    print(format_reply(args.op, reply))
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -72,6 +99,16 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--socket-dir", type=Path, default=default_socket_dir(),
                        help="directory for the sockets (default: $XENEMU_DIR or /tmp/xenemu-UID)")
     serve.set_defaults(func=_serve)
+
+    ctl = sub.add_parser("ctl", help="control the machine: domains, devices, p2m, DMA, faults",
+                         description="Send one control request, e.g. "
+                                     "`xenemu ctl dma sbdf=0000:00:03.0 addr=0x1000 length=16`. "
+                                     "Values: 0x.. integers, true/false, hex:.. or text:.. "
+                                     "bytes. `xenemu ctl help` lists the operations.")
+    ctl.add_argument("--socket", help="control socket (default: $XENEMU_CONTROL)")
+    ctl.add_argument("op")
+    ctl.add_argument("args", nargs="*", metavar="key=value")
+    ctl.set_defaults(func=_ctl)
     return parser
 
 

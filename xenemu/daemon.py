@@ -20,8 +20,10 @@ import socket as stdsocket
 import stat
 from pathlib import Path
 
+import msgpack
 import trio
 
+from . import control
 from .guest import GuestMemory
 from .hypervisor import RESTART, Hypervisor
 from .wire import ERR_INTERNAL, Call, FrameDecoder, ProtocolError, encode_error, encode_reply
@@ -41,6 +43,10 @@ def domain_socket_path(socket_dir: Path, domid: int) -> Path:
     return Path(socket_dir) / f"dom{domid}.sock"
 
 
+def control_socket_path(socket_dir: Path) -> Path:
+    return Path(socket_dir) / "control.sock"
+
+
 class DaemonError(Exception):
     pass
 
@@ -50,8 +56,13 @@ class Daemon:
         self.hv = hv
         self.socket_dir = Path(socket_dir)
         self.paths: dict[int, Path] = {}
+        self.control_path = control_socket_path(self.socket_dir)
+        self.control = control.Control(hv, on_domain_created=self._domain_created,
+                                       on_domain_destroyed=self._domain_destroyed)
         self._stopping = False
         self._accept_scope: trio.CancelScope | None = None
+        self._accept_nursery: trio.Nursery | None = None
+        self._listener_scopes: dict[int, trio.CancelScope] = {}
         self._conn_nursery: trio.Nursery | None = None
         self._receive_scopes: set[trio.CancelScope] = set()
         self._next_conn = 0
@@ -60,26 +71,51 @@ class Daemon:
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """Serve until stop(); `task_status.started()` gets {domid: socket path}."""
-        listeners = [(domid, await self._listen(domid)) for domid in self.hv.domains]
+        self._make_private_dir()
+        control_listener = self._listen(self.control_path)
         try:
             async with trio.open_nursery() as conn_nursery:
                 self._conn_nursery = conn_nursery
                 with trio.CancelScope() as self._accept_scope:
-                    async with trio.open_nursery() as accept_nursery:
-                        for domid, listener in listeners:
-                            accept_nursery.start_soon(functools.partial(
-                                trio.serve_listeners,
-                                functools.partial(self._serve_connection, domid=domid),
-                                [listener], handler_nursery=conn_nursery))
+                    async with trio.open_nursery() as self._accept_nursery:
+                        self._accept_nursery.start_soon(functools.partial(
+                            trio.serve_listeners, self._serve_control, [control_listener],
+                            handler_nursery=conn_nursery))
+                        for domid in self.hv.domains:
+                            self._open_domain_socket(domid)
                         task_status.started(dict(self.paths))
                 # Accepting has stopped: connections finish what they hold, within a grace time.
                 conn_nursery.cancel_scope.deadline = trio.current_time() + SHUTDOWN_GRACE
         finally:
-            for domid, listener in listeners:
-                with trio.CancelScope(shield=True):
-                    await listener.aclose()
+            with trio.CancelScope(shield=True):
+                await control_listener.aclose()
             self._remove_sockets()
             log.info("xenemu: stopped")
+
+    def _open_domain_socket(self, domid: int) -> Path:
+        """Listen on the domain's socket, in a scope that closing the domain cancels."""
+        path = domain_socket_path(self.socket_dir, domid)
+        listener = self._listen(path)
+        self.paths[domid] = path
+        scope = self._listener_scopes[domid] = trio.CancelScope()
+
+        async def serve():
+            with scope:
+                await trio.serve_listeners(
+                    functools.partial(self._serve_connection, domid=domid), [listener],
+                    handler_nursery=self._conn_nursery)
+            with trio.CancelScope(shield=True):
+                await listener.aclose()
+
+        self._accept_nursery.start_soon(serve)
+        return path
+
+    def _domain_created(self, domid: int) -> dict:
+        return {"socket": str(self._open_domain_socket(domid))}
+
+    def _domain_destroyed(self, domid: int) -> None:
+        self._listener_scopes.pop(domid).cancel()
+        self.paths.pop(domid).unlink(missing_ok=True)
 
     def stop(self) -> None:
         """Stop accepting, let each connection finish the requests it has read, then return."""
@@ -94,20 +130,18 @@ class Daemon:
 
     # -- sockets ---------------------------------------------------------------
 
-    async def _listen(self, domid: int) -> trio.SocketListener:
-        self._make_private_dir()
-        path = domain_socket_path(self.socket_dir, domid)
+    def _listen(self, path: Path) -> trio.SocketListener:
+        """An owner-only listening socket at path (the directory is private too)."""
         self._clear_stale(path)
-        sock = trio.socket.socket(stdsocket.AF_UNIX, stdsocket.SOCK_STREAM)
+        sock = stdsocket.socket(stdsocket.AF_UNIX, stdsocket.SOCK_STREAM)
         try:
-            await sock.bind(str(path))
+            sock.bind(str(path))
             os.chmod(path, 0o600)
             sock.listen(128)
         except OSError:
             sock.close()
             raise
-        self.paths[domid] = path
-        return trio.SocketListener(sock)
+        return trio.SocketListener(trio.socket.from_stdlib_socket(sock))
 
     def _make_private_dir(self) -> None:
         self.socket_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -134,7 +168,7 @@ class Daemon:
             probe.close()
 
     def _remove_sockets(self) -> None:
-        for path in self.paths.values():
+        for path in [*self.paths.values(), self.control_path]:
             path.unlink(missing_ok=True)
 
     # -- connections -----------------------------------------------------------
@@ -159,6 +193,11 @@ class Daemon:
                         decoder.close()
                         break
                     decoder.feed(data)
+                    if domid not in self.hv.domains:
+                        with trio.move_on_after(ERROR_SEND_TIMEOUT):
+                            await stream.send_all(encode_error(0, ERR_INTERNAL,
+                                                               f"d{domid} has been destroyed"))
+                        break
                     if not await self._answer(stream, domid, decoder, conn):
                         break
         except ProtocolError as e:  # only TRUNCATED: the peer is gone, nobody to tell
@@ -189,6 +228,30 @@ class Daemon:
 
     async def _execute(self, domid: int, call: Call) -> bytes:
         mem = GuestMemory(call.regions)
-        while (ret := self.hv.hypercall(domid, call.op, call.args, mem)) == RESTART:
-            await trio.sleep(0)  # the continuation: let other domains in before going on
+        # Shielded: a continuation, once started, runs to its end even if the
+        # guest hangs up, as Xen's would; each round is short.
+        with trio.CancelScope(shield=True):
+            while (ret := self.hv.hypercall(domid, call.op, call.args, mem)) == RESTART:
+                await trio.sleep(0)  # the continuation: let other domains in before going on
         return encode_reply(call.req_id, ret, mem.regions())
+
+    # -- control ------------------------------------------------------------------
+
+    async def _serve_control(self, stream: trio.SocketStream) -> None:
+        """msgpack requests in, one reply each; a broken stream closes only itself."""
+        unpacker = control.unpacker()
+        try:
+            async with stream:
+                while not self._stopping:
+                    data = await stream.receive_some(RECEIVE_SIZE)
+                    if not data:
+                        break
+                    unpacker.feed(data)
+                    replies = [control.pack(self.control.handle(req)) for req in unpacker]
+                    if replies:
+                        await stream.send_all(b"".join(replies))
+        except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError,
+                msgpack.BufferFull) as e:
+            log.warning("control: bad request stream (%s); closing", e)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass

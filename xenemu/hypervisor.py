@@ -1,4 +1,4 @@
-"""The hypervisor core: domains and the hypercall table. Sans-IO.
+"""The hypervisor core: the machine, its domains and the hypercall table. Sans-IO.
 
 `Hypervisor.hypercall()` runs one hypercall for a domain against the guest
 memory its frame carried and returns the return value, as Xen's hypercall
@@ -6,52 +6,64 @@ entry does. A long operation may return -ERESTART: Xen turns that into a
 continuation that re-executes the same hypercall, and so must the caller
 (`complete()` does it in a loop; the daemon yields to other domains between
 rounds). -ERESTART never reaches a guest.
+
+The machine-level operations a guest cannot do (create a domain, assign a
+device, change the p2m, make a device DMA, check invariants) are methods
+here too; xenemu.control exposes them on the control socket.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import time
+from array import array
 
-from . import abi
+from . import abi, hw
+from .domain import Context, Domain
 from .errno import XenErrno
 from .guest import GuestMemory
-from .machine import DomainConfig, MachineConfig
+from .machine import DomainConfig, MachineConfig, format_sbdf
+from .p2m import P2m, P2mType
 from .pv_iommu import PvIommu
 from .wire import Call, Reply
 
 log = logging.getLogger("xenemu.hypervisor")
 
 RESTART = -XenErrno.ERESTART
+PAGES_PER_MIB = 256
 
 
-@dataclass
-class Domain:
-    domid: int
-    name: str
-    hardware: bool
-    iommu_enabled: bool
-    nr_contexts: int
-
-    @classmethod
-    def from_config(cls, cfg: DomainConfig) -> Domain:
-        return cls(domid=cfg.domid, name=cfg.name or f"d{cfg.domid}", hardware=cfg.hardware,
-                   iommu_enabled=cfg.iommu, nr_contexts=cfg.contexts)
+class MachineError(Exception):
+    """A control-plane request the machine refuses (bad domid, device, gfn...)."""
 
 
 class Hypervisor:
-    def __init__(self, config: MachineConfig):
+    def __init__(self, config: MachineConfig, clock=time.monotonic):
         self.config = config
-        self.domains = {d.domid: Domain.from_config(d) for d in config.domains}
+        self.clock = clock
+        self.machine = hw.Machine(config.memory_mib << 20)
+        self.iommu = hw.Iommu(self.machine, width=config.address_width,
+                              iotlb_entries=config.iotlb_entries, check=config.check_iotlb)
+        # DomIO's quarantine context: nothing mapped, so a quarantined device's DMA faults.
+        self.quarantine = self.iommu.alloc_context()
+        self.domains: dict[int, Domain] = {}
+        self.quarantined: set[int] = set()
         self.pv_iommu = PvIommu(self)
         self._table = {abi.HYPERVISOR_iommu_op: self.pv_iommu.do_iommu_op}
+        for dom in config.domains:
+            self.create_domain(dom)
+
+    # -- hypercalls --------------------------------------------------------
 
     def hypercall(self, domid: int, op: int, args: tuple[int, ...], mem: GuestMemory) -> int:
+        d = self.domains.get(domid)
+        if d is None:
+            raise MachineError(f"d{domid} does not exist")
         handler = self._table.get(op)
         if handler is None:
             log.debug("d%d: hypercall %d not implemented -> -ENOSYS", domid, op)
             return -XenErrno.ENOSYS
-        return handler(self.domains[domid], args, mem)
+        return handler(d, args, mem)
 
     def complete(self, domid: int, call: Call) -> Reply:
         """Run `call` to the end, continuations included, in process."""
@@ -59,3 +71,215 @@ class Hypervisor:
         while (ret := self.hypercall(domid, call.op, call.args, mem)) == RESTART:
             pass
         return Reply(call.req_id, ret, mem.regions())
+
+    # -- domains -----------------------------------------------------------
+
+    def create_domain(self, cfg: DomainConfig) -> Domain:
+        if cfg.domid in self.domains:
+            raise MachineError(f"d{cfg.domid} exists already")
+        for sbdf in cfg.devices:
+            self._check_assignable(sbdf)
+        nr_pages = cfg.memory_mib * PAGES_PER_MIB
+        try:
+            mfns = self.machine.alloc(nr_pages, owner=cfg.domid)
+        except hw.HwError:
+            raise MachineError(f"not enough machine memory for d{cfg.domid} "
+                               f"({cfg.memory_mib} MiB)") from None
+        self.machine.set_m2p(mfns, 0)
+        p2m = P2m(mfns, self.clock, self.config.page_in_delay_ms / 1000)
+        default = Context(0, self.iommu.alloc_context())
+        d = Domain(domid=cfg.domid, name=cfg.name or f"d{cfg.domid}", hardware=cfg.hardware,
+                   iommu_enabled=cfg.iommu, p2m=p2m,
+                   contexts=[default] + [None] * cfg.contexts,
+                   opaque_default=cfg.opaque_default)
+        p2m.on_became_ram = lambda gfn, d=d: self.identity_map(d, d.contexts[0], gfn, 1)
+        if self.identity_map(d, default, 0, nr_pages) != hw.Status.OK:
+            raise MachineError(f"no machine memory left for d{cfg.domid}'s I/O page tables")
+        self.domains[d.domid] = d
+        for sbdf in cfg.devices:
+            self.assign_device(sbdf, d.domid)
+        log.info("d%d: created (%d MiB, %d contexts, %d devices)", d.domid, cfg.memory_mib,
+                 cfg.contexts, len(cfg.devices))
+        return d
+
+    def destroy_domain(self, domid: int) -> None:
+        """Quarantine its devices, free every context and its memory."""
+        d = self._domain(domid)
+        for sbdf in list(d.devices):
+            self.deassign_device(sbdf)
+        for ctx in d.contexts:
+            if ctx is not None:
+                self.teardown_context(d, ctx, budget=None)
+        self.machine.free(d.p2m.mfns)
+        del self.domains[domid]
+        log.info("d%d: destroyed", domid)
+
+    def _domain(self, domid: int) -> Domain:
+        d = self.domains.get(domid)
+        if d is None:
+            raise MachineError(f"d{domid} does not exist")
+        return d
+
+    def identity_map(self, d: Domain, ctx: Context, gfn: int, n: int) -> hw.Status:
+        """Map d's RAM gfns in [gfn, gfn + n) 1:1 into ctx, one reference per page.
+
+        Used for the default context, for pages that become RAM again, and for
+        a cloned context. Returns the IOMMU's status if it stopped early."""
+        for start, count in _ram_runs_within(d.p2m, gfn, n):
+            mfns = d.p2m.mfns[start:start + count]
+            done, st = self.iommu.map(ctx.hw, start, mfns, hw.PERM_RW)
+            self.machine.get_refs(mfns[:done])
+            if done != count:
+                return hw.Status(st)
+        return hw.Status.OK
+
+    def _identity_unmap(self, d: Domain, gfn: int) -> None:
+        done, _, mfns = self.iommu.unmap(d.contexts[0].hw, gfn, 1)
+        self.machine.put_refs(mfns)
+
+    def teardown_context(self, d: Domain, ctx: Context, budget: int | None) -> bool:
+        """Tear ctx down by slices of `budget` leaf slots (None: all at once),
+        dropping the page references its mappings held. True when finished."""
+        ctx.dying = True
+        slice_ = budget or (1 << 20)
+        while True:
+            mfns, finished = self.iommu.teardown(ctx.hw, slice_)
+            self.machine.put_refs(mfns)
+            if finished:
+                d.contexts[ctx.ctx_no] = None
+                return True
+            if budget is not None:
+                return False
+
+    # -- devices -----------------------------------------------------------
+
+    def owner_of(self, sbdf: int) -> Domain | None:
+        for d in self.domains.values():
+            if sbdf in d.devices:
+                return d
+        return None
+
+    def _check_assignable(self, sbdf: int) -> None:
+        owner = self.owner_of(sbdf)
+        if owner is not None:
+            raise MachineError(f"{format_sbdf(sbdf)} is assigned to d{owner.domid}")
+
+    def assign_device(self, sbdf: int, domid: int) -> None:
+        """Give a device (new, or from quarantine) to a domain's default context."""
+        d = self._domain(domid)
+        self._check_assignable(sbdf)
+        if sbdf not in self.quarantined:
+            self.iommu.add_device(sbdf)
+        self.quarantined.discard(sbdf)
+        self.iommu.attach(sbdf, d.contexts[0].hw)
+        d.contexts[0].devices.add(sbdf)
+        d.devices[sbdf] = 0
+
+    def deassign_device(self, sbdf: int) -> None:
+        """Take a device from its domain into quarantine, where its DMA faults."""
+        d = self.owner_of(sbdf)
+        if d is None:
+            raise MachineError(f"{format_sbdf(sbdf)} is not assigned to any domain")
+        self.iommu.attach(sbdf, self.quarantine)
+        d.contexts[d.devices.pop(sbdf)].devices.discard(sbdf)
+        self.quarantined.add(sbdf)
+
+    def move_device(self, d: Domain, sbdf: int, target: Context) -> None:
+        """Switch a device's context entry in one store (no blocked window)."""
+        self.iommu.attach(sbdf, target.hw)
+        d.contexts[d.devices[sbdf]].devices.discard(sbdf)
+        target.devices.add(sbdf)
+        d.devices[sbdf] = target.ctx_no
+
+    def dma(self, sbdf: int, addr: int, *, data: bytes | None = None,
+            length: int = 0) -> tuple[int, bytes]:
+        """The device reads `length` bytes or writes `data` at device address
+        `addr`. Returns (bytes done, bytes read); a fault stops it and is logged."""
+        if self.owner_of(sbdf) is None and sbdf not in self.quarantined:
+            raise MachineError(f"no device {format_sbdf(sbdf)}")
+        if data is not None:
+            return self.iommu.dma_write(sbdf, addr, data), b""
+        got = self.iommu.dma_read(sbdf, addr, length)
+        return len(got), got
+
+    # -- guest memory and p2m ------------------------------------------------
+
+    def set_p2m_type(self, domid: int, gfn: int, type_: P2mType) -> None:
+        """Change a gfn's p2m type; the default context follows the p2m."""
+        d = self._domain(domid)
+        if not 0 <= gfn < d.p2m.nr_pages:
+            raise MachineError(f"gfn {gfn:#x} is beyond d{domid}'s memory")
+        was_ram = d.p2m.type_of(gfn) is P2mType.RAM
+        if was_ram and type_ is not P2mType.RAM:
+            mfn = d.p2m.mfns[gfn]
+            extra = self.machine.refcounts(array("Q", [mfn]))[0] - 1
+            if extra > 0:
+                # Xen refuses to page out or share a page with extra references.
+                raise MachineError(f"gfn {gfn:#x} is mapped in {extra} other context(s)")
+            self._identity_unmap(d, gfn)
+        d.p2m.set_type(gfn, type_)
+        if not was_ram and type_ is P2mType.RAM:
+            self._identity_map(d, gfn, 1)
+
+    def _guest_span(self, domid: int, gfn: int, offset: int, length: int) -> int:
+        d = self._domain(domid)
+        if offset < 0 or length < 0 or offset + length > hw.PAGE_SIZE:
+            raise MachineError("offset and length must stay within one 4 KiB page")
+        if not 0 <= gfn < d.p2m.nr_pages:
+            raise MachineError(f"gfn {gfn:#x} is beyond d{domid}'s memory")
+        return (d.p2m.mfns[gfn] << hw.PAGE_SHIFT) + offset
+
+    def read_guest(self, domid: int, gfn: int, offset: int, length: int) -> bytes:
+        return self.machine.read(self._guest_span(domid, gfn, offset, length), length)
+
+    def write_guest(self, domid: int, gfn: int, offset: int, data: bytes) -> None:
+        self.machine.write(self._guest_span(domid, gfn, offset, len(data)), data)
+
+    # -- invariants ------------------------------------------------------------
+
+    def check_invariants(self) -> list[str]:
+        """What is inconsistent, as readable sentences; empty when all holds.
+
+        As iommufd's self-test does: every mapping holds one page reference
+        (so a domain's references equal its contexts' mappings and drop to
+        zero with them), every device is attached where its domain says, and
+        no IOTLB entry went stale (check mode counts them).
+        """
+        problems = []
+        for d in self.domains.values():
+            mapped = 0
+            for ctx in d.contexts:
+                if ctx is None:
+                    continue
+                mapped += self.iommu.context_info(ctx.hw).mapped
+                for sbdf in ctx.devices:
+                    if d.devices.get(sbdf) != ctx.ctx_no:
+                        problems.append(f"d{d.domid}: {format_sbdf(sbdf)} listed in context "
+                                        f"{ctx.ctx_no} but recorded in {d.devices.get(sbdf)}")
+            refs = sum(self.machine.refcounts(d.p2m.mfns))
+            if refs != mapped:
+                problems.append(f"d{d.domid}: {refs} page references for {mapped} mappings")
+            for sbdf, ctx_no in d.devices.items():
+                ctx = d.context(ctx_no)
+                if ctx is None or self.iommu.device_context(sbdf) != ctx.hw:
+                    problems.append(f"d{d.domid}: {format_sbdf(sbdf)} is not attached to "
+                                    f"context {ctx_no}")
+        for sbdf in self.quarantined:
+            if self.iommu.device_context(sbdf) != self.quarantine:
+                problems.append(f"{format_sbdf(sbdf)} escaped quarantine")
+        if self.iommu.context_info(self.quarantine).mapped:
+            problems.append("the quarantine context has mappings")
+        stale = self.iommu.counters().stale
+        if stale:
+            problems.append(f"{stale} stale IOTLB hit(s)")
+        return problems
+
+
+def _ram_runs_within(p2m: P2m, gfn: int, n: int):
+    """Runs of RAM gfns inside [gfn, gfn + n)."""
+    end = gfn + n
+    for start, count in p2m.ram_runs():
+        lo, hi = max(start, gfn), min(start + count, end)
+        if lo < hi:
+            yield lo, hi - lo
+

@@ -48,6 +48,7 @@ class DomainConfig:
     memory_mib: int = 256           # guest RAM, mapped from gfn 0
     contexts: int = 0               # size of the context pool (context 0 excluded)
     devices: tuple[int, ...] = ()   # PCI devices assigned at start (sbdf)
+    opaque_default: bool = False    # context 0 shared with the CPU's tables: PV-IOMMU can't touch it
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,8 @@ class MachineConfig:
     iotlb_entries: int = 1024
     memory_mib: int = 4096          # machine memory (backed lazily)
     honour_clone: bool = False      # alloc_context honours IOMMU_CREATE_clone (reference code ignores it)
+    page_in_delay_ms: int = 10      # a paged-out gfn becomes RAM this long after a map asks for it
+    check_iotlb: bool = False       # verify every IOTLB hit against the page tables
     domains: tuple[DomainConfig, ...] = field(default_factory=tuple)
 
     def __post_init__(self):
@@ -95,8 +98,10 @@ def default_machine() -> MachineConfig:
     ))
 
 
-_MACHINE_KEYS = {"iommu", "address_width", "iotlb_entries", "memory_mib", "honour_clone", "domain"}
-_DOMAIN_KEYS = {"domid", "name", "hardware", "iommu", "memory_mib", "contexts", "devices"}
+_MACHINE_KEYS = {"iommu", "address_width", "iotlb_entries", "memory_mib", "honour_clone",
+                 "page_in_delay_ms", "check_iotlb", "domain"}
+_DOMAIN_KEYS = {"domid", "name", "hardware", "iommu", "memory_mib", "contexts", "devices",
+                "opaque_default"}
 
 
 def load_machine(path: Path) -> MachineConfig:

@@ -11,19 +11,36 @@ of a failure.
 from __future__ import annotations
 
 import logging
+from array import array
 from typing import TYPE_CHECKING
 
-from . import abi
+from . import abi, hw
 from .errno import XenErrno, result_name
+
+from .domain import Context, Domain
 
 if TYPE_CHECKING:
     from .guest import GuestMemory
-    from .hypervisor import Domain, Hypervisor
+    from .hypervisor import Hypervisor
 
 log = logging.getLogger("xenemu.pv_iommu")
 
 PREFIX = "[PV-IOMMU] "
 PVIOMMU_MAX_PAGES = 256
+
+# Allowed flags of each sub-op, as the reference code masks them.
+ALLOC_OP_FLAGS_MASK = 0
+FREE_OP_FLAGS_MASK = abi.IOMMU_TEARDOWN_REATTACH_DEFAULT
+
+# Leaf slots free_context tears down before it lets others in (-ERESTART).
+TEARDOWN_SLICE = 1 << 16
+
+# Why the IOMMU stopped a map or unmap run, as Xen errors.
+MAP_STOP = {
+    hw.Status.PRESENT: (XenErrno.EADDRINUSE, "dfn already mapped"),
+    hw.Status.RANGE: (XenErrno.ERANGE, "dfn above max_iova_addr"),
+    hw.Status.NOMEM: (XenErrno.ENOMEM, "no memory for I/O page tables"),
+}
 
 
 class PvIommu:
@@ -32,6 +49,12 @@ class PvIommu:
         self._why = ""
         self._handlers = {
             abi.IOMMUOP_query_capabilities: self.query_cap_op,
+            abi.IOMMUOP_alloc_context: self.alloc_context_op,
+            abi.IOMMUOP_free_context: self.free_context_op,
+            abi.IOMMUOP_reattach_device: self.reattach_device_op,
+            abi.IOMMUOP_map_pages: self.map_pages_op,
+            abi.IOMMUOP_unmap_pages: self.unmap_pages_op,
+            abi.IOMMUOP_lookup_page: self.lookup_page_op,
         }
 
     def _fail(self, err: XenErrno, why: str) -> int:
@@ -64,8 +87,6 @@ class PvIommu:
             return 0
         handler = self._handlers.get(op.subop_id)
         if handler is None:
-            if op.subop_id in abi.SUBOP_NAMES:
-                return self._fail(XenErrno.ENOSYS, "sub-op not emulated yet")
             return self._fail(XenErrno.EINVAL, f"unknown sub-op {op.subop_id}")
         return handler(d, op)
 
@@ -84,9 +105,19 @@ class PvIommu:
         if not log.isEnabledFor(logging.DEBUG):
             return
         name = abi.SUBOP_NAMES.get(op.subop_id, f"sub-op {op.subop_id}")
+        view = abi.SUBOP_VIEW.get(op.subop_id)
+        fields = ""
+        if view:
+            values = abi.VIEWS[view].parse(op.payload)
+            if view == "reattach_device":
+                dev = values.dev
+                fields = f" dev={dev.seg:04x}:{dev.bus:02x}:{dev.devfn >> 3:02x}.{dev.devfn & 7}"
+            else:
+                fields = "".join(f" {k}={v:#x}" for k, v in values.items()
+                                 if not k.startswith("_"))
         why = f" ({self._why})" if self._why and ret < 0 else ""
-        log.debug(PREFIX + "d%d: %s ctx=%d flags=%#x -> %s%s",
-                  d.domid, name, op.ctx_no, op.flags, result_name(ret), why)
+        log.debug(PREFIX + "d%d: %s ctx=%d flags=%#x%s -> %s%s",
+                  d.domid, name, op.ctx_no, op.flags, fields, result_name(ret), why)
 
     # -- sub-ops -------------------------------------------------------------
 
@@ -94,6 +125,128 @@ class PvIommu:
         cap = abi.Capabilities.parse(op.payload)
         cap.max_ctx_no = d.nr_contexts
         cap.max_nr_pages = PVIOMMU_MAX_PAGES
-        cap.max_iova_addr = (1 << self.hv.config.address_width) - 1
+        cap.max_iova_addr = self.hv.iommu.max_iova_addr
         op.payload = abi.Capabilities.build(cap)
         return 0
+
+    def alloc_context_op(self, d: Domain, op) -> int:
+        flags = op.flags & ALLOC_OP_FLAGS_MASK
+        if self.hv.config.honour_clone:
+            flags = op.flags & abi.IOMMU_CREATE_clone
+        ctx_no = d.free_slot()
+        if ctx_no is None:
+            return self._fail(XenErrno.ENOSPC, f"all {d.nr_contexts} contexts in use")
+        try:
+            hw_ctx = self.hv.iommu.alloc_context()
+        except hw.HwError as e:
+            return self._fail(XenErrno.ENOMEM, f"no hardware context: {e}")
+        ctx = d.contexts[ctx_no] = Context(ctx_no, hw_ctx)
+        if flags & abi.IOMMU_CREATE_clone:
+            st = self.hv.identity_map(d, ctx, 0, d.p2m.nr_pages)
+            if st != hw.Status.OK:
+                self.hv.teardown_context(d, ctx, budget=None)
+                return self._fail(XenErrno.ENOMEM, f"clone stopped: {st.name}")
+        op.ctx_no = ctx_no
+        return 0
+
+    def free_context_op(self, d: Domain, op) -> int:
+        ctx_no = op.ctx_no
+        if ctx_no == abi.IOMMU_DEFAULT_CONTEXT:
+            return self._fail(XenErrno.EINVAL, "the default context can't be freed")
+        ctx = d.context(ctx_no)
+        if ctx is None:
+            return self._fail(XenErrno.ENOENT, f"context {ctx_no} not allocated")
+        if ctx.devices and not ctx.dying:
+            if not op.flags & FREE_OP_FLAGS_MASK:
+                return self._fail(XenErrno.EBUSY,
+                                  f"{len(ctx.devices)} device(s) still attached")
+            for sbdf in sorted(ctx.devices):
+                self.hv.move_device(d, sbdf, d.contexts[0])
+        # Always preemptible, as the reference passes IOMMU_TEARDOWN_PREEMPT.
+        if not self.hv.teardown_context(d, ctx, budget=TEARDOWN_SLICE):
+            return -XenErrno.ERESTART
+        return 0
+
+    def reattach_device_op(self, d: Domain, op) -> int:
+        dev = abi.ReattachDevice.parse(op.payload).dev
+        sbdf = dev.seg << 16 | dev.bus << 8 | dev.devfn
+        if sbdf not in d.devices:
+            return self._fail(XenErrno.ENOENT, "device not assigned to this domain")
+        target = d.context(op.ctx_no)
+        if target is None:
+            return self._fail(XenErrno.ENOENT, f"context {op.ctx_no} not allocated")
+        if target.dying:
+            return self._fail(XenErrno.EINVAL, f"context {op.ctx_no} is being freed")
+        self.hv.move_device(d, sbdf, target)
+        return 0
+
+    def map_pages_op(self, d: Domain, op) -> int:
+        args = abi.MapPages.parse(op.payload)
+        if args.nr_pages > PVIOMMU_MAX_PAGES:
+            return self._fail(XenErrno.E2BIG, f"nr_pages {args.nr_pages} > {PVIOMMU_MAX_PAGES}")
+        ctx = d.usable_context(op.ctx_no)
+        if ctx is None:
+            return self._fail(XenErrno.EINVAL, self._why_unusable(d, op.ctx_no))
+        perm = ((hw.PERM_R if op.flags & abi.IOMMU_OP_readable else 0)
+                | (hw.PERM_W if op.flags & abi.IOMMU_OP_writeable else 0))
+        if not perm:
+            return self._fail(XenErrno.EINVAL, "neither readable nor writeable")
+        # Page by page Xen checks the p2m, then the dfn, then maps; the C
+        # layer does the last two for the run of pages the p2m allows.
+        backed, err, why = d.p2m.first_non_ram(args.gfn, args.nr_pages)
+        mfns = d.p2m.mfns[args.gfn:args.gfn + backed]
+        done, st = self.hv.iommu.map(ctx.hw, args.dfn, mfns, perm)
+        self.hv.machine.get_refs(mfns[:done])
+        if done < backed:
+            err, reason = MAP_STOP[hw.Status(st)]
+            why = f"{reason} (dfn {args.dfn + done:#x})"
+        args.mapped = done
+        op.payload = abi.MapPages.build(args)
+        self._flush(ctx, args.dfn, args.nr_pages)
+        return 0 if err is None else self._fail(err, why)
+
+    def unmap_pages_op(self, d: Domain, op) -> int:
+        args = abi.UnmapPages.parse(op.payload)
+        if args.nr_pages > PVIOMMU_MAX_PAGES:
+            return self._fail(XenErrno.E2BIG, f"nr_pages {args.nr_pages} > {PVIOMMU_MAX_PAGES}")
+        ctx = d.usable_context(op.ctx_no)
+        if ctx is None:
+            return self._fail(XenErrno.EINVAL, self._why_unusable(d, op.ctx_no))
+        # The IOTLB is flushed once over the whole range below, as Xen does.
+        done, _, mfns = self.hv.iommu.unmap(ctx.hw, args.dfn, args.nr_pages, flush=False)
+        self.hv.machine.put_refs(mfns)
+        args.unmapped = done
+        op.payload = abi.UnmapPages.build(args)
+        self._flush(ctx, args.dfn, args.nr_pages)
+        if done < args.nr_pages:
+            return self._fail(XenErrno.ENOENT, f"no mapping at dfn {args.dfn + done:#x}")
+        return 0
+
+    def lookup_page_op(self, d: Domain, op) -> int:
+        args = abi.LookupPage.parse(op.payload)
+        ctx = d.usable_context(op.ctx_no)
+        if ctx is None:
+            return self._fail(XenErrno.EINVAL, self._why_unusable(d, op.ctx_no))
+        found = None
+        if args.dfn <= self.hv.iommu.max_iova_addr >> hw.PAGE_SHIFT:
+            found = self.hv.iommu.lookup(ctx.hw, args.dfn)
+        if found is None:
+            return self._fail(XenErrno.ENOENT, f"no mapping at dfn {args.dfn:#x}")
+        args.gfn = self.hv.machine.m2p(array("Q", [found[0]]))[0]
+        op.payload = abi.LookupPage.build(args)
+        return 0
+
+    def _flush(self, ctx: Context, dfn: int, nr_pages: int) -> None:
+        """iommu_iotlb_flush over the requested range (clipped to the width)."""
+        last = self.hv.iommu.max_iova_addr >> hw.PAGE_SHIFT
+        if nr_pages and dfn <= last:
+            self.hv.iommu.invalidate_pages(ctx.hw, dfn, min(nr_pages, last - dfn + 1))
+
+    @staticmethod
+    def _why_unusable(d: Domain, ctx_no: int) -> str:
+        ctx = d.context(ctx_no)
+        if ctx is None:
+            return f"context {ctx_no} not allocated"
+        if ctx.dying:
+            return f"context {ctx_no} is being freed"
+        return "the default context is opaque"

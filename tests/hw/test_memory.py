@@ -3,7 +3,7 @@ from array import array
 
 import pytest
 
-from xenemu.hw import OWNER_NONE, HwError, Status
+from xenemu.hw import GFN_INVALID, OWNER_NONE, HwError, Status
 
 
 def test_size_validation(hw_impl):
@@ -117,3 +117,19 @@ def test_metadata_bounds(machine):
         machine.refcounts(array("I", [0]))
     with pytest.raises(ValueError):
         machine.get_refs(range(0, 10, 2))
+
+
+@pytest.mark.parametrize("impl", ["native", "reference"])
+def test_m2p_records_the_gfn_of_each_frame(impl):
+    from xenemu.hw import native, reference
+    Machine = native.Machine if impl == "native" else reference.Machine
+    m = Machine(1 << 24)
+    mfns = m.alloc(4, owner=3)
+    m.set_m2p(mfns, 0x100)
+    assert list(m.m2p(mfns)) == [0x100, 0x101, 0x102, 0x103]
+    with pytest.raises(HwError) as info:
+        m.set_m2p(array("Q", [mfns[0], m.nframes + 5]), 0)
+    assert info.value.status == Status.BADFRAME and info.value.index == 1
+    assert m.m2p(mfns[:1])[0] == 0x100    # all or nothing
+    # Frames not in use (or outside the machine) have no gfn.
+    assert list(m.m2p(array("Q", [m.nframes - 1, 1 << 50]))) == [GFN_INVALID] * 2

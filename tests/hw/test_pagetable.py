@@ -210,3 +210,21 @@ def test_any_uint64_buffer_is_a_run(iommu):
     raw = array("Q", [4, 9]).tobytes()
     assert iommu.map(ctx, 0, memoryview(raw).cast("Q"), PERM_R) == (2, 0)
     assert iommu.lookup(ctx, 1) == (9, PERM_R)
+
+
+@pytest.mark.parametrize("impl", ["native", "reference"])
+def test_lookup_run_reads_a_range_without_touching_the_iotlb(impl):
+    from xenemu.hw import native, reference
+    mod = native if impl == "native" else reference
+    m = mod.Machine(1 << 26)
+    io = mod.Iommu(m, width=39)
+    ctx = io.alloc_context()
+    mfns = m.alloc(3, owner=1)
+    assert io.map(ctx, 0x1FF, mfns, PERM_R)[0] == 3      # crosses a leaf table
+    before = io.counters()
+    got, perms = io.lookup_run(ctx, 0x1FE, 5)
+    assert list(got) == [0, *mfns, 0] and list(perms) == [0, PERM_R, PERM_R, PERM_R, 0]
+    assert io.counters() == before
+    with pytest.raises(HwError) as info:
+        io.lookup_run(ctx, io.max_iova_addr >> 12, 2)
+    assert info.value.status == Status.RANGE

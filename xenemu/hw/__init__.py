@@ -16,14 +16,14 @@ xenemu.hw.reference has the same interface in pure Python. Semantics
 belonging to Xen (errno, domains, p2m) are left to the layer above.
 """
 from .common import (
-    INTR_FIRST, INTR_LAST, OWNER_NONE, PAGE_SHIFT, PAGE_SIZE, PERM_R,
+    GFN_INVALID, INTR_FIRST, INTR_LAST, OWNER_NONE, PAGE_SHIFT, PAGE_SIZE, PERM_R,
     PERM_RW, PERM_W, ContextInfo, Counters, Fault, FaultRecord, HwError,
     StaleIotlbError, Status, sbdf,
 )
 from .native import Iommu, Machine
 
 __all__ = [
-    "INTR_FIRST", "INTR_LAST", "OWNER_NONE", "PAGE_SHIFT", "PAGE_SIZE",
+    "GFN_INVALID", "INTR_FIRST", "INTR_LAST", "OWNER_NONE", "PAGE_SHIFT", "PAGE_SIZE",
     "PERM_R", "PERM_RW", "PERM_W", "ContextInfo", "Counters", "Fault",
     "FaultRecord", "HwError", "Iommu", "Machine", "StaleIotlbError",
     "Status", "sbdf",

@@ -54,6 +54,10 @@ int hw_frames_info(const struct hw_machine *m, const uint64_t *mfns,
                    uint64_t *bad);
 int hw_frames_set_owner(struct hw_machine *m, const uint64_t *mfns,
                         uint64_t n, uint16_t owner, uint64_t *bad);
+int hw_m2p_set(struct hw_machine *m, const uint64_t *mfns, uint64_t n,
+               uint64_t first_gfn, uint64_t *bad);
+void hw_m2p_read(const struct hw_machine *m, const uint64_t *mfns, uint64_t n,
+                 uint64_t *gfns);
 int hw_mem_read(const struct hw_machine *m, uint64_t maddr, void *buf,
                 uint64_t len);
 int hw_mem_write(struct hw_machine *m, uint64_t maddr, const void *buf,
@@ -79,6 +83,8 @@ int hw_unmap(struct hw_iommu *io, uint32_t id, uint64_t dfn, uint64_t n,
              uint64_t *out, uint64_t out_cap, int flush, uint64_t *done);
 int hw_lookup(struct hw_iommu *io, uint32_t id, uint64_t dfn,
               uint64_t *mfn, uint32_t *perm);
+int hw_lookup_run(struct hw_iommu *io, uint32_t id, uint64_t dfn, uint64_t n,
+                  uint64_t *mfns, uint8_t *perms);
 int hw_translate(struct hw_iommu *io, uint32_t id, const uint64_t *addrs,
                  uint64_t n, int write, uint64_t *maddr, uint8_t *fault,
                  uint64_t *done);

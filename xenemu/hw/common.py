@@ -101,6 +101,9 @@ class ContextInfo(NamedTuple):
     counters: Counters
 
 
+GFN_INVALID = (1 << 64) - 1  #: M2P entry of a frame not in use
+
+
 def sbdf(seg: int, bus: int, devfn: int) -> int:
     """PCI segment/bus/devfn as the one uint32 the hardware uses."""
     if not (0 <= seg <= 0xFFFF and 0 <= bus <= 0xFF and 0 <= devfn <= 0xFF):

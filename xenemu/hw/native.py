@@ -99,6 +99,18 @@ class Machine:
         p, n, _ = _u64(mfns)
         self._batch(lib.hw_frames_set_owner(self._m, p, n, owner, self._bad))
 
+    def set_m2p(self, mfns, first_gfn: int) -> None:
+        """Record that mfns[i] backs gfn first_gfn + i (machine-to-phys)."""
+        p, n, _ = _u64(mfns)
+        self._batch(lib.hw_m2p_set(self._m, p, n, first_gfn, self._bad))
+
+    def m2p(self, mfns) -> array:
+        """The gfn each frame backs; GFN_INVALID for a frame not in use."""
+        p, n, _ = _u64(mfns)
+        out = array("Q", bytes(8 * n))
+        lib.hw_m2p_read(self._m, p, n, ffi.from_buffer("uint64_t[]", out))
+        return out
+
     def read(self, maddr: int, n: int) -> bytes:
         buf = bytearray(n)
         check_status(lib.hw_mem_read(self._m, maddr,
@@ -212,6 +224,16 @@ class Iommu:
             return None
         check_status(st)
         return self._u64[0], self._u32[0]
+
+    def lookup_run(self, ctx: int, dfn: int, n: int) -> tuple[array, array]:
+        """(mfns, perms) of n entries from dfn, perm 0 where nothing is
+        mapped: a software read for dumps (no IOTLB, no counters)."""
+        mfns = array("Q", bytes(8 * n))
+        perms = array("B", bytes(n))
+        check_status(lib.hw_lookup_run(self._io, ctx, dfn, n,
+                                       ffi.from_buffer("uint64_t[]", mfns),
+                                       ffi.from_buffer("uint8_t[]", perms)))
+        return mfns, perms
 
     def translate(self, ctx: int, addrs, write: bool = False
                   ) -> tuple[array, array]:

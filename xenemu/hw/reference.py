@@ -16,7 +16,7 @@ import struct
 from array import array
 
 from .common import (
-    INTR_FIRST, INTR_LAST, MAX_CONTEXTS, MAX_DEVICES, MAX_FAULTS, OWNER_NONE,
+    GFN_INVALID, INTR_FIRST, INTR_LAST, MAX_CONTEXTS, MAX_DEVICES, MAX_FAULTS, OWNER_NONE,
     PAGE_SHIFT, PAGE_SIZE, PERM_RW, PERM_W, PERM_R, Counters, ContextInfo,
     Fault, FaultRecord, HwError, StaleIotlbError, Status, levels_for,
 )
@@ -56,6 +56,7 @@ class Machine:
         self._ref = array("I", bytes(4 * n))
         self._owner = array("H", bytes(2 * n))  # owner XOR 0xFFFF, as in C
         self._in_use = bytearray(n)
+        self._m2p: dict[int, int] = {}
         self._free = array("Q")
         self._watermark = 0
         self.used = 0
@@ -140,6 +141,18 @@ class Machine:
         run = _run(mfns)
         self._check_range(run)
         return array("H", (self._owner[m] ^ OWNER_NONE for m in run))
+
+    def set_m2p(self, mfns, first_gfn: int) -> None:
+        run = _run(mfns)
+        for i, mfn in enumerate(run):
+            if not self._ok(mfn):
+                raise HwError(Status.BADFRAME, i)
+        for i, mfn in enumerate(run):
+            self._m2p[mfn] = first_gfn + i
+
+    def m2p(self, mfns) -> array:
+        return array("Q", (self._m2p.get(m, 0) if self._ok(m) else GFN_INVALID
+                           for m in _run(mfns)))
 
     def set_owner(self, mfns, owner: int) -> None:
         run = _run(mfns)
@@ -478,6 +491,17 @@ class Iommu:
         if not self._present(pte):
             return None
         return (pte & _ADDR) >> PAGE_SHIFT, pte & PERM_RW
+
+    def lookup_run(self, ctx: int, dfn: int, n: int) -> tuple[array, array]:
+        self._get(ctx)
+        if n and (dfn > self._max_dfn or n - 1 > self._max_dfn - dfn):
+            raise HwError(Status.RANGE)
+        mfns, perms = array("Q", bytes(8 * n)), array("B", bytes(n))
+        for i in range(n):
+            found = self.lookup(ctx, dfn + i)
+            if found:
+                mfns[i], perms[i] = found
+        return mfns, perms
 
     def _xlate(self, ctx: int, c: _Context, walk, addr: int,
                write: bool) -> tuple[int, int]:

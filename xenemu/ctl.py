@@ -1,0 +1,123 @@
+"""Client of the control socket, and the `xenemu ctl` command's formatting.
+
+    with ControlClient(path) as ctl:       # or $XENEMU_CONTROL
+        ctl.call("dma", sbdf="0000:00:03.0", addr=0x1000, write=True, data=b"hi")
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from array import array
+
+import msgpack
+
+from . import control
+
+
+class ControlError(Exception):
+    """The daemon refused a control request; the message says why."""
+
+
+class ControlClient:
+    def __init__(self, path: str | os.PathLike | None = None, timeout: float | None = 60.0):
+        path = path or os.environ.get("XENEMU_CONTROL")
+        if not path:
+            raise ControlError("no control socket: pass a path or set XENEMU_CONTROL")
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._sock.settimeout(timeout)
+        try:
+            self._sock.connect(os.fspath(path))
+        except OSError as e:
+            self._sock.close()
+            raise ControlError(f"cannot connect to {path}: {e}") from None
+        self._unpacker = control.unpacker()
+
+    def close(self) -> None:
+        self._sock.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def request(self, op: str, **args) -> dict:
+        """The daemon's reply, {"ok": ...}, as it is."""
+        self._sock.sendall(control.pack({"op": op, **args}))
+        while True:
+            for reply in self._unpacker:
+                return reply
+            data = self._sock.recv(1 << 16)
+            if not data:
+                raise ControlError("daemon closed the control connection")
+            self._unpacker.feed(data)
+
+    def call(self, op: str, **args) -> dict:
+        """Results of a request; ControlError when the daemon refuses it."""
+        reply = self.request(op, **args)
+        if not reply.get("ok"):
+            raise ControlError(reply.get("error", "refused"))
+        reply.pop("ok")
+        return reply
+
+
+def parse_value(text: str):
+    """key=value arguments on the command line: ints (0x.. too), booleans, hex: bytes, text."""
+    if text in ("true", "false"):
+        return text == "true"
+    if text.startswith("hex:"):
+        return bytes.fromhex(text[4:])
+    if text.startswith("text:"):
+        return text[5:].encode()
+    try:
+        return int(text, 0)
+    except ValueError:
+        return text
+
+
+def format_reply(op: str, reply: dict) -> str:
+    """Readable lines for the results of op."""
+    if op == "dump":
+        return _format_dump(reply)
+    if op == "faults":
+        lines = [f"{f['sbdf']} {'write' if f['write'] else 'read '} {f['addr']:#x}: {f['kind']}"
+                 for f in reply["faults"]]
+        if reply["overflow"]:
+            lines.append("(fault log overflowed: later faults were dropped)")
+        return "\n".join(lines) or "no faults"
+    if op == "contexts":
+        return "\n".join(
+            f"ctx {c['ctx_no']:>3}{' (dying)' if c['dying'] else ''}: {c['mapped']} pages mapped, "
+            f"{c['table_pages']} table pages, devices: {', '.join(c['devices']) or '-'}"
+            for c in reply["contexts"])
+    if op == "check":
+        return "consistent" if reply["consistent"] else "\n".join(reply["problems"])
+    return "\n".join(f"{k}: {_show(v)}" for k, v in reply.items()) or "ok"
+
+
+def _show(value) -> str:
+    if isinstance(value, bytes):
+        return value.hex() if len(value) <= 64 else f"{value[:64].hex()}... ({len(value)} bytes)"
+    return str(value)
+
+
+def _format_dump(reply: dict) -> str:
+    gfns = array("Q")
+    gfns.frombytes(reply["gfns"])
+    perms = reply["perms"]
+    lines, start = [], None
+    names = {1: "r-", 2: "-w", 3: "rw"}
+    dfn0 = reply["dfn"]
+    for i in range(len(perms) + 1):
+        # Group entries into runs of consecutive gfns with one permission.
+        same = (start is not None and i < len(perms) and perms[i] == perms[start]
+                and gfns[i] == gfns[start] + (i - start))
+        if same:
+            continue
+        if start is not None and perms[start]:
+            n = i - start
+            lines.append(f"dfn {dfn0 + start:#x}..{dfn0 + i - 1:#x} -> gfn "
+                         f"{gfns[start]:#x}..{gfns[start] + n - 1:#x} {names[perms[start]]} ({n})")
+        start = i if i < len(perms) else None
+    return "\n".join(lines) or "nothing mapped in that range"

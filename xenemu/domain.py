@@ -1,0 +1,59 @@
+"""Domains and their IOMMU contexts (seed 000, docs/designs/iommu-contexts.md).
+
+A domain owns guest memory (its P2m), a default context 0 that maps all of
+its RAM 1:1, a fixed pool of further contexts whose ids are their pool
+positions (1..count), and PCI devices, each attached to one context. The
+mappings themselves live in the simulated IOMMU's page tables (xenemu.hw);
+a Context only names its hardware context and lists its devices.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .p2m import P2m
+
+
+@dataclass
+class Context:
+    ctx_no: int
+    hw: int                                   # hardware context id (VT-d domain id)
+    devices: set[int] = field(default_factory=set)
+    dying: bool = False                       # free_context's teardown is under way
+
+
+@dataclass
+class Domain:
+    domid: int
+    name: str
+    hardware: bool
+    iommu_enabled: bool
+    p2m: P2m
+    contexts: list[Context | None]            # index = ctx_no; [0] is the default context
+    devices: dict[int, int] = field(default_factory=dict)   # sbdf -> ctx_no
+    opaque_default: bool = False               # context 0 shared with the CPU's tables
+
+    @property
+    def nr_contexts(self) -> int:
+        """The pool's size, context 0 excluded (what query_capabilities reports)."""
+        return len(self.contexts) - 1
+
+    def context(self, ctx_no: int) -> Context | None:
+        """The allocated context ctx_no, or None (iommu_check_context)."""
+        if 0 <= ctx_no < len(self.contexts):
+            return self.contexts[ctx_no]
+        return None
+
+    def usable_context(self, ctx_no: int) -> Context | None:
+        """A context PV-IOMMU may map into: allocated, not dying, not opaque."""
+        ctx = self.context(ctx_no)
+        if ctx is None or ctx.dying or (ctx_no == 0 and self.opaque_default):
+            return None
+        return ctx
+
+    def free_slot(self) -> int | None:
+        """The lowest free pool position (iommu_context_alloc's find_first_zero_bit)."""
+        for ctx_no in range(1, len(self.contexts)):
+            if self.contexts[ctx_no] is None:
+                return ctx_no
+        return None
