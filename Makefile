@@ -29,7 +29,7 @@ $(STAMP): pyproject.toml setup.py $(HW_SOURCES)
 # --- C client library and examples -------------------------------------
 CLIENT_HDRS := $(wildcard abi/xen/*.h abi/xenemu/*.h) clients/c/xenemu_client.h
 LIB         := $(BUILD)/libxenemu.a
-EXAMPLES    := $(BUILD)/query_caps
+EXAMPLES    := $(BUILD)/query_caps $(BUILD)/xen_iommu_driver
 
 clients: $(LIB) $(EXAMPLES)
 

@@ -13,7 +13,11 @@ from support import BUILD, ROOT, DaemonProcess
 def daemon(tmp_path):
     d = DaemonProcess(tmp_path)
     yield d
+    # Every test leaves a consistent machine: references match mappings,
+    # devices sit where their domain says, no stale IOTLB entry was hit.
+    check = d.ctl("check") if d.proc.poll() is None else {"consistent": True}
     rc = d.stop()
+    assert check["consistent"], check["problems"]
     assert rc == 0, f"daemon exited with {rc}:\n{d.log()}"
 
 

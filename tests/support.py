@@ -23,9 +23,10 @@ class DaemonProcess:
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "xenemu.cli", "--log-level", "debug", "serve",
-             "--socket-dir", str(self.socket_dir), *extra_args],
+             "--socket-dir", str(self.socket_dir), "--check-iotlb", *extra_args],
             stdout=subprocess.PIPE, stderr=self._log, cwd=ROOT, bufsize=0)  # unbuffered: select() sees every line
         self.sockets: dict[int, Path] = {}
+        self.control = ""
         self.banner = self._read_banner()
 
     def _read_banner(self, timeout: float = 30.0) -> str:
@@ -42,6 +43,8 @@ class DaemonProcess:
             if not line:
                 break
             lines.append(line)
+            if "XENEMU_CONTROL=" in line:
+                self.control = line.strip().split("XENEMU_CONTROL=")[1]
             if "XENEMU_SOCKET=" in line:
                 domid = int(line.split()[1].lstrip("d"))
                 self.sockets[domid] = Path(line.strip().split("XENEMU_SOCKET=")[1])
@@ -51,6 +54,12 @@ class DaemonProcess:
 
     def socket(self, domid: int) -> str:
         return str(self.sockets[domid])
+
+    def ctl(self, op: str, **args) -> dict:
+        """One control request; raises ControlError when refused."""
+        from xenemu.ctl import ControlClient
+        with ControlClient(self.control) as c:
+            return c.call(op, **args)
 
     def log(self) -> str:
         self._log.flush()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import signal
 import sys
@@ -21,6 +22,8 @@ def _serve(args) -> int:
     except ConfigError as e:
         print(f"xenemu: {e}", file=sys.stderr)
         return 2
+    if args.check_iotlb:
+        config = dataclasses.replace(config, check_iotlb=True)
     hv = Hypervisor(config)
     daemon = Daemon(hv, args.socket_dir)
 
@@ -98,6 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "default: the embedded default machine")
     serve.add_argument("--socket-dir", type=Path, default=default_socket_dir(),
                        help="directory for the sockets (default: $XENEMU_DIR or /tmp/xenemu-UID)")
+    serve.add_argument("--check-iotlb", action="store_true",
+                       help="verify every IOTLB hit against the page tables (slower)")
     serve.set_defaults(func=_serve)
 
     ctl = sub.add_parser("ctl", help="control the machine: domains, devices, p2m, DMA, faults",

@@ -10,7 +10,6 @@ import os
 import socket
 from array import array
 
-import msgpack
 
 from . import control
 

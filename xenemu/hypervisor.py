@@ -219,7 +219,7 @@ class Hypervisor:
             self._identity_unmap(d, gfn)
         d.p2m.set_type(gfn, type_)
         if not was_ram and type_ is P2mType.RAM:
-            self._identity_map(d, gfn, 1)
+            self.identity_map(d, d.contexts[0], gfn, 1)
 
     def _guest_span(self, domid: int, gfn: int, offset: int, length: int) -> int:
         d = self._domain(domid)

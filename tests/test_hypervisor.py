@@ -1,0 +1,368 @@
+"""Every PV-IOMMU sub-op and error path, through the daemon's sockets, and the
+machine they act on (DMA, faults, p2m types, quarantine) through its control
+socket. The `daemon` fixture checks the invariants after each test."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from xenemu import abi
+from xenemu.client import XenemuClient
+from xenemu.ctl import ControlError
+from xenemu.errno import XenErrno as E
+
+NIC = "0000:00:03.0"
+NIC_DEVFN = 3 << 3
+GPU = "0000:00:02.0"
+
+
+@pytest.fixture
+def xen(daemon):
+    with XenemuClient(daemon.socket(0)) as client:
+        yield client
+
+
+def new_ctx(xen) -> int:
+    res = xen.alloc_context()
+    assert res.ret == 0, res.name
+    return res.op.ctx_no
+
+
+# -- alloc / free ---------------------------------------------------------------
+
+def test_alloc_gives_lowest_free_ids_until_enospc(xen):
+    ids = [new_ctx(xen) for _ in range(128)]
+    assert ids == list(range(1, 129))
+    full = xen.alloc_context()
+    assert full.ret == -E.ENOSPC
+    assert xen.free_context(57).ret == 0
+    assert new_ctx(xen) == 57
+    for ctx_no in ids:
+        assert xen.free_context(ctx_no).ret == 0
+
+
+def test_alloc_ignores_the_clone_flag_like_the_reference(xen):
+    ctx = xen.alloc_context(abi.IOMMU_CREATE_clone).op.ctx_no
+    assert xen.lookup_page(ctx, 0x100).ret == -E.ENOENT     # nothing cloned
+    assert xen.free_context(ctx).ret == 0
+
+
+def test_clone_is_honoured_when_the_daemon_is_told_to(tmp_path):
+    from support import DaemonProcess
+    cfg = tmp_path / "m.toml"
+    cfg.write_text("honour_clone = true\n[[domain]]\ndomid = 0\nhardware = true\n"
+                   "memory_mib = 8\ncontexts = 2\n")
+    d = DaemonProcess(tmp_path / "d", "--config", str(cfg))
+    try:
+        with XenemuClient(d.socket(0)) as x:
+            res = x.alloc_context(abi.IOMMU_CREATE_clone)
+            assert res.ret == 0
+            look = x.lookup_page(res.op.ctx_no, 0x7FF)
+            assert (look.ret, look.op.lookup_page.gfn) == (0, 0x7FF)
+            assert x.lookup_page(res.op.ctx_no, 0x800).ret == -E.ENOENT   # beyond 8 MiB
+            assert x.free_context(res.op.ctx_no).ret == 0
+        assert d.ctl("check")["consistent"]
+    finally:
+        assert d.stop() == 0
+
+
+def test_free_context_errors(xen):
+    assert xen.free_context(0).ret == -E.EINVAL
+    assert xen.free_context(5).ret == -E.ENOENT
+    assert xen.free_context(500).ret == -E.ENOENT
+    ctx = new_ctx(xen)
+    assert xen.free_context(ctx).ret == 0
+    assert xen.free_context(ctx).ret == -E.ENOENT
+
+
+def test_free_with_devices_is_ebusy_without_the_flag_and_reattaches_with_it(xen, daemon):
+    ctx = new_ctx(xen)
+    assert xen.reattach_device(ctx, bus=0, devfn=NIC_DEVFN).ret == 0
+    assert xen.free_context(ctx).ret == -E.EBUSY
+    # Still a normal context after -EBUSY (see the divergences).
+    assert xen.map_pages(ctx, 0x10, 0x10, 1).ret == 0
+    assert xen.free_context(ctx, abi.IOMMU_TEARDOWN_REATTACH_DEFAULT).ret == 0
+    contexts = daemon.ctl("contexts", domid=0)["contexts"]
+    assert [c["ctx_no"] for c in contexts] == [0]
+    assert NIC in contexts[0]["devices"]
+
+
+# -- reattach ---------------------------------------------------------------------
+
+def test_reattach_errors_and_same_context(xen):
+    ctx = new_ctx(xen)
+    assert xen.reattach_device(ctx, bus=1, devfn=0).ret == -E.ENOENT    # d1's device
+    assert xen.reattach_device(ctx, bus=0, devfn=0x7F).ret == -E.ENOENT  # no such device
+    assert xen.reattach_device(99, bus=0, devfn=NIC_DEVFN).ret == -E.ENOENT
+    assert xen.reattach_device(0, bus=0, devfn=NIC_DEVFN).ret == 0      # already there
+    assert xen.reattach_device(ctx, bus=0, devfn=NIC_DEVFN).ret == 0
+    assert xen.reattach_device(ctx, bus=0, devfn=NIC_DEVFN).ret == 0
+    assert xen.reattach_device(0, bus=0, devfn=NIC_DEVFN).ret == 0
+    assert xen.free_context(ctx).ret == 0
+
+
+# -- map / unmap / lookup -----------------------------------------------------------
+
+def test_map_lookup_unmap(xen):
+    ctx = new_ctx(xen)
+    res = xen.map_pages(ctx, gfn=0x1000, dfn=0x80000, nr_pages=256)
+    assert (res.ret, res.op.map_pages.mapped) == (0, 256)
+    for off in (0, 100, 255):
+        look = xen.lookup_page(ctx, 0x80000 + off)
+        assert (look.ret, look.op.lookup_page.gfn) == (0, 0x1000 + off)
+    res = xen.unmap_pages(ctx, 0x80000, 256)
+    assert (res.ret, res.op.unmap_pages.unmapped) == (0, 256)
+    assert xen.lookup_page(ctx, 0x80000).ret == -E.ENOENT
+    assert xen.free_context(ctx).ret == 0
+
+
+def test_map_limit_and_invalid_context(xen):
+    ctx = new_ctx(xen)
+    raw = abi.encode_op(abi.IOMMUOP_map_pages, ctx, 3, "map_pages", gfn=1, dfn=1, nr_pages=257,
+                        mapped=0xDEAD)
+    res = xen.iommu_op(raw)
+    assert res.ret == -E.E2BIG and res.op.map_pages.mapped == 0xDEAD   # untouched, copied back
+    assert xen.map_pages(77, 1, 1, 1).ret == -E.EINVAL
+    assert xen.unmap_pages(77, 1, 1).ret == -E.EINVAL
+    assert xen.lookup_page(77, 1).ret == -E.EINVAL
+    assert xen.unmap_pages(ctx, 1, 257).ret == -E.E2BIG
+    assert xen.map_pages(ctx, 1, 1, 1, flags=0).ret == -E.EINVAL
+    assert xen.free_context(ctx).ret == 0
+
+
+def test_map_stops_at_first_conflict_with_partial_count(xen):
+    ctx = new_ctx(xen)
+    assert xen.map_pages(ctx, 0x200, 0x305, 1).ret == 0
+    res = xen.map_pages(ctx, 0x100, 0x300, 16)
+    assert (res.ret, res.op.map_pages.mapped) == (-E.EADDRINUSE, 5)
+    assert xen.lookup_page(ctx, 0x304).op.lookup_page.gfn == 0x104
+    assert xen.lookup_page(ctx, 0x305).op.lookup_page.gfn == 0x200   # the old mapping stays
+    assert xen.lookup_page(ctx, 0x306).ret == -E.ENOENT
+    res = xen.unmap_pages(ctx, 0x300, 16)
+    assert (res.ret, res.op.unmap_pages.unmapped) == (-E.ENOENT, 6)
+    assert xen.free_context(ctx).ret == 0
+
+
+def test_map_into_the_default_context_conflicts_with_its_identity_map(xen):
+    res = xen.map_pages(0, 0x10, 0x10, 1)
+    assert (res.ret, res.op.map_pages.mapped) == (-E.EADDRINUSE, 0)
+    beyond = 0x40000 + 5                              # dom0 has 1 GiB: gfns below 0x40000
+    assert xen.map_pages(0, 0x10, beyond, 1).ret == 0
+    assert xen.lookup_page(0, beyond).op.lookup_page.gfn == 0x10
+    assert xen.unmap_pages(0, beyond, 1).ret == 0
+
+
+def test_map_gfn_not_backed_is_eperm_after_the_backed_pages(xen):
+    ctx = new_ctx(xen)
+    res = xen.map_pages(ctx, 0x40000 - 3, 0x10, 8)
+    assert (res.ret, res.op.map_pages.mapped) == (-E.EPERM, 3)
+    assert xen.unmap_pages(ctx, 0x10, 3).ret == 0
+    assert xen.free_context(ctx).ret == 0
+
+
+def test_dfn_above_the_address_width(xen):
+    ctx = new_ctx(xen)
+    last = (1 << 27) - 1                              # 39-bit width: dfns below 2^27
+    res = xen.map_pages(ctx, 0x10, last - 1, 4)
+    assert (res.ret, res.op.map_pages.mapped) == (-E.ERANGE, 2)
+    assert xen.lookup_page(ctx, last + 1).ret == -E.ENOENT
+    res = xen.unmap_pages(ctx, last - 1, 4)
+    assert (res.ret, res.op.unmap_pages.unmapped) == (-E.ENOENT, 2)
+    assert xen.free_context(ctx).ret == 0
+
+
+@pytest.mark.parametrize("ptype,err", [("paged_out", E.EIO), ("shared", E.EINVAL),
+                                       ("mmio", E.EPERM), ("invalid", E.EPERM)])
+def test_p2m_types_fail_at_their_page(xen, daemon, ptype, err):
+    daemon.ctl("p2m_set", domid=0, gfn=0x503, type=ptype)
+    ctx = new_ctx(xen)
+    res = xen.map_pages(ctx, 0x500, 0x900, 8)
+    assert (res.ret, res.op.map_pages.mapped) == (-err, 3)
+    assert f"-{err.name}" in daemon.log()
+    assert xen.unmap_pages(ctx, 0x900, 3).ret == 0
+    assert xen.free_context(ctx).ret == 0
+    daemon.ctl("p2m_set", domid=0, gfn=0x503, type="ram")
+
+
+def test_paged_out_gfn_is_paged_in_after_a_delay(xen, daemon):
+    daemon.ctl("p2m_set", domid=0, gfn=0x600, type="paged_out")
+    ctx = new_ctx(xen)
+    assert xen.map_pages(ctx, 0x600, 0x600, 1).ret == -E.EIO
+    assert daemon.ctl("p2m_get", domid=0, gfn=0x600)["type"] == "paging_in"
+    deadline = time.monotonic() + 5
+    while (ret := xen.map_pages(ctx, 0x600, 0x600, 1).ret) == -E.EIO:
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    assert ret == 0 and daemon.ctl("p2m_get", domid=0, gfn=0x600)["type"] == "ram"
+    assert xen.map_pages(0, 0x600, 0x600, 1).ret == -E.EADDRINUSE   # identity map is back
+    assert xen.unmap_pages(ctx, 0x600, 1).ret == 0
+    assert xen.free_context(ctx).ret == 0
+
+
+def test_a_mapped_page_cannot_be_paged_out(xen, daemon):
+    ctx = new_ctx(xen)
+    assert xen.map_pages(ctx, 0x700, 0x700, 1).ret == 0
+    with pytest.raises(ControlError, match="mapped in 1 other context"):
+        daemon.ctl("p2m_set", domid=0, gfn=0x700, type="paged_out")
+    assert xen.unmap_pages(ctx, 0x700, 1).ret == 0
+    assert xen.free_context(ctx).ret == 0
+
+
+# -- DMA end to end ---------------------------------------------------------------
+
+def test_dma_through_a_context_then_fault_after_unmap(xen, daemon):
+    ctx = new_ctx(xen)
+    assert xen.map_pages(ctx, gfn=0x2000, dfn=0x10, nr_pages=2).ret == 0
+    assert xen.reattach_device(ctx, bus=0, devfn=NIC_DEVFN).ret == 0
+    payload = bytes(range(256)) * 20                       # 5120 bytes: crosses a page
+    out = daemon.ctl("dma", sbdf=NIC, addr=0x10 << 12 | 0x100, write=True, data=payload)
+    assert (out["done"], out["faulted"]) == (len(payload), False)
+    got = daemon.ctl("mem_read", domid=0, gfn=0x2000, offset=0x100, length=0xF00)["data"]
+    assert got == payload[:0xF00]
+    got = daemon.ctl("mem_read", domid=0, gfn=0x2001, offset=0, length=0x100)["data"]
+    assert got == payload[0xF00:0x1000]
+    # The device reads what the guest writes.
+    daemon.ctl("mem_write", domid=0, gfn=0x2001, offset=0x800, data=b"from the guest")
+    out = daemon.ctl("dma", sbdf=NIC, addr=(0x11 << 12) + 0x800, length=14)
+    assert out["data"] == b"from the guest"
+
+    assert xen.unmap_pages(ctx, 0x10, 2).ret == 0
+    daemon.ctl("faults", clear=True)
+    out = daemon.ctl("dma", sbdf=NIC, addr=0x10 << 12, write=True, data=b"x" * 8)
+    assert out["faulted"] and out["done"] == 0
+    assert out["fault"] == {"sbdf": NIC, "addr": 0x10 << 12, "kind": "NOT_PRESENT", "write": True}
+    faults = daemon.ctl("faults")["faults"]
+    assert faults == [out["fault"]]
+    assert xen.free_context(ctx, abi.IOMMU_TEARDOWN_REATTACH_DEFAULT).ret == 0
+
+
+def test_read_only_mapping_faults_on_write(xen, daemon):
+    ctx = new_ctx(xen)
+    assert xen.map_pages(ctx, 0x30, 0x30, 1, flags=abi.IOMMU_OP_readable).ret == 0
+    assert xen.reattach_device(ctx, bus=0, devfn=NIC_DEVFN).ret == 0
+    assert daemon.ctl("dma", sbdf=NIC, addr=0x30 << 12, length=8)["faulted"] is False
+    out = daemon.ctl("dma", sbdf=NIC, addr=0x30 << 12, write=True, data=b"no")
+    assert out["fault"]["kind"] == "WRITE"
+    assert xen.free_context(ctx, abi.IOMMU_TEARDOWN_REATTACH_DEFAULT).ret == 0
+    daemon.ctl("faults", clear=True)
+
+
+def test_default_context_dma_reaches_the_whole_domain(daemon):
+    daemon.ctl("dma", sbdf=GPU, addr=0x1234 << 12, write=True, data=b"identity")
+    assert daemon.ctl("mem_read", domid=0, gfn=0x1234, length=8)["data"] == b"identity"
+
+
+def test_dma_under_reattach_between_two_contexts_never_faults(xen, daemon):
+    a, b = new_ctx(xen), new_ctx(xen)
+    for ctx in (a, b):
+        assert xen.map_pages(ctx, gfn=0x3000, dfn=0x50, nr_pages=4).ret == 0
+    daemon.ctl("faults", clear=True)
+    stop = threading.Event()
+    dmas = []
+
+    def device():
+        from xenemu.ctl import ControlClient
+        with ControlClient(daemon.control) as ctl:
+            i = 0
+            while not stop.is_set():
+                out = ctl.call("dma", sbdf=NIC, addr=(0x50 << 12) + (i % 4) * 4096,
+                               write=True, data=i.to_bytes(4, "little") * 256)
+                dmas.append(out["faulted"])
+                i += 1
+
+    t = threading.Thread(target=device)
+    t.start()
+    try:
+        for i in range(300):
+            assert xen.reattach_device((a, b)[i % 2], bus=0, devfn=NIC_DEVFN).ret == 0
+    finally:
+        stop.set()
+        t.join()
+    assert len(dmas) > 10 and not any(dmas)
+    assert daemon.ctl("faults")["faults"] == []
+    assert xen.free_context(a, abi.IOMMU_TEARDOWN_REATTACH_DEFAULT).ret == 0
+    assert xen.free_context(b, abi.IOMMU_TEARDOWN_REATTACH_DEFAULT).ret == 0
+
+
+# -- isolation ------------------------------------------------------------------------
+
+def test_non_hardware_domain_gets_eperm_and_changes_nothing(xen, daemon):
+    ctx = new_ctx(xen)
+    assert xen.map_pages(ctx, 0x10, 0x10, 4).ret == 0
+    before = (daemon.ctl("contexts", domid=0), daemon.ctl("dump", domid=0, ctx_no=ctx, count=64),
+              daemon.ctl("contexts", domid=1), daemon.ctl("info"))
+    with XenemuClient(daemon.socket(1)) as guest:
+        tries = [guest.alloc_context(), guest.free_context(ctx), guest.free_context(1),
+                 guest.reattach_device(ctx, bus=0, devfn=NIC_DEVFN),
+                 guest.reattach_device(0, bus=1, devfn=0),
+                 guest.map_pages(ctx, 0x10, 0x20, 4), guest.map_pages(0, 0x10, 0x50000, 1),
+                 guest.unmap_pages(ctx, 0x10, 4), guest.lookup_page(ctx, 0x10),
+                 guest.query_capabilities(), guest.noop()]
+    assert [r.ret for r in tries] == [-E.EPERM] * len(tries)
+    after = (daemon.ctl("contexts", domid=0), daemon.ctl("dump", domid=0, ctx_no=ctx, count=64),
+             daemon.ctl("contexts", domid=1), daemon.ctl("info"))
+    assert before == after
+    assert xen.free_context(ctx).ret == 0
+
+
+# -- control plane ----------------------------------------------------------------------
+
+def test_domain_lifecycle_and_quarantine(daemon):
+    out = daemon.ctl("domain_create", domid=5, hardware=True, memory_mib=16, contexts=2,
+                     devices=["0000:05:00.0"])
+    with XenemuClient(out["socket"]) as x5:
+        ctx = x5.alloc_context().op.ctx_no
+        assert x5.map_pages(ctx, 0x10, 0x10, 2).ret == 0
+        assert x5.reattach_device(ctx, bus=5, devfn=0).ret == 0
+        daemon.ctl("device_deassign", sbdf="0000:05:00.0")
+        assert "0000:05:00.0" in daemon.ctl("info")["quarantined"]
+        assert x5.reattach_device(ctx, bus=5, devfn=0).ret == -E.ENOENT
+        out = daemon.ctl("dma", sbdf="0000:05:00.0", addr=0x10 << 12, length=4)
+        assert out["fault"]["kind"] == "NOT_PRESENT"          # quarantined: faults
+        daemon.ctl("device_assign", sbdf="0000:05:00.0", domid=5)
+        daemon.ctl("domain_destroy", domid=5)
+        with pytest.raises(Exception):
+            x5.noop()
+    assert not (daemon.socket_dir / "dom5.sock").exists()
+    assert "0000:05:00.0" in daemon.ctl("info")["quarantined"]
+    daemon.ctl("faults", clear=True)
+
+
+def test_control_refuses_bad_requests_clearly(daemon):
+    for op, args, msg in [("nope", {}, "unknown op"),
+                          ("domain_destroy", {"domid": 42}, "d42 does not exist"),
+                          ("device_assign", {"sbdf": "0000:00:02.0", "domid": 1}, "assigned to d0"),
+                          ("dma", {"sbdf": "zz"}, "bad PCI address"),
+                          ("mem_read", {"domid": 0, "gfn": 1, "length": 5000}, "one 4 KiB page"),
+                          ("p2m_set", {"domid": 0, "gfn": 1, "type": "weird"}, "type must be"),
+                          ("dump", {"domid": 0, "ctx_no": 3}, "not allocated"),
+                          ("domain_create", {}, "missing argument 'domid'")]:
+        with pytest.raises(ControlError, match=msg):
+            daemon.ctl(op, **args)
+
+
+def test_ctl_command_line(xen, daemon):
+    ctx = new_ctx(xen)
+    assert xen.map_pages(ctx, 0x100, 0x200, 3).ret == 0
+
+    def ctl(*args):
+        xenemu = Path(sys.executable).parent / "xenemu"     # the installed command
+        return subprocess.run([str(xenemu), "ctl", "--socket", daemon.control, *args],
+                              capture_output=True, text=True)
+
+    out = ctl("dump", "domid=0", f"ctx_no={ctx}", "dfn=0x1ff", "count=8")
+    assert out.returncode == 0
+    assert out.stdout.strip() == "dfn 0x200..0x202 -> gfn 0x100..0x102 rw (3)"
+    out = ctl("contexts", "domid=0")
+    assert f"ctx   {ctx}: 3 pages mapped" in out.stdout
+    assert ctl("check").stdout.strip() == "consistent"
+    bad = ctl("domain_destroy", "domid=9")
+    assert bad.returncode == 1 and "d9 does not exist" in bad.stderr
+    assert "dma" in ctl("help").stdout
+    assert xen.free_context(ctx).ret == 0
