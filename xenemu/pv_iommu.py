@@ -37,9 +37,9 @@ TEARDOWN_SLICE = 1 << 16
 
 # Why the IOMMU stopped a map or unmap run, as Xen errors.
 MAP_STOP = {
-    hw.Status.PRESENT: (XenErrno.EADDRINUSE, "dfn already mapped"),
-    hw.Status.RANGE: (XenErrno.ERANGE, "dfn above max_iova_addr"),
-    hw.Status.NOMEM: (XenErrno.ENOMEM, "no memory for I/O page tables"),
+    hw.Status.PRESENT: (XenErrno.EADDRINUSE, "dfn {:#x} already mapped"),
+    hw.Status.RANGE: (XenErrno.ERANGE, "dfn {:#x} above max_iova_addr"),
+    hw.Status.NOMEM: (XenErrno.ENOMEM, "no memory for I/O page tables at dfn {:#x}"),
 }
 
 
@@ -199,7 +199,7 @@ class PvIommu:
         self.hv.machine.get_refs(mfns[:done])
         if done < backed:
             err, reason = MAP_STOP[hw.Status(st)]
-            why = f"{reason} (dfn {args.dfn + done:#x})"
+            why = reason.format(args.dfn + done)
         args.mapped = done
         op.payload = abi.MapPages.build(args)
         self._flush(ctx, args.dfn, args.nr_pages)
