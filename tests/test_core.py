@@ -94,3 +94,17 @@ def test_invariant_check_notices_a_leaked_reference():
     hv = machine()
     hv.machine.get_refs(array("Q", hv.domains[3].p2m.mfns[:1]))
     assert hv.check_invariants() == ["d3: 4097 page references for 4096 mappings"]
+
+
+def test_opaque_default_context_is_out_of_reach():
+    hv = Hypervisor(MachineConfig(memory_mib=64, domains=(
+        DomainConfig(domid=0, hardware=True, memory_mib=16, contexts=1, opaque_default=True),)))
+    assert op(hv, abi.encode_op(abi.IOMMUOP_lookup_page, 0, 0, "lookup_page", dfn=1))[0] == -E.EINVAL
+    assert op(hv, abi.encode_op(abi.IOMMUOP_map_pages, 0, 3, "map_pages", gfn=1, dfn=0x9000,
+                                nr_pages=1))[0] == -E.EINVAL
+    assert op(hv, abi.encode_op(abi.IOMMUOP_unmap_pages, 0, 0, "unmap_pages", dfn=1,
+                                nr_pages=1))[0] == -E.EINVAL
+    # Other contexts work as usual.
+    _, o = op(hv, abi.encode_op(abi.IOMMUOP_alloc_context))
+    assert op(hv, abi.encode_op(abi.IOMMUOP_map_pages, o.ctx_no, 3, "map_pages", gfn=1, dfn=1,
+                                nr_pages=1))[0] == 0

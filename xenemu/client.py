@@ -177,13 +177,20 @@ class XenemuClient(SubOps):
         return _op_result(self.hypercall(abi.HYPERVISOR_iommu_op, (OP_GADDR,),
                                          (Region(OP_GADDR, raw),)))
 
-    def pipeline(self, raw_ops: list[bytes]) -> list[OpResult]:
-        """Send every op before reading any reply: many requests in flight."""
-        first = next(self._ids)
-        ids = [first] + [next(self._ids) for _ in raw_ops[1:]]
-        self.send_raw(b"".join(_op_call(i, raw) for i, raw in zip(ids, raw_ops)))
+    def pipeline(self, raw_ops: list[bytes], window: int = 128) -> list[OpResult]:
+        """Many requests in flight: keep up to `window` sent ahead of the replies.
+
+        The window keeps both sides' socket buffers from filling: a client that
+        wrote everything before reading would stall against a daemon waiting
+        for it to read its replies."""
+        ids = [next(self._ids) for _ in raw_ops]
         by_id = {}
-        for _ in ids:
+        sent = 0
+        while len(by_id) < len(ids):
+            ahead = min(len(ids), len(by_id) + window)
+            if sent < ahead:
+                self.send_raw(b"".join(_op_call(ids[i], raw_ops[i]) for i in range(sent, ahead)))
+                sent = ahead
             reply = _check(self.receive_frame())
             by_id[reply.req_id] = _op_result(reply)
         return [by_id[i] for i in ids]
