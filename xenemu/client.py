@@ -68,6 +68,18 @@ def socket_path(path: str | os.PathLike | None) -> str:
     return os.fspath(path)
 
 
+def connect_unix(path: str, timeout: float | None) -> socket.socket:
+    """A blocking connection to a daemon socket; XenemuError says why not."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    try:
+        sock.connect(path)
+    except OSError as e:
+        sock.close()
+        raise XenemuError(f"cannot connect to {path}: {e}") from None
+    return sock
+
+
 def _op_call(req_id: int, raw_op: bytes) -> bytes:
     return encode_call(req_id, abi.HYPERVISOR_iommu_op, (OP_GADDR,), (Region(OP_GADDR, raw_op),))
 
@@ -124,13 +136,7 @@ class XenemuClient(SubOps):
     """Blocking client: one connection, the domain its socket belongs to."""
 
     def __init__(self, path: str | os.PathLike | None = None, timeout: float | None = 30.0):
-        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self._sock.settimeout(timeout)
-        try:
-            self._sock.connect(socket_path(path))
-        except OSError as e:
-            self._sock.close()
-            raise XenemuError(f"cannot connect to {socket_path(path)}: {e}") from None
+        self._sock = connect_unix(socket_path(path), timeout)
         self._decoder = FrameDecoder.for_client()
         self._ids = itertools.count(1)
 

@@ -7,11 +7,11 @@
 from __future__ import annotations
 
 import os
-import socket
 from array import array
 
 
 from . import control
+from .client import XenemuError, connect_unix
 
 
 class ControlError(Exception):
@@ -23,13 +23,10 @@ class ControlClient:
         path = path or os.environ.get("XENEMU_CONTROL")
         if not path:
             raise ControlError("no control socket: pass a path or set XENEMU_CONTROL")
-        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self._sock.settimeout(timeout)
         try:
-            self._sock.connect(os.fspath(path))
-        except OSError as e:
-            self._sock.close()
-            raise ControlError(f"cannot connect to {path}: {e}") from None
+            self._sock = connect_unix(os.fspath(path), timeout)
+        except XenemuError as e:
+            raise ControlError(str(e)) from None
         self._unpacker = control.unpacker()
 
     def close(self) -> None:

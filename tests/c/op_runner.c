@@ -2,6 +2,7 @@
  * op_runner - issue pv_iommu_op structs read from stdin, one hex line each,
  * through HYPERVISOR_iommu_op; print "<ret> <hex of the struct after>" per
  * line. Lets the tests run any table of cases through the C client.
+ * Exit 3 when the daemon cannot be reached (the client's reason on stderr).
  */
 #include <stdio.h>
 #include <string.h>
@@ -28,6 +29,11 @@ int main(void)
         }
         ret = HYPERVISOR_iommu_op(&op);
         printf("%ld ", ret);
+        if (ret == -XEN_ENOSYS && *xenemu_last_error()) {
+            printf("\n");
+            fprintf(stderr, "op_runner: %s\n", xenemu_last_error());
+            return 3;
+        }
         for (i = 0; i < sizeof(op); i++)
             printf("%02x", p[i]);
         printf("\n");
