@@ -80,6 +80,21 @@ def connect_unix(path: str, timeout: float | None) -> socket.socket:
     return sock
 
 
+class BlockingConnection:
+    """close() and the with-statement for a client holding one blocking socket."""
+
+    _sock: socket.socket
+
+    def close(self) -> None:
+        self._sock.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
 def _op_call(req_id: int, raw_op: bytes) -> bytes:
     return encode_call(req_id, abi.HYPERVISOR_iommu_op, (OP_GADDR,), (Region(OP_GADDR, raw_op),))
 
@@ -132,22 +147,13 @@ class SubOps:
                                            dfn=dfn))
 
 
-class XenemuClient(SubOps):
+class XenemuClient(SubOps, BlockingConnection):
     """Blocking client: one connection, the domain its socket belongs to."""
 
     def __init__(self, path: str | os.PathLike | None = None, timeout: float | None = 30.0):
         self._sock = connect_unix(socket_path(path), timeout)
         self._decoder = FrameDecoder.for_client()
         self._ids = itertools.count(1)
-
-    def close(self) -> None:
-        self._sock.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
     def send_raw(self, data: bytes) -> None:
         """Send bytes as they are (tests use this to send broken frames)."""

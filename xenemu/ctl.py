@@ -11,14 +11,14 @@ from array import array
 
 
 from . import control
-from .client import XenemuError, connect_unix
+from .client import BlockingConnection, XenemuError, connect_unix
 
 
 class ControlError(Exception):
     """The daemon refused a control request; the message says why."""
 
 
-class ControlClient:
+class ControlClient(BlockingConnection):
     def __init__(self, path: str | os.PathLike | None = None, timeout: float | None = 60.0):
         path = path or os.environ.get("XENEMU_CONTROL")
         if not path:
@@ -28,15 +28,6 @@ class ControlClient:
         except XenemuError as e:
             raise ControlError(str(e)) from None
         self._unpacker = control.unpacker()
-
-    def close(self) -> None:
-        self._sock.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
     def request(self, op: str, **args) -> dict:
         """The daemon's reply, {"ok": ...}, as it is."""
