@@ -9,7 +9,7 @@ the tests all share it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from construct import Array, Bytes, Int16ul, Int32ul, Int64sl, Int64ul, Struct, this
 
@@ -132,6 +132,8 @@ class Call:
     op: int
     args: tuple[int, ...]
     regions: tuple[Region, ...]
+    # The frame as received (empty for a Call built in process): what a trace records.
+    raw: bytes = field(default=b"", compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,6 +225,17 @@ class FrameDecoder:
             self._pos = 0
         self._buf += data
 
+    def offending(self) -> bytes:
+        """After a ProtocolError: the bytes of the frame at fault (its whole
+        length when the header could be read and it has arrived, else what
+        is buffered), so a trace can replay the error."""
+        rest = bytes(self._buf[self._pos:])
+        if len(rest) >= HDR_SIZE:
+            length = int.from_bytes(rest[8:12], "little")
+            if HDR_SIZE <= length <= len(rest):
+                return rest[:length]
+        return rest
+
     def close(self) -> None:
         if self.buffered:
             raise ProtocolError(ERR_TRUNCATED,
@@ -238,8 +251,9 @@ class FrameDecoder:
             return None
         start = self._pos
         raw = bytes(self._buf[start:start + hdr.length])
-        self._pos += hdr.length
-        return self._decode(hdr, raw)
+        frame = self._decode(hdr, raw)
+        self._pos += hdr.length  # only once decoded: a bad frame stays for offending()
+        return frame
 
     def __iter__(self):
         while (frame := self.next_frame()) is not None:
@@ -286,7 +300,7 @@ class FrameDecoder:
         regions = self._walk_regions(hdr, raw, body_end)
         if hdr.type == FRAME_CALL:
             f = CallFixed.parse(raw)
-            return Call(hdr.req_id, f.op, tuple(f.args), regions)
+            return Call(hdr.req_id, f.op, tuple(f.args), regions, raw)
         return Reply(hdr.req_id, ReplyFixed.parse(raw).ret, regions)
 
     @staticmethod
