@@ -15,7 +15,7 @@ PYTEST_ARGS ?=
 # C source or its build script changes.
 HW_SOURCES := $(wildcard cext/*.c cext/*.h) xenemu/hw/_build.py
 
-.PHONY: all run test bench bench-smoke clients venv clean
+.PHONY: all run test bench bench-smoke traces clients venv clean
 
 all: venv clients
 
@@ -56,6 +56,10 @@ bench: venv clients
 
 bench-smoke: venv clients
 	$(VPY) -m bench --smoke
+
+# Re-record the committed trace corpus (tests/traces/) from tests/scenarios.py.
+traces: venv clients
+	$(VPY) tests/traces/record.py
 
 clean:
 	rm -rf $(BUILD) $(VENV) *.egg-info xenemu/hw/_hwlib.* .pytest_cache

@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from support import BUILD, ROOT, DaemonProcess
+from support import BUILD, ROOT, DaemonProcess, assert_replays
 
 
 @pytest.fixture
@@ -19,6 +19,8 @@ def daemon(tmp_path):
     rc = d.stop()
     assert check["consistent"], check["problems"]
     assert rc == 0, f"daemon exited with {rc}:\n{d.log()}"
+    # And whatever the test did replays from its trace, byte for byte.
+    assert_replays(d.trace)
 
 
 @pytest.fixture(scope="session")

@@ -16,14 +16,18 @@ BUILD = ROOT / "build"
 class DaemonProcess:
     """`xenemu serve` in a subprocess, with its sockets in a private directory."""
 
-    def __init__(self, tmp_path: Path, *extra_args: str):
+    def __init__(self, tmp_path: Path, *extra_args: str, record: bool = True):
         self.socket_dir = tmp_path / "sockets"
-        self.log_path = tmp_path / "daemon.log"
         tmp_path.mkdir(parents=True, exist_ok=True)
+        n = 1 + sum(1 for _ in tmp_path.glob("daemon*.log"))
+        self.log_path = tmp_path / f"daemon{n}.log"
+        # Every daemon a test starts records what it serves, so a test can replay it.
+        self.trace = tmp_path / f"trace{n}.xt" if record else None
         self._log = open(self.log_path, "wb")
+        record_args = ["--record", str(self.trace)] if record else []
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "xenemu.cli", "--log-level", "debug", "serve",
-             "--socket-dir", str(self.socket_dir), "--check-iotlb", *extra_args],
+             "--socket-dir", str(self.socket_dir), "--check-iotlb", *record_args, *extra_args],
             stdout=subprocess.PIPE, stderr=self._log, cwd=ROOT, bufsize=0)  # unbuffered: select() sees every line
         self.sockets: dict[int, Path] = {}
         self.control = ""
@@ -73,6 +77,17 @@ class DaemonProcess:
         finally:
             self._log.close()
             self.proc.stdout.close()
+
+
+def assert_replays(trace: Path, *, truncated_ok: bool = False):
+    """Replay a trace in process: every record must match the recording."""
+    from xenemu.tracecli import replay_file
+    r = replay_file(trace)
+    details = "\n\n".join([d.report for d in r.divergences] + r.problems + [r.error or ""])
+    assert r.ok, f"{trace}: replay failed:\n{details}"
+    if not truncated_ok:
+        assert not r.notes, r.notes
+    return r
 
 
 def compile_c(src: Path, out: Path, *extra: str, std: str = "-std=c99") -> Path:

@@ -10,42 +10,13 @@ import subprocess
 
 import pytest
 
+import scenarios
 from support import ROOT, DaemonProcess, compile_c
 from xenemu import abi
 from xenemu.client import XenemuClient
-from xenemu.errno import XenErrno as E
-
-op = abi.encode_op
-RW = abi.IOMMU_OP_readable | abi.IOMMU_OP_writeable
-NIC = dict(seg=0, bus=0, devfn=3 << 3)
 
 # (struct, expected return) in order; context 1 is allocated by the first case.
-CASES = [
-    (op(2), 0),
-    (op(0), 0),
-    (op(1), 0),
-    (op(99), -E.EINVAL),
-    (op(5, 1, RW, "map_pages", gfn=0x100, dfn=0x200, nr_pages=16), 0),
-    (op(5, 1, RW, "map_pages", gfn=0x100, dfn=0x20F, nr_pages=4), -E.EADDRINUSE),
-    (op(5, 1, RW, "map_pages", gfn=0x1, dfn=0x1, nr_pages=257), -E.E2BIG),
-    (op(5, 9, RW, "map_pages", gfn=0x1, dfn=0x1, nr_pages=1), -E.EINVAL),
-    (op(5, 1, 0, "map_pages", gfn=0x1, dfn=0x1, nr_pages=1), -E.EINVAL),
-    (op(5, 1, RW, "map_pages", gfn=0x3FFFE, dfn=0x900, nr_pages=4), -E.EPERM),
-    (op(5, 1, RW, "map_pages", gfn=0x10, dfn=(1 << 27) - 1, nr_pages=2), -E.ERANGE),
-    (op(7, 1, 0, "lookup_page", dfn=0x205), 0),
-    (op(7, 1, 0, "lookup_page", dfn=0x5000), -E.ENOENT),
-    (op(7, 9, 0, "lookup_page", dfn=0x205), -E.EINVAL),
-    (op(4, 1, 0, "reattach_device", dev=NIC), 0),
-    (op(4, 1, 0, "reattach_device", dev=dict(seg=0, bus=1, devfn=0)), -E.ENOENT),
-    (op(4, 7, 0, "reattach_device", dev=NIC), -E.ENOENT),
-    (op(3, 1, 0), -E.EBUSY),
-    (op(3, 0, 0), -E.EINVAL),
-    (op(3, 7, 0), -E.ENOENT),
-    (op(6, 1, 0, "unmap_pages", dfn=0x200, nr_pages=20), -E.ENOENT),
-    (op(6, 1, 0, "unmap_pages", dfn=0x200, nr_pages=300), -E.E2BIG),
-    (op(6, 9, 0, "unmap_pages", dfn=0x200, nr_pages=1), -E.EINVAL),
-    (op(3, 1, abi.IOMMU_TEARDOWN_REATTACH_DEFAULT), 0),
-]
+CASES = scenarios.ERROR_PATHS
 
 
 @pytest.fixture(scope="module")

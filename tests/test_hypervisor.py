@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import pytest
 
+import scenarios
 from xenemu import abi
 from xenemu.client import XenemuClient
 from xenemu.ctl import ControlError
@@ -258,36 +258,8 @@ def test_default_context_dma_reaches_the_whole_domain(daemon):
     assert daemon.ctl("mem_read", domid=0, gfn=0x1234, length=8)["data"] == b"identity"
 
 
-def test_dma_under_reattach_between_two_contexts_never_faults(xen, daemon):
-    a, b = new_ctx(xen), new_ctx(xen)
-    for ctx in (a, b):
-        assert xen.map_pages(ctx, gfn=0x3000, dfn=0x50, nr_pages=4).ret == 0
-    daemon.ctl("faults", clear=True)
-    stop = threading.Event()
-    dmas = []
-
-    def device():
-        from xenemu.ctl import ControlClient
-        with ControlClient(daemon.control) as ctl:
-            i = 0
-            while not stop.is_set():
-                out = ctl.call("dma", sbdf=NIC, addr=(0x50 << 12) + (i % 4) * 4096,
-                               write=True, data=i.to_bytes(4, "little") * 256)
-                dmas.append(out["faulted"])
-                i += 1
-
-    t = threading.Thread(target=device)
-    t.start()
-    try:
-        for i in range(300):
-            assert xen.reattach_device((a, b)[i % 2], bus=0, devfn=NIC_DEVFN).ret == 0
-    finally:
-        stop.set()
-        t.join()
-    assert len(dmas) > 10 and not any(dmas)
-    assert daemon.ctl("faults")["faults"] == []
-    assert xen.free_context(a, abi.IOMMU_TEARDOWN_REATTACH_DEFAULT).ret == 0
-    assert xen.free_context(b, abi.IOMMU_TEARDOWN_REATTACH_DEFAULT).ret == 0
+def test_dma_under_reattach_between_two_contexts_never_faults(daemon):
+    scenarios.reattach_under_dma(daemon, rounds=300)
 
 
 # -- isolation ------------------------------------------------------------------------

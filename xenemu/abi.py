@@ -11,6 +11,8 @@ whole struct does.
 
 from construct import Bytes, Int8ul, Int16ul, Int32ul, Int64ul, Struct, Container
 
+PV_IOMMU_REVISION = 1   # the interface revision this module describes
+
 HYPERVISOR_memory_op = 12
 HYPERVISOR_iommu_op = 43
 
@@ -149,3 +151,51 @@ def decode_op(raw: bytes) -> Container:
     for name, layout in VIEWS.items():
         op[name] = layout.parse(head.payload)
     return op
+
+
+# The union fields each sub-op reads and the fields it writes back, for the
+# debug log, `xenemu trace show` and replay reports.
+SUBOP_INPUTS = {
+    IOMMUOP_map_pages: ("gfn", "dfn", "nr_pages"),
+    IOMMUOP_unmap_pages: ("dfn", "nr_pages"),
+    IOMMUOP_lookup_page: ("dfn",),
+    IOMMUOP_reattach_device: ("dev",),
+}
+SUBOP_OUTPUTS = {
+    IOMMUOP_query_capabilities: ("max_ctx_no", "max_nr_pages", "max_iova_addr"),
+    IOMMUOP_alloc_context: ("ctx_no",),
+    IOMMUOP_map_pages: ("mapped",),
+    IOMMUOP_unmap_pages: ("unmapped",),
+    IOMMUOP_lookup_page: ("gfn",),
+}
+_ADDRESS_FIELDS = {"gfn", "dfn", "max_iova_addr"}   # shown in hex; counts in decimal
+
+
+def format_dev(dev) -> str:
+    return f"{dev.seg:04x}:{dev.bus:02x}:{dev.devfn >> 3:02x}.{dev.devfn & 7}"
+
+
+def op_field_values(head, names) -> list[tuple[str, str]]:
+    """(name, text) of the named fields of a parsed OpHead: head fields
+    (ctx_no, flags) or fields of the sub-op's union view."""
+    view = SUBOP_VIEW.get(head.subop_id)
+    values = VIEWS[view].parse(head.payload) if view else {}
+    out = []
+    for name in names:
+        value = head[name] if name in ("subop_id", "ctx_no", "flags") else values[name]
+        if name == "dev":
+            text = format_dev(value)
+        elif name in _ADDRESS_FIELDS or name == "flags":
+            text = f"{value:#x}"
+        else:
+            text = str(value)
+        out.append((name, text))
+    return out
+
+
+def format_op_fields(head, names) -> str:
+    return "".join(f" {k}={v}" for k, v in op_field_values(head, names))
+
+
+def subop_name(subop_id: int) -> str:
+    return SUBOP_NAMES.get(subop_id, f"sub-op {subop_id}")

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import trio
 
+from . import tracecli
 from .daemon import Daemon, DaemonError, default_socket_dir
 from .hypervisor import Hypervisor
 from .machine import ConfigError, default_machine, load_machine
@@ -25,7 +26,7 @@ def _serve(args) -> int:
     if args.check_iotlb:
         config = dataclasses.replace(config, check_iotlb=True)
     hv = Hypervisor(config)
-    daemon = Daemon(hv, args.socket_dir)
+    daemon = Daemon(hv, args.socket_dir, args.record, {"command": " ".join(sys.argv)})
 
     async def main():
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -91,9 +92,9 @@ def _ctl(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="xenemu",
                                      description="Userspace emulator of Xen's PV-IOMMU interface")
-    parser.add_argument("--log-level", default="info",
-                        choices=["debug", "info", "warning", "error"],
-                        help="debug shows one [PV-IOMMU] line per hypercall")
+    parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
+                        help="debug shows one [PV-IOMMU] line per hypercall "
+                             "(default: info for serve, warning for the other commands)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the daemon")
@@ -103,7 +104,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="directory for the sockets (default: $XENEMU_DIR or /tmp/xenemu-UID)")
     serve.add_argument("--check-iotlb", action="store_true",
                        help="verify every IOTLB hit against the page tables (slower)")
+    serve.add_argument("--record", type=Path, metavar="FILE",
+                       help="record every hypercall and machine change to a trace "
+                            "(`xenemu replay FILE` replays it)")
     serve.set_defaults(func=_serve)
+    tracecli.add_commands(sub)
 
     ctl = sub.add_parser("ctl", help="control the machine: domains, devices, p2m, DMA, faults",
                          description="Send one control request, e.g. "
@@ -119,7 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(message)s",
+    level = args.log_level or ("info" if args.command == "serve" else "warning")
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(message)s",
                         stream=sys.stderr)
     return args.func(args)
 

@@ -60,6 +60,7 @@ class Control:
     def handle(self, req) -> dict:
         if not isinstance(req, dict) or not isinstance(req.get("op"), str):
             return {"ok": False, "error": "a request is a map with a string 'op'"}
+        self.hv.clock.tick()
         handler = getattr(self, "op_" + req["op"], None)
         if handler is None:
             return {"ok": False, "error": f"unknown op {req['op']!r}; ops: {', '.join(OPERATIONS)}"}

@@ -7,6 +7,8 @@ whole calls to the Hypervisor, replies back. Requests of one connection are
 served in order; a continuation (-ERESTART) yields to other tasks before
 the call is re-run, so a long operation never stalls other domains.
 A broken frame gets an ERROR frame and closes its connection, nothing else.
+With a TraceWriter, every hypercall round, refused frame and recorded
+control request is appended to the trace in the order it ran.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import trio
 from . import control
 from .guest import GuestMemory
 from .hypervisor import RESTART, Hypervisor
+from .trace import TraceWriter
 from .wire import ERR_INTERNAL, Call, FrameDecoder, ProtocolError, encode_error, encode_reply
 
 log = logging.getLogger("xenemu.daemon")
@@ -52,8 +55,11 @@ class DaemonError(Exception):
 
 
 class Daemon:
-    def __init__(self, hv: Hypervisor, socket_dir: Path):
+    def __init__(self, hv: Hypervisor, socket_dir: Path, record: Path | None = None,
+                 record_meta: dict | None = None):
         self.hv = hv
+        self._record = (record, record_meta)
+        self.recorder: TraceWriter | None = None
         self.socket_dir = Path(socket_dir)
         self.paths: dict[int, Path] = {}
         self.control_path = control_socket_path(self.socket_dir)
@@ -74,6 +80,10 @@ class Daemon:
         self._make_private_dir()
         control_listener = self._listen(self.control_path)
         try:
+            # Only now: a daemon refused for a live socket must not clobber its trace.
+            if self._record[0] is not None:
+                self.recorder = TraceWriter.create(self._record[0], self.hv.clock, self.hv.config,
+                                                   self._record[1])
             async with trio.open_nursery() as conn_nursery:
                 self._conn_nursery = conn_nursery
                 with trio.CancelScope() as self._accept_scope:
@@ -90,6 +100,9 @@ class Daemon:
             with trio.CancelScope(shield=True):
                 await control_listener.aclose()
             self._remove_sockets()
+            if self.recorder:
+                self.recorder.close()
+                log.info("xenemu: %d records written to %s", self.recorder.records, self._record[0])
             log.info("xenemu: stopped")
 
     def _open_domain_socket(self, domid: int) -> Path:
@@ -202,6 +215,8 @@ class Daemon:
                         break
         except ProtocolError as e:  # only TRUNCATED: the peer is gone, nobody to tell
             log.info("%s: %s", conn, e)
+            if self.recorder:
+                self.recorder.protocol_error(domid, decoder.offending(), True, e.code, None)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             log.info("%s: peer went away", conn)
         log.debug("%s: closed", conn)
@@ -216,6 +231,8 @@ class Daemon:
         except ProtocolError as e:
             log.warning("%s: protocol error %s; closing the connection", conn, e)
             replies.append(encode_error(e.req_id, e.code, e.message))
+            if self.recorder:
+                self.recorder.protocol_error(domid, decoder.offending(), False, e.code, replies[-1])
             keep_open = False
         except Exception:
             log.exception("%s: internal error; closing the connection", conn)
@@ -228,12 +245,26 @@ class Daemon:
 
     async def _execute(self, domid: int, call: Call) -> bytes:
         mem = GuestMemory(call.regions)
-        # Shielded: a continuation, once started, runs to its end even if the
-        # guest hangs up, as Xen's would; each round is short.
+        rec = self.recorder
+        ret = self.hv.hypercall(domid, call.op, call.args, mem)
+        if ret != RESTART:
+            reply = encode_reply(call.req_id, ret, mem.regions())
+            if rec:
+                rec.hypercall(domid, call.raw, reply)
+            return reply
+        # A continuation: let other domains in between rounds, as Xen's
+        # preemption does. Shielded: once started it runs to its end even if
+        # the guest hangs up, as Xen's would; each round is short.
+        cont = rec.begin(domid, call.raw) if rec else 0
         with trio.CancelScope(shield=True):
-            while (ret := self.hv.hypercall(domid, call.op, call.args, mem)) == RESTART:
-                await trio.sleep(0)  # the continuation: let other domains in before going on
-        return encode_reply(call.req_id, ret, mem.regions())
+            while True:
+                await trio.sleep(0)
+                ret = self.hv.hypercall(domid, call.op, call.args, mem)
+                reply = None if ret == RESTART else encode_reply(call.req_id, ret, mem.regions())
+                if rec:
+                    rec.round(cont, reply)
+                if reply is not None:
+                    return reply
 
     # -- control ------------------------------------------------------------------
 
@@ -247,7 +278,7 @@ class Daemon:
                     if not data:
                         break
                     unpacker.feed(data)
-                    replies = [control.pack(self.control.handle(req)) for req in unpacker]
+                    replies = [control.pack(self._control_request(req)) for req in unpacker]
                     if replies:
                         await stream.send_all(b"".join(replies))
         except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError,
@@ -255,3 +286,9 @@ class Daemon:
             log.warning("control: bad request stream (%s); closing", e)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
+
+    def _control_request(self, req) -> dict:
+        reply = self.control.handle(req)
+        if self.recorder and isinstance(req, dict):
+            self.recorder.control(req, reply)
+        return reply

@@ -37,10 +37,33 @@ class MachineError(Exception):
     """A control-plane request the machine refuses (bad domid, device, gfn...)."""
 
 
+class EventClock:
+    """The machine's time: seconds since it started, read once per event.
+
+    Every hypercall round and control request samples the source once
+    (tick()), and everything that event does sees that one value. A trace
+    records it, and replay sets it back (an EventClock over the recorded
+    times), so time-dependent behaviour such as a page-in completing
+    replays exactly.
+    """
+
+    def __init__(self, source=time.monotonic):
+        self._source = source
+        self._t0 = source()
+        self.now = 0.0
+
+    def tick(self) -> float:
+        self.now = self._source() - self._t0
+        return self.now
+
+    def __call__(self) -> float:
+        return self.now
+
+
 class Hypervisor:
     def __init__(self, config: MachineConfig, clock=time.monotonic):
         self.config = config
-        self.clock = clock
+        self.clock = EventClock(clock)
         self.machine = hw.Machine(config.memory_mib << 20)
         self.iommu = hw.Iommu(self.machine, width=config.address_width,
                               iotlb_entries=config.iotlb_entries, check=config.check_iotlb)
@@ -59,6 +82,7 @@ class Hypervisor:
         d = self.domains.get(domid)
         if d is None:
             raise MachineError(f"d{domid} does not exist")
+        self.clock.tick()
         handler = self._table.get(op)
         if handler is None:
             log.debug("d%d: hypercall %d not implemented -> -ENOSYS", domid, op)

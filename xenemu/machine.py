@@ -7,6 +7,7 @@ TOML. The README documents both.
 
 from __future__ import annotations
 
+import dataclasses
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -111,6 +112,16 @@ def load_machine(path: Path) -> MachineConfig:
     except (OSError, tomllib.TOMLDecodeError) as e:
         raise ConfigError(f"{path}: {e}") from None
     return machine_from_dict(data, str(path))
+
+
+def machine_to_dict(config: MachineConfig) -> dict:
+    """The inverse of machine_from_dict: plain data (TOML keys, PCI addresses
+    as text) that a trace header carries so a replay builds the same machine."""
+    data = dataclasses.asdict(config)
+    domains = data.pop("domains")
+    for dom in domains:
+        dom["devices"] = [format_sbdf(s) for s in dom["devices"]]
+    return {**data, "domain": domains}
 
 
 def machine_from_dict(data: dict, where: str = "config") -> MachineConfig:

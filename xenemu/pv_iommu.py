@@ -104,20 +104,14 @@ class PvIommu:
     def _log(self, d: Domain, op, ret: int) -> None:
         if not log.isEnabledFor(logging.DEBUG):
             return
-        name = abi.SUBOP_NAMES.get(op.subop_id, f"sub-op {op.subop_id}")
-        view = abi.SUBOP_VIEW.get(op.subop_id)
-        fields = ""
-        if view:
-            values = abi.VIEWS[view].parse(op.payload)
-            if view == "reattach_device":
-                dev = values.dev
-                fields = f" dev={dev.seg:04x}:{dev.bus:02x}:{dev.devfn >> 3:02x}.{dev.devfn & 7}"
-            else:
-                fields = "".join(f" {k}={v:#x}" for k, v in values.items()
-                                 if not k.startswith("_"))
+        inputs = abi.format_op_fields(op, abi.SUBOP_INPUTS.get(op.subop_id, ()))
+        # Outputs of a success, and the partial counts a failed map or unmap reports.
+        shown = ret >= 0 or op.subop_id in (abi.IOMMUOP_map_pages, abi.IOMMUOP_unmap_pages)
+        outputs = abi.format_op_fields(op, abi.SUBOP_OUTPUTS.get(op.subop_id, ())) if shown else ""
         why = f" ({self._why})" if self._why and ret < 0 else ""
-        log.debug(PREFIX + "d%d: %s ctx=%d flags=%#x%s -> %s%s",
-                  d.domid, name, op.ctx_no, op.flags, fields, result_name(ret), why)
+        log.debug(PREFIX + "d%d: %s ctx=%d flags=%#x%s -> %s%s%s",
+                  d.domid, abi.subop_name(op.subop_id), op.ctx_no, op.flags, inputs,
+                  result_name(ret), outputs, why)
 
     # -- sub-ops -------------------------------------------------------------
 

@@ -1,0 +1,374 @@
+"""The trace commands: `xenemu replay`, `xenemu trace show`, `xenemu trace stats`.
+
+Exit status of replay: 0 when every record of every trace matched, 1 when
+some diverged (or the machine's invariant check failed after a replay),
+2 when a trace could not be read.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+import xml.etree.ElementTree as ET
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import abi, tracetext, wire
+from .errno import result_name
+from .replay import Divergence, Replayer
+from .trace import CONTROL, HYPERCALL, ROUND, TraceError, TraceReader
+
+
+def add_commands(sub) -> None:
+    replay = sub.add_parser(
+        "replay", help="replay traces in process and fail on the first divergence",
+        description="Replay each trace through the daemon's core, in process, comparing every "
+                    "return value and written-back byte with the recording. Exit status: 0 all "
+                    "matched, 1 a divergence, 2 a trace could not be read.")
+    replay.add_argument("traces", nargs="+", type=Path, metavar="FILE")
+    replay.add_argument("--keep-going", action="store_true",
+                        help="go on past divergences and count them")
+    replay.add_argument("--junit", type=Path, metavar="XML",
+                        help="also write the results as JUnit XML (one test case per trace)")
+    replay.add_argument("--check-iotlb", action="store_true",
+                        help="verify every IOTLB hit against the page tables while replaying")
+    replay.add_argument("--quiet", action="store_true", help="print divergences only")
+    replay.set_defaults(func=replay_command)
+
+    trace = sub.add_parser("trace", help="read traces: show, stats")
+    tsub = trace.add_subparsers(dest="trace_command", required=True)
+    show = tsub.add_parser("show", help="one readable line per record")
+    show.add_argument("trace", type=Path, metavar="FILE")
+    show.add_argument("--domain", type=int, metavar="DOMID", help="only this domain's events")
+    show.add_argument("--subop", action="append", metavar="NAME",
+                      help="only these sub-ops (map_pages, ...), control ops (dma, ...), "
+                           "'control' or 'protocol'; may be repeated")
+    show.add_argument("--errors", action="store_true",
+                      help="only failed hypercalls, refused control requests, protocol errors")
+    show.set_defaults(func=show_command)
+    stats = tsub.add_parser("stats", help="counts per sub-op and result")
+    stats.add_argument("trace", type=Path, metavar="FILE")
+    stats.add_argument("--domain", type=int, metavar="DOMID", help="only this domain's events")
+    stats.set_defaults(func=stats_command)
+
+
+# -- one event per record ------------------------------------------------------
+
+@dataclass
+class Event:
+    """A record made readable: what `show` prints and `stats` counts."""
+    number: int
+    t: float
+    domid: int | None
+    name: str            # sub-op, hypercall, control op, or 'protocol'
+    kind: str            # 'hypercall', 'control', 'protocol'
+    text: str
+    result: str = ""     # '0', '-EINVAL', 'ok', 'refused', 'BAD_MAGIC', '' while continuing
+    failed: bool = False
+    pages: tuple[str, int] | None = None   # ('mapped' or 'unmapped', count)
+
+
+class Describer:
+    """Turns records into Events, following continued calls across rounds."""
+
+    def __init__(self, with_text: bool = True):
+        self._continuing: dict[int, tuple[int, wire.Call, int]] = {}
+        self._with_text = with_text   # stats needs names and results, not the text
+
+    def event(self, number: int, rec: dict) -> Event:
+        kind = rec["k"]
+        if kind == HYPERCALL:
+            call = tracetext.decode_call(rec["req"])
+            if rec["rep"] is None:
+                self._continuing[rec["c"]] = (rec["d"], call, 1)
+                return self._hypercall(number, rec, call, None, f" -> continues (c{rec['c']})")
+            return self._hypercall(number, rec, call, rec["rep"], "")
+        if kind == ROUND:
+            domid, call, rounds = self._continuing.get(rec["c"], (None, None, 0))
+            if call is None:
+                return Event(number, rec["t"], None, "?", "hypercall",
+                             f"round of unknown continuation c{rec['c']}")
+            if rec["rep"] is None:
+                self._continuing[rec["c"]] = (domid, call, rounds + 1)
+                return self._hypercall(number, {**rec, "d": domid}, call, None,
+                                       f" -> continues (c{rec['c']}, round {rounds + 1})")
+            del self._continuing[rec["c"]]
+            return self._hypercall(number, {**rec, "d": domid}, call, rec["rep"],
+                                   f" (c{rec['c']}, {rounds + 1} rounds)")
+        if kind == CONTROL:
+            req, rep = rec["req"], rec["rep"]
+            domid = req.get("domid") if isinstance(req.get("domid"), int) else None
+            ok = bool(rep.get("ok"))
+            return Event(number, rec["t"], domid, str(req.get("op")), "control",
+                         f"control {req.get('op')} {tracetext.control_args(req)} -> "
+                         f"{tracetext.control_result(rep)}",
+                         "ok" if ok else "refused", not ok)
+        code = wire.ERROR_NAMES.get(rec["code"], str(rec["code"]))
+        how = "stream ended mid-frame" if rec["eof"] else "ERROR frame sent, connection closed"
+        return Event(number, rec["t"], rec["d"], "protocol", "protocol",
+                     f"protocol error {code} on {len(rec['raw'])} bytes ({how})", code, True)
+
+    def _hypercall(self, number, rec, call, rep, suffix) -> Event:
+        name = tracetext.call_name(call)
+        text = tracetext.request_text(call) if self._with_text else ""
+        if rep is None:
+            return Event(number, rec["t"], rec["d"], name, "hypercall", text + suffix)
+        reply = tracetext.decode_reply(rep)
+        failed = not isinstance(reply, wire.Reply) or reply.ret < 0
+        result = result_name(reply.ret) if isinstance(reply, wire.Reply) else "ERROR"
+        pages = None
+        if name in ("map_pages", "unmap_pages") and isinstance(reply, wire.Reply):
+            op = tracetext.op_bytes(reply.regions, call.args[0])
+            if op is not None:
+                out = "mapped" if name == "map_pages" else "unmapped"
+                pages = (out, abi.VIEWS[name].parse(abi.OpHead.parse(op).payload)[out])
+        if self._with_text:
+            text = f"{text} -> {tracetext.result_text(call, reply)}{suffix}"
+        return Event(number, rec["t"], rec["d"], name, "hypercall", text, result, failed, pages)
+
+
+def _events(reader: TraceReader, with_text: bool = True):
+    describer = Describer(with_text)
+    for number, rec in reader:
+        yield describer.event(number, rec)
+
+
+def _open(path: Path) -> TraceReader | None:
+    try:
+        return TraceReader(path)
+    except (OSError, TraceError) as e:
+        print(f"xenemu: {e}", file=sys.stderr)
+        return None
+
+
+def _tail_note(reader: TraceReader) -> str | None:
+    if reader.truncated > 0:
+        return (f"{reader.path}: the last record is cut off ({reader.truncated} bytes ignored): "
+                f"the recording daemon stopped mid-write")
+    if reader.truncated < 0:
+        return f"{reader.path}: the compressed stream is cut off after its last whole record"
+    return None
+
+
+# -- show and stats ---------------------------------------------------------------
+
+def show_command(args) -> int:
+    reader = _open(args.trace)
+    if reader is None:
+        return 2
+    wanted = set(args.subop or ())
+    try:
+        with reader:
+            for ev in _events(reader):
+                if args.domain is not None and ev.domid != args.domain:
+                    continue
+                if wanted and not wanted & {ev.name, ev.kind}:
+                    continue
+                if args.errors and not ev.failed:
+                    continue
+                where = f"d{ev.domid}" if ev.domid is not None and ev.kind != "control" else "  "
+                print(f"#{ev.number:<7} {ev.t:12.6f} {where:>4} {ev.text}")
+    except TraceError as e:
+        print(f"xenemu: {e}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:         # `xenemu trace show big.xt | head`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    note = _tail_note(reader)
+    if note:
+        print(f"xenemu: {note}", file=sys.stderr)
+    return 0
+
+
+def stats_command(args) -> int:
+    reader = _open(args.trace)
+    if reader is None:
+        return 2
+    results: dict[str, dict[str, Counter]] = defaultdict(lambda: defaultdict(Counter))
+    pages = Counter()
+    records, first, last = 0, None, 0.0
+    try:
+        with reader:
+            for ev in _events(reader, with_text=False):
+                records += 1
+                first = ev.t if first is None else first
+                last = ev.t
+                if args.domain is not None and ev.domid != args.domain:
+                    continue
+                if ev.result:
+                    results[ev.kind][ev.name][ev.result] += 1
+                if ev.pages:
+                    pages[ev.pages[0]] += ev.pages[1]
+    except TraceError as e:
+        print(f"xenemu: {e}", file=sys.stderr)
+        return 2
+    h = reader.header
+    meta = h.get("meta", {})
+    abi = h.get("abi", {})
+    print(f"{args.trace}: {records:,} records over {last - (first or 0):.3f} s; format "
+          f"{h.get('xenemu_trace')}, PV-IOMMU revision {abi.get('pv_iommu_revision')}, "
+          f"wire {abi.get('wire_version')}; recorded by xenemu {meta.get('xenemu')} on "
+          f"{meta.get('host')} at {meta.get('created')}")
+    titles = {"hypercall": "hypercalls", "control": "control requests",
+              "protocol": "protocol errors"}
+    for kind in ("hypercall", "control", "protocol"):
+        if not results[kind]:
+            continue
+        total = sum(sum(c.values()) for c in results[kind].values())
+        print(f"{titles[kind]}: {total:,}")
+        width = max(len(n) for n in results[kind])
+        for name, counts in sorted(results[kind].items()):
+            detail = "  ".join(f"{r}: {n:,}" for r, n in counts.most_common())
+            print(f"  {name:<{width}}  {sum(counts.values()):>9,}   {detail}")
+    if pages:
+        print("pages: " + ", ".join(f"{k} {v:,}" for k, v in sorted(pages.items())))
+    note = _tail_note(reader)
+    if note:
+        print(f"note: {note}")
+    return 0
+
+
+# -- replay -------------------------------------------------------------------------
+
+@dataclass
+class ReplayResult:
+    path: Path
+    records: int = 0
+    hypercalls: int = 0
+    seconds: float = 0.0
+    divergences: list[Divergence] = field(default_factory=list)
+    count: int = 0                   # divergences seen (all of them, with --keep-going)
+    error: str | None = None         # the trace could not be read
+    notes: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)   # invariant check after the replay
+
+    @property
+    def ok(self) -> bool:
+        return not self.count and not self.error and not self.problems
+
+
+class Progress:
+    """A one-line progress bar on a terminal, redrawn at most 10 times a second."""
+
+    def __init__(self, stream, label: str):
+        self._stream = stream
+        self._label = label
+        self._next = 0.0
+        self._start = time.perf_counter()
+
+    def update(self, fraction: float, records: int, force: bool = False) -> None:
+        now = time.perf_counter()
+        if now < self._next and not force:
+            return
+        self._next = now + 0.1
+        filled = int(fraction * 30)
+        rate = records / max(now - self._start, 1e-9)
+        self._stream.write(f"\r{self._label} [{'#' * filled}{'.' * (30 - filled)}] "
+                           f"{fraction:4.0%} {records:,} records {rate:,.0f}/s ")
+        self._stream.flush()
+
+    def done(self) -> None:
+        self._stream.write("\r\x1b[K")
+        self._stream.flush()
+
+
+def replay_file(path: Path, *, keep_going: bool = False, check_iotlb: bool = False,
+                progress_stream=None, report=None) -> ReplayResult:
+    """Replay one trace; `report(divergence)` is called on each divergence found."""
+    result = ReplayResult(path)
+    try:
+        reader = TraceReader(path)
+    except (OSError, TraceError) as e:
+        result.error = str(e)
+        return result
+    progress = Progress(progress_stream, path.name) if progress_stream else None
+    start = time.perf_counter()
+    try:
+        with reader:
+            replayer = Replayer(reader.header, check_iotlb=check_iotlb)
+            start = time.perf_counter()     # the rate is of records, not of building the machine
+            for number, rec in reader:
+                result.records = number
+                divergence = replayer.replay(number, rec)
+                if divergence is not None:
+                    result.count += 1
+                    if len(result.divergences) < 100:
+                        result.divergences.append(divergence)
+                    if report:
+                        report(divergence)
+                    if not keep_going:
+                        break
+                if progress and not number & 255:
+                    progress.update(reader.fraction(), number)
+            else:
+                result.notes += replayer.unfinished()
+                result.problems = replayer.hv.check_invariants()
+            result.hypercalls = replayer.hypercalls
+            if progress:
+                progress.update(reader.fraction(), result.records, force=True)
+    except TraceError as e:
+        result.error = str(e)
+    finally:
+        result.seconds = time.perf_counter() - start
+        if progress:
+            progress.done()
+    note = _tail_note(reader)
+    if note:
+        result.notes.append(note)
+    return result
+
+
+def _summary(r: ReplayResult) -> str:
+    rate = f" ({r.hypercalls / r.seconds:,.0f} hypercalls/s)" if r.seconds and r.hypercalls else ""
+    head = f"{r.path}: {r.records:,} records, {r.hypercalls:,} hypercalls in {r.seconds:.2f} s{rate}"
+    if r.error:
+        return f"{head}: cannot replay: {r.error}"
+    if r.count:
+        first = r.divergences[0].number
+        return f"{head}: {r.count} divergence(s), the first at record {first}"
+    if r.problems:
+        return f"{head}: all matched, but the invariant check failed: {'; '.join(r.problems)}"
+    return f"{head}: all match"
+
+
+def replay_command(args) -> int:
+    show_progress = sys.stderr.isatty() and not os.environ.get("CI") and not args.quiet
+    results = []
+    for path in args.traces:
+        r = replay_file(path, keep_going=args.keep_going, check_iotlb=args.check_iotlb,
+                        progress_stream=sys.stderr if show_progress else None,
+                        report=lambda d: print(d.report + "\n", flush=True))
+        results.append(r)
+        for note in r.notes:
+            print(f"note: {note}")
+        if not args.quiet or not r.ok:
+            print(_summary(r), flush=True)
+    if args.junit:
+        write_junit(args.junit, results)
+    if any(r.error for r in results):
+        return 2
+    return 0 if all(r.ok for r in results) else 1
+
+
+def write_junit(path: Path, results: list[ReplayResult]) -> None:
+    """One test suite, one test case per trace; a failure holds every report."""
+    suite = ET.Element("testsuite", name="xenemu replay", tests=str(len(results)),
+                       failures=str(sum(1 for r in results if not r.ok and not r.error)),
+                       errors=str(sum(1 for r in results if r.error)),
+                       time=f"{sum(r.seconds for r in results):.3f}")
+    for r in results:
+        case = ET.SubElement(suite, "testcase", classname="xenemu.replay", name=str(r.path),
+                             time=f"{r.seconds:.3f}")
+        if r.error:
+            ET.SubElement(case, "error", message=r.error).text = r.error
+        elif not r.ok:
+            fail = ET.SubElement(case, "failure", message=_summary(r))
+            fail.text = "\n\n".join([d.report for d in r.divergences] + r.problems)
+        ET.SubElement(case, "system-out").text = "\n".join([_summary(r), *r.notes])
+    root = ET.Element("testsuites")
+    root.append(suite)
+    ET.indent(root)
+    ET.ElementTree(root).write(path, encoding="utf-8", xml_declaration=True)
+

@@ -1,0 +1,162 @@
+"""Trace records as text a person reads: one line per event (`xenemu trace
+show`), a request field by field, and two replies side by side (replay's
+divergence report). Pure functions of the recorded bytes.
+"""
+
+from __future__ import annotations
+
+from . import abi, wire
+from .errno import result_name
+from .wire import Call, FrameDecoder, Reply
+
+HYPERCALL_NAMES = {abi.HYPERVISOR_iommu_op: "iommu_op", abi.HYPERVISOR_memory_op: "memory_op"}
+
+
+def hypercall_name(op: int) -> str:
+    return HYPERCALL_NAMES.get(op, f"hypercall {op}")
+
+
+def _decode_one(decoder: FrameDecoder, raw: bytes, what: str):
+    decoder.feed(raw)
+    frame = decoder.next_frame()
+    if frame is None or decoder.buffered:
+        raise wire.ProtocolError(wire.ERR_TRUNCATED, f"the recorded {what} is not one whole frame")
+    return frame
+
+
+def decode_call(raw: bytes) -> Call:
+    return _decode_one(FrameDecoder.for_server(), raw, "request")
+
+
+def decode_reply(raw: bytes) -> Reply | wire.Error:
+    return _decode_one(FrameDecoder.for_client(), raw, "reply")
+
+
+def op_bytes(regions, gaddr: int) -> bytes | None:
+    """The 32-byte pv_iommu_op at guest address gaddr, if a region holds it."""
+    for r in regions:
+        off = gaddr - r.gaddr
+        if 0 <= off and off + abi.OP_SIZE <= len(r.data):
+            return bytes(r.data[off:off + abi.OP_SIZE])
+    return None
+
+
+def _iommu_head(call: Call, regions):
+    if call.op != abi.HYPERVISOR_iommu_op:
+        return None
+    raw = op_bytes(regions, call.args[0])
+    return abi.OpHead.parse(raw) if raw is not None else None
+
+
+def call_name(call: Call) -> str:
+    """The sub-op's name for an iommu_op, else the hypercall's."""
+    if call.op == abi.HYPERVISOR_iommu_op:
+        raw = op_bytes(call.regions, call.args[0])
+        if raw is not None:
+            return abi.subop_name(int.from_bytes(raw[:2], "little"))
+    return hypercall_name(call.op)
+
+
+def request_text(call: Call) -> str:
+    """'iommu_op map_pages ctx=1 flags=0x3 gfn=0x10 dfn=0x20 nr_pages=4'."""
+    head = _iommu_head(call, call.regions)
+    if head is None:
+        args = " ".join(f"{a:#x}" for a in call.args)
+        return f"{hypercall_name(call.op)} args {args}"
+    return (f"iommu_op {abi.subop_name(head.subop_id)} ctx={head.ctx_no} flags={head.flags:#x}"
+            + abi.format_op_fields(head, abi.SUBOP_INPUTS.get(head.subop_id, ())))
+
+
+def result_text(call: Call, reply) -> str:
+    """'-EADDRINUSE mapped=2': the return value and the sub-op's outputs."""
+    if isinstance(reply, wire.Error):
+        return f"ERROR {wire.ERROR_NAMES.get(reply.code, reply.code)}: {reply.message}"
+    head = _iommu_head(call, reply.regions)
+    outputs = abi.format_op_fields(head, abi.SUBOP_OUTPUTS.get(head.subop_id, ())) if head else ""
+    return result_name(reply.ret) + outputs
+
+
+def request_fields(call: Call) -> list[tuple[str, str]]:
+    """The request field by field, as a C reader of the frame sees it."""
+    rows = [("req_id", str(call.req_id)),
+            ("hypercall", f"{hypercall_name(call.op)} ({call.op})")]
+    rows += [(f"arg{i}", f"{a:#x}") for i, a in enumerate(call.args) if a]
+    head = _iommu_head(call, call.regions)
+    if head is not None:
+        rows += [("subop_id", f"{abi.subop_name(head.subop_id)} ({head.subop_id})"),
+                 ("ctx_no", str(head.ctx_no)), ("flags", f"{head.flags:#x}")]
+        rows += abi.op_field_values(head, abi.SUBOP_INPUTS.get(head.subop_id, ()))
+    for r in call.regions:
+        rows.append((f"region {r.gaddr:#x}", f"{len(r.data)} bytes"))
+    return rows
+
+
+def reply_fields(call: Call, reply) -> list[tuple[str, str]]:
+    """A reply's fields for side by side comparison: ret, every field of the
+    written-back op, and every written-back region's bytes."""
+    if isinstance(reply, wire.Error):
+        return [("frame", f"ERROR {wire.ERROR_NAMES.get(reply.code, reply.code)}"),
+                ("message", reply.message)]
+    rows = [("req_id", str(reply.req_id)), ("ret", result_name(reply.ret))]
+    head = _iommu_head(call, reply.regions)
+    if head is not None:
+        view = abi.SUBOP_VIEW.get(head.subop_id)
+        names = ["subop_id", "ctx_no", "flags"]
+        if view:
+            names += [k for k in abi.VIEWS[view].parse(head.payload) if not k.startswith("_")
+                      and k != "_io"]
+        rows += abi.op_field_values(head, names)
+        # Bytes the decoded fields do not show (the union's unused bytes, other regions).
+        rows.append(("op bytes", op_bytes(reply.regions, call.args[0]).hex()))
+    for r in reply.regions:
+        if head is None or r.gaddr != call.args[0] or len(r.data) != abi.OP_SIZE:
+            rows.append((f"bytes at {r.gaddr:#x}", short_hex(r.data)))
+    return rows
+
+
+def short_hex(data: bytes, limit: int = 32) -> str:
+    return data[:limit].hex() + (f"... ({len(data)} bytes)" if len(data) > limit else "")
+
+
+def side_by_side(expected: list[tuple[str, str]], actual: list[tuple[str, str]]) -> list[str]:
+    """Rows 'field  expected  actual', differing ones marked with '<<'."""
+    exp, act = dict(expected), dict(actual)
+    names = list(exp) + [n for n in act if n not in exp]
+    w_name = max(len(n) for n in names + ["field"])
+    w_exp = max(min(len(exp.get(n, "-")), 48) for n in names + ["field"])
+    w_exp = max(w_exp, len("expected"))
+    lines = [f"    {'field':<{w_name}}  {'expected':<{w_exp}}  actual"]
+    for n in names:
+        e, a = exp.get(n, "-"), act.get(n, "-")
+        mark = "" if e == a else "  <<"
+        lines.append(f"    {n:<{w_name}}  {e:<{w_exp}}  {a}{mark}")
+    return lines
+
+
+def first_difference(expected: bytes, actual: bytes) -> str:
+    for i, (x, y) in enumerate(zip(expected, actual)):
+        if x != y:
+            return f"first differing byte of the reply frame: offset {i} ({x:#04x} expected, {y:#04x} got)"
+    return (f"reply frames differ in length: {len(expected)} bytes expected, "
+            f"{len(actual)} got")
+
+
+def short_value(value) -> str:
+    """A control argument or reply value in at most about 72 characters."""
+    if isinstance(value, bytes):
+        return value[:24].hex(" ") + (" ..." if len(value) > 24 else "")
+    if isinstance(value, int) and not isinstance(value, bool) and value > 9:
+        return f"{value:#x}"
+    text = repr(value) if not isinstance(value, str) else value
+    return text if len(text) <= 72 else text[:69] + "..."
+
+
+def control_args(req: dict) -> str:
+    return " ".join(f"{k}={short_value(v)}" for k, v in req.items() if k != "op")
+
+
+def control_result(reply: dict) -> str:
+    if not reply.get("ok"):
+        return f"refused: {reply.get('error', '?')}"
+    rest = " ".join(f"{k}={short_value(v)}" for k, v in reply.items() if k != "ok")
+    return "ok" + (" " + rest if rest else "")
