@@ -12,7 +12,7 @@ import platform
 import time
 from pathlib import Path
 
-SECTIONS = ["bench.hw"]
+SECTIONS = ["bench.hw", "bench.trace"]
 RESULTS = Path(__file__).resolve().parent / "results" / "latest.json"
 
 

@@ -332,3 +332,20 @@ def test_a_progress_bar_on_a_terminal():
     assert b"[" not in subprocess.run([sys.executable, "-m", "xenemu.cli", "replay",
                                        str(ROOT / "tests" / "traces" / "linux-driver.xt")],
                                       capture_output=True, cwd=ROOT, env=env).stderr
+
+
+def test_serve_the_machine_a_trace_was_recorded_on(tmp_path):
+    cfg = tmp_path / "m.toml"
+    cfg.write_text('address_width = 48\n[[domain]]\ndomid = 3\nhardware = true\n'
+                   'memory_mib = 32\ncontexts = 2\ndevices = ["0000:00:09.0"]\n')
+    first = DaemonProcess(tmp_path / "a", "--config", str(cfg))
+    assert first.stop() == 0
+    again = DaemonProcess(tmp_path / "b", "--machine-of", str(first.trace), record=False)
+    try:
+        assert f"serving the machine of {first.trace}" in again.banner
+        assert "d3 (d3, hardware domain, 2 contexts)" in again.banner
+        info = again.ctl("info")
+        assert info["iommu"]["address_width"] == 48
+        assert info["domains"][0]["devices"] == {"0000:00:09.0": 0}
+    finally:
+        assert again.stop() == 0

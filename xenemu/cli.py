@@ -14,13 +14,18 @@ import trio
 from . import tracecli
 from .daemon import Daemon, DaemonError, default_socket_dir
 from .hypervisor import Hypervisor
-from .machine import ConfigError, default_machine, load_machine
+from .machine import ConfigError, default_machine, load_machine, machine_from_dict
+from .trace import TraceError, TraceReader
 
 
 def _serve(args) -> int:
     try:
-        config = load_machine(args.config) if args.config else default_machine()
-    except ConfigError as e:
+        if args.machine_of:
+            with TraceReader(args.machine_of) as reader:
+                config = machine_from_dict(reader.header["machine"], str(args.machine_of))
+        else:
+            config = load_machine(args.config) if args.config else default_machine()
+    except (ConfigError, TraceError, OSError) as e:
         print(f"xenemu: {e}", file=sys.stderr)
         return 2
     if args.check_iotlb:
@@ -32,7 +37,7 @@ def _serve(args) -> int:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async with trio.open_nursery() as nursery:
                 paths = await nursery.start(daemon.run)
-                _announce(hv, paths, daemon.control_path, args.config)
+                _announce(hv, paths, daemon.control_path, args.config or args.machine_of)
                 async for signum in signals:
                     logging.getLogger("xenemu").info("xenemu: %s received",
                                                      signal.Signals(signum).name)
@@ -52,7 +57,7 @@ def _serve(args) -> int:
 
 
 def _announce(hv: Hypervisor, paths: dict, control_path, config_path) -> None:
-    where = config_path or "the embedded default machine"
+    where = f"the machine of {config_path}" if config_path else "the embedded default machine"
     print(f"xenemu: serving {where}", flush=True)
     for domid, path in paths.items():
         d = hv.domains[domid]
@@ -100,6 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the daemon")
     serve.add_argument("--config", type=Path, help="machine description (TOML); "
                        "default: the embedded default machine")
+    serve.add_argument("--machine-of", type=Path, metavar="TRACE",
+                       help="serve the machine a trace was recorded on (instead of --config)")
     serve.add_argument("--socket-dir", type=Path, default=default_socket_dir(),
                        help="directory for the sockets (default: $XENEMU_DIR or /tmp/xenemu-UID)")
     serve.add_argument("--check-iotlb", action="store_true",

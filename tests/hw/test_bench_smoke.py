@@ -12,3 +12,4 @@ def test_bench_smoke_runs():
     assert out.returncode == 0, out.stderr
     assert "benchmark" in out.stdout and "map, runs of 256" in out.stdout
     assert "translate, IOTLB miss" in out.stdout
+    assert "trace replay in process" in out.stdout
