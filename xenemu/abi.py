@@ -11,6 +11,8 @@ whole struct does.
 
 from construct import Bytes, Int8ul, Int16ul, Int32ul, Int64ul, Struct, Container
 
+from .packing import struct_of
+
 HYPERVISOR_memory_op = 12
 HYPERVISOR_iommu_op = 43
 
@@ -94,6 +96,14 @@ Capabilities = Struct(
     "max_iova_addr" / Int64ul,
     "_pad1" / Bytes(8),
 ).compile()
+
+# What every hypercall parses and builds goes through struct twins of the
+# layouts above (xenemu.packing), field for field in the same order.
+OP_HEAD = struct_of(OpHead)             # subop_id, ctx_no, flags, payload
+MAP_PAGES = struct_of(MapPages)         # gfn, dfn, nr_pages, mapped
+UNMAP_PAGES = struct_of(UnmapPages)     # dfn, nr_pages, unmapped, _pad
+LOOKUP_PAGE = struct_of(LookupPage)     # gfn, dfn, _pad
+CAPABILITIES = struct_of(Capabilities)  # max_ctx_no, _pad0, max_nr_pages, max_iova_addr, _pad1
 
 # Union member name (as in the C header) -> its view.
 VIEWS = {
