@@ -15,7 +15,7 @@ PYTEST_ARGS ?=
 # C source or its build script changes.
 HW_SOURCES := $(wildcard cext/*.c cext/*.h) xenemu/hw/_build.py
 
-.PHONY: all run test bench bench-smoke traces clients venv clean
+.PHONY: all run test bench bench-smoke bench-tools traces fuzz clients venv clean
 
 all: venv clients
 
@@ -44,17 +44,27 @@ $(LIB): $(BUILD)/xenemu_client.o
 $(BUILD)/%: clients/c/examples/%.c $(LIB) $(CLIENT_HDRS)
 	$(CC) $(CFLAGS) $(WARN) -Iabi -Iclients/c $< $(LIB) -o $@
 
+# --- benchmark programs (bench/c): echo server and load generator -------
+BENCH_TOOLS := $(BUILD)/bench_echo $(BUILD)/bench_load
+
+bench-tools: $(BENCH_TOOLS)
+
+$(BUILD)/bench_%: bench/c/%.c bench/c/common.h $(CLIENT_HDRS)
+	@mkdir -p $(BUILD)
+	$(CC) $(CFLAGS) $(WARN) -D_POSIX_C_SOURCE=200809L -Iabi $< -o $@
+
 # --- running --------------------------------------------------------------
 run: venv clients
 	$(VENV)/bin/xenemu serve
 
-test: venv clients
+# The tests run `python -m bench --smoke`, which needs the benchmark programs.
+test: venv clients bench-tools
 	$(VPY) -m pytest -q $(PYTEST_ARGS)
 
-bench: venv clients
+bench: venv clients bench-tools
 	$(VPY) -m bench
 
-bench-smoke: venv clients
+bench-smoke: venv clients bench-tools
 	$(VPY) -m bench --smoke
 
 # Re-record the committed trace corpus (tests/traces/) from tests/scenarios.py.

@@ -12,7 +12,9 @@ import platform
 import time
 from pathlib import Path
 
-SECTIONS = ["bench.hw", "bench.trace"]
+# In the order of issue 6's sections.
+SECTIONS = ["bench.roundtrip", "bench.throughput", "bench.core", "bench.hw", "bench.codec",
+            "bench.scale", "bench.trace"]
 RESULTS = Path(__file__).resolve().parent / "results" / "latest.json"
 
 
@@ -24,10 +26,15 @@ def fmt(x) -> str:
     return f"{x:,}"
 
 
+def ratio(x) -> str:
+    if x is None:
+        return "-"
+    return f"{x:.2f}x" if x < 1 else f"{x:.1f}x"
+
+
 def table(rows: list[dict]) -> str:
     head = ("benchmark", "value", "unit", "reference", "ratio")
-    lines = [(r["name"], fmt(r["value"]), r["unit"], fmt(r["ref"]),
-              "-" if r["ratio"] is None else f"{r['ratio']:.1f}x")
+    lines = [(r["name"], fmt(r["value"]), r["unit"], fmt(r["ref"]), ratio(r["ratio"]))
              for r in rows]
     widths = [max(len(c) for c in col) for col in zip(head, *lines)]
     out = []

@@ -93,16 +93,16 @@ int hw_dma(struct hw_iommu *io, uint32_t sbdf, uint64_t addr, void *buf,
     /* No wrap-around check on addr + *done: every page translated lies
      * below max_iova < 2^48 and the first one above it faults. */
     while (*done < len) {
-        uint64_t a = addr + *done, maddr = 0;
+        uint64_t a = addr + *done, maddr = 0, one;
         uint64_t chunk = HW_PAGE_SIZE - (a & (HW_PAGE_SIZE - 1));
-        struct hw_ctx *c;
-        int stale = 0, kind = HW_FAULT_BLOCKED;
-        /* The context entry is read per page, as hardware would. */
-        uint32_t ctx = d->ctx;
-        if (ctx != HW_CTX_NONE && hw_ctx_get(io, ctx, &c) == HW_OK)
-            kind = hw_xlate(io, ctx, a, write, &maddr, &stale);
-        if (stale)
+        uint8_t kind = HW_FAULT_BLOCKED;
+        /* The context entry is read per page, as hardware would; no context
+         * (HW_CTX_NONE), or one being torn down, blocks the device. */
+        int st = hw_translate(io, d->ctx, &a, 1, write, &maddr, &kind, &one);
+        if (st == HW_E_STALE)
             return HW_E_STALE;
+        if (st != HW_OK)
+            kind = HW_FAULT_BLOCKED;
         if (kind != HW_FAULT_NONE) {
             record(io, sbdf, a, kind, write);
             return HW_E_FAULT;

@@ -14,6 +14,7 @@
 #ifndef XENEMU_HW_H
 #define XENEMU_HW_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 /* --- constants ----------------------------------------------------------- */
@@ -286,14 +287,15 @@ int hw_unmap(struct hw_iommu *io, uint32_t id, uint64_t dfn, uint64_t n,
 /* Software read of the tables (no IOTLB, no counters). */
 int hw_lookup(struct hw_iommu *io, uint32_t id, uint64_t dfn,
               uint64_t *mfn, uint32_t *perm);
-/* Translate n device addresses through the IOTLB for a read or a write:
- * maddr[i] is the machine address, fault[i] the fault kind (0 = ok; maddr
- * is then 0). Returns HW_E_STALE (after counting it) at the first stale hit
- * in check mode, with *done the addresses translated before it. */
 /* Software read of n entries from dfn (no IOTLB, no counters): mfns[i] and
  * perms[i] (0 = not present) for dfn + i. For dumps, not for DMA. */
 int hw_lookup_run(struct hw_iommu *io, uint32_t id, uint64_t dfn, uint64_t n,
                   uint64_t *mfns, uint8_t *perms);
+/* Translate n device addresses through the IOTLB for a read or a write:
+ * maddr[i] is the machine address, fault[i] the fault kind (0 = ok; maddr
+ * is then 0). Returns HW_E_STALE (after counting it) at the first stale hit
+ * in check mode, with *done the addresses translated before it. DMA uses it
+ * page by page (n = 1). */
 int hw_translate(struct hw_iommu *io, uint32_t id, const uint64_t *addrs,
                  uint64_t n, int write, uint64_t *maddr, uint8_t *fault,
                  uint64_t *done);
@@ -307,8 +309,25 @@ void hw_inval_all(struct hw_iommu *io);
 /* Internal to cext/ (iotlb.c): lookup, fill and drop of cached entries. */
 int hw_tlb_init(struct hw_iotlb *t, uint32_t entries, uint32_t ways);
 void hw_tlb_fini(struct hw_iotlb *t);
-struct hw_tlb_entry *hw_tlb_find(struct hw_iotlb *t, uint32_t ctx,
-                                 uint64_t dfn);
+/* Inline: a translation hit is little more than this lookup. Fibonacci-
+ * style hashing spreads consecutive dfns and context ids over the sets; the
+ * Python reference uses the same formula. */
+static inline uint32_t hw_tlb_set(const struct hw_iotlb *t, uint32_t ctx,
+                                  uint64_t dfn)
+{
+    uint64_t h = dfn * 0x9E3779B97F4A7C15ULL ^ ctx * 0xC2B2AE3D27D4EB4FULL;
+    return (uint32_t)(h >> 32) & (t->nsets - 1);
+}
+
+static inline struct hw_tlb_entry *hw_tlb_find(struct hw_iotlb *t,
+                                               uint32_t ctx, uint64_t dfn)
+{
+    struct hw_tlb_entry *set = t->e + (uint64_t)hw_tlb_set(t, ctx, dfn) * t->ways;
+    for (uint32_t w = 0; w < t->ways; w++)
+        if (set[w].valid && set[w].ctx == ctx && set[w].dfn == dfn)
+            return &set[w];
+    return NULL;
+}
 void hw_tlb_fill(struct hw_iotlb *t, uint32_t ctx, uint64_t dfn, uint64_t mfn,
                  uint8_t perm);
 void hw_tlb_drop_range(struct hw_iotlb *t, uint32_t ctx, uint64_t dfn,
@@ -333,11 +352,6 @@ int hw_pt_teardown(struct hw_iommu *io, struct hw_ctx *c, struct hw_td *s);
 /* Internal: the live context `id` (HW_E_NOCTX if not allocated, HW_E_BUSY
  * while it is being torn down). */
 int hw_ctx_get(const struct hw_iommu *io, uint32_t id, struct hw_ctx **c);
-/* Internal: translate one device address through context id (live) and the
- * IOTLB; returns the fault kind. *stale is set (check mode) when the hit
- * was stale: the result must then not be used. */
-int hw_xlate(struct hw_iommu *io, uint32_t id, uint64_t addr, int write,
-             uint64_t *maddr, int *stale);
 
 /* Devices. add/remove register an sbdf (a removed device is detached).
  * attach points the device's context entry at a live context, or at none
@@ -358,5 +372,14 @@ int hw_dma(struct hw_iommu *io, uint32_t sbdf, uint64_t addr, void *buf,
 uint32_t hw_faults_read(const struct hw_iommu *io, struct hw_fault_rec *out,
                         uint32_t cap, int *overflow);
 void hw_faults_clear(struct hw_iommu *io);
+
+/* --- benchmark floor ---------------------------------------------------- */
+
+/* out[i] = table[(addrs[i] >> 12) & (n_table - 1)] for n addresses: one
+ * array entry read per address, as an IOTLB hit reads one cached entry.
+ * `make bench` sets hw_translate against it (the memory's own limit).
+ * n_table must be a power of two (HW_E_INVAL). */
+int hw_floor_gather(const uint64_t *table, uint64_t n_table,
+                    const uint64_t *addrs, uint64_t n, uint64_t *out);
 
 #endif

@@ -178,12 +178,45 @@ static int perm_fault(uint8_t perm, int write)
     return HW_FAULT_NONE;
 }
 
-int hw_xlate(struct hw_iommu *io, uint32_t id, uint64_t addr, int write,
-             uint64_t *maddr, int *stale)
+/* Adds a batch's counts to the context's and the IOMMU's counters. */
+static void count(struct hw_iommu *io, struct hw_ctx *c,
+                  const struct hw_counters *acc)
 {
-    struct hw_ctx *c = &io->ctx[id];
-    uint64_t dfn = addr >> HW_PAGE_SHIFT, mfn, walks = 0;
-    uint8_t perm;
+    struct hw_counters *both[2] = {&c->cnt, &io->cnt};
+    for (int i = 0; i < 2; i++) {
+        both[i]->hits += acc->hits;
+        both[i]->misses += acc->misses;
+        both[i]->walks += acc->walks;
+        both[i]->stale += acc->stale;
+    }
+}
+
+/* A miss: walk the tables and cache a present translation. 0 when the
+ * address has no present entry. */
+static int miss(struct hw_iommu *io, struct hw_ctx *c, uint32_t id,
+                uint64_t dfn, uint64_t *mfn, uint8_t *perm,
+                struct hw_counters *acc)
+{
+    uint64_t pte = hw_pt_walk(io, c, dfn, &acc->walks);
+    acc->misses++;
+    if (!pte)
+        return 0;
+    *mfn = (pte & HW_PTE_ADDR) >> HW_PAGE_SHIFT;
+    *perm = (uint8_t)(pte & HW_PTE_PERM);
+    /* Cached even if this access faults: the entry itself is valid. */
+    hw_tlb_fill(&io->tlb, id, dfn, *mfn, *perm);
+    return 1;
+}
+
+/* One address through context c (live, id) and the IOTLB. Counts go to
+ * *acc, added to the counters once per batch (count()), so that
+ * hw_translate's loop, where this is inlined, keeps them in registers. */
+static int xlate(struct hw_iommu *io, struct hw_ctx *c, uint32_t id,
+                        uint64_t addr, int write, uint64_t *maddr, int *stale,
+                        struct hw_counters *acc)
+{
+    uint64_t dfn = addr >> HW_PAGE_SHIFT, mfn = 0;
+    uint8_t perm = 0;
     *maddr = 0;
     *stale = 0;
     if (addr > io->max_iova)
@@ -192,32 +225,20 @@ int hw_xlate(struct hw_iommu *io, uint32_t id, uint64_t addr, int write,
         return HW_FAULT_INTR;
     struct hw_tlb_entry *e = hw_tlb_find(&io->tlb, id, dfn);
     if (e) {
-        c->cnt.hits++;
-        io->cnt.hits++;
+        acc->hits++;
         mfn = e->mfn;
         perm = e->perm;
         if (io->check) {
-            uint64_t pte = hw_pt_walk(io, c, dfn, &walks);
+            uint64_t walks = 0, pte = hw_pt_walk(io, c, dfn, &walks);
             if ((pte & HW_PTE_ADDR) >> HW_PAGE_SHIFT != mfn ||
                 (pte & HW_PTE_PERM) != perm) {
-                c->cnt.stale++;
-                io->cnt.stale++;
+                acc->stale++;
                 *stale = 1;
                 return HW_FAULT_NONE;
             }
         }
-    } else {
-        c->cnt.misses++;
-        io->cnt.misses++;
-        uint64_t pte = hw_pt_walk(io, c, dfn, &walks);
-        c->cnt.walks += walks;
-        io->cnt.walks += walks;
-        if (!pte)
-            return HW_FAULT_NOT_PRESENT;
-        mfn = (pte & HW_PTE_ADDR) >> HW_PAGE_SHIFT;
-        perm = (uint8_t)(pte & HW_PTE_PERM);
-        /* Cached even if this access faults: the entry itself is valid. */
-        hw_tlb_fill(&io->tlb, id, dfn, mfn, perm);
+    } else if (!miss(io, c, id, dfn, &mfn, &perm, acc)) {
+        return HW_FAULT_NOT_PRESENT;
     }
     int f = perm_fault(perm, write);
     if (f == HW_FAULT_NONE)
@@ -234,13 +255,18 @@ int hw_translate(struct hw_iommu *io, uint32_t id, const uint64_t *addrs,
     *done = 0;
     if (st != HW_OK)
         return st;
-    for (uint64_t i = 0; i < n; i++) {
+    struct hw_counters acc = {0};
+    uint64_t i;
+    for (i = 0; i < n; i++) {
         int stale;
-        int f = hw_xlate(io, id, addrs[i], write, &maddr[i], &stale);
-        if (stale)
-            return HW_E_STALE;
+        int f = xlate(io, c, id, addrs[i], write, &maddr[i], &stale, &acc);
+        if (stale) {
+            st = HW_E_STALE;
+            break;
+        }
         fault[i] = (uint8_t)f;
-        (*done)++;
     }
-    return HW_OK;
+    *done = i;
+    count(io, c, &acc);
+    return st;
 }

@@ -4,14 +4,6 @@
 
 #include "hw.h"
 
-/* Fibonacci-style hashing spreads consecutive dfns and context ids over the
- * sets; the Python reference uses the same formula. */
-static uint32_t tlb_set(const struct hw_iotlb *t, uint32_t ctx, uint64_t dfn)
-{
-    uint64_t h = dfn * 0x9E3779B97F4A7C15ULL ^ ctx * 0xC2B2AE3D27D4EB4FULL;
-    return (uint32_t)(h >> 32) & (t->nsets - 1);
-}
-
 static int pow2(uint32_t x)
 {
     return x && !(x & (x - 1));
@@ -41,21 +33,11 @@ void hw_tlb_fini(struct hw_iotlb *t)
     t->rr = NULL;
 }
 
-struct hw_tlb_entry *hw_tlb_find(struct hw_iotlb *t, uint32_t ctx,
-                                 uint64_t dfn)
-{
-    struct hw_tlb_entry *set = t->e + (uint64_t)tlb_set(t, ctx, dfn) * t->ways;
-    for (uint32_t w = 0; w < t->ways; w++)
-        if (set[w].valid && set[w].ctx == ctx && set[w].dfn == dfn)
-            return &set[w];
-    return NULL;
-}
-
 /* Callers fill only after a miss, so the tag is not already cached. */
 void hw_tlb_fill(struct hw_iotlb *t, uint32_t ctx, uint64_t dfn, uint64_t mfn,
                  uint8_t perm)
 {
-    uint32_t s = tlb_set(t, ctx, dfn);
+    uint32_t s = hw_tlb_set(t, ctx, dfn);
     struct hw_tlb_entry *set = t->e + (uint64_t)s * t->ways;
     uint32_t w = 0;
     while (w < t->ways && set[w].valid)

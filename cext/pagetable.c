@@ -70,28 +70,36 @@ int hw_map(struct hw_iommu *io, uint32_t id, uint64_t dfn, uint64_t n,
         return st;
     if (perm == 0 || (perm & ~HW_PTE_PERM))
         return HW_E_INVAL;
-    uint64_t *leaf = NULL;
-    for (uint64_t i = 0; i < n; i++) {
+    uint64_t *leaf = NULL, i;
+    /* The count is kept in a local and stored once: through the pointers
+     * it would be reloaded after every PTE store (they may alias). */
+    for (i = 0; i < n; i++) {
         uint64_t d = dfn + i;
         uint64_t mfn = mfns ? mfns[i] : first_mfn + i;
-        if (d < dfn || d > max_dfn(io))
-            return HW_E_RANGE;
-        if (mfn >= io->m->nframes || (!mfns && mfn < first_mfn))
-            return HW_E_BADFRAME;
+        if (d < dfn || d > max_dfn(io)) {
+            st = HW_E_RANGE;
+            break;
+        }
+        if (mfn >= io->m->nframes || (!mfns && mfn < first_mfn)) {
+            st = HW_E_BADFRAME;
+            break;
+        }
         /* One walk per leaf table, not per page. */
         if (!leaf || index_at(d, 1) == 0) {
             leaf = leaf_table(io, c, d, 1, &st);
             if (!leaf)
-                return st;
+                break;
         }
         uint64_t *pte = &leaf[index_at(d, 1)];
-        if (present(io->m, *pte))
-            return HW_E_PRESENT;
+        if (present(io->m, *pte)) {
+            st = HW_E_PRESENT;
+            break;
+        }
         *pte = (mfn << HW_PAGE_SHIFT) | perm;
-        c->mapped++;
-        (*done)++;
     }
-    return HW_OK;
+    c->mapped += i;
+    *done = i;
+    return st;
 }
 
 int hw_unmap(struct hw_iommu *io, uint32_t id, uint64_t dfn, uint64_t n,
@@ -104,8 +112,8 @@ int hw_unmap(struct hw_iommu *io, uint32_t id, uint64_t dfn, uint64_t n,
         return st;
     if (out_cap < n)
         return HW_E_INVAL;
-    uint64_t *leaf = NULL;
-    for (uint64_t i = 0; i < n; i++) {
+    uint64_t *leaf = NULL, i;
+    for (i = 0; i < n; i++) {   /* counts stored once, as in hw_map */
         uint64_t d = dfn + i;
         if (d < dfn || d > max_dfn(io)) {
             st = HW_E_RANGE;
@@ -123,9 +131,9 @@ int hw_unmap(struct hw_iommu *io, uint32_t id, uint64_t dfn, uint64_t n,
         }
         out[i] = pte_mfn(*pte);
         *pte = 0;
-        c->mapped--;
-        (*done)++;
     }
+    c->mapped -= i;
+    *done = i;
     /* The pages done are gone from the tables whatever stopped the run, so
      * the flush covers exactly them. */
     if (flush && *done) {

@@ -5,6 +5,7 @@ from __future__ import annotations
 from array import array
 
 from xenemu import abi
+from xenemu.hw import reference
 from xenemu.errno import XenErrno as E
 from xenemu.guest import GuestMemory
 from xenemu.hypervisor import RESTART, Hypervisor
@@ -108,3 +109,18 @@ def test_opaque_default_context_is_out_of_reach():
     _, o = op(hv, abi.encode_op(abi.IOMMUOP_alloc_context))
     assert op(hv, abi.encode_op(abi.IOMMUOP_map_pages, o.ctx_no, 3, "map_pages", gfn=1, dfn=1,
                                 nr_pages=1))[0] == 0
+
+
+def test_the_reference_hardware_answers_as_the_c_layer():
+    """The benchmark runs the same hypercalls on both: same replies, same invariants."""
+    M = abi.IOMMUOP_map_pages
+    seq = [abi.encode_op(abi.IOMMUOP_alloc_context),
+           abi.encode_op(M, 1, 3, "map_pages", gfn=0x10, dfn=0x1FF, nr_pages=256),
+           abi.encode_op(M, 1, 1, "map_pages", gfn=0x400, dfn=0x2F0, nr_pages=32),  # overlaps
+           abi.encode_op(abi.IOMMUOP_lookup_page, 1, 0, "lookup_page", dfn=0x2FE),
+           abi.encode_op(abi.IOMMUOP_unmap_pages, 1, 0, "unmap_pages", dfn=0x1FF, nr_pages=256),
+           abi.encode_op(abi.IOMMUOP_unmap_pages, 1, 0, "unmap_pages", dfn=0x2FE, nr_pages=4),
+           abi.encode_op(abi.IOMMUOP_free_context, 1)]
+    c, py = machine(), machine(hw_impl=reference)
+    assert [op(c, raw) for raw in seq] == [op(py, raw) for raw in seq]
+    assert c.check_invariants() == py.check_invariants() == []

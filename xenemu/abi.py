@@ -11,6 +11,8 @@ whole struct does.
 
 from construct import Bytes, Int8ul, Int16ul, Int32ul, Int64ul, Struct, Container
 
+from .packing import struct_of
+
 PV_IOMMU_REVISION = 1   # the interface revision this module describes
 
 HYPERVISOR_memory_op = 12
@@ -97,6 +99,14 @@ Capabilities = Struct(
     "_pad1" / Bytes(8),
 ).compile()
 
+# What every hypercall parses and builds goes through struct twins of the
+# layouts above (xenemu.packing), field for field in the same order.
+OP_HEAD = struct_of(OpHead)             # subop_id, ctx_no, flags, payload
+MAP_PAGES = struct_of(MapPages)         # gfn, dfn, nr_pages, mapped
+UNMAP_PAGES = struct_of(UnmapPages)     # dfn, nr_pages, unmapped, _pad
+LOOKUP_PAGE = struct_of(LookupPage)     # gfn, dfn, _pad
+CAPABILITIES = struct_of(Capabilities)  # max_ctx_no, _pad0, max_nr_pages, max_iova_addr, _pad1
+
 # Union member name (as in the C header) -> its view.
 VIEWS = {
     "map_pages": MapPages,
@@ -182,7 +192,7 @@ def op_field_values(head, names) -> list[tuple[str, str]]:
     values = VIEWS[view].parse(head.payload) if view else {}
     out = []
     for name in names:
-        value = head[name] if name in ("subop_id", "ctx_no", "flags") else values[name]
+        value = getattr(head, name) if name in ("subop_id", "ctx_no", "flags") else values[name]
         if name == "dev":
             text = format_dev(value)
         elif name in _ADDRESS_FIELDS or name == "flags":

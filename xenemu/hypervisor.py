@@ -61,12 +61,14 @@ class EventClock:
 
 
 class Hypervisor:
-    def __init__(self, config: MachineConfig, clock=time.monotonic):
+    def __init__(self, config: MachineConfig, clock=time.monotonic, hw_impl=hw):
+        """`hw_impl` is the simulated hardware: xenemu.hw (the C layer) or
+        xenemu.hw.reference (pure Python, the benchmark's baseline)."""
         self.config = config
         self.clock = EventClock(clock)
-        self.machine = hw.Machine(config.memory_mib << 20)
-        self.iommu = hw.Iommu(self.machine, width=config.address_width,
-                              iotlb_entries=config.iotlb_entries, check=config.check_iotlb)
+        self.machine = hw_impl.Machine(config.memory_mib << 20)
+        self.iommu = hw_impl.Iommu(self.machine, width=config.address_width,
+                                   iotlb_entries=config.iotlb_entries, check=config.check_iotlb)
         # DomIO's quarantine context: nothing mapped, so a quarantined device's DMA faults.
         self.quarantine = self.iommu.alloc_context()
         self.domains: dict[int, Domain] = {}

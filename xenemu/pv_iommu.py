@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from array import array
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from . import abi, hw
@@ -43,6 +44,17 @@ MAP_STOP = {
 }
 
 
+@dataclass(slots=True)
+class Op:
+    """A struct pv_iommu_op as the handlers see it: the head's fields, which
+    they may change, and the union as its raw 24 bytes, which they read and
+    rewrite through the view of their sub-op."""
+    subop_id: int
+    ctx_no: int
+    flags: int
+    payload: bytes
+
+
 class PvIommu:
     def __init__(self, hv: Hypervisor):
         self.hv = hv
@@ -70,17 +82,18 @@ class PvIommu:
         if raw is None:
             log.debug(PREFIX + "d%d: copy_from_guest of %#x failed -> -EFAULT", d.domid, handle)
             return -XenErrno.EFAULT
-        head = abi.OpHead.parse(raw)
+        op = Op(*abi.OP_HEAD.unpack(raw))
         self._why = ""
-        ret = self.do_iommu_sub_op(d, head)
+        ret = self.do_iommu_sub_op(d, op)
         if ret == -XenErrno.ERESTART:
             return ret  # a continuation re-reads the struct: nothing is copied back yet
-        self._log(d, head, ret)
-        if not mem.copy_to_guest(handle, abi.OpHead.build(head)):
+        self._log(d, op, ret)
+        if not mem.copy_to_guest(handle, abi.OP_HEAD.pack(op.subop_id, op.ctx_no, op.flags,
+                                                          op.payload)):
             return -XenErrno.EFAULT
         return ret
 
-    def do_iommu_sub_op(self, d: Domain, op) -> int:
+    def do_iommu_sub_op(self, d: Domain, op: Op) -> int:
         if not self.can_use_iommu(d):
             return -XenErrno.EPERM
         if op.subop_id == abi.IOMMUOP_noop:
@@ -101,7 +114,7 @@ class PvIommu:
             return True
         return False
 
-    def _log(self, d: Domain, op, ret: int) -> None:
+    def _log(self, d: Domain, op: Op, ret: int) -> None:
         if not log.isEnabledFor(logging.DEBUG):
             return
         inputs = abi.format_op_fields(op, abi.SUBOP_INPUTS.get(op.subop_id, ()))
@@ -115,15 +128,13 @@ class PvIommu:
 
     # -- sub-ops -------------------------------------------------------------
 
-    def query_cap_op(self, d: Domain, op) -> int:
-        cap = abi.Capabilities.parse(op.payload)
-        cap.max_ctx_no = d.nr_contexts
-        cap.max_nr_pages = PVIOMMU_MAX_PAGES
-        cap.max_iova_addr = self.hv.iommu.max_iova_addr
-        op.payload = abi.Capabilities.build(cap)
+    def query_cap_op(self, d: Domain, op: Op) -> int:
+        _, pad0, _, _, pad1 = abi.CAPABILITIES.unpack(op.payload)
+        op.payload = abi.CAPABILITIES.pack(d.nr_contexts, pad0, PVIOMMU_MAX_PAGES,
+                                           self.hv.iommu.max_iova_addr, pad1)
         return 0
 
-    def alloc_context_op(self, d: Domain, op) -> int:
+    def alloc_context_op(self, d: Domain, op: Op) -> int:
         flags = op.flags & ALLOC_OP_FLAGS_MASK
         if self.hv.config.honour_clone:
             flags = op.flags & abi.IOMMU_CREATE_clone
@@ -143,7 +154,7 @@ class PvIommu:
         op.ctx_no = ctx_no
         return 0
 
-    def free_context_op(self, d: Domain, op) -> int:
+    def free_context_op(self, d: Domain, op: Op) -> int:
         ctx_no = op.ctx_no
         if ctx_no == abi.IOMMU_DEFAULT_CONTEXT:
             return self._fail(XenErrno.EINVAL, "the default context can't be freed")
@@ -161,7 +172,7 @@ class PvIommu:
             return -XenErrno.ERESTART
         return 0
 
-    def reattach_device_op(self, d: Domain, op) -> int:
+    def reattach_device_op(self, d: Domain, op: Op) -> int:
         dev = abi.ReattachDevice.parse(op.payload).dev
         sbdf = dev.seg << 16 | dev.bus << 8 | dev.devfn
         if sbdf not in d.devices:
@@ -174,10 +185,10 @@ class PvIommu:
         self.hv.move_device(d, sbdf, target)
         return 0
 
-    def map_pages_op(self, d: Domain, op) -> int:
-        args = abi.MapPages.parse(op.payload)
-        if args.nr_pages > PVIOMMU_MAX_PAGES:
-            return self._fail(XenErrno.E2BIG, f"nr_pages {args.nr_pages} > {PVIOMMU_MAX_PAGES}")
+    def map_pages_op(self, d: Domain, op: Op) -> int:
+        gfn, dfn, nr_pages, _ = abi.MAP_PAGES.unpack(op.payload)
+        if nr_pages > PVIOMMU_MAX_PAGES:
+            return self._fail(XenErrno.E2BIG, f"nr_pages {nr_pages} > {PVIOMMU_MAX_PAGES}")
         ctx = d.usable_context(op.ctx_no)
         if ctx is None:
             return self._fail(XenErrno.EINVAL, self._why_unusable(d, op.ctx_no))
@@ -187,47 +198,45 @@ class PvIommu:
             return self._fail(XenErrno.EINVAL, "neither readable nor writeable")
         # Page by page Xen checks the p2m, then the dfn, then maps; the C
         # layer does the last two for the run of pages the p2m allows.
-        backed, err, why = d.p2m.first_non_ram(args.gfn, args.nr_pages)
-        mfns = d.p2m.mfns[args.gfn:args.gfn + backed]
-        done, st = self.hv.iommu.map(ctx.hw, args.dfn, mfns, perm)
+        backed, err, why = d.p2m.first_non_ram(gfn, nr_pages)
+        mfns = d.p2m.mfns[gfn:gfn + backed]
+        done, st = self.hv.iommu.map(ctx.hw, dfn, mfns, perm)
         self.hv.machine.get_refs(mfns[:done])
         if done < backed:
             err, reason = MAP_STOP[hw.Status(st)]
-            why = reason.format(args.dfn + done)
-        args.mapped = done
-        op.payload = abi.MapPages.build(args)
-        self._flush(ctx, args.dfn, args.nr_pages)
+            why = reason.format(dfn + done)
+        op.payload = abi.MAP_PAGES.pack(gfn, dfn, nr_pages, done)
+        self._flush(ctx, dfn, nr_pages)
         return 0 if err is None else self._fail(err, why)
 
-    def unmap_pages_op(self, d: Domain, op) -> int:
-        args = abi.UnmapPages.parse(op.payload)
-        if args.nr_pages > PVIOMMU_MAX_PAGES:
-            return self._fail(XenErrno.E2BIG, f"nr_pages {args.nr_pages} > {PVIOMMU_MAX_PAGES}")
+    def unmap_pages_op(self, d: Domain, op: Op) -> int:
+        dfn, nr_pages, _, pad = abi.UNMAP_PAGES.unpack(op.payload)
+        if nr_pages > PVIOMMU_MAX_PAGES:
+            return self._fail(XenErrno.E2BIG, f"nr_pages {nr_pages} > {PVIOMMU_MAX_PAGES}")
         ctx = d.usable_context(op.ctx_no)
         if ctx is None:
             return self._fail(XenErrno.EINVAL, self._why_unusable(d, op.ctx_no))
         # The IOTLB is flushed once over the whole range below, as Xen does.
-        done, _, mfns = self.hv.iommu.unmap(ctx.hw, args.dfn, args.nr_pages, flush=False)
+        done, _, mfns = self.hv.iommu.unmap(ctx.hw, dfn, nr_pages, flush=False)
         self.hv.machine.put_refs(mfns)
-        args.unmapped = done
-        op.payload = abi.UnmapPages.build(args)
-        self._flush(ctx, args.dfn, args.nr_pages)
-        if done < args.nr_pages:
-            return self._fail(XenErrno.ENOENT, f"no mapping at dfn {args.dfn + done:#x}")
+        op.payload = abi.UNMAP_PAGES.pack(dfn, nr_pages, done, pad)
+        self._flush(ctx, dfn, nr_pages)
+        if done < nr_pages:
+            return self._fail(XenErrno.ENOENT, f"no mapping at dfn {dfn + done:#x}")
         return 0
 
-    def lookup_page_op(self, d: Domain, op) -> int:
-        args = abi.LookupPage.parse(op.payload)
+    def lookup_page_op(self, d: Domain, op: Op) -> int:
+        _, dfn, pad = abi.LOOKUP_PAGE.unpack(op.payload)
         ctx = d.usable_context(op.ctx_no)
         if ctx is None:
             return self._fail(XenErrno.EINVAL, self._why_unusable(d, op.ctx_no))
         found = None
-        if args.dfn <= self.hv.iommu.max_iova_addr >> hw.PAGE_SHIFT:
-            found = self.hv.iommu.lookup(ctx.hw, args.dfn)
+        if dfn <= self.hv.iommu.max_iova_addr >> hw.PAGE_SHIFT:
+            found = self.hv.iommu.lookup(ctx.hw, dfn)
         if found is None:
-            return self._fail(XenErrno.ENOENT, f"no mapping at dfn {args.dfn:#x}")
-        args.gfn = self.hv.machine.m2p(array("Q", [found[0]]))[0]
-        op.payload = abi.LookupPage.build(args)
+            return self._fail(XenErrno.ENOENT, f"no mapping at dfn {dfn:#x}")
+        gfn = self.hv.machine.m2p(array("Q", [found[0]]))[0]
+        op.payload = abi.LOOKUP_PAGE.pack(gfn, dfn, pad)
         return 0
 
     def _flush(self, ctx: Context, dfn: int, nr_pages: int) -> None:

@@ -101,6 +101,8 @@ int hw_dma(struct hw_iommu *io, uint32_t sbdf, uint64_t addr, void *buf,
 uint32_t hw_faults_read(const struct hw_iommu *io, struct hw_fault_rec *out,
                         uint32_t cap, int *overflow);
 void hw_faults_clear(struct hw_iommu *io);
+int hw_floor_gather(const uint64_t *table, uint64_t n_table,
+                    const uint64_t *addrs, uint64_t n, uint64_t *out);
 """
 
 ffibuilder = FFI()

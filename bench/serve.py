@@ -1,0 +1,93 @@
+"""What the socket benchmarks talk to, and the C load generator they use.
+
+The daemon runs as `xenemu serve` does for a user (no debug log, no IOTLB
+check); the echo servers (bench/c/echo.c, bench/trio_echo.py) answer the
+same frames with no work at all. build/bench_load (bench/c/load.c) drives
+them all with the same code.
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BUILD = ROOT / "build"
+
+
+@contextmanager
+def _process(cmd: list, ready: str):
+    """Run cmd until it prints a line starting with `ready`; yields the
+    process and the lines printed up to it, and stops it afterwards."""
+    proc = subprocess.Popen([str(c) for c in cmd], stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    lines = []
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            if line.startswith(ready):
+                break
+        else:
+            raise RuntimeError(f"{cmd[0]} did not start:\n{''.join(lines)}")
+        yield proc, lines
+    finally:
+        proc.terminate()
+        proc.wait(20)
+        proc.stdout.close()
+
+
+class Daemon:
+    """A running `xenemu serve`: its pid, domain sockets and control socket."""
+
+    def __init__(self, pid: int, lines: list[str]):
+        self.pid = pid
+        self.sockets = {}
+        for line in lines:
+            if "XENEMU_SOCKET=" in line:
+                self.sockets[int(line.split()[1].lstrip("d"))] = line.split("XENEMU_SOCKET=")[1].strip()
+            if "XENEMU_CONTROL=" in line:
+                self.control = line.split("XENEMU_CONTROL=")[1].strip()
+
+    def ctl(self, op: str, **args) -> dict:
+        from xenemu.ctl import ControlClient
+        with ControlClient(self.control) as c:
+            return c.call(op, **args)
+
+    def rss(self) -> int:
+        """Resident bytes of the daemon process."""
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        raise RuntimeError("no VmRSS")
+
+
+@contextmanager
+def daemon():
+    with tempfile.TemporaryDirectory(prefix="xenemu-bench-") as d:
+        cmd = [sys.executable, "-m", "xenemu.cli", "--log-level", "warning", "serve",
+               "--socket-dir", Path(d) / "sockets"]
+        with _process(cmd, "xenemu: ready") as (proc, lines):
+            yield Daemon(proc.pid, lines)
+
+
+@contextmanager
+def echo(kind: str):
+    """An echo server, "c" or "trio"; yields its socket path."""
+    with tempfile.TemporaryDirectory(prefix="xenemu-bench-") as d:
+        path = Path(d) / "echo.sock"
+        cmd = [BUILD / "bench_echo", path] if kind == "c" else \
+            [sys.executable, "-m", "bench.trio_echo", path]
+        with _process(cmd, "ready"):
+            yield str(path)
+
+
+def load(*args) -> dict:
+    """Run build/bench_load; its last line's "key value" pairs, as numbers,
+    with the lines before it under "lines"."""
+    out = subprocess.run([str(BUILD / "bench_load"), *map(str, args)], capture_output=True,
+                         text=True, check=True, timeout=600).stdout.splitlines()
+    words = out[-1].split()
+    result = {k: float(v) for k, v in zip(words[::2], words[1::2])}
+    result["lines"] = out[:-1]
+    return result

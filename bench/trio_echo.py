@@ -1,0 +1,55 @@
+"""The trio floor of a round trip: a bare server speaking the daemon's
+framing that writes every frame back unchanged.
+
+    python -m bench.trio_echo SOCKET_PATH     prints "ready", serves until killed
+
+Its I/O is the daemon's (xenemu.daemon): one task per connection,
+receive_some of RECEIVE_SIZE, every whole frame received answered in one
+send_all. Only the frame's length is read, so daemon time / this time is
+what decoding, the hypercall and encoding add on top of trio.
+"""
+import socket
+import sys
+
+import trio
+
+from xenemu.daemon import RECEIVE_SIZE
+from xenemu.wire import HDR_SIZE, MAX_FRAME
+
+
+async def echo(stream: trio.SocketStream) -> None:
+    try:
+        await _echo(stream)
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        pass  # the client went away, as the load generator does when done
+
+
+async def _echo(stream: trio.SocketStream) -> None:
+    buf = bytearray()
+    async with stream:
+        while data := await stream.receive_some(RECEIVE_SIZE):
+            buf += data
+            end = 0
+            while len(buf) - end >= HDR_SIZE:
+                length = int.from_bytes(buf[end + 8:end + 12], "little")
+                if not HDR_SIZE <= length <= MAX_FRAME:
+                    return
+                if len(buf) - end < length:
+                    break
+                end += length
+            if end:
+                await stream.send_all(buf[:end])
+                del buf[:end]
+
+
+async def main(path: str) -> None:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind(path)
+    sock.listen(128)
+    listener = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
+    print("ready", flush=True)
+    await trio.serve_listeners(echo, [listener])
+
+
+if __name__ == "__main__":
+    trio.run(main, sys.argv[1])
