@@ -67,6 +67,13 @@ bench: venv clients bench-tools
 bench-smoke: venv clients bench-tools
 	$(VPY) -m bench --smoke
 
+# Coverage-guided fuzzing under atheris for FUZZ_SECONDS per target; new
+# inputs that add coverage land in tests/fuzz/corpus/ (make test replays them).
+FUZZ_SECONDS ?= 300
+fuzz: venv
+	$(VPY) -m pip install -q --disable-pip-version-check 'atheris>=2.3'
+	$(VPY) tests/fuzz/run.py --seconds $(FUZZ_SECONDS)
+
 # Re-record the committed trace corpus (tests/traces/) from tests/scenarios.py.
 traces: venv clients
 	$(VPY) tests/traces/record.py
