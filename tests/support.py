@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import select
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -77,6 +78,23 @@ class DaemonProcess:
         finally:
             self._log.close()
             self.proc.stdout.close()
+
+
+def raw_conn(path: str, timeout: float = 30) -> socket.socket:
+    """A bare connection to a daemon socket, for tests that send their own bytes."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(timeout)
+    s.connect(path)
+    return s
+
+
+def read_until_closed(s) -> list:
+    """Every frame the daemon sends until it closes the connection."""
+    from xenemu.wire import FrameDecoder
+    decoder = FrameDecoder.for_client()
+    while data := s.recv(65536):
+        decoder.feed(data)
+    return list(decoder)
 
 
 def assert_replays(trace: Path, *, truncated_ok: bool = False):

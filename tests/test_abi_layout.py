@@ -188,3 +188,13 @@ def test_xen_errno_values_match_the_header():
     python = {e.name: e.value for e in XenErrno}
     aliases = {"EWOULDBLOCK", "EDEADLOCK"}
     assert {k: v for k, v in header.items() if k not in aliases} == python
+
+
+def test_wire_error_codes_match_the_header():
+    from xenemu import wire
+    header = {}
+    for line in (ROOT / "abi" / "xenemu" / "wire.h").read_text().splitlines():
+        parts = line.split()
+        if len(parts) >= 3 and parts[0] == "#define" and parts[1].startswith("XENEMU_ERR_"):
+            header[parts[1][len("XENEMU_ERR_"):]] = int(parts[2].rstrip("u"))
+    assert header == {name: code for code, name in wire.ERROR_NAMES.items()}

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import stat
 import subprocess
 
 import pytest
 import trio
 
+from support import raw_conn, read_until_closed
 from xenemu import abi, wire
 from xenemu.client import OP_GADDR, XenemuClient, XenemuError, open_trio_client
 from xenemu.errno import XenErrno
@@ -117,20 +117,6 @@ async def test_trio_client_many_tasks_one_connection(daemon):
     assert len(results) == 50 and all(r.op.cap.max_ctx_no == 128 for r in results)
 
 
-def _raw_conn(path: str) -> socket.socket:
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.settimeout(10)
-    s.connect(path)
-    return s
-
-
-def _read_until_closed(s: socket.socket) -> list:
-    decoder = FrameDecoder.for_client()
-    while data := s.recv(65536):
-        decoder.feed(data)
-    return list(decoder)
-
-
 @pytest.mark.parametrize("garbage,code", [
     (b"GET / HTTP/1.1\r\n\r\n", wire.ERR_BAD_MAGIC),
     (bytes(encode_call(1, 43)[:4]) + b"\x07\x00" + bytes(18), wire.ERR_BAD_VERSION),
@@ -141,10 +127,10 @@ def _read_until_closed(s: socket.socket) -> list:
 def test_bad_frames_get_an_error_and_a_close_and_nothing_else_is_disturbed(daemon, garbage, code):
     with XenemuClient(daemon.socket(0)) as bystander:
         assert bystander.noop().ret == 0
-        bad = _raw_conn(daemon.socket(0))
+        bad = raw_conn(daemon.socket(0))
         # A good call first: it is answered before the bad frame ends the connection.
         bad.sendall(encode_call(41, 43, (OP_GADDR,), (Region(OP_GADDR, abi.encode_op(0)),)) + garbage)
-        frames = _read_until_closed(bad)
+        frames = read_until_closed(bad)
         bad.close()
         assert [type(f).__name__ for f in frames] == ["Reply", "Error"]
         assert frames[0].req_id == 41 and frames[0].ret == 0
@@ -156,7 +142,7 @@ def test_bad_frames_get_an_error_and_a_close_and_nothing_else_is_disturbed(daemo
 def test_truncated_frame_then_disconnect(daemon):
     frame = encode_call(1, 43, (OP_GADDR,), (Region(OP_GADDR, abi.encode_op(1)),))
     for cut in (3, 30, len(frame) - 1):
-        s = _raw_conn(daemon.socket(0))
+        s = raw_conn(daemon.socket(0))
         s.sendall(frame[:cut])
         s.close()
     with XenemuClient(daemon.socket(0)) as xen:
@@ -166,7 +152,7 @@ def test_truncated_frame_then_disconnect(daemon):
 
 def test_one_byte_writes(daemon):
     frame = encode_call(7, 43, (OP_GADDR,), (Region(OP_GADDR, abi.encode_op(1)),))
-    s = _raw_conn(daemon.socket(0))
+    s = raw_conn(daemon.socket(0))
     for i in range(len(frame)):
         s.send(frame[i:i + 1])
     decoder = FrameDecoder.for_client()

@@ -12,7 +12,7 @@ from pathlib import Path
 import trio
 
 from . import tracecli
-from .daemon import Daemon, DaemonError, default_socket_dir
+from .daemon import Daemon, DaemonError, Limits, default_socket_dir
 from .hypervisor import Hypervisor
 from .machine import ConfigError, default_machine, load_machine, machine_from_dict
 from .trace import TraceError, TraceReader
@@ -31,7 +31,10 @@ def _serve(args) -> int:
     if args.check_iotlb:
         config = dataclasses.replace(config, check_iotlb=True)
     hv = Hypervisor(config)
-    daemon = Daemon(hv, args.socket_dir, args.record, {"command": " ".join(sys.argv)})
+    limits = Limits(connections=args.max_connections,
+                    connections_per_domain=args.max_connections_per_domain,
+                    frame_timeout=args.frame_timeout)
+    daemon = Daemon(hv, args.socket_dir, args.record, {"command": " ".join(sys.argv)}, limits)
 
     async def main():
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -111,6 +114,14 @@ def build_parser() -> argparse.ArgumentParser:
                        help="directory for the sockets (default: $XENEMU_DIR or /tmp/xenemu-UID)")
     serve.add_argument("--check-iotlb", action="store_true",
                        help="verify every IOTLB hit against the page tables (slower)")
+    serve.add_argument("--max-connections", type=int, default=Limits.connections, metavar="N",
+                       help=f"connections open at once, in all (default {Limits.connections})")
+    serve.add_argument("--max-connections-per-domain", type=int, metavar="N",
+                       default=Limits.connections_per_domain,
+                       help=f"connections to one domain (default {Limits.connections_per_domain})")
+    serve.add_argument("--frame-timeout", type=float, default=Limits.frame_timeout, metavar="S",
+                       help="seconds a client may take to finish a frame it has begun "
+                            f"(default {Limits.frame_timeout:g})")
     serve.add_argument("--record", type=Path, metavar="FILE",
                        help="record every hypercall and machine change to a trace "
                             "(`xenemu replay FILE` replays it)")

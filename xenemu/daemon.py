@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import errno
 import functools
+import math
 import logging
 import os
 import socket as stdsocket
 import stat
+from dataclasses import dataclass
 from pathlib import Path
 
 import msgpack
@@ -28,13 +30,28 @@ from . import control
 from .guest import GuestMemory
 from .hypervisor import RESTART, Hypervisor
 from .trace import TraceWriter
-from .wire import ERR_INTERNAL, Call, FrameDecoder, ProtocolError, encode_error, encode_reply
+from .wire import (ERR_GONE, ERR_INTERNAL, ERR_LIMIT, ERR_TIMEOUT, Call, FrameDecoder,
+                   ProtocolError, encode_error, encode_reply)
 
 log = logging.getLogger("xenemu.daemon")
 
 RECEIVE_SIZE = 64 * 1024
 SHUTDOWN_GRACE = 5.0       # seconds in-flight work may take once a stop is asked
 ERROR_SEND_TIMEOUT = 5.0   # a peer that will not read its error frame is dropped after this
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one client can hold of the daemon.
+
+    Requests in flight per connection need no number: the daemon reads at
+    most RECEIVE_SIZE bytes at a time and answers them before reading more,
+    so a client that writes without reading is stopped by its own socket
+    buffers (backpressure), holding at most one read's worth of requests.
+    """
+    connections: int = 512              # in all
+    connections_per_domain: int = 128
+    frame_timeout: float = 10.0         # seconds to finish a frame once begun
 
 
 def default_socket_dir() -> Path:
@@ -55,8 +72,10 @@ class DaemonError(Exception):
 
 class Daemon:
     def __init__(self, hv: Hypervisor, socket_dir: Path, record: Path | None = None,
-                 record_meta: dict | None = None):
+                 record_meta: dict | None = None, limits: Limits = Limits()):
         self.hv = hv
+        self.limits = limits
+        self._open: dict[int, int] = {}     # domid -> connections open
         self._record = (record, record_meta)
         self.recorder: TraceWriter | None = None
         self.socket_dir = Path(socket_dir)
@@ -69,7 +88,8 @@ class Daemon:
         self._accept_nursery: trio.Nursery | None = None
         self._listener_scopes: dict[int, trio.CancelScope] = {}
         self._conn_nursery: trio.Nursery | None = None
-        self._receive_scopes: set[trio.CancelScope] = set()
+        # The scopes of connections waiting in a read: what stop() cancels.
+        self._reading: set[trio.CancelScope] = set()
         self._next_conn = 0
 
     # -- lifecycle -------------------------------------------------------------
@@ -137,7 +157,7 @@ class Daemon:
         log.info("xenemu: stopping")
         if self._accept_scope is not None:
             self._accept_scope.cancel()
-        for scope in self._receive_scopes:
+        for scope in self._reading:
             scope.cancel()
 
     # -- sockets ---------------------------------------------------------------
@@ -188,30 +208,69 @@ class Daemon:
     async def _serve_connection(self, stream: trio.SocketStream, domid: int) -> None:
         self._next_conn += 1
         conn = f"d{domid} conn {self._next_conn}"
+        refusal = self._over_limit(domid)
+        if refusal:
+            log.warning("%s: refused: %s", conn, refusal)
+            await self._send_error_and_close(stream, ERR_LIMIT, refusal)
+            return
+        self._open[domid] = self._open.get(domid, 0) + 1
+        try:
+            await self._serve_frames(stream, domid, conn)
+        finally:
+            self._open[domid] -= 1
+
+    def _over_limit(self, domid: int) -> str | None:
+        if sum(self._open.values()) >= self.limits.connections:
+            return f"too many connections (at most {self.limits.connections} in all)"
+        if self._open.get(domid, 0) >= self.limits.connections_per_domain:
+            return (f"too many connections to d{domid} "
+                    f"(at most {self.limits.connections_per_domain})")
+        return None
+
+    async def _send_error_and_close(self, stream, code: int, message: str, req_id: int = 0):
+        with trio.move_on_after(ERROR_SEND_TIMEOUT):
+            try:
+                await stream.send_all(encode_error(req_id, code, message))
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+        await trio.aclose_forcefully(stream)
+
+    async def _serve_frames(self, stream: trio.SocketStream, domid: int, conn: str) -> None:
         log.debug("%s: connected", conn)
         decoder = FrameDecoder.for_server()
+        timed_out = False
         try:
             async with stream:
-                while not self._stopping:
-                    with trio.CancelScope() as scope:
-                        self._receive_scopes.add(scope)
+                # One scope for the connection's life, not one per read (a scope
+                # costs as much as a hypercall). Its deadline is armed only while
+                # a frame is half received; stop() cancels it only during a read.
+                with trio.CancelScope() as scope:
+                    while not self._stopping:
+                        if decoder.buffered:
+                            scope.deadline = trio.current_time() + self.limits.frame_timeout
+                        self._reading.add(scope)
                         try:
                             data = await stream.receive_some(RECEIVE_SIZE)
                         finally:
-                            self._receive_scopes.discard(scope)
-                    if scope.cancelled_caught:
-                        break
-                    if not data:
-                        decoder.close()
-                        break
-                    decoder.feed(data)
-                    if domid not in self.hv.domains:
-                        with trio.move_on_after(ERROR_SEND_TIMEOUT):
-                            await stream.send_all(encode_error(0, ERR_INTERNAL,
-                                                               f"d{domid} has been destroyed"))
-                        break
-                    if not await self._answer(stream, domid, decoder, conn):
-                        break
+                            self._reading.discard(scope)
+                        scope.deadline = math.inf
+                        if not data:
+                            decoder.close()
+                            break
+                        decoder.feed(data)
+                        if domid not in self.hv.domains:
+                            await self._send_error_and_close(stream, ERR_GONE,
+                                                             f"d{domid} has been destroyed")
+                            break
+                        if not await self._answer(stream, domid, decoder, conn):
+                            break
+                timed_out = scope.cancelled_caught and not self._stopping
+                if timed_out:
+                    log.warning("%s: a frame begun %d bytes ago was not finished within %g s; "
+                                "closing", conn, decoder.buffered, self.limits.frame_timeout)
+                    await self._send_error_and_close(
+                        stream, ERR_TIMEOUT, f"frame not finished within "
+                        f"{self.limits.frame_timeout:g} s ({decoder.buffered} bytes received)")
         except ProtocolError as e:  # only TRUNCATED: the peer is gone, nobody to tell
             log.info("%s: %s", conn, e)
             if self.recorder:

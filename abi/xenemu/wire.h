@@ -41,6 +41,9 @@
 #define XENEMU_ERR_MALFORMED    5u  /* body and regions do not add up to length, reserved field set */
 #define XENEMU_ERR_TRUNCATED    6u  /* the stream ended inside a frame */
 #define XENEMU_ERR_INTERNAL     7u  /* the daemon failed on this frame (a bug: see its log) */
+#define XENEMU_ERR_LIMIT        8u  /* a daemon limit was reached (connections); try later */
+#define XENEMU_ERR_TIMEOUT      9u  /* a frame was begun and not finished in time */
+#define XENEMU_ERR_GONE        10u  /* the domain of this socket has been destroyed */
 
 /* Every frame starts with this header. */
 struct xenemu_frame_hdr {
