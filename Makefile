@@ -15,7 +15,7 @@ PYTEST_ARGS ?=
 # C source or its build script changes.
 HW_SOURCES := $(wildcard cext/*.c cext/*.h) xenemu/hw/_build.py
 
-.PHONY: all run test bench bench-smoke bench-tools traces fuzz clients venv clean
+.PHONY: all run test bench bench-smoke bench-tools traces fuzz soak clients venv clean
 
 all: venv clients
 
@@ -73,6 +73,11 @@ FUZZ_SECONDS ?= 300
 fuzz: venv
 	$(VPY) -m pip install -q --disable-pip-version-check 'atheris>=2.3'
 	$(VPY) tests/fuzz/run.py --seconds $(FUZZ_SECONDS)
+
+# Many clients on several domains for SOAK_SECONDS (make test runs 4 s of it).
+SOAK_SECONDS ?= 180
+soak: venv clients
+	$(VPY) tests/soak.py --seconds $(SOAK_SECONDS)
 
 # Re-record the committed trace corpus (tests/traces/) from tests/scenarios.py.
 traces: venv clients
