@@ -245,15 +245,18 @@ class Daemon:
                 # costs as much as a hypercall). Its deadline is armed only while
                 # a frame is half received; stop() cancels it only during a read.
                 with trio.CancelScope() as scope:
+                    armed = False
                     while not self._stopping:
-                        if decoder.buffered:
+                        if decoder.buffered:    # setting a deadline is not free: only here
                             scope.deadline = trio.current_time() + self.limits.frame_timeout
+                            armed = True
                         self._reading.add(scope)
                         try:
                             data = await stream.receive_some(RECEIVE_SIZE)
                         finally:
                             self._reading.discard(scope)
-                        scope.deadline = math.inf
+                        if armed:
+                            scope.deadline, armed = math.inf, False
                         if not data:
                             decoder.close()
                             break
