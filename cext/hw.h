@@ -196,6 +196,16 @@ struct hw_iotlb {
 
 enum hw_ctx_state { HW_CTX_FREE = 0, HW_CTX_LIVE = 1, HW_CTX_DYING = 2 };
 
+/* A budget of table pages shared by contexts: a domain's PV-IOMMU arena.
+ * Pool 0 has no limit (default contexts); pools 1..HW_MAX_POOLS-1 have the
+ * limit the hypervisor sets (0 = none). A table page a map needs beyond its
+ * pool's limit is HW_E_NOMEM, as a spent arena is in Xen. */
+#define HW_MAX_POOLS 1024u
+struct hw_pool {
+    uint64_t limit;
+    uint64_t used;         /* table pages of the pool's contexts, roots included */
+};
+
 /* A hardware translation domain (a VT-d domain id): one root table. */
 struct hw_ctx {
     uint64_t root;         /* mfn of the top-level table */
@@ -203,6 +213,7 @@ struct hw_ctx {
     uint64_t tables;       /* table pages, root included */
     uint64_t td_cursor;    /* teardown: next dfn to examine */
     uint32_t ndevices;     /* devices whose context entry points here */
+    uint32_t pool;         /* whose budget its table pages count against */
     uint8_t state;         /* enum hw_ctx_state */
     struct hw_counters cnt;
 };
@@ -234,6 +245,7 @@ struct hw_iommu {
     uint32_t max_ctx;
     uint32_t ctx_watermark;
     uint32_t ctx_free_top;
+    struct hw_pool *pools; /* HW_MAX_POOLS */
     struct hw_device *dev;
     uint32_t max_dev;
     struct hw_fault_rec *faults;
@@ -266,6 +278,29 @@ int hw_ctx_alloc(struct hw_iommu *io, uint32_t *id);
 int hw_ctx_teardown(struct hw_iommu *io, uint32_t id, uint64_t budget,
                     uint64_t *out, uint64_t out_cap, uint64_t *written,
                     int *finished);
+/* Table-page budgets. set_limit: limit 0 means none (pool 0 always has
+ * none; HW_E_INVAL). ctx_set_pool moves a context's table pages (its root
+ * at least) to another pool: HW_E_NOMEM if they do not fit its limit. */
+int hw_pool_set_limit(struct hw_iommu *io, uint32_t pool, uint64_t limit);
+int hw_pool_usage(const struct hw_iommu *io, uint32_t pool, uint64_t *used,
+                  uint64_t *limit);
+int hw_ctx_set_pool(struct hw_iommu *io, uint32_t id, uint32_t pool);
+/* Internal to cext/: one table page more (0 when the pool is spent) or less. */
+static inline int hw_pool_charge(struct hw_iommu *io, struct hw_ctx *c)
+{
+    struct hw_pool *p = &io->pools[c->pool];
+    if (p->limit && p->used >= p->limit)
+        return 0;
+    p->used++;
+    c->tables++;
+    return 1;
+}
+static inline void hw_pool_release(struct hw_iommu *io, struct hw_ctx *c)
+{
+    io->pools[c->pool].used--;
+    c->tables--;
+}
+
 /* Counts and counters of one context / of the whole IOMMU. */
 int hw_ctx_info(const struct hw_iommu *io, uint32_t id, uint64_t *mapped,
                 uint64_t *tables, struct hw_counters *cnt);

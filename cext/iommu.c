@@ -27,9 +27,10 @@ struct hw_iommu *hw_iommu_create(struct hw_machine *m, uint32_t width,
     io->fault_cap = fault_cap;
     io->ctx = calloc(max_ctx, sizeof(*io->ctx));
     io->ctx_free = calloc(max_ctx, sizeof(*io->ctx_free));
+    io->pools = calloc(HW_MAX_POOLS, sizeof(*io->pools));
     io->dev = calloc(max_dev, sizeof(*io->dev));
     io->faults = calloc(fault_cap, sizeof(*io->faults));
-    if (!io->ctx || !io->ctx_free || !io->dev || !io->faults ||
+    if (!io->ctx || !io->ctx_free || !io->pools || !io->dev || !io->faults ||
         hw_tlb_init(&io->tlb, iotlb_entries, iotlb_ways) != HW_OK) {
         hw_iommu_destroy(io);
         return NULL;
@@ -50,6 +51,7 @@ void hw_iommu_destroy(struct hw_iommu *io)
     hw_tlb_fini(&io->tlb);
     free(io->ctx);
     free(io->ctx_free);
+    free(io->pools);
     free(io->dev);
     free(io->faults);
     hw_machine_put(io->m);
@@ -83,7 +85,42 @@ int hw_ctx_alloc(struct hw_iommu *io, uint32_t *id)
     /* A reused id starts with fresh counters. */
     io->ctx[i] = (struct hw_ctx){.root = root, .tables = 1,
                                  .state = HW_CTX_LIVE};
+    io->pools[0].used++;
     *id = i;
+    return HW_OK;
+}
+
+int hw_pool_set_limit(struct hw_iommu *io, uint32_t pool, uint64_t limit)
+{
+    if (pool == 0 || pool >= HW_MAX_POOLS)
+        return HW_E_INVAL;
+    io->pools[pool].limit = limit;
+    return HW_OK;
+}
+
+int hw_pool_usage(const struct hw_iommu *io, uint32_t pool, uint64_t *used,
+                  uint64_t *limit)
+{
+    if (pool >= HW_MAX_POOLS)
+        return HW_E_INVAL;
+    *used = io->pools[pool].used;
+    *limit = io->pools[pool].limit;
+    return HW_OK;
+}
+
+int hw_ctx_set_pool(struct hw_iommu *io, uint32_t id, uint32_t pool)
+{
+    if (pool >= HW_MAX_POOLS)
+        return HW_E_INVAL;
+    if (id >= io->max_ctx || io->ctx[id].state != HW_CTX_LIVE)
+        return HW_E_NOCTX;
+    struct hw_ctx *c = &io->ctx[id];
+    struct hw_pool *to = &io->pools[pool];
+    if (to->limit && to->used + c->tables > to->limit)
+        return HW_E_NOMEM;
+    io->pools[c->pool].used -= c->tables;
+    to->used += c->tables;
+    c->pool = pool;
     return HW_OK;
 }
 

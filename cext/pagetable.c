@@ -42,11 +42,15 @@ static uint64_t *leaf_table(struct hw_iommu *io, struct hw_ctx *c,
                 *st = HW_E_NOTPRESENT;
                 return NULL;
             }
-            if (hw_frame_take(io->m, HW_OWNER_NONE, &fresh) != HW_OK) {
+            if (!hw_pool_charge(io, c)) {
                 *st = HW_E_NOMEM;
                 return NULL;
             }
-            c->tables++;
+            if (hw_frame_take(io->m, HW_OWNER_NONE, &fresh) != HW_OK) {
+                hw_pool_release(io, c);
+                *st = HW_E_NOMEM;
+                return NULL;
+            }
             *pte = (fresh << HW_PAGE_SHIFT) | HW_PTE_PERM;
         }
         mfn = pte_mfn(*pte);
@@ -233,7 +237,7 @@ static int td_table(struct hw_iommu *io, struct hw_ctx *c, struct hw_td *s,
         if (!td_table(io, c, s, child, level - 1, d))
             return 0;
         hw_frame_release(io->m, child);
-        c->tables--;
+        hw_pool_release(io, c);
         t[i] = 0;
     }
     return 1;
@@ -244,6 +248,6 @@ int hw_pt_teardown(struct hw_iommu *io, struct hw_ctx *c, struct hw_td *s)
     if (!td_table(io, c, s, c->root, io->levels, 0))
         return 0;
     hw_frame_release(io->m, c->root);
-    c->tables--;
+    hw_pool_release(io, c);
     return 1;
 }

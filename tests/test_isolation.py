@@ -121,3 +121,47 @@ def test_a_guest_cannot_use_pv_iommu_at_all(daemon, two_domains):
         for raw, _, in [(a[1], None) for a in ATTEMPTS] + [(op(1), None), (op(2), None)]:
             assert d1.iommu_op(raw).ret == -E.EPERM
     assert d0_state(daemon) == before
+
+
+# -- page-table budget --------------------------------------------------------------
+
+def test_page_table_budget_gives_enomem_at_its_edge(daemon):
+    """d9 may hold 6 table pages in its PV-IOMMU contexts: a context's root,
+    and 2 more per 1 GiB region of dfns first touched (a mid-level and a
+    leaf table). At the edge map_pages stops with -ENOMEM and the count of
+    pages it did map, as a spent arena does in Xen; freeing gives it back."""
+    created = daemon.ctl("domain_create", domid=9, hardware=True, memory_mib=16, contexts=4,
+                         table_pages=6)
+    gib = 1 << 18                               # dfns per GiB
+    with XenemuClient(created["socket"]) as d9:
+        a = d9.alloc_context().op.ctx_no       # 1 page
+        assert d9.map_pages(a, gfn=0, dfn=0, nr_pages=4).ret == 0          # 3
+        assert d9.map_pages(a, gfn=4, dfn=gib, nr_pages=4).ret == 0        # 5
+        assert d9.map_pages(a, gfn=8, dfn=gib + 510, nr_pages=4).ret == 0  # a new leaf: 6
+        # A run crossing into another new leaf: the pages before it map, then no table is left.
+        res = d9.map_pages(a, gfn=12, dfn=gib + 1022, nr_pages=4)
+        assert (res.ret, res.op.map_pages.mapped) == (-E.ENOMEM, 2)
+        res = d9.map_pages(a, gfn=8, dfn=2 * gib + 0x200, nr_pages=1)
+        assert (res.ret, res.op.map_pages.mapped) == (-E.ENOMEM, 0)
+        assert d9.alloc_context().ret == -E.ENOMEM                        # no room for a root
+        info = next(d for d in daemon.ctl("info")["domains"] if d["domid"] == 9)
+        assert info["table_pages"] == {"used": 6, "limit": 6}
+        # Another domain's budget is its own.
+        with XenemuClient(daemon.socket(0)) as d0:
+            ctx = d0.alloc_context().op.ctx_no
+            assert d0.map_pages(ctx, gfn=0, dfn=3 * gib, nr_pages=1).ret == 0
+            assert d0.unmap_pages(ctx, 3 * gib, 1).ret == 0
+            assert d0.free_context(ctx).ret == 0
+        assert d9.unmap_pages(a, 0, 4).ret == 0
+        assert d9.unmap_pages(a, gib, 4).ret == 0
+        assert d9.unmap_pages(a, gib + 510, 4).ret == 0
+        assert d9.unmap_pages(a, gib + 1022, 2).ret == 0
+        assert d9.free_context(a).ret == 0
+        info = next(d for d in daemon.ctl("info")["domains"] if d["domid"] == 9)
+        assert info["table_pages"] == {"used": 0, "limit": 6}
+        b = d9.alloc_context().op.ctx_no
+        assert d9.map_pages(b, gfn=8, dfn=2 * gib, nr_pages=1).ret == 0
+        assert d9.unmap_pages(b, 2 * gib, 1).ret == 0
+        assert d9.free_context(b).ret == 0
+    assert "page-table budget" in daemon.log()
+    daemon.ctl("domain_destroy", domid=9)

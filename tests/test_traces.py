@@ -349,3 +349,15 @@ def test_serve_the_machine_a_trace_was_recorded_on(tmp_path):
         assert info["domains"][0]["devices"] == {"0000:00:09.0": 0}
     finally:
         assert again.stop() == 0
+
+
+def test_control_replies_may_gain_keys_but_not_lose_or_change_them(tmp_path):
+    header, records = load(ROOT / "tests" / "traces" / "machine-changes.xt")
+    n = number_of(records, lambda r: r["k"] == "ctl" and r["req"]["op"] == "domain_create")
+    dropped = dict(records[n - 1]["rep"]["domain"])
+    dropped.pop("name")                      # as if recorded by an older xenemu
+    records[n - 1]["rep"]["domain"] = dropped
+    assert replay_file(save(tmp_path / "older.xt", header, records)).ok
+    records[n - 1]["rep"]["domain"] = {**dropped, "contexts": 3}
+    r = replay_file(save(tmp_path / "changed.xt", header, records))
+    assert [d.number for d in r.divergences] == [n]

@@ -91,9 +91,10 @@ class Control:
             "quarantined": [format_sbdf(s) for s in sorted(self.hv.quarantined)],
         }
 
-    @staticmethod
-    def _domain_info(d) -> dict:
+    def _domain_info(self, d) -> dict:
+        used, limit = self.hv.iommu.pool_usage(d.table_pool)
         return {"domid": d.domid, "name": d.name, "hardware": d.hardware,
+                "table_pages": {"used": used, "limit": limit},
                 "iommu": d.iommu_enabled, "memory_pages": d.p2m.nr_pages,
                 "contexts": d.nr_contexts,
                 "allocated": [c.ctx_no for c in d.contexts if c is not None],
@@ -107,10 +108,12 @@ class Control:
                                iommu=_arg(req, "iommu", bool, True),
                                memory_mib=_arg(req, "memory_mib", int, 64),
                                contexts=_arg(req, "contexts", int, 8),
+                               table_pages=_arg(req, "table_pages", int, 1 << 16),
                                devices=tuple(parse_sbdf(s) for s in devices))
         except ConfigError as e:
             raise RequestError(str(e)) from None
         if not 0 <= cfg.domid < 0x7FF0 or not 0 <= cfg.contexts <= 0xFFFF \
+                or not 0 <= cfg.table_pages < 1 << 40 \
                 or not 0 < cfg.memory_mib <= self.hv.config.memory_mib:
             raise RequestError("domid, contexts or memory_mib out of range")
         d = self.hv.create_domain(cfg)

@@ -32,6 +32,7 @@ class Domain:
     contexts: list[Context | None]            # index = ctx_no; [0] is the default context
     devices: dict[int, int] = field(default_factory=dict)   # sbdf -> ctx_no
     opaque_default: bool = False               # context 0 shared with the CPU's tables
+    table_pool: int = 0                        # the IOMMU pool its contexts' tables count against
 
     @property
     def nr_contexts(self) -> int:

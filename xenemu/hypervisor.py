@@ -22,6 +22,7 @@ from . import abi, hw
 from .domain import Context, Domain
 from .errno import XenErrno
 from .guest import GuestMemory
+from .hw.common import MAX_POOLS
 from .machine import DomainConfig, MachineConfig, format_sbdf
 from .p2m import P2m, P2mType
 from .pv_iommu import PvIommu
@@ -73,6 +74,8 @@ class Hypervisor:
         self.quarantine = self.iommu.alloc_context()
         self.domains: dict[int, Domain] = {}
         self.quarantined: set[int] = set()
+        # Table-page budgets, one IOMMU pool per domain (pool 0: default contexts, no limit).
+        self._free_pools = list(range(MAX_POOLS - 1, 0, -1))
         self.pv_iommu = PvIommu(self)
         self._table = {abi.HYPERVISOR_iommu_op: self.pv_iommu.do_iommu_op}
         for dom in config.domains:
@@ -105,6 +108,8 @@ class Hypervisor:
             raise MachineError(f"d{cfg.domid} exists already")
         for sbdf in cfg.devices:
             self._check_assignable(sbdf)
+        if not self._free_pools:
+            raise MachineError("no page-table budget left for another domain")
         nr_pages = cfg.memory_mib * PAGES_PER_MIB
         try:
             mfns = self.machine.alloc(nr_pages, owner=cfg.domid)
@@ -117,7 +122,8 @@ class Hypervisor:
         d = Domain(domid=cfg.domid, name=cfg.name or f"d{cfg.domid}", hardware=cfg.hardware,
                    iommu_enabled=cfg.iommu, p2m=p2m,
                    contexts=[default] + [None] * cfg.contexts,
-                   opaque_default=cfg.opaque_default)
+                   opaque_default=cfg.opaque_default, table_pool=self._free_pools.pop())
+        self.iommu.set_pool_limit(d.table_pool, cfg.table_pages)
         p2m.on_became_ram = lambda gfn, d=d: self.identity_map(d, d.contexts[0], gfn, 1)
         if self.identity_map(d, default, 0, nr_pages) != hw.Status.OK:
             raise MachineError(f"no machine memory left for d{cfg.domid}'s I/O page tables")
@@ -137,6 +143,8 @@ class Hypervisor:
             if ctx is not None:
                 self.teardown_context(d, ctx, budget=None)
         self.machine.free(d.p2m.mfns)
+        self.iommu.set_pool_limit(d.table_pool, 0)
+        self._free_pools.append(d.table_pool)
         del self.domains[domid]
         log.info("d%d: destroyed", domid)
 

@@ -50,6 +50,7 @@ class DomainConfig:
     contexts: int = 0               # size of the context pool (context 0 excluded)
     devices: tuple[int, ...] = ()   # PCI devices assigned at start (sbdf)
     opaque_default: bool = False    # context 0 shared with the CPU's tables: PV-IOMMU can't touch it
+    table_pages: int = 1 << 16      # page-table budget of its PV-IOMMU contexts (0: none), as Xen's arena
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,8 @@ class MachineConfig:
                 raise ConfigError(f"domid {d.domid} out of range")
             if not 0 <= d.contexts <= 0xFFFF:
                 raise ConfigError(f"d{d.domid}: contexts must fit in 16 bits (ctx_no)")
+            if d.table_pages < 0:
+                raise ConfigError(f"d{d.domid}: table_pages must be 0 (no budget) or more")
         owners = {}
         for d in self.domains:
             for sbdf in d.devices:
@@ -102,7 +105,7 @@ def default_machine() -> MachineConfig:
 _MACHINE_KEYS = {"iommu", "address_width", "iotlb_entries", "memory_mib", "honour_clone",
                  "page_in_delay_ms", "check_iotlb", "domain"}
 _DOMAIN_KEYS = {"domid", "name", "hardware", "iommu", "memory_mib", "contexts", "devices",
-                "opaque_default"}
+                "opaque_default", "table_pages"}
 
 
 def load_machine(path: Path) -> MachineConfig:

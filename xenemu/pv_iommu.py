@@ -40,7 +40,8 @@ TEARDOWN_SLICE = 1 << 16
 MAP_STOP = {
     hw.Status.PRESENT: (XenErrno.EADDRINUSE, "dfn {:#x} already mapped"),
     hw.Status.RANGE: (XenErrno.ERANGE, "dfn {:#x} above max_iova_addr"),
-    hw.Status.NOMEM: (XenErrno.ENOMEM, "no memory for I/O page tables at dfn {:#x}"),
+    hw.Status.NOMEM: (XenErrno.ENOMEM, "no memory for I/O page tables at dfn {:#x} "
+                                       "(the domain's page-table budget or the machine's)"),
 }
 
 
@@ -146,6 +147,13 @@ class PvIommu:
         except hw.HwError as e:
             return self._fail(XenErrno.ENOMEM, f"no hardware context: {e}")
         ctx = d.contexts[ctx_no] = Context(ctx_no, hw_ctx)
+        try:
+            # Its tables, root included, come out of the domain's budget.
+            self.hv.iommu.set_context_pool(hw_ctx, d.table_pool)
+        except hw.HwError:
+            self.hv.teardown_context(d, ctx, budget=None)
+            used, limit = self.hv.iommu.pool_usage(d.table_pool)
+            return self._fail(XenErrno.ENOMEM, f"page-table budget spent ({used} of {limit} pages)")
         if flags & abi.IOMMU_CREATE_clone:
             st = self.hv.identity_map(d, ctx, 0, d.p2m.nr_pages)
             if st != hw.Status.OK:

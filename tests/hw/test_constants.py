@@ -20,8 +20,8 @@ def test_constants_match_c():
     assert lib.HW_OWNER_NONE == common.OWNER_NONE
     assert (lib.HW_INTR_FIRST, lib.HW_INTR_LAST) == (common.INTR_FIRST,
                                                        common.INTR_LAST)
-    assert (lib.HW_MAX_CTX, lib.HW_MAX_DEV, lib.HW_MAX_FAULTS) == (
-        common.MAX_CONTEXTS, common.MAX_DEVICES, common.MAX_FAULTS)
+    assert (lib.HW_MAX_CTX, lib.HW_MAX_DEV, lib.HW_MAX_FAULTS, lib.HW_MAX_POOLS) == (
+        common.MAX_CONTEXTS, common.MAX_DEVICES, common.MAX_FAULTS, common.MAX_POOLS)
 
 
 def test_sbdf_packing():

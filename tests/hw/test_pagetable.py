@@ -5,6 +5,7 @@ from array import array
 import pytest
 
 from xenemu.hw import PERM_R, PERM_RW, PERM_W, HwError, Status
+from xenemu.hw.common import MAX_POOLS
 
 NO = 0xFFFFFFFF  # a context id that never exists
 
@@ -228,3 +229,38 @@ def test_lookup_run_reads_a_range_without_touching_the_iotlb(impl):
     with pytest.raises(HwError) as info:
         io.lookup_run(ctx, io.max_iova_addr >> 12, 2)
     assert info.value.status == Status.RANGE
+
+
+# -- table-page budgets (pools) ------------------------------------------------
+
+def test_a_pool_limits_table_pages_across_its_contexts(hw_impl, machine, iommu):
+    a, b = iommu.alloc_context(), iommu.alloc_context()
+    iommu.set_pool_limit(3, 6)
+    iommu.set_context_pool(a, 3)
+    iommu.set_context_pool(b, 3)
+    assert iommu.pool_usage(3) == (2, 6)                 # the two roots
+    mfns = machine.alloc(8, owner=1)
+    # Each dfn far from the others needs a new mid-level and leaf table: 2 pages.
+    assert iommu.map(a, 0, mfns[:1], PERM_RW)[0] == 1
+    assert iommu.map(b, 1 << 18, mfns[1:2], PERM_RW)[0] == 1
+    assert iommu.pool_usage(3) == (6, 6)
+    done, st = iommu.map(a, 2 << 18, mfns[2:3], PERM_RW)
+    assert (done, Status(st)) == (0, Status.NOMEM)
+    assert iommu.map(a, 1, mfns[3:4], PERM_RW)[0] == 1   # an existing table: fine
+    assert iommu.pool_usage(3) == (6, 6)
+    iommu.teardown(b, 1 << 20)
+    assert iommu.pool_usage(3) == (3, 6)                 # b's root and two tables back
+    assert iommu.map(a, 2 << 18, mfns[2:3], PERM_RW)[0] == 1
+    assert iommu.pool_usage(3) == (5, 6)
+    c, d = iommu.alloc_context(), iommu.alloc_context()  # in pool 0: no limit
+    iommu.set_context_pool(c, 3)                         # its root fits: 6 of 6
+    with pytest.raises(HwError):
+        iommu.set_context_pool(d, 3)                     # its root does not
+    assert iommu.pool_usage(3) == (6, 6)
+
+
+def test_pool_zero_cannot_be_limited(hw_impl, iommu):
+    with pytest.raises(HwError):
+        iommu.set_pool_limit(0, 5)
+    with pytest.raises(HwError):
+        iommu.set_pool_limit(MAX_POOLS, 5)

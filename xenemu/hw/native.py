@@ -179,6 +179,21 @@ class Iommu:
         del out[self._u64[0]:]
         return out, bool(self._int[0])
 
+    def set_pool_limit(self, pool: int, limit: int) -> None:
+        """Table pages pool 1..MAX_POOLS-1 may hold (0: no limit)."""
+        check_status(lib.hw_pool_set_limit(self._io, pool, limit))
+
+    def pool_usage(self, pool: int) -> tuple[int, int]:
+        """(table pages held, limit) of a pool."""
+        u = ffi.new("uint64_t[2]")
+        check_status(lib.hw_pool_usage(self._io, pool, u, u + 1))
+        return u[0], u[1]
+
+    def set_context_pool(self, ctx: int, pool: int) -> None:
+        """Count ctx's table pages against `pool` from now on (NOMEM if they
+        do not fit its limit)."""
+        check_status(lib.hw_ctx_set_pool(self._io, ctx, pool))
+
     def context_info(self, ctx: int) -> ContextInfo:
         u = ffi.new("uint64_t[2]")
         check_status(lib.hw_ctx_info(self._io, ctx, u, u + 1, self._cnt))

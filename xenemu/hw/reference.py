@@ -16,7 +16,8 @@ import struct
 from array import array
 
 from .common import (
-    GFN_INVALID, INTR_FIRST, INTR_LAST, MAX_CONTEXTS, MAX_DEVICES, MAX_FAULTS, OWNER_NONE,
+    GFN_INVALID, INTR_FIRST, INTR_LAST, MAX_CONTEXTS, MAX_DEVICES, MAX_FAULTS, MAX_POOLS,
+    OWNER_NONE,
     PAGE_SHIFT, PAGE_SIZE, PERM_RW, PERM_W, PERM_R, Counters, ContextInfo,
     Fault, FaultRecord, HwError, StaleIotlbError, Status, levels_for,
 )
@@ -180,10 +181,11 @@ class _Context:
     """Per context (never per page): root, counts, counters, state."""
 
     __slots__ = ("root", "mapped", "tables", "cursor", "ndevices", "state",
-                 "cnt")
+                 "cnt", "pool")
 
     def __init__(self, root: int):
         self.root = root
+        self.pool = 0
         self.mapped = 0
         self.tables = 1
         self.cursor = 0
@@ -277,6 +279,7 @@ class Iommu:
         self.max_iova_addr = (1 << width) - 1
         self._max_dfn = self.max_iova_addr >> PAGE_SHIFT
         self._max_ctx = max_contexts
+        self._pools = [[0, 0] for _ in range(MAX_POOLS)]   # [limit, used]
         self._ctx: list[_Context | None] = []
         self._ctx_free: list[int] = []
         self._dev_sbdf = array("I", bytes(4 * max_devices))
@@ -315,8 +318,12 @@ class Iommu:
             if not self._present(pte):
                 if not create:
                     raise HwError(Status.NOTPRESENT)
-                fresh = self.machine._take(OWNER_NONE)
-                c.tables += 1
+                self._charge(c)
+                try:
+                    fresh = self.machine._take(OWNER_NONE)
+                except HwError:
+                    self._release_table(c)
+                    raise
                 pte = fresh << PAGE_SHIFT | PERM_RW
                 self._set_pte(mfn, i, pte)
             mfn = (pte & _ADDR) >> PAGE_SHIFT
@@ -354,7 +361,44 @@ class Iommu:
         else:
             ctx = len(self._ctx)
             self._ctx.append(_Context(root))
+        self._pools[0][1] += 1
         return ctx
+
+    # --- table-page budgets (cext/hw.h: struct hw_pool) ------------------
+    def _charge(self, c: _Context) -> None:
+        limit, used = self._pools[c.pool]
+        if limit and used >= limit:
+            raise HwError(Status.NOMEM)
+        self._pools[c.pool][1] += 1
+        c.tables += 1
+
+    def _release_table(self, c: _Context) -> None:
+        self._pools[c.pool][1] -= 1
+        c.tables -= 1
+
+    def set_pool_limit(self, pool: int, limit: int) -> None:
+        if not 0 < pool < MAX_POOLS:
+            raise HwError(Status.INVAL)
+        self._pools[pool][0] = limit
+
+    def pool_usage(self, pool: int) -> tuple[int, int]:
+        if not 0 <= pool < MAX_POOLS:
+            raise HwError(Status.INVAL)
+        limit, used = self._pools[pool]
+        return used, limit
+
+    def set_context_pool(self, ctx: int, pool: int) -> None:
+        if not 0 <= pool < MAX_POOLS:
+            raise HwError(Status.INVAL)
+        c = self._ctx[ctx] if 0 <= ctx < len(self._ctx) else None
+        if c is None or c.state != _LIVE:
+            raise HwError(Status.NOCTX)
+        limit, used = self._pools[pool]
+        if limit and used + c.tables > limit:
+            raise HwError(Status.NOMEM)
+        self._pools[c.pool][1] -= c.tables
+        self._pools[pool][1] += c.tables
+        c.pool = pool
 
     def _inval_ctx(self, ctx: int, c: _Context) -> None:
         self._tlb.drop_ctx(ctx)
@@ -396,7 +440,7 @@ class Iommu:
                     if not clear(child, level - 1, d):
                         return False
                     self.machine._release(child)
-                    c.tables -= 1
+                    self._release_table(c)
                     self._set_pte(mfn, i, 0)
                 i += 1
             return True
@@ -404,7 +448,7 @@ class Iommu:
         if not clear(c.root, self.levels, 0):
             return out, False
         self.machine._release(c.root)
-        c.tables -= 1
+        self._release_table(c)
         c.state = _FREE
         self._ctx_free.append(ctx)
         return out, True
