@@ -5,7 +5,6 @@ over its socket, pipelined on one connection, in the same run.
 Both sides check every reply against the recording, so both rates are of
 hypercalls answered correctly.
 """
-import os
 import socket
 import subprocess
 import sys
@@ -107,6 +106,5 @@ def run(smoke: bool) -> list[dict]:
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("PYTHONUNBUFFERED", "1")
     for row in run("--smoke" in sys.argv):
         print(row)
