@@ -68,6 +68,7 @@ enum hw_status {
     HW_E_STALE = 12,     /* check mode: an IOTLB hit disagrees with tables */
     HW_E_FAULT = 13,     /* DMA stopped by a fault (recorded in the log) */
     HW_E_REFCOUNT = 14,  /* reference count would overflow / go below 0 */
+    HW_E_INJECTED = 15,  /* a failure the fault injector asked for */
 };
 
 /* Translation fault kinds (0 = translated), as recorded in the fault log
@@ -80,6 +81,37 @@ enum hw_fault {
     HW_FAULT_WIDTH = 4,       /* address above 2^width - 1 */
     HW_FAULT_INTR = 5,        /* DMA into the interrupt window */
     HW_FAULT_BLOCKED = 6,     /* device attached to no context */
+};
+
+/* --- fault injection ----------------------------------------------------- */
+
+/*
+ * Deterministic fault injection in the style of Linux's fail-nth (as
+ * iommufd's self-tests use it): armed with a set of sites and n, the nth
+ * event at one of those sites fails, once, and the injector disarms. A
+ * harness walks n = 1, 2, ... over a scenario until nothing fires, so every
+ * failure point of the scenario is taken once. The sites:
+ *   TABLE  a page-table page (a context's root or a lower table) is taken
+ *          from machine memory: fails as HW_E_NOMEM;
+ *   FLUSH  an explicit IOTLB invalidation (hw_inval_pages / hw_inval_ctx):
+ *          fails as HW_E_INJECTED and drops nothing, as a timed-out
+ *          invalidation leaves the cache as it was;
+ *   REF    one page reference is taken (hw_refs_take / hw_refs_adjust +1):
+ *          fails as HW_E_INJECTED at that page.
+ * Freeing a context, dropping references and DMA never fail.
+ */
+enum hw_inject_site {
+    HW_INJECT_TABLE = 1u << 0,
+    HW_INJECT_FLUSH = 1u << 1,
+    HW_INJECT_REF = 1u << 2,
+    HW_INJECT_ALL = 7u,
+};
+
+struct hw_inject {
+    uint64_t countdown;    /* events until the failure; 0 = disarmed */
+    uint64_t seen;         /* events at the armed sites since arming */
+    uint32_t sites;        /* enum hw_inject_site bits */
+    uint32_t fired;        /* the site that failed (0 = none yet) */
 };
 
 /* --- machine memory ------------------------------------------------------ */
@@ -108,6 +140,7 @@ struct hw_machine {
     uint64_t free_top;
     uint64_t used;        /* frames currently allocated */
     uint32_t holders;     /* creator + IOMMUs using it; freed at zero */
+    struct hw_inject inject;
 };
 
 /* size is in bytes, a non-zero multiple of 4 KiB below HW_MAX_FRAMES pages.
@@ -132,6 +165,12 @@ int hw_frames_free(struct hw_machine *m, const uint64_t *mfns, uint64_t n,
  * machine, not in use, or whose count would overflow or underflow. */
 int hw_refs_adjust(struct hw_machine *m, const uint64_t *mfns, uint64_t first,
                    uint64_t n, int delta, uint64_t *bad);
+/* Take one reference on each of n frames in order, as Xen's get_page does
+ * page by page: stops at the first frame outside the machine or not in use
+ * (HW_E_BADFRAME), at the maximum count (HW_E_REFCOUNT) or refused by the
+ * injector (HW_E_INJECTED). *done = references taken; they are kept. */
+int hw_refs_take(struct hw_machine *m, const uint64_t *mfns, uint64_t first,
+                 uint64_t n, uint64_t *done);
 /* Read refcounts and owners of n frames (either output may be NULL). */
 int hw_frames_info(const struct hw_machine *m, const uint64_t *mfns,
                    uint64_t n, uint32_t *refs, uint16_t *owners,
@@ -153,7 +192,25 @@ int hw_mem_read(const struct hw_machine *m, uint64_t maddr, void *buf,
 int hw_mem_write(struct hw_machine *m, uint64_t maddr, const void *buf,
                  uint64_t len);
 
-/* Internal to cext/: one zeroed frame for the IOMMU's tables, and back. */
+/* Arm the injector: the nth event (n >= 1) at one of `sites` fails; n = 0
+ * disarms. Either way the counts start again (HW_E_INVAL: sites not a
+ * non-empty subset of HW_INJECT_ALL while n > 0). */
+int hw_inject_arm(struct hw_machine *m, uint32_t sites, uint64_t n);
+/* Internal to cext/: one event at `site`; 1 when it must fail. */
+static inline int hw_inject_fail(struct hw_machine *m, uint32_t site)
+{
+    struct hw_inject *f = &m->inject;
+    if (!f->countdown || !(f->sites & site))
+        return 0;
+    f->seen++;
+    if (--f->countdown)
+        return 0;
+    f->fired = site;
+    return 1;
+}
+
+/* Internal to cext/: one zeroed frame for the IOMMU's tables (fails at an
+ * injected TABLE event), and back. */
 int hw_frame_take(struct hw_machine *m, uint16_t owner, uint64_t *mfn);
 void hw_frame_release(struct hw_machine *m, uint64_t mfn);
 
@@ -340,6 +397,10 @@ int hw_inval_pages(struct hw_iommu *io, uint32_t id, uint64_t dfn,
                    uint64_t n);
 int hw_inval_ctx(struct hw_iommu *io, uint32_t id);
 void hw_inval_all(struct hw_iommu *io);
+/* Audit: *stale = valid IOTLB entries that disagree with the tables (their
+ * context gone, or no longer the mapping cached). Zero unless an
+ * invalidation was skipped or failed. */
+void hw_tlb_audit(struct hw_iommu *io, uint64_t *stale);
 
 /* Internal to cext/ (iotlb.c): lookup, fill and drop of cached entries. */
 int hw_tlb_init(struct hw_iotlb *t, uint32_t entries, uint32_t ways);

@@ -79,7 +79,7 @@ int hw_ctx_alloc(struct hw_iommu *io, uint32_t *id)
     if (!io->ctx_free_top && io->ctx_watermark == io->max_ctx)
         return HW_E_NOSPC;
     if (hw_frame_take(io->m, HW_OWNER_NONE, &root) != HW_OK)
-        return HW_E_NOMEM;
+        return HW_E_NOMEM;  /* no frame left, or an injected TABLE failure */
     uint32_t i = io->ctx_free_top ? io->ctx_free[--io->ctx_free_top]
                                   : io->ctx_watermark++;
     /* A reused id starts with fresh counters. */
@@ -184,6 +184,8 @@ int hw_inval_pages(struct hw_iommu *io, uint32_t id, uint64_t dfn, uint64_t n)
     int st = hw_ctx_get(io, id, &c);
     if (st != HW_OK)
         return st;
+    if (hw_inject_fail(io->m, HW_INJECT_FLUSH))
+        return HW_E_INJECTED;
     hw_tlb_drop_range(&io->tlb, id, dfn, n);
     c->cnt.invalidations++;
     io->cnt.invalidations++;
@@ -196,6 +198,8 @@ int hw_inval_ctx(struct hw_iommu *io, uint32_t id)
     int st = hw_ctx_get(io, id, &c);
     if (st != HW_OK)
         return st;
+    if (hw_inject_fail(io->m, HW_INJECT_FLUSH))
+        return HW_E_INJECTED;
     inval_ctx(io, id);
     return HW_OK;
 }
@@ -204,6 +208,24 @@ void hw_inval_all(struct hw_iommu *io)
 {
     hw_tlb_drop_all(&io->tlb);
     io->cnt.invalidations++;
+}
+
+void hw_tlb_audit(struct hw_iommu *io, uint64_t *stale)
+{
+    const struct hw_iotlb *t = &io->tlb;
+    uint64_t total = (uint64_t)t->nsets * t->ways;
+    *stale = 0;
+    for (uint64_t i = 0; i < total; i++) {
+        const struct hw_tlb_entry *e = &t->e[i];
+        if (!e->valid)
+            continue;
+        uint64_t walks = 0, pte = 0;
+        if (e->ctx < io->max_ctx && io->ctx[e->ctx].state == HW_CTX_LIVE)
+            pte = hw_pt_walk(io, &io->ctx[e->ctx], e->dfn, &walks);
+        if (!pte || (pte & HW_PTE_ADDR) >> HW_PAGE_SHIFT != e->mfn ||
+            (pte & HW_PTE_PERM) != e->perm)
+            (*stale)++;
+    }
 }
 
 static int perm_fault(uint8_t perm, int write)

@@ -75,7 +75,7 @@ static uint64_t take_one(struct hw_machine *m, uint16_t owner)
 
 int hw_frame_take(struct hw_machine *m, uint16_t owner, uint64_t *mfn)
 {
-    if (!frames_available(m))
+    if (!frames_available(m) || hw_inject_fail(m, HW_INJECT_TABLE))
         return HW_E_NOMEM;
     *mfn = take_one(m, owner);
     return HW_OK;
@@ -125,6 +125,30 @@ int hw_frames_free(struct hw_machine *m, const uint64_t *mfns, uint64_t n,
     return HW_OK;
 }
 
+int hw_inject_arm(struct hw_machine *m, uint32_t sites, uint64_t n)
+{
+    if (n && (sites == 0 || (sites & ~(uint32_t)HW_INJECT_ALL)))
+        return HW_E_INVAL;
+    m->inject = (struct hw_inject){.countdown = n, .sites = n ? sites : 0};
+    return HW_OK;
+}
+
+int hw_refs_take(struct hw_machine *m, const uint64_t *mfns, uint64_t first,
+                 uint64_t n, uint64_t *done)
+{
+    for (*done = 0; *done < n; (*done)++) {
+        uint64_t i = *done, mfn = mfns ? mfns[i] : first + i;
+        if ((mfns == NULL && mfn < first) || !frame_ok(m, mfn))
+            return HW_E_BADFRAME;
+        if (m->refcount[mfn] == UINT32_MAX)
+            return HW_E_REFCOUNT;
+        if (hw_inject_fail(m, HW_INJECT_REF))
+            return HW_E_INJECTED;
+        m->refcount[mfn]++;
+    }
+    return HW_OK;
+}
+
 int hw_refs_adjust(struct hw_machine *m, const uint64_t *mfns, uint64_t first,
                    uint64_t n, int delta, uint64_t *bad)
 {
@@ -132,7 +156,8 @@ int hw_refs_adjust(struct hw_machine *m, const uint64_t *mfns, uint64_t first,
         return HW_E_INVAL;
     /* All or nothing: validate the frames, then apply in order and undo
      * the applied prefix if a count would overflow or underflow (applying
-     * is what catches a frame listed several times). */
+     * is what catches a frame listed several times) or, taking references,
+     * the injector refuses one. */
     for (uint64_t i = 0; i < n; i++) {
         uint64_t mfn = mfns ? mfns[i] : first + i;
         *bad = i;
@@ -141,18 +166,26 @@ int hw_refs_adjust(struct hw_machine *m, const uint64_t *mfns, uint64_t first,
         if (!frame_ok(m, mfn))
             return HW_E_BADFRAME;
     }
-    for (uint64_t i = 0; i < n; i++) {
-        uint64_t mfn = mfns ? mfns[i] : first + i;
-        uint32_t r = m->refcount[mfn];
-        if ((delta > 0 && r == UINT32_MAX) || (delta < 0 && r == 0)) {
-            *bad = i;
-            while (i--) /* undo the applied prefix */
-                m->refcount[mfns ? mfns[i] : first + i] -= (uint32_t)delta;
-            return HW_E_REFCOUNT;
+    uint64_t i;
+    int st = HW_OK;
+    if (delta > 0) {
+        st = hw_refs_take(m, mfns, first, n, &i);
+    } else {
+        for (i = 0; i < n; i++) {
+            uint64_t mfn = mfns ? mfns[i] : first + i;
+            if (m->refcount[mfn] == 0) {
+                st = HW_E_REFCOUNT;
+                break;
+            }
+            m->refcount[mfn]--;
         }
-        m->refcount[mfn] = r + (uint32_t)delta;
     }
-    return HW_OK;
+    if (st != HW_OK) {
+        *bad = i;
+        while (i--) /* undo the applied prefix */
+            m->refcount[mfns ? mfns[i] : first + i] -= (uint32_t)delta;
+    }
+    return st;
 }
 
 int hw_frames_info(const struct hw_machine *m, const uint64_t *mfns,

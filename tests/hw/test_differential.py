@@ -45,6 +45,9 @@ ops = st.one_of(
               st.integers(0, 9000), st.booleans()),
     st.tuples(st.just("refs"), st.booleans(),
               st.lists(st.integers(0, GUEST + 2), max_size=8)),
+    st.tuples(st.just("take_refs"),
+              st.lists(st.integers(0, GUEST + 2), max_size=8)),
+    st.tuples(st.just("inject"), st.integers(0, 8), st.integers(0, 6)),
     st.tuples(st.just("check"), st.booleans()),
 )
 
@@ -117,6 +120,11 @@ class Rig:
                 mfns = array("Q", [self.guest[i] if i < GUEST else FRAMES + i
                                    for i in op[2]])
                 return (self.m.get_refs if op[1] else self.m.put_refs)(mfns)
+            if kind == "take_refs":
+                return self.m.take_refs(array("Q", [
+                    self.guest[i] if i < GUEST else FRAMES + i for i in op[1]]))
+            if kind == "inject":
+                return self.m.inject(op[1], op[2])
             if kind == "check":
                 io.check = op[1]
                 return None
@@ -135,6 +143,7 @@ class Rig:
             except HwError as e:
                 ctxs.append(int(e.status))
         return plain((ctxs, io.counters(), io.faults(), self.m.used,
+                      self.m.injection(), io.stale_iotlb_entries(),
                       [io.device_context(d) for d in DEVS[:2]],
                       self.m.refcounts(self.guest)))
 

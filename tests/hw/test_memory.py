@@ -133,3 +133,45 @@ def test_m2p_records_the_gfn_of_each_frame(impl):
     assert m.m2p(mfns[:1])[0] == 0x100    # all or nothing
     # Frames not in use (or outside the machine) have no gfn.
     assert list(m.m2p(array("Q", [m.nframes - 1, 1 << 50]))) == [GFN_INVALID] * 2
+
+
+# --- fault injection (fail-nth) and references taken page by page -------------
+
+def test_take_refs_keeps_the_prefix_and_names_why_it_stopped(hw_impl, machine):
+    mfns = machine.alloc(4, owner=1)
+    bad = array("Q", [mfns[0], mfns[1], machine.nframes + 5, mfns[2]])
+    assert machine.take_refs(bad) == (2, hw_impl.Status.BADFRAME)
+    assert list(machine.refcounts(mfns)) == [1, 1, 0, 0]
+    assert machine.take_refs(range(mfns[3], mfns[3] + 1)) == (1, hw_impl.Status.OK)
+
+
+def test_the_nth_reference_fails_once_then_the_injector_is_spent(hw_impl, machine):
+    from xenemu.hw.common import InjectSite
+    mfns = machine.alloc(8, owner=1)
+    machine.inject(InjectSite.REF, 3)
+    assert machine.take_refs(mfns[:2]) == (2, hw_impl.Status.OK)
+    assert machine.take_refs(mfns[2:]) == (0, hw_impl.Status.INJECTED)
+    state = machine.injection()
+    assert (state.remaining, state.seen, state.fired) == (0, 3, InjectSite.REF)
+    assert machine.take_refs(mfns[2:]) == (6, hw_impl.Status.OK)
+    # The all-or-nothing form fails the same way and takes nothing.
+    machine.put_refs(mfns)
+    machine.inject(InjectSite.REF | InjectSite.TABLE, 5)
+    with pytest.raises(hw_impl.HwError) as e:
+        machine.get_refs(mfns)
+    assert (e.value.status, e.value.index) == (hw_impl.Status.INJECTED, 4)
+    assert list(machine.refcounts(mfns)) == [0] * 8
+    # Other sites and dropping references are not events.
+    machine.inject(InjectSite.TABLE, 1)
+    machine.get_refs(mfns)
+    machine.put_refs(mfns)
+    assert machine.injection().seen == 0
+
+
+def test_injector_arguments(hw_impl, machine):
+    from xenemu.hw.common import InjectSite
+    for sites in (0, 8, InjectSite.ALL | 16):
+        with pytest.raises(hw_impl.HwError):
+            machine.inject(sites, 1)
+    machine.inject(0, 0)        # disarming takes any sites
+    assert machine.injection() == (InjectSite(0), 0, 0, None)

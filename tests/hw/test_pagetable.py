@@ -264,3 +264,39 @@ def test_pool_zero_cannot_be_limited(hw_impl, iommu):
         iommu.set_pool_limit(0, 5)
     with pytest.raises(HwError):
         iommu.set_pool_limit(MAX_POOLS, 5)
+
+
+def test_injected_table_failure_stops_a_map_like_a_spent_machine(hw_impl, machine, iommu):
+    from xenemu.hw.common import InjectSite
+    mfns = machine.alloc(4, owner=1)
+    ctx = iommu.alloc_context()
+    machine.inject(InjectSite.TABLE, 2)     # the map's 2nd table page (of 2)
+    assert iommu.map(ctx, 0, mfns, PERM_RW) == (0, Status.NOMEM)
+    assert machine.injection().fired == InjectSite.TABLE
+    assert iommu.context_info(ctx).tables == 2      # root + the 1st, kept as Xen keeps them
+    assert iommu.map(ctx, 0, mfns, PERM_RW) == (4, Status.OK)
+    machine.inject(InjectSite.TABLE, 1)
+    with pytest.raises(HwError) as e:
+        iommu.alloc_context()
+    assert e.value.status == Status.NOMEM
+
+
+def test_injected_flush_failure_drops_nothing_and_the_audit_sees_it(hw_impl, machine, iommu):
+    from xenemu.hw.common import InjectSite
+    mfns = machine.alloc(4, owner=1)
+    ctx = iommu.alloc_context()
+    iommu.map(ctx, 0, mfns, PERM_RW)
+    iommu.translate(ctx, array("Q", [0, 4096]))     # cache two translations
+    assert iommu.stale_iotlb_entries() == 0
+    assert iommu.unmap(ctx, 0, 4, flush=False)[0] == 4
+    assert iommu.stale_iotlb_entries() == 2
+    machine.inject(InjectSite.FLUSH, 1)
+    with pytest.raises(HwError) as e:
+        iommu.invalidate_pages(ctx, 0, 4)
+    assert e.value.status == Status.INJECTED
+    assert iommu.stale_iotlb_entries() == 2
+    machine.inject(InjectSite.FLUSH, 1)
+    with pytest.raises(HwError):
+        iommu.invalidate_context(ctx)
+    iommu.invalidate_pages(ctx, 0, 4)
+    assert iommu.stale_iotlb_entries() == 0

@@ -28,12 +28,17 @@ CDEF = """
 enum hw_status { HW_OK, HW_E_INVAL, HW_E_NOCTX, HW_E_RANGE, HW_E_BADFRAME,
                  HW_E_PRESENT, HW_E_NOTPRESENT, HW_E_NOMEM, HW_E_BUSY,
                  HW_E_NODEV, HW_E_EXISTS, HW_E_NOSPC, HW_E_STALE, HW_E_FAULT,
-                 HW_E_REFCOUNT, ... };
+                 HW_E_REFCOUNT, HW_E_INJECTED, ... };
+enum hw_inject_site { HW_INJECT_TABLE, HW_INJECT_FLUSH, HW_INJECT_REF,
+                      HW_INJECT_ALL, ... };
+struct hw_inject { uint64_t countdown; uint64_t seen; uint32_t sites;
+                   uint32_t fired; };
 enum hw_fault { HW_FAULT_NONE, HW_FAULT_NOT_PRESENT, HW_FAULT_WRITE,
                 HW_FAULT_READ, HW_FAULT_WIDTH, HW_FAULT_INTR,
                 HW_FAULT_BLOCKED, ... };
 
-struct hw_machine { uint64_t nframes; uint64_t used; ...; };
+struct hw_machine { uint64_t nframes; uint64_t used; struct hw_inject inject;
+                   ...; };
 struct hw_iommu { uint32_t width; uint32_t levels; uint64_t max_iova;
                   uint32_t max_ctx; uint32_t max_dev; uint32_t fault_cap;
                   uint8_t check; ...; };
@@ -50,6 +55,9 @@ int hw_frames_free(struct hw_machine *m, const uint64_t *mfns, uint64_t n,
                    uint64_t *bad);
 int hw_refs_adjust(struct hw_machine *m, const uint64_t *mfns, uint64_t first,
                    uint64_t n, int delta, uint64_t *bad);
+int hw_refs_take(struct hw_machine *m, const uint64_t *mfns, uint64_t first,
+                 uint64_t n, uint64_t *done);
+int hw_inject_arm(struct hw_machine *m, uint32_t sites, uint64_t n);
 int hw_frames_info(const struct hw_machine *m, const uint64_t *mfns,
                    uint64_t n, uint32_t *refs, uint16_t *owners,
                    uint64_t *bad);
@@ -97,6 +105,7 @@ int hw_inval_pages(struct hw_iommu *io, uint32_t id, uint64_t dfn,
                    uint64_t n);
 int hw_inval_ctx(struct hw_iommu *io, uint32_t id);
 void hw_inval_all(struct hw_iommu *io);
+void hw_tlb_audit(struct hw_iommu *io, uint64_t *stale);
 int hw_dev_add(struct hw_iommu *io, uint32_t sbdf);
 int hw_dev_remove(struct hw_iommu *io, uint32_t sbdf);
 int hw_dev_attach(struct hw_iommu *io, uint32_t sbdf, uint32_t ctx);

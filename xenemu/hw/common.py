@@ -43,6 +43,7 @@ class Status(enum.IntEnum):
     STALE = 12  #: check mode: an IOTLB hit disagreed with the tables
     FAULT = 13  #: DMA stopped by a translation fault (see the fault log)
     REFCOUNT = 14  #: reference count would overflow or go below zero
+    INJECTED = 15  #: a failure the fault injector asked for (see Injection)
 
 
 class Fault(enum.IntEnum):
@@ -55,6 +56,26 @@ class Fault(enum.IntEnum):
     WIDTH = 4  #: address above max_iova_addr
     INTR = 5  #: DMA into the interrupt window
     BLOCKED = 6  #: device attached to no context
+
+
+class InjectSite(enum.IntFlag):
+    """Where the fault injector can make an operation fail (cext/hw.h)."""
+
+    TABLE = 1  #: a page-table page is taken from machine memory (fails as NOMEM)
+    FLUSH = 2  #: an explicit IOTLB invalidation (fails, dropping nothing)
+    REF = 4  #: one page reference is taken
+    ALL = 7
+
+
+class Injection(NamedTuple):
+    """The fault injector's state: armed (`remaining` events to the failure,
+    0 = disarmed), `seen` events at the armed `sites` since arming, and the
+    site that failed (None until one has)."""
+
+    sites: InjectSite
+    remaining: int
+    seen: int
+    fired: InjectSite | None
 
 
 class HwError(Exception):

@@ -12,8 +12,8 @@ from array import array
 
 from ._hwlib import ffi, lib
 from .common import (
-    Counters, ContextInfo, Fault, FaultRecord, HwError, StaleIotlbError,
-    Status, check_status,
+    Counters, ContextInfo, Fault, FaultRecord, HwError, Injection, InjectSite,
+    StaleIotlbError, Status, check_status,
 )
 
 
@@ -78,6 +78,24 @@ class Machine:
         """Drop one reference on each frame, all or nothing."""
         p, n, first = _u64(mfns, ranges=True)
         self._batch(lib.hw_refs_adjust(self._m, p, first, n, -1, self._bad))
+
+    def take_refs(self, mfns) -> tuple[int, int]:
+        """Take references page by page, as Xen's get_page: (references
+        taken, Status) stopping at BADFRAME, REFCOUNT or INJECTED; the
+        references taken are kept."""
+        p, n, first = _u64(mfns, ranges=True)
+        st = lib.hw_refs_take(self._m, p, first, n, self._bad)
+        return self._bad[0], st
+
+    def inject(self, sites: int, nth: int) -> None:
+        """Arm the fault injector: the nth event (from 1) at one of `sites`
+        (InjectSite bits) fails, once; nth = 0 disarms. Counts restart."""
+        check_status(lib.hw_inject_arm(self._m, sites, nth))
+
+    def injection(self) -> Injection:
+        f = self._m.inject
+        return Injection(InjectSite(f.sites), f.countdown, f.seen,
+                         InjectSite(f.fired) if f.fired else None)
 
     def refcounts(self, mfns) -> array:
         p, n, _ = _u64(mfns)
@@ -278,6 +296,12 @@ class Iommu:
 
     def invalidate_all(self) -> None:
         lib.hw_inval_all(self._io)
+
+    def stale_iotlb_entries(self) -> int:
+        """Cached translations that disagree with the tables (an audit of
+        the whole IOTLB; zero unless an invalidation was missed or failed)."""
+        lib.hw_tlb_audit(self._io, self._u64)
+        return self._u64[0]
 
     # --- devices and DMA -------------------------------------------------
     def add_device(self, sbdf: int) -> None:

@@ -19,7 +19,8 @@ from .common import (
     GFN_INVALID, INTR_FIRST, INTR_LAST, MAX_CONTEXTS, MAX_DEVICES, MAX_FAULTS, MAX_POOLS,
     OWNER_NONE,
     PAGE_SHIFT, PAGE_SIZE, PERM_RW, PERM_W, PERM_R, Counters, ContextInfo,
-    Fault, FaultRecord, HwError, StaleIotlbError, Status, levels_for,
+    Fault, FaultRecord, HwError, Injection, InjectSite, StaleIotlbError, Status,
+    levels_for,
 )
 
 _PTE = struct.Struct("<Q")
@@ -61,6 +62,7 @@ class Machine:
         self._free = array("Q")
         self._watermark = 0
         self.used = 0
+        self._inject = [0, 0, 0, 0]  # countdown, seen, sites, fired (as struct hw_inject)
 
     def _available(self) -> int:
         return len(self._free) + self.nframes - self._watermark
@@ -79,6 +81,32 @@ class Machine:
         self._ref[mfn] = 0
         self.used += 1
         return mfn
+
+    def _take_table(self) -> int:
+        """A frame for the IOMMU's tables: a TABLE event (hw_frame_take)."""
+        if not self._available() or self._inject_fail(InjectSite.TABLE):
+            raise HwError(Status.NOMEM)
+        return self._take(OWNER_NONE)
+
+    def _inject_fail(self, site: int) -> bool:
+        f = self._inject
+        if not f[0] or not f[2] & site:
+            return False
+        f[1] += 1
+        f[0] -= 1
+        if f[0]:
+            return False
+        f[3] = site
+        return True
+
+    def inject(self, sites: int, nth: int) -> None:
+        if nth and (not sites or sites & ~int(InjectSite.ALL)):
+            raise HwError(Status.INVAL)
+        self._inject = [nth, 0, sites if nth else 0, 0]
+
+    def injection(self) -> Injection:
+        n, seen, sites, fired = self._inject
+        return Injection(InjectSite(sites), n, seen, InjectSite(fired) if fired else None)
 
     def _release(self, mfn: int) -> None:
         if mfn >= self.nframes or not self._in_use[mfn]:
@@ -113,14 +141,35 @@ class Machine:
         for i, mfn in enumerate(run):
             if not self._ok(mfn):
                 raise HwError(Status.BADFRAME, i)
+        if delta > 0:
+            done, st = self.take_refs(run)
+        else:
+            done, st = self._put_prefix(run)
+        if st:
+            for j in range(done):
+                self._ref[run[j]] -= delta
+            raise HwError(st, done)
+
+    def _put_prefix(self, run) -> tuple[int, int]:
         ref = self._ref
         for i, mfn in enumerate(run):
-            r = ref[mfn] + delta
-            if not 0 <= r <= 0xFFFFFFFF:
-                for j in range(i):
-                    ref[run[j]] -= delta
-                raise HwError(Status.REFCOUNT, i)
-            ref[mfn] = r
+            if not ref[mfn]:
+                return i, Status.REFCOUNT
+            ref[mfn] -= 1
+        return len(run), Status.OK
+
+    def take_refs(self, mfns) -> tuple[int, int]:
+        run = mfns if isinstance(mfns, (range, memoryview)) else _run(mfns, ranges=True)
+        ref = self._ref
+        for i, mfn in enumerate(run):
+            if not self._ok(mfn):
+                return i, Status.BADFRAME
+            if ref[mfn] == 0xFFFFFFFF:
+                return i, Status.REFCOUNT
+            if self._inject_fail(InjectSite.REF):
+                return i, Status.INJECTED
+            ref[mfn] += 1
+        return len(run), Status.OK
 
     def get_refs(self, mfns) -> None:
         self._adjust(mfns, 1)
@@ -320,7 +369,7 @@ class Iommu:
                     raise HwError(Status.NOTPRESENT)
                 self._charge(c)
                 try:
-                    fresh = self.machine._take(OWNER_NONE)
+                    fresh = self.machine._take_table()
                 except HwError:
                     self._release_table(c)
                     raise
@@ -354,7 +403,7 @@ class Iommu:
     def alloc_context(self) -> int:
         if not self._ctx_free and len(self._ctx) == self._max_ctx:
             raise HwError(Status.NOSPC)
-        root = self.machine._take(OWNER_NONE)
+        root = self.machine._take_table()
         if self._ctx_free:
             ctx = self._ctx_free.pop()
             self._ctx[ctx] = _Context(root)
@@ -601,12 +650,29 @@ class Iommu:
     # --- IOTLB invalidation ----------------------------------------------
     def invalidate_pages(self, ctx: int, dfn: int, n: int) -> None:
         c = self._get(ctx)
+        if self.machine._inject_fail(InjectSite.FLUSH):
+            raise HwError(Status.INJECTED)
         self._tlb.drop_range(ctx, dfn, n)
         c.cnt[_INVAL] += 1
         self._cnt[_INVAL] += 1
 
     def invalidate_context(self, ctx: int) -> None:
-        self._inval_ctx(ctx, self._get(ctx))
+        c = self._get(ctx)
+        if self.machine._inject_fail(InjectSite.FLUSH):
+            raise HwError(Status.INJECTED)
+        self._inval_ctx(ctx, c)
+
+    def stale_iotlb_entries(self) -> int:
+        t, stale = self._tlb, 0
+        for i in range(len(t.valid)):
+            if not t.valid[i]:
+                continue
+            ctx, dfn = t.ctx[i], t.dfn[i]
+            c = self._ctx[ctx] if ctx < len(self._ctx) else None
+            pte = self._walk(c)(dfn)[0] if c is not None and c.state == _LIVE else 0
+            if not pte or (pte & _ADDR) >> PAGE_SHIFT != t.mfn[i] or pte & PERM_RW != t.perm[i]:
+                stale += 1
+        return stale
 
     def invalidate_all(self) -> None:
         self._tlb.drop_all()
