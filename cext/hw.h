@@ -209,6 +209,24 @@ static inline int hw_inject_fail(struct hw_machine *m, uint32_t site)
     return 1;
 }
 
+/* Internal to cext/: a frame in the machine and in use. */
+static inline int hw_frame_ok(const struct hw_machine *m, uint64_t mfn)
+{
+    return mfn < m->nframes && m->in_use[mfn];
+}
+/* Internal to cext/: one reference more, as Xen's get_page (a REF event). */
+static inline int hw_ref_take_one(struct hw_machine *m, uint64_t mfn)
+{
+    if (!hw_frame_ok(m, mfn))
+        return HW_E_BADFRAME;
+    if (m->refcount[mfn] == UINT32_MAX)
+        return HW_E_REFCOUNT;
+    if (hw_inject_fail(m, HW_INJECT_REF))
+        return HW_E_INJECTED;
+    m->refcount[mfn]++;
+    return HW_OK;
+}
+
 /* Internal to cext/: one zeroed frame for the IOMMU's tables (fails at an
  * injected TABLE event), and back. */
 int hw_frame_take(struct hw_machine *m, uint16_t owner, uint64_t *mfn);
@@ -370,6 +388,14 @@ void hw_iommu_counters(const struct hw_iommu *io, struct hw_counters *cnt);
 int hw_map(struct hw_iommu *io, uint32_t id, uint64_t dfn, uint64_t n,
            const uint64_t *mfns, uint64_t first_mfn, uint32_t perm,
            uint64_t *done);
+/* hw_map that first takes one reference on each page's frame, as Xen's
+ * map_pages does page by page (get_page, then iommu_map): a page whose
+ * reference can't be taken stops the run (HW_E_BADFRAME for a frame not in
+ * use, HW_E_REFCOUNT, HW_E_INJECTED), and a page not mapped keeps no
+ * reference. Mapped pages keep theirs (the unmap caller drops them). */
+int hw_map_ref(struct hw_iommu *io, uint32_t id, uint64_t dfn, uint64_t n,
+               const uint64_t *mfns, uint64_t first_mfn, uint32_t perm,
+               uint64_t *done);
 /* Unmap n pages from dfn, writing each unmapped mfn to out (out_cap >= n).
  * Stops at the first hole (HW_E_NOTPRESENT) or dfn beyond the width. With
  * flush set, the done pages are invalidated from the IOTLB; without it the

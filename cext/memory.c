@@ -104,17 +104,13 @@ int hw_frames_alloc(struct hw_machine *m, uint16_t owner, uint64_t n,
     return HW_OK;
 }
 
-static int frame_ok(const struct hw_machine *m, uint64_t mfn)
-{
-    return mfn < m->nframes && m->in_use[mfn];
-}
 
 int hw_frames_free(struct hw_machine *m, const uint64_t *mfns, uint64_t n,
                    uint64_t *bad)
 {
     for (uint64_t i = 0; i < n; i++) {
         *bad = i;
-        if (!frame_ok(m, mfns[i]))
+        if (!hw_frame_ok(m, mfns[i]))
             return HW_E_BADFRAME;
         if (m->refcount[mfns[i]])
             return HW_E_REFCOUNT;
@@ -138,13 +134,11 @@ int hw_refs_take(struct hw_machine *m, const uint64_t *mfns, uint64_t first,
 {
     for (*done = 0; *done < n; (*done)++) {
         uint64_t i = *done, mfn = mfns ? mfns[i] : first + i;
-        if ((mfns == NULL && mfn < first) || !frame_ok(m, mfn))
+        if (mfns == NULL && mfn < first)
             return HW_E_BADFRAME;
-        if (m->refcount[mfn] == UINT32_MAX)
-            return HW_E_REFCOUNT;
-        if (hw_inject_fail(m, HW_INJECT_REF))
-            return HW_E_INJECTED;
-        m->refcount[mfn]++;
+        int st = hw_ref_take_one(m, mfn);
+        if (st != HW_OK)
+            return st;
     }
     return HW_OK;
 }
@@ -163,7 +157,7 @@ int hw_refs_adjust(struct hw_machine *m, const uint64_t *mfns, uint64_t first,
         *bad = i;
         if (mfns == NULL && first + i < first)
             return HW_E_BADFRAME;
-        if (!frame_ok(m, mfn))
+        if (!hw_frame_ok(m, mfn))
             return HW_E_BADFRAME;
     }
     uint64_t i;
@@ -210,7 +204,7 @@ int hw_frames_set_owner(struct hw_machine *m, const uint64_t *mfns,
                         uint64_t n, uint16_t owner, uint64_t *bad)
 {
     for (uint64_t i = 0; i < n; i++) {
-        if (!frame_ok(m, mfns[i])) {
+        if (!hw_frame_ok(m, mfns[i])) {
             *bad = i;
             return HW_E_BADFRAME;
         }
@@ -224,7 +218,7 @@ int hw_m2p_set(struct hw_machine *m, const uint64_t *mfns, uint64_t n,
                uint64_t first_gfn, uint64_t *bad)
 {
     for (uint64_t i = 0; i < n; i++) {
-        if (!frame_ok(m, mfns[i])) {
+        if (!hw_frame_ok(m, mfns[i])) {
             *bad = i;
             return HW_E_BADFRAME;
         }
@@ -238,7 +232,7 @@ void hw_m2p_read(const struct hw_machine *m, const uint64_t *mfns, uint64_t n,
                  uint64_t *gfns)
 {
     for (uint64_t i = 0; i < n; i++)
-        gfns[i] = frame_ok(m, mfns[i]) ? m->m2p[mfns[i]] : HW_GFN_INVALID;
+        gfns[i] = hw_frame_ok(m, mfns[i]) ? m->m2p[mfns[i]] : HW_GFN_INVALID;
 }
 
 static int span_ok(const struct hw_machine *m, uint64_t maddr, uint64_t len)

@@ -63,9 +63,11 @@ static uint64_t max_dfn(const struct hw_iommu *io)
     return io->max_iova >> HW_PAGE_SHIFT;
 }
 
-int hw_map(struct hw_iommu *io, uint32_t id, uint64_t dfn, uint64_t n,
-           const uint64_t *mfns, uint64_t first_mfn, uint32_t perm,
-           uint64_t *done)
+/* hw_map, and with `ref` hw_map_ref: each page's frame gains a reference
+ * before its entry is written, given back if the entry is not written. */
+static int map_run(struct hw_iommu *io, uint32_t id, uint64_t dfn, uint64_t n,
+                   const uint64_t *mfns, uint64_t first_mfn, uint32_t perm,
+                   int ref, uint64_t *done)
 {
     struct hw_ctx *c;
     int st = hw_ctx_get(io, id, &c);
@@ -88,14 +90,19 @@ int hw_map(struct hw_iommu *io, uint32_t id, uint64_t dfn, uint64_t n,
             st = HW_E_BADFRAME;
             break;
         }
+        if (ref && (st = hw_ref_take_one(io->m, mfn)) != HW_OK)
+            break;
         /* One walk per leaf table, not per page. */
         if (!leaf || index_at(d, 1) == 0) {
             leaf = leaf_table(io, c, d, 1, &st);
-            if (!leaf)
+            if (!leaf) {
+                io->m->refcount[mfn] -= (uint32_t)ref;
                 break;
+            }
         }
         uint64_t *pte = &leaf[index_at(d, 1)];
         if (present(io->m, *pte)) {
+            io->m->refcount[mfn] -= (uint32_t)ref;
             st = HW_E_PRESENT;
             break;
         }
@@ -104,6 +111,20 @@ int hw_map(struct hw_iommu *io, uint32_t id, uint64_t dfn, uint64_t n,
     c->mapped += i;
     *done = i;
     return st;
+}
+
+int hw_map(struct hw_iommu *io, uint32_t id, uint64_t dfn, uint64_t n,
+           const uint64_t *mfns, uint64_t first_mfn, uint32_t perm,
+           uint64_t *done)
+{
+    return map_run(io, id, dfn, n, mfns, first_mfn, perm, 0, done);
+}
+
+int hw_map_ref(struct hw_iommu *io, uint32_t id, uint64_t dfn, uint64_t n,
+               const uint64_t *mfns, uint64_t first_mfn, uint32_t perm,
+               uint64_t *done)
+{
+    return map_run(io, id, dfn, n, mfns, first_mfn, perm, 1, done);
 }
 
 int hw_unmap(struct hw_iommu *io, uint32_t id, uint64_t dfn, uint64_t n,

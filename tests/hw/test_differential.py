@@ -31,6 +31,8 @@ ops = st.one_of(
                                                   max_size=40), perms),
     st.tuples(st.just("map_run"), ctxs, dfns, st.integers(0, FRAMES), counts,
               perms),
+    st.tuples(st.just("map_ref"), ctxs, dfns, st.lists(st.integers(0, FRAMES + 2),
+                                                      max_size=40), perms),
     st.tuples(st.just("unmap"), ctxs, dfns, counts, st.booleans()),
     st.tuples(st.just("lookup"), ctxs, dfns),
     st.tuples(st.just("translate"), ctxs, st.lists(addrs, max_size=20),
@@ -91,6 +93,8 @@ class Rig:
                 return io.alloc_context()
             if kind == "map":
                 return io.map(op[1], self.dfn(op[2]), array("Q", op[3]), op[4])
+            if kind == "map_ref":
+                return io.map_referenced(op[1], self.dfn(op[2]), array("Q", op[3]), op[4])
             if kind == "map_run":
                 return io.map(op[1], self.dfn(op[2]),
                               range(op[3], op[3] + op[4]), op[5])

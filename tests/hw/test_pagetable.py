@@ -300,3 +300,22 @@ def test_injected_flush_failure_drops_nothing_and_the_audit_sees_it(hw_impl, mac
         iommu.invalidate_context(ctx)
     iommu.invalidate_pages(ctx, 0, 4)
     assert iommu.stale_iotlb_entries() == 0
+
+
+def test_map_referenced_takes_a_reference_per_mapped_page_only(hw_impl, machine, iommu):
+    from xenemu.hw.common import InjectSite
+    mfns = machine.alloc(6, owner=1)
+    ctx = iommu.alloc_context()
+    assert iommu.map(ctx, 2, mfns[:1], PERM_RW) == (1, Status.OK)        # dfn 2 taken
+    assert iommu.map_referenced(ctx, 0, mfns[:4], PERM_RW) == (2, Status.PRESENT)
+    assert list(machine.refcounts(mfns)) == [1, 1, 0, 0, 0, 0]
+    machine.inject(InjectSite.REF, 2)
+    assert iommu.map_referenced(ctx, 8, mfns[2:], PERM_RW) == (1, Status.INJECTED)
+    assert list(machine.refcounts(mfns)) == [1, 1, 1, 0, 0, 0]
+    assert iommu.lookup(ctx, 9) is None
+    machine.inject(InjectSite.TABLE, 1)     # dfn 512 needs a new leaf table
+    assert iommu.map_referenced(ctx, 511, mfns[3:5], PERM_RW) == (1, Status.NOMEM)
+    assert list(machine.refcounts(mfns)) == [1, 1, 1, 1, 0, 0]
+    freed = machine.alloc(1, owner=1)
+    machine.free(freed)
+    assert iommu.map_referenced(ctx, 20, freed, PERM_RW) == (0, Status.BADFRAME)

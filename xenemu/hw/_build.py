@@ -92,6 +92,9 @@ int hw_ctx_set_pool(struct hw_iommu *io, uint32_t id, uint32_t pool);
 int hw_map(struct hw_iommu *io, uint32_t id, uint64_t dfn, uint64_t n,
            const uint64_t *mfns, uint64_t first_mfn, uint32_t perm,
            uint64_t *done);
+int hw_map_ref(struct hw_iommu *io, uint32_t id, uint64_t dfn, uint64_t n,
+               const uint64_t *mfns, uint64_t first_mfn, uint32_t perm,
+               uint64_t *done);
 int hw_unmap(struct hw_iommu *io, uint32_t id, uint64_t dfn, uint64_t n,
              uint64_t *out, uint64_t out_cap, int flush, uint64_t *done);
 int hw_lookup(struct hw_iommu *io, uint32_t id, uint64_t dfn,

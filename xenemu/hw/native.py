@@ -235,6 +235,16 @@ class Iommu:
         st = lib.hw_map(self._io, ctx, dfn, n, p, first, perm, self._u64)
         return self._u64[0], st
 
+    def map_referenced(self, ctx: int, dfn: int, mfns, perm: int
+                       ) -> tuple[int, int]:
+        """map() that takes one reference on each page's frame before
+        mapping it, as Xen's get_page then iommu_map: also stops at a frame
+        not in use (BADFRAME), REFCOUNT or INJECTED, and only mapped pages
+        keep their reference."""
+        p, n, first = _u64(mfns, ranges=True)
+        st = lib.hw_map_ref(self._io, ctx, dfn, n, p, first, perm, self._u64)
+        return self._u64[0], st
+
     def unmap(self, ctx: int, dfn: int, n: int,
               flush: bool = True) -> tuple[int, int, array]:
         """Unmap n pages from dfn. Returns (done, Status, mfns that were

@@ -513,6 +513,12 @@ class Iommu:
 
     # --- mappings -------------------------------------------------------
     def map(self, ctx: int, dfn: int, mfns, perm: int) -> tuple[int, int]:
+        return self._map(ctx, dfn, mfns, perm, False)
+
+    def map_referenced(self, ctx: int, dfn: int, mfns, perm: int) -> tuple[int, int]:
+        return self._map(ctx, dfn, mfns, perm, True)
+
+    def _map(self, ctx: int, dfn: int, mfns, perm: int, ref: bool) -> tuple[int, int]:
         run = _run(mfns, ranges=True)
         try:
             c = self._get(ctx)
@@ -528,12 +534,18 @@ class Iommu:
                 return done, Status.RANGE
             if mfn >= self.machine.nframes:
                 return done, Status.BADFRAME
+            if ref:
+                st = self.machine.take_refs(range(mfn, mfn + 1))[1]
+                if st:
+                    return done, st
             if leaf < 0 or d & 511 == 0:
                 try:
                     leaf = self._leaf_table(c, d, True)
                 except HwError as e:
+                    self.machine._ref[mfn] -= ref
                     return done, e.status
             if self._present(self._pte(leaf, d & 511)):
+                self.machine._ref[mfn] -= ref
                 return done, Status.PRESENT
             self._set_pte(leaf, d & 511, mfn << PAGE_SHIFT | perm)
             c.mapped += 1
