@@ -15,6 +15,7 @@ import logging
 import msgpack
 
 from . import hw
+from .hw.common import InjectSite
 from .hypervisor import Hypervisor, MachineError
 from .machine import ConfigError, DomainConfig, format_sbdf, parse_sbdf
 from .p2m import P2mType
@@ -24,6 +25,9 @@ log = logging.getLogger("xenemu.control")
 MAX_REQUEST = 1 << 20
 MAX_DUMP = 1 << 16          # entries one dump request may read
 MAX_DMA = 1 << 20           # bytes one DMA request may move
+
+
+INJECT_SITES = {"table": InjectSite.TABLE, "flush": InjectSite.FLUSH, "ref": InjectSite.REF}
 
 
 class RequestError(Exception):
@@ -74,6 +78,9 @@ class Control:
         except Exception:
             log.exception("control: %s failed", req["op"])
             return {"ok": False, "error": "internal error in the daemon (see its log)"}
+        finally:
+            if self.hv.injecting:
+                self.hv.note_injection(f"control op {req['op']}")
         log.debug("control: %s done", req["op"])
         return {"ok": True, **result}
 
@@ -227,6 +234,26 @@ class Control:
 
     def op_counters(self, req) -> dict:
         return {"iotlb": self.hv.iommu.counters()._asdict()}
+
+    def op_fail_nth(self, req) -> dict:
+        """Fault injection as Linux's fail-nth: with `nth` (0 disarms), the
+        nth event at one of `sites` (default all) fails once. Replies with
+        the injector's state (also the only thing it does without `nth`)."""
+        if "nth" in req:
+            nth = _arg(req, "nth", int)
+            names = _arg(req, "sites", list, list(INJECT_SITES))
+            unknown = [n for n in names if n not in INJECT_SITES]
+            if unknown or not names or not 0 <= nth < 1 << 63:
+                raise RequestError(f"sites are a non-empty list of {', '.join(INJECT_SITES)}; "
+                                   f"nth is 0 (disarm) or more")
+            sites = 0
+            for n in names:
+                sites |= INJECT_SITES[n]
+            self.hv.arm_injection(sites, nth)
+        f = self.hv.machine.injection()
+        return {"sites": [n for n, bit in INJECT_SITES.items() if f.sites & bit],
+                "remaining": f.remaining, "seen": f.seen,
+                "fired": f.fired.name.lower() if f.fired else None}
 
     def op_check(self, req) -> dict:
         problems = self.hv.check_invariants()

@@ -22,7 +22,7 @@ from . import abi, hw
 from .domain import Context, Domain
 from .errno import XenErrno
 from .guest import GuestMemory
-from .hw.common import MAX_POOLS
+from .hw.common import MAX_POOLS, InjectSite
 from .machine import DomainConfig, MachineConfig, format_sbdf
 from .p2m import P2m, P2mType
 from .pv_iommu import PvIommu
@@ -76,6 +76,7 @@ class Hypervisor:
         self.quarantined: set[int] = set()
         # Table-page budgets, one IOMMU pool per domain (pool 0: default contexts, no limit).
         self._free_pools = list(range(MAX_POOLS - 1, 0, -1))
+        self.injecting = False  # armed and not fired yet: note_injection after each event
         self.pv_iommu = PvIommu(self)
         self._table = {abi.HYPERVISOR_iommu_op: self.pv_iommu.do_iommu_op}
         for dom in config.domains:
@@ -92,7 +93,28 @@ class Hypervisor:
         if handler is None:
             log.debug("d%d: hypercall %d not implemented -> -ENOSYS", domid, op)
             return -XenErrno.ENOSYS
-        return handler(d, args, mem)
+        ret = handler(d, args, mem)
+        if self.injecting:
+            self.note_injection(f"d{domid}'s hypercall (returned {ret})")
+        return ret
+
+    # -- fault injection -----------------------------------------------------
+
+    def arm_injection(self, sites: int, nth: int) -> None:
+        """The nth event at one of `sites` (hw.common.InjectSite) fails,
+        once; 0 disarms (see the fail_nth control op)."""
+        self.machine.inject(sites, nth)
+        self.injecting = nth > 0
+        log.info("fail-nth: %s", f"event {nth} at {InjectSite(sites).name} will fail"
+                 if nth else "disarmed")
+
+    def note_injection(self, where: str) -> None:
+        """Log the injected failure once it has happened (in `where`)."""
+        f = self.machine.injection()
+        if f.fired:
+            self.injecting = False
+            log.info("fail-nth: injected a %s failure (event %d) in %s", f.fired.name, f.seen,
+                     where)
 
     def complete(self, domid: int, call: Call) -> Reply:
         """Run `call` to the end, continuations included, in process."""
@@ -118,15 +140,25 @@ class Hypervisor:
                                f"({cfg.memory_mib} MiB)") from None
         self.machine.set_m2p(mfns, 0)
         p2m = P2m(mfns, self.clock, self.config.page_in_delay_ms / 1000)
-        default = Context(0, self.iommu.alloc_context())
+        pool = self._free_pools.pop()
+        try:
+            default = Context(0, self.iommu.alloc_context())
+        except hw.HwError as e:
+            self._free_pools.append(pool)
+            self.machine.free(mfns)
+            raise MachineError(f"no default context for d{cfg.domid}: {e}") from None
         d = Domain(domid=cfg.domid, name=cfg.name or f"d{cfg.domid}", hardware=cfg.hardware,
                    iommu_enabled=cfg.iommu, p2m=p2m,
                    contexts=[default] + [None] * cfg.contexts,
-                   opaque_default=cfg.opaque_default, table_pool=self._free_pools.pop())
+                   opaque_default=cfg.opaque_default, table_pool=pool)
         self.iommu.set_pool_limit(d.table_pool, cfg.table_pages)
-        p2m.on_became_ram = lambda gfn, d=d: self.identity_map(d, d.contexts[0], gfn, 1)
-        if self.identity_map(d, default, 0, nr_pages) != hw.Status.OK:
-            raise MachineError(f"no machine memory left for d{cfg.domid}'s I/O page tables")
+        p2m.on_became_ram = lambda gfn, d=d: self._paged_in(d, gfn)
+        st = self.identity_map(d, default, 0, nr_pages)
+        if st != hw.Status.OK:
+            self._release_domain(d)
+            why = {hw.Status.NOMEM: "no machine memory left for I/O page tables",
+                   hw.Status.INJECTED: "a page reference failed (injected)"}.get(st, st.name)
+            raise MachineError(f"d{cfg.domid}'s default context could not map its memory: {why}")
         self.domains[d.domid] = d
         for sbdf in cfg.devices:
             self.assign_device(sbdf, d.domid)
@@ -139,14 +171,18 @@ class Hypervisor:
         d = self._domain(domid)
         for sbdf in list(d.devices):
             self.deassign_device(sbdf)
+        self._release_domain(d)
+        del self.domains[domid]
+        log.info("d%d: destroyed", domid)
+
+    def _release_domain(self, d: Domain) -> None:
+        """Free d's contexts (dropping their references), memory and budget."""
         for ctx in d.contexts:
             if ctx is not None:
                 self.teardown_context(d, ctx, budget=None)
         self.machine.free(d.p2m.mfns)
         self.iommu.set_pool_limit(d.table_pool, 0)
         self._free_pools.append(d.table_pool)
-        del self.domains[domid]
-        log.info("d%d: destroyed", domid)
 
     def _domain(self, domid: int) -> Domain:
         d = self.domains.get(domid)
@@ -160,12 +196,17 @@ class Hypervisor:
         Used for the default context, for pages that become RAM again, and for
         a cloned context. Returns the IOMMU's status if it stopped early."""
         for start, count in _ram_runs_within(d.p2m, gfn, n):
-            mfns = d.p2m.mfns[start:start + count]
-            done, st = self.iommu.map(ctx.hw, start, mfns, hw.PERM_RW)
-            self.machine.get_refs(mfns[:done])
+            done, st = self.iommu.map_referenced(ctx.hw, start, d.p2m.mfns[start:start + count],
+                                                 hw.PERM_RW)
             if done != count:
                 return hw.Status(st)
         return hw.Status.OK
+
+    def _paged_in(self, d: Domain, gfn: int) -> None:
+        st = self.identity_map(d, d.contexts[0], gfn, 1)
+        if st != hw.Status.OK:
+            log.warning("d%d: paged-in gfn %#x is not in the default context (%s)",
+                        d.domid, gfn, st.name)
 
     def _identity_unmap(self, d: Domain, gfn: int) -> None:
         done, _, mfns = self.iommu.unmap(d.contexts[0].hw, gfn, 1)
@@ -243,7 +284,8 @@ class Hypervisor:
         d = self._domain(domid)
         if not 0 <= gfn < d.p2m.nr_pages:
             raise MachineError(f"gfn {gfn:#x} is beyond d{domid}'s memory")
-        was_ram = d.p2m.type_of(gfn) is P2mType.RAM
+        was = d.p2m.type_of(gfn)
+        was_ram = was is P2mType.RAM
         if was_ram and type_ is not P2mType.RAM:
             mfn = d.p2m.mfns[gfn]
             extra = self.machine.refcounts(array("Q", [mfn]))[0] - 1
@@ -253,7 +295,11 @@ class Hypervisor:
             self._identity_unmap(d, gfn)
         d.p2m.set_type(gfn, type_)
         if not was_ram and type_ is P2mType.RAM:
-            self.identity_map(d, d.contexts[0], gfn, 1)
+            st = self.identity_map(d, d.contexts[0], gfn, 1)
+            if st != hw.Status.OK:
+                d.p2m.set_type(gfn, was)
+                raise MachineError(f"gfn {gfn:#x} could not be mapped in d{domid}'s default "
+                                   f"context ({st.name}); it stays {was.name}")
 
     def _guest_span(self, domid: int, gfn: int, offset: int, length: int) -> int:
         d = self._domain(domid)
@@ -306,6 +352,10 @@ class Hypervisor:
         stale = self.iommu.counters().stale
         if stale:
             problems.append(f"{stale} stale IOTLB hit(s)")
+        cached = self.iommu.stale_iotlb_entries()
+        if cached:
+            problems.append(f"{cached} IOTLB entr{'y' if cached == 1 else 'ies'} disagree with "
+                            f"the page tables (an invalidation was missed or failed)")
         return problems
 
 

@@ -42,6 +42,10 @@ MAP_STOP = {
     hw.Status.RANGE: (XenErrno.ERANGE, "dfn {:#x} above max_iova_addr"),
     hw.Status.NOMEM: (XenErrno.ENOMEM, "no memory for I/O page tables at dfn {:#x} "
                                        "(the domain's page-table budget or the machine's)"),
+    # get_page failed: get_paged_frame's answer for a RAM page (only an
+    # injected failure does this here).
+    hw.Status.INJECTED: (XenErrno.EPERM, "get_page failed for the frame of dfn {:#x}"),
+    hw.Status.REFCOUNT: (XenErrno.EPERM, "get_page failed for the frame of dfn {:#x}"),
 }
 
 
@@ -204,12 +208,11 @@ class PvIommu:
                 | (hw.PERM_W if op.flags & abi.IOMMU_OP_writeable else 0))
         if not perm:
             return self._fail(XenErrno.EINVAL, "neither readable nor writeable")
-        # Page by page Xen checks the p2m, then the dfn, then maps; the C
-        # layer does the last two for the run of pages the p2m allows.
+        # Page by page Xen checks the p2m, takes a reference (get_page),
+        # checks the dfn, then maps; the C layer does the last three for the
+        # run of pages the p2m allows.
         backed, err, why = d.p2m.first_non_ram(gfn, nr_pages)
-        mfns = d.p2m.mfns[gfn:gfn + backed]
-        done, st = self.hv.iommu.map(ctx.hw, dfn, mfns, perm)
-        self.hv.machine.get_refs(mfns[:done])
+        done, st = self.hv.iommu.map_referenced(ctx.hw, dfn, d.p2m.mfns[gfn:gfn + backed], perm)
         if done < backed:
             err, reason = MAP_STOP[hw.Status(st)]
             why = reason.format(dfn + done)
@@ -248,10 +251,17 @@ class PvIommu:
         return 0
 
     def _flush(self, ctx: Context, dfn: int, nr_pages: int) -> None:
-        """iommu_iotlb_flush over the requested range (clipped to the width)."""
+        """iommu_iotlb_flush over the requested range (clipped to the width).
+
+        A failed flush leaves the sub-op's status alone: the reference only
+        prints "Flush operation failed". The IOTLB keeps what it cached."""
         last = self.hv.iommu.max_iova_addr >> hw.PAGE_SHIFT
         if nr_pages and dfn <= last:
-            self.hv.iommu.invalidate_pages(ctx.hw, dfn, min(nr_pages, last - dfn + 1))
+            try:
+                self.hv.iommu.invalidate_pages(ctx.hw, dfn, min(nr_pages, last - dfn + 1))
+            except hw.HwError as e:
+                log.warning(PREFIX + "Flush operation failed (%d): ctx %d dfn %#x nr_pages %d (%s)",
+                            -XenErrno.ETIMEDOUT, ctx.ctx_no, dfn, nr_pages, e.status.name)
 
     @staticmethod
     def _why_unusable(d: Domain, ctx_no: int) -> str:

@@ -44,7 +44,7 @@ KINDS = (HYPERCALL, ROUND, CONTROL, PROTOCOL)
 # left out, since a later xenemu may legitimately answer it differently.
 RECORDED_CONTROL = frozenset({
     "domain_create", "domain_destroy", "device_assign", "device_deassign",
-    "p2m_set", "p2m_get", "mem_write", "mem_read", "dma", "faults",
+    "p2m_set", "p2m_get", "mem_write", "mem_read", "dma", "faults", "fail_nth",
 })
 
 # Reply keys the daemon adds (socket paths): not the machine's, not recorded.

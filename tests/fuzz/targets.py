@@ -129,6 +129,12 @@ def hypercalls(data: bytes) -> None:
             gfn = int.from_bytes(raw[:4], "little") % (D0_PAGES + 16)
             ptype = list(P2mType)[raw[4] % len(P2mType)]
             control.handle({"op": "p2m_set", "domid": dom & 1, "gfn": gfn, "type": ptype.value})
+        elif raw[3] & 3 == 3:
+            # fail-nth: a table page or page reference fails soon. (A failed
+            # flush leaves stale IOTLB entries by design: tests/test_fail_nth.py.)
+            control.handle({"op": "fail_nth", "nth": raw[4] % 48 + 1,
+                            "sites": [("table", "ref")[raw[5] & 1]] if raw[5] & 2
+                            else ["table", "ref"]})
         else:
             sbdf = DEVICES[raw[0] % len(DEVICES)]
             if raw[1] & 1:
