@@ -83,7 +83,8 @@ static void record(struct hw_iommu *io, uint32_t sbdf, uint64_t addr,
 }
 
 int hw_dma(struct hw_iommu *io, uint32_t sbdf, uint64_t addr, void *buf,
-           uint64_t len, int write, uint64_t *done)
+           uint64_t len, int write, uint64_t *done,
+           struct hw_fault_rec *fault)
 {
     const struct hw_device *d = find(io, sbdf);
     uint8_t *p = buf;
@@ -105,6 +106,10 @@ int hw_dma(struct hw_iommu *io, uint32_t sbdf, uint64_t addr, void *buf,
             kind = HW_FAULT_BLOCKED;
         if (kind != HW_FAULT_NONE) {
             record(io, sbdf, a, kind, write);
+            if (fault)
+                *fault = (struct hw_fault_rec){.addr = a, .sbdf = sbdf,
+                                               .kind = kind,
+                                               .write = write != 0};
             return HW_E_FAULT;
         }
         if (chunk > len - *done)

@@ -485,9 +485,12 @@ int hw_dev_context(const struct hw_iommu *io, uint32_t sbdf, uint32_t *ctx);
 
 /* DMA of len bytes at device address addr, page by page through the
  * device's current context. *done = bytes moved; a fault stops the transfer,
- * is recorded in the log and returns HW_E_FAULT. */
+ * is recorded in the log (if it has room) and in *fault (if not NULL: the
+ * caller learns its fault even when the log is full) and returns
+ * HW_E_FAULT. */
 int hw_dma(struct hw_iommu *io, uint32_t sbdf, uint64_t addr, void *buf,
-           uint64_t len, int write, uint64_t *done);
+           uint64_t len, int write, uint64_t *done,
+           struct hw_fault_rec *fault);
 
 /* Fault log: copy up to cap records (oldest first) and the overflow flag;
  * clear empties the log and resets the flag. */

@@ -253,6 +253,21 @@ def test_read_only_mapping_faults_on_write(xen, daemon):
     daemon.ctl("faults", clear=True)
 
 
+def test_a_dma_reports_its_fault_even_when_the_fault_log_is_full(daemon):
+    """The log keeps the first 256 faults, as VT-d's registers keep a few;
+    the DMA request still learns why it stopped."""
+    daemon.ctl("faults", clear=True)
+    bad = 0x7F << 30                                       # beyond d0's memory: not present
+    for i in range(256):
+        daemon.ctl("dma", sbdf=GPU, addr=bad + (i << 12), length=1)
+    out = daemon.ctl("dma", sbdf=GPU, addr=1 << 39, write=True, data=b"x")
+    assert out["fault"] == {"sbdf": GPU, "addr": 1 << 39, "kind": "WIDTH", "write": True}
+    log = daemon.ctl("faults")
+    assert len(log["faults"]) == 256 and log["overflow"]
+    assert out["fault"] not in log["faults"]
+    daemon.ctl("faults", clear=True)
+
+
 def test_default_context_dma_reaches_the_whole_domain(daemon):
     daemon.ctl("dma", sbdf=GPU, addr=0x1234 << 12, write=True, data=b"identity")
     assert daemon.ctl("mem_read", domid=0, gfn=0x1234, length=8)["data"] == b"identity"

@@ -171,22 +171,18 @@ class Control:
         sbdf, addr = _sbdf(req), _arg(req, "addr", int)
         if not 0 <= addr < 1 << 64:
             raise RequestError("addr out of range")
-        faults_before = len(self.hv.iommu.faults()[0])
         if _arg(req, "write", bool, False):
             data = _arg(req, "data", bytes)
             if len(data) > MAX_DMA:
                 raise RequestError(f"at most {MAX_DMA} bytes per DMA")
-            done, got = self.hv.dma(sbdf, addr, data=data)
-            wanted = len(data)
+            done, got, fault = self.hv.dma(sbdf, addr, data=data)
         else:
             wanted = _arg(req, "length", int)
             if not 0 <= wanted <= MAX_DMA:
                 raise RequestError(f"length must be 0..{MAX_DMA}")
-            done, got = self.hv.dma(sbdf, addr, length=wanted)
-        recs, _ = self.hv.iommu.faults()
-        fault = recs[faults_before] if len(recs) > faults_before else None
-        return {"done": done, "data": got, "faulted": done < wanted,
-                "fault": self._fault(fault) if fault and done < wanted else None}
+            done, got, fault = self.hv.dma(sbdf, addr, length=wanted)
+        return {"done": done, "data": got, "faulted": fault is not None,
+                "fault": self._fault(fault) if fault else None}
 
     @staticmethod
     def _fault(rec) -> dict:

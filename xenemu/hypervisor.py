@@ -267,15 +267,16 @@ class Hypervisor:
         d.devices[sbdf] = target.ctx_no
 
     def dma(self, sbdf: int, addr: int, *, data: bytes | None = None,
-            length: int = 0) -> tuple[int, bytes]:
+            length: int = 0) -> tuple[int, bytes, hw.FaultRecord | None]:
         """The device reads `length` bytes or writes `data` at device address
-        `addr`. Returns (bytes done, bytes read); a fault stops it and is logged."""
+        `addr`. Returns (bytes done, bytes read, the fault that stopped it);
+        the fault is also logged, if the fault log has room."""
         if self.owner_of(sbdf) is None and sbdf not in self.quarantined:
             raise MachineError(f"no device {format_sbdf(sbdf)}")
         if data is not None:
-            return self.iommu.dma_write(sbdf, addr, data), b""
+            return self.iommu.dma_write(sbdf, addr, data), b"", self.iommu.dma_fault
         got = self.iommu.dma_read(sbdf, addr, length)
-        return len(got), got
+        return len(got), got, self.iommu.dma_fault
 
     # -- guest memory and p2m ------------------------------------------------
 

@@ -114,7 +114,8 @@ int hw_dev_remove(struct hw_iommu *io, uint32_t sbdf);
 int hw_dev_attach(struct hw_iommu *io, uint32_t sbdf, uint32_t ctx);
 int hw_dev_context(const struct hw_iommu *io, uint32_t sbdf, uint32_t *ctx);
 int hw_dma(struct hw_iommu *io, uint32_t sbdf, uint64_t addr, void *buf,
-           uint64_t len, int write, uint64_t *done);
+           uint64_t len, int write, uint64_t *done,
+           struct hw_fault_rec *fault);
 uint32_t hw_faults_read(const struct hw_iommu *io, struct hw_fault_rec *out,
                         uint32_t cap, int *overflow);
 void hw_faults_clear(struct hw_iommu *io);

@@ -166,6 +166,10 @@ class Iommu:
         self._u32 = ffi.new("uint32_t *")
         self._int = ffi.new("int *")
         self._cnt = ffi.new("struct hw_counters *")
+        self._fault = ffi.new("struct hw_fault_rec *")
+        #: The fault that stopped the last DMA (None if it completed),
+        #: whether or not the fault log had room for it.
+        self.dma_fault: FaultRecord | None = None
         self.check = check
 
     @property
@@ -334,7 +338,7 @@ class Iommu:
 
     def dma_read(self, sbdf: int, addr: int, n: int) -> bytes:
         """Device reads n bytes at addr; returns the bytes read before any
-        fault (the fault goes to the log)."""
+        fault (the fault goes to the log, and to dma_fault)."""
         buf = bytearray(n)
         self._dma(sbdf, addr, buf, n, 0)
         return bytes(buf[:self._u64b[0]])
@@ -346,11 +350,16 @@ class Iommu:
         return self._u64b[0]
 
     def _dma(self, sbdf, addr, buf, n, write):
+        self.dma_fault = None
         st = lib.hw_dma(self._io, sbdf, addr, ffi.from_buffer(buf), n, write,
-                        self._u64b)
+                        self._u64b, self._fault)
         if st == Status.STALE:
             raise StaleIotlbError(self._u64b[0])
-        if st != Status.FAULT:
+        if st == Status.FAULT:
+            r = self._fault
+            self.dma_fault = FaultRecord(r.sbdf, r.addr, Fault(r.kind),
+                                         bool(r.write))
+        else:
             check_status(st)
 
     def faults(self) -> tuple[list[FaultRecord], bool]:

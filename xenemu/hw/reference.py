@@ -337,6 +337,7 @@ class Iommu:
         self._fault_cap = fault_log
         self._faults: list[FaultRecord] = []
         self._overflow = False
+        self.dma_fault: FaultRecord | None = None
         self._tlb = _Iotlb(iotlb_entries, iotlb_ways)
         self._cnt = [0, 0, 0, 0, 0]
         self.check = check
@@ -736,6 +737,7 @@ class Iommu:
         mem = self.machine.mem
         done = 0
         chunks = []
+        self.dma_fault = None
         while done < n:
             a = addr + done
             chunk = min(PAGE_SIZE - (a & (PAGE_SIZE - 1)), n - done)
@@ -750,6 +752,7 @@ class Iommu:
                     raise StaleIotlbError(done) from None
             if kind:
                 self._record(sbdf, a, kind, write)
+                self.dma_fault = FaultRecord(sbdf, a, Fault(kind), write)
                 break
             if write:
                 mem[ma:ma + chunk] = bytes(data[done:done + chunk])
