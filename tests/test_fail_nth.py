@@ -199,3 +199,14 @@ def test_fail_nth_arguments(daemon):
     assert daemon.ctl("fail_nth", nth=2, sites=["ref", "table"])["sites"] == ["table", "ref"]
     assert daemon.ctl("fail_nth", nth=0) == {"sites": [], "remaining": 0, "seen": 0,
                                              "fired": None}
+
+
+def test_a_page_becoming_ram_again_is_refused_whole_when_its_reference_fails(daemon):
+    daemon.ctl("p2m_set", domid=0, gfn=0x3000, type="paged_out")
+    daemon.ctl("fail_nth", nth=1, sites=["ref"])
+    with pytest.raises(ControlError, match="could not be mapped .* it stays paged_out"):
+        daemon.ctl("p2m_set", domid=0, gfn=0x3000, type="ram")
+    assert daemon.ctl("p2m_get", domid=0, gfn=0x3000)["type"] == "paged_out"
+    assert daemon.ctl("check")["consistent"]
+    daemon.ctl("p2m_set", domid=0, gfn=0x3000, type="ram")
+    assert daemon.ctl("dump", domid=0, ctx_no=0, dfn=0x3000, count=1)["perms"] == b"\x03"

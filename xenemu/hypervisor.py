@@ -298,9 +298,11 @@ class Hypervisor:
         if not was_ram and type_ is P2mType.RAM:
             st = self.identity_map(d, d.contexts[0], gfn, 1)
             if st != hw.Status.OK:
+                # A page-in under way lost its timer with the type: paged out again.
+                was = P2mType.PAGED_OUT if was is P2mType.PAGING_IN else was
                 d.p2m.set_type(gfn, was)
                 raise MachineError(f"gfn {gfn:#x} could not be mapped in d{domid}'s default "
-                                   f"context ({st.name}); it stays {was.name}")
+                                   f"context ({st.name}); it stays {was.value}")
 
     def _guest_span(self, domid: int, gfn: int, offset: int, length: int) -> int:
         d = self._domain(domid)
