@@ -12,6 +12,7 @@ it; and once the domain is destroyed, every frame and reference is back.
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 
 import pytest
@@ -210,3 +211,23 @@ def test_a_page_becoming_ram_again_is_refused_whole_when_its_reference_fails(dae
     assert daemon.ctl("check")["consistent"]
     daemon.ctl("p2m_set", domid=0, gfn=0x3000, type="ram")
     assert daemon.ctl("dump", domid=0, ctx_no=0, dfn=0x3000, count=1)["perms"] == b"\x03"
+
+
+def test_a_page_in_waits_while_the_default_context_cannot_map_it(daemon):
+    """The page-in completes at the first look once its delay is over; if
+    the default context can't map the page then, it stays paging in and
+    completes at the next look."""
+    with XenemuClient(daemon.socket(0)) as g:
+        daemon.ctl("p2m_set", domid=0, gfn=0x3001, type="paged_out")
+        ctx = g.alloc_context().op.ctx_no
+        assert g.map_pages(ctx, gfn=0x3001, dfn=0x10, nr_pages=1).ret == -E.EIO
+        time.sleep(0.3)                             # past page_in_delay_ms
+        daemon.ctl("fail_nth", nth=1, sites=["ref"])
+        assert daemon.ctl("p2m_get", domid=0, gfn=0x3001)["type"] == "paging_in"
+        assert daemon.ctl("fail_nth")["fired"] == "ref"
+        assert "page-in of gfn 0x3001 waits" in daemon.log()
+        assert daemon.ctl("check")["consistent"]
+        assert daemon.ctl("p2m_get", domid=0, gfn=0x3001)["type"] == "ram"
+        assert g.map_pages(ctx, gfn=0x3001, dfn=0x10, nr_pages=1).ret == 0
+        assert g.unmap_pages(ctx, 0x10, 1).ret == 0
+        assert g.free_context(ctx).ret == 0

@@ -202,11 +202,12 @@ class Hypervisor:
                 return hw.Status(st)
         return hw.Status.OK
 
-    def _paged_in(self, d: Domain, gfn: int) -> None:
+    def _paged_in(self, d: Domain, gfn: int) -> bool:
         st = self.identity_map(d, d.contexts[0], gfn, 1)
         if st != hw.Status.OK:
-            log.warning("d%d: paged-in gfn %#x is not in the default context (%s)",
+            log.warning("d%d: page-in of gfn %#x waits: the default context could not map it (%s)",
                         d.domid, gfn, st.name)
+        return st == hw.Status.OK
 
     def _identity_unmap(self, d: Domain, gfn: int) -> None:
         done, _, mfns = self.iommu.unmap(d.contexts[0].hw, gfn, 1)

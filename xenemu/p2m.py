@@ -43,7 +43,7 @@ class P2m:
         self._page_in_done: dict[int, float] = {}
         self._clock = clock
         self._delay = page_in_delay
-        self.on_became_ram = None              # callback(gfn): the default context maps it again
+        self.on_became_ram = None              # callback(gfn) -> bool: the default context maps it again
 
     @property
     def nr_pages(self) -> int:
@@ -104,8 +104,12 @@ class P2m:
         if due is None or self._clock() < due:
             return False
         self.set_type(gfn, P2mType.RAM)
-        if self.on_became_ram:
-            self.on_became_ram(gfn)
+        if self.on_became_ram and not self.on_became_ram(gfn):
+            # The default context could not map it: the page-in completes
+            # at a later look instead.
+            self.set_type(gfn, P2mType.PAGING_IN)
+            self._page_in_done[gfn] = due
+            return False
         return True
 
     def ram_runs(self):
