@@ -25,7 +25,10 @@ import msgpack
 from . import __version__, abi, wire
 from .machine import MachineConfig, machine_to_dict
 
-FORMAT = 1
+# Format 2 is format 1 with a header that may start the machine from a
+# snapshot; a trace without one is still written as format 1, so that an
+# older xenemu reads it.
+FORMAT = 2
 HEADER_KEY = "xenemu_trace"   # its value is the format version
 
 # Record kinds ("k").
@@ -62,14 +65,20 @@ class TraceError(Exception):
     """The trace cannot be read: not a trace, a newer format, a corrupt record."""
 
 
-def make_header(machine: MachineConfig, meta: dict | None = None) -> dict:
-    return {
-        HEADER_KEY: FORMAT,
+def make_header(machine: MachineConfig, meta: dict | None = None,
+                snapshot: dict | None = None) -> dict:
+    """`snapshot`: the one the machine was restored from (xenemu.snapshot),
+    which a replay restores too before the first record."""
+    header = {
+        HEADER_KEY: 1,
         "abi": {"pv_iommu_revision": abi.PV_IOMMU_REVISION, "wire_version": wire.VERSION},
         "machine": machine_to_dict(machine),
         "meta": {"xenemu": __version__, "host": platform.node(),
                  "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **(meta or {})},
     }
+    if snapshot is not None:
+        header.update({HEADER_KEY: 2, "snapshot": snapshot})
+    return header
 
 
 class TraceWriter:
@@ -88,8 +97,9 @@ class TraceWriter:
         self._write(header, count=False)
 
     @classmethod
-    def create(cls, path: Path, clock, machine: MachineConfig, meta: dict | None = None):
-        return cls(open(path, "wb"), clock, make_header(machine, meta))
+    def create(cls, path: Path, clock, machine: MachineConfig, meta: dict | None = None,
+               snapshot: dict | None = None):
+        return cls(open(path, "wb"), clock, make_header(machine, meta, snapshot))
 
     def _write(self, obj: dict, count: bool = True) -> None:
         self._stream.write(self._pack(obj))
@@ -147,8 +157,9 @@ class TraceReader:
             self._file = lzma.LZMAFile(self._raw)
         else:
             self._file = self._raw
-        self._unpacker = msgpack.Unpacker(raw=False, strict_map_key=False,
-                                          max_buffer_size=8 * wire.MAX_FRAME)
+        # A record holds a frame or two, but the header may carry a snapshot
+        # with guest memory in it: msgpack's largest buffer (0 = 2 GiB).
+        self._unpacker = msgpack.Unpacker(raw=False, strict_map_key=False, max_buffer_size=0)
         self._fed = 0
         self._eof = False
         self.truncated = 0
