@@ -29,7 +29,6 @@ import dataclasses
 import logging
 import os
 import re
-import tempfile
 import time
 from array import array
 from pathlib import Path
@@ -53,6 +52,7 @@ BATCH = 256              # pages of guest memory read at a time (1 MiB)
 PAGE = hw.PAGE_SIZE
 _ZERO_PAGE = bytes(PAGE)
 _ZERO_BATCH = bytes(BATCH * PAGE)
+_ZERO_SCAN = bytes(SCAN)
 _PERM_RUNS = re.compile(rb"\x01+|\x02+|\x03+")   # runs of one permission, in a perms array
 
 
@@ -129,6 +129,10 @@ def mappings(hv: Hypervisor, hw_ctx: int) -> list[list[int]]:
     while left and dfn <= last:
         n = min(SCAN, last - dfn + 1)
         mfns, perms = io.lookup_run(hw_ctx, dfn, n)
+        # Most of an address space is empty: one compare instead of a regex scan.
+        if perms.tobytes() == _ZERO_SCAN[:n]:
+            dfn += n
+            continue
         for m in _PERM_RUNS.finditer(perms):
             start, end = m.span()
             gfns = hv.machine.m2p(mfns[start:end])
@@ -210,29 +214,31 @@ def summary(snapshot: dict) -> dict:
 # -- files -----------------------------------------------------------------------------
 
 def write(path: str | os.PathLike, hv: Hypervisor) -> dict:
-    """Take a snapshot and replace `path` with it atomically: a temporary file
-    in the same directory, synced, then renamed over it, so a crash or a
-    failure mid-write leaves the previous snapshot whole. Returns the path,
-    the size in bytes and summary()."""
+    """Take a snapshot and replace `path` with it atomically: written to
+    .NAME.tmp beside it, synced, then renamed over it, so a crash or a failed
+    write leaves the previous snapshot whole (and at most that temporary
+    file, which the next write reuses). Returns the path, the size in bytes
+    and summary()."""
     path = Path(path)
     started = time.perf_counter()
     snap = take(hv)
     data = msgpack.packb(snap, use_bin_type=True)
-    tmp = None
+    tmp = path.with_name(f".{path.name}.tmp")
     try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        tmp = None
+        # Owner-only, as the sockets: a snapshot holds guest memory.
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except OSError:
+            tmp.unlink(missing_ok=True)
+            raise
         _sync_directory(path.parent)
     except OSError as e:
         raise SnapshotError(f"cannot write a snapshot to {path}: {e.strerror or e}") from None
-    finally:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
     result = {"path": str(path), "bytes": len(data), **summary(snap)}
     log.info("xenemu: snapshot written to %s in %.2f s: %s", path,
              time.perf_counter() - started, _describe(result))
