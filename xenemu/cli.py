@@ -22,7 +22,7 @@ from .trace import TraceError, TraceReader
 # Exit statuses of `xenemu serve` (its --help says them too).
 EXIT_CANNOT_SERVE = 1     # a live daemon has the sockets, the socket directory is unsafe...
 EXIT_BAD_INPUT = 2        # the machine file, trace or snapshot, or an output path, is unusable
-EXIT_LOST = 3             # served, but the shutdown snapshot failed
+EXIT_LOST = 3             # served, but the trace stopped early or the shutdown snapshot failed
 
 
 def _serve(args) -> int:
@@ -153,8 +153,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Serve the machine until SIGINT or SIGTERM.",
         epilog="Exit status: 0 stopped cleanly; 1 could not serve (sockets in use, unsafe "
                "socket directory); 2 the machine file, trace or snapshot could not be used, "
-               "or an output path cannot be written; 3 served, but the snapshot at shutdown "
-               "could not be written; the reason is printed.")
+               "or an output path cannot be written; 3 served, but the trace stopped early "
+               "(a write failed: it holds the records up to the failure) or the snapshot "
+               "at shutdown could not be written; the reason is printed.")
     machine = serve.add_mutually_exclusive_group()
     machine.add_argument("--config", type=Path, help="machine description (TOML); "
                          "default: the embedded default machine")
@@ -177,7 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
                             f"(default {Limits.frame_timeout:g})")
     serve.add_argument("--record", type=Path, metavar="FILE",
                        help="record every hypercall and machine change to a trace "
-                            "(`xenemu replay FILE` replays it)")
+                            "(`xenemu replay FILE` replays it); if a write fails, recording "
+                            "stops there, serving goes on, and the exit status is 3")
     serve.add_argument("--snapshot", type=Path, metavar="FILE",
                        help="write a snapshot of the machine to FILE when stopped by SIGINT "
                             "or SIGTERM, and by `xenemu ctl snapshot` (whose default FILE it "

@@ -85,8 +85,8 @@ class Daemon:
         self._restored_from = restored_from
         self.recorder: TraceWriter | None = None
         self.snapshot_path = snapshot_path
-        # What the daemon was asked to keep and could not (the snapshot at
-        # shutdown): why `xenemu serve` exits 3.
+        # What the daemon was asked to keep and could not (a trace stopped
+        # early, the snapshot at shutdown): why `xenemu serve` exits 3.
         self.lost: list[str] = []
         self.socket_dir = Path(socket_dir)
         self.paths: dict[int, Path] = {}
@@ -113,7 +113,8 @@ class Daemon:
             # Only now: a daemon refused for a live socket must not clobber its trace.
             if self._record[0] is not None:
                 self.recorder = TraceWriter.create(self._record[0], self.hv.clock, self.hv.config,
-                                                   self._record[1], self._restored_from)
+                                                   self._record[1], self._restored_from,
+                                                   on_error=self._recording_stopped)
             self._restored_from = None      # its guest memory need not stay in ours
             async with trio.open_nursery() as conn_nursery:
                 self._conn_nursery = conn_nursery
@@ -176,6 +177,11 @@ class Daemon:
             raise SnapshotError("no file to write to: give path=FILE, or start the daemon "
                                 "with --snapshot FILE")
         return snapshot.write(target, self.hv)
+
+    def _recording_stopped(self, records: int, error: OSError) -> None:
+        why = f"recording to {self._record[0]} stopped after {records} records: {error}"
+        log.error("xenemu: %s", why)
+        self.lost.append(why)
 
     def stop(self) -> None:
         """Stop accepting, let each connection finish the requests it has read, then return."""
