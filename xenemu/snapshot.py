@@ -11,13 +11,16 @@ configuration and replays the state through the Hypervisor and Iommu calls
 the hypercalls use (one page reference per mapping, as map_pages takes),
 then refuses the result unless the invariant check holds.
 
-Not kept, because no guest can see them: machine frame numbers (a restored
-machine allocates its own; lookup_page and dump report gfns through the
-M2P), hardware context ids, the IOTLB's entries (it starts cold) and its
+Not kept, because no guest call returns them: machine frame numbers (a
+restored machine allocates its own; lookup_page and dump report gfns through
+the M2P), hardware context ids, the IOTLB's entries (it starts cold) and its
 counters (they count from the restore, whose rebuilding of the fault log
-makes DMA of its own). A context being freed is kept as dying and without
-mappings: the hardware refuses to read a dying context's tables (as PV-IOMMU
-refuses map, unmap and lookup on it), and the next free_context finishes it.
+makes DMA of its own). Kept as far as they can be read back: table pages
+(a restored context has those its mappings need, not those an unmap left
+empty), and a context being freed, kept as dying and without the mappings
+its teardown has not reached: the hardware refuses to read a dying
+context's tables (as PV-IOMMU refuses map, unmap and lookup on it), and the
+next free_context finishes it.
 
 `write()` and `read()` move a snapshot to and from a file (one msgpack map,
 `abi/SNAPSHOT.md`); a write replaces the file atomically.
