@@ -19,9 +19,10 @@ import pytest
 
 from support import ROOT, DaemonProcess, assert_replays, raw_conn
 from xenemu import abi, cli
-from xenemu.client import XenemuClient, XenemuError
+from xenemu.client import OP_GADDR, XenemuClient, XenemuError
 from xenemu.ctl import ControlError
 from xenemu.errno import XenErrno as E
+from xenemu.wire import Region, encode_call
 
 R, W, RW = abi.IOMMU_OP_readable, abi.IOMMU_OP_writeable, \
     abi.IOMMU_OP_readable | abi.IOMMU_OP_writeable
@@ -277,6 +278,49 @@ def test_a_daemon_killed_under_load_leaves_a_whole_snapshot(tmp_path):
         assert again.ctl("check")["consistent"]
     finally:
         assert again.stop() == 0
+
+
+def test_a_context_being_freed_is_restored_dying_and_the_next_free_finishes_it(tmp_path):
+    path = tmp_path / "mid-free.xs"
+    d = DaemonProcess(tmp_path / "first", record=False)
+    try:
+        with XenemuClient(d.socket(0)) as xen:
+            for attempt in range(10):
+                ctx = xen.alloc_context().op.ctx_no
+                maps = xen.pipeline([abi.encode_op(abi.IOMMUOP_map_pages, ctx, RW, "map_pages",
+                                                   gfn=i, dfn=i, nr_pages=256)
+                                     for i in range(0, 1 << 18, 256)])
+                assert all(r.ret == 0 for r in maps)
+                # The free continues round by round; the snapshot request, sent
+                # at once, is served between two of its rounds.
+                ctl = raw_conn(d.control)
+                xen.send_raw(encode_call(9999, abi.HYPERVISOR_iommu_op, (OP_GADDR,), (
+                    Region(OP_GADDR, abi.encode_op(abi.IOMMUOP_free_context, ctx)),)))
+                ctl.sendall(msgpack.packb({"op": "snapshot", "path": str(path)}))
+                assert msgpack.unpackb(ctl.recv(4096))["ok"]
+                ctl.close()
+                assert xen.receive_frame().ret == 0
+                saved = msgpack.unpackb(path.read_bytes(), strict_map_key=False)
+                if [c for c in saved["domains"][0]["contexts"] if c["dying"]]:
+                    break
+            else:
+                pytest.skip("the snapshot never landed between two rounds of the free")
+    finally:
+        assert d.stop() == 0
+    again = DaemonProcess(tmp_path / "again", "--restore", str(path))
+    try:
+        dying = again.ctl("contexts", domid=0)["contexts"][1]
+        assert (dying["ctx_no"], dying["dying"], dying["mapped"]) == (ctx, True, 0)
+        with XenemuClient(again.socket(0)) as xen:
+            assert xen.lookup_page(ctx, 5).ret == -E.EINVAL
+            assert xen.map_pages(ctx, 5, 5, 1).ret == -E.EINVAL
+            assert xen.reattach_device(ctx, bus=0, devfn=2 << 3).ret == -E.EINVAL
+            assert xen.free_context(ctx).ret == 0
+            assert xen.alloc_context().op.ctx_no == ctx
+        assert again.ctl("check")["consistent"]
+    finally:
+        assert again.stop() == 0
+    assert_replays(again.trace)
 
 
 def test_a_failed_snapshot_write_is_an_error_and_keeps_the_previous_one(tmp_path):
