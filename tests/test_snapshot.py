@@ -230,6 +230,12 @@ def test_a_snapshot_is_written_at_shutdown_and_restores(tmp_path):
             assert xen.alloc_context().op.ctx_no == ctx + 1
         # Without a path the op writes the --snapshot file.
         assert again.ctl("snapshot")["contexts"] == 4
+        # From the shell, a relative path is the caller's (the daemon runs in ROOT).
+        out = subprocess.run([sys.executable, "-m", "xenemu.cli", "ctl", "--socket", again.control,
+                              "snapshot", "path=here.xs"], cwd=tmp_path, capture_output=True,
+                             text=True, timeout=60)
+        assert out.returncode == 0 and f"path: {tmp_path / 'here.xs'}\n" in out.stdout, out
+        assert (tmp_path / "here.xs").stat().st_size > 0 and not (ROOT / "here.xs").exists()
     finally:
         assert again.stop(signal.SIGINT) == 0
 

@@ -130,6 +130,9 @@ def _ctl(args) -> int:
         kwargs[key] = parse_value(value)
     if "devices" in kwargs and isinstance(kwargs["devices"], str):
         kwargs["devices"] = kwargs["devices"].split(",")
+    if args.op == "snapshot" and isinstance(kwargs.get("path"), str):
+        # The daemon may run elsewhere: a relative path is the caller's.
+        kwargs["path"] = os.path.abspath(kwargs["path"])
     try:
         with ControlClient(args.socket) as ctl:
             reply = ctl.call(args.op, **kwargs)

@@ -429,7 +429,7 @@ def _restore_faults(hv: Hypervisor, faults: dict) -> None:
     scratch = hv.iommu.alloc_context()
     frame = hv.machine.alloc(1, owner=hw.OWNER_NONE)
     try:
-        for rec in records + records[:1] * overflow:
+        for rec in records + (records[:1] if overflow else []):
             _refault(hv, scratch, frame, rec)
     finally:
         while not hv.iommu.teardown(scratch, SCAN)[1]:
