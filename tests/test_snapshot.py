@@ -376,7 +376,18 @@ def saved(tmp_path_factory) -> dict:
         with XenemuClient(d.socket(0)) as xen:
             assert xen.alloc_context().ret == 0
             assert xen.map_pages(1, 0x10, 0x10, 8).ret == 0
-        d.ctl("dma", sbdf="0000:00:05.0", addr=1 << 50, length=1)
+        # A full fault log (256 records) and its overflow flag: one request stream.
+        ctl = raw_conn(d.control)
+        ctl.sendall(b"".join(msgpack.packb({"op": "dma", "sbdf": "0000:00:05.0",
+                                            "addr": (1 << 50) + i, "length": 1})
+                             for i in range(260)))
+        replies, answered = msgpack.Unpacker(raw=False), 0
+        while answered < 260:
+            replies.feed(ctl.recv(1 << 16))
+            for reply in replies:
+                assert reply["faulted"], reply
+                answered += 1
+        ctl.close()
         d.ctl("snapshot", path=str(tmp / "good.xs"))
     finally:
         assert d.stop() == 0
@@ -459,9 +470,10 @@ def test_the_saved_snapshot_itself_restores(tmp_path, saved):
     path.write_bytes(msgpack.packb(saved))
     d = DaemonProcess(tmp_path, "--restore", str(path))
     try:
-        faults = d.ctl("faults")["faults"]
-        assert faults == [{"sbdf": "0000:00:05.0", "addr": 1 << 50, "kind": "WIDTH",
-                           "write": False}]
+        faults = d.ctl("faults")
+        assert faults["overflow"] and faults["faults"] == [
+            {"sbdf": "0000:00:05.0", "addr": (1 << 50) + i, "kind": "WIDTH", "write": False}
+            for i in range(256)]
     finally:
         assert d.stop() == 0
     assert_replays(d.trace)
