@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import resource
 import select
 import signal
 import socket
@@ -17,7 +18,12 @@ BUILD = ROOT / "build"
 class DaemonProcess:
     """`xenemu serve` in a subprocess, with its sockets in a private directory."""
 
-    def __init__(self, tmp_path: Path, *extra_args: str, record: bool = True):
+    def __init__(self, tmp_path: Path, *extra_args: str, record: bool = True,
+                 log_level: str = "debug", max_file_size: int | None = None):
+        """max_file_size: the daemon's RLIMIT_FSIZE, so that its writes to any
+        file fail past that size as on a full disk (EFBIG; Python ignores
+        SIGXFSZ), its log included: give it a log_level that keeps the log
+        small."""
         self.socket_dir = tmp_path / "sockets"
         tmp_path.mkdir(parents=True, exist_ok=True)
         n = 1 + sum(1 for _ in tmp_path.glob("daemon*.log"))
@@ -26,10 +32,13 @@ class DaemonProcess:
         self.trace = tmp_path / f"trace{n}.xt" if record else None
         self._log = open(self.log_path, "wb")
         record_args = ["--record", str(self.trace)] if record else []
+        limit = None if max_file_size is None else \
+            (lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (max_file_size, max_file_size)))
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "xenemu.cli", "--log-level", "debug", "serve",
+            [sys.executable, "-m", "xenemu.cli", "--log-level", log_level, "serve",
              "--socket-dir", str(self.socket_dir), "--check-iotlb", *record_args, *extra_args],
-            stdout=subprocess.PIPE, stderr=self._log, cwd=ROOT, bufsize=0)  # unbuffered: select() sees every line
+            stdout=subprocess.PIPE, stderr=self._log, cwd=ROOT, bufsize=0,  # unbuffered: select() sees every line
+            preexec_fn=limit)
         self.sockets: dict[int, Path] = {}
         self.control = ""
         self.banner = self._read_banner()
@@ -67,7 +76,8 @@ class DaemonProcess:
             return c.call(op, **args)
 
     def log(self) -> str:
-        self._log.flush()
+        if not self._log.closed:    # stop() closes it; the file is still there to read
+            self._log.flush()
         return self.log_path.read_text(errors="replace")
 
     def stop(self, sig=signal.SIGTERM, timeout: float = 20.0) -> int:

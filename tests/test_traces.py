@@ -25,7 +25,7 @@ import pytest
 
 import scenarios
 from support import ROOT, DaemonProcess, assert_replays
-from xenemu import abi, pv_iommu, wire
+from xenemu import abi, cli, pv_iommu, wire
 from xenemu.client import XenemuClient, XenemuError
 from xenemu.errno import XenErrno as E
 from xenemu.replay import Replayer
@@ -227,6 +227,63 @@ def test_a_daemon_killed_mid_run_leaves_a_trace_that_replays(tmp_path):
     t.join(10)
     r = assert_replays(d.trace, truncated_ok=True)
     assert r.hypercalls > 500
+
+
+def map_unmap_checked(d: DaemonProcess, rounds: int) -> None:
+    """Map and unmap through a context, every answer checked."""
+    with XenemuClient(d.socket(0)) as xen:
+        ctx = xen.alloc_context().op.ctx_no
+        for i in range(rounds):
+            results = xen.pipeline([abi.encode_op(5, ctx, 3, "map_pages", gfn=i, dfn=i, nr_pages=4),
+                                    abi.encode_op(7, ctx, 0, "lookup_page", dfn=i + 3),
+                                    abi.encode_op(6, ctx, 0, "unmap_pages", dfn=i, nr_pages=4)])
+            assert [r.ret for r in results] == [0, 0, 0]
+            assert results[0].op.map_pages.mapped == 4 and results[1].op.lookup_page.gfn == i + 3
+            assert results[2].op.unmap_pages.unmapped == 4
+        assert xen.free_context(ctx).ret == 0
+
+
+def test_a_failing_trace_write_stops_the_recording_and_not_the_answers(tmp_path):
+    # /dev/full: every write fails with ENOSPC, the header's first.
+    d = DaemonProcess(tmp_path / "full", "--record", "/dev/full", record=False)
+    map_unmap_checked(d, 50)
+    assert d.ctl("mem_write", domid=0, gfn=1, data=b"still") == {}
+    assert d.ctl("mem_read", domid=0, gfn=1, length=5)["data"] == b"still"
+    assert d.ctl("check")["consistent"]
+    assert d.stop() == 3
+    line = "xenemu: recording to /dev/full stopped after 0 records: [Errno 28] No space left on device"
+    assert d.log().count(line) == 2        # logged when it happened, and again on exit
+    assert "Traceback" not in d.log() and "internal error" not in d.log()
+
+
+def test_a_trace_cut_by_a_full_disk_holds_whole_records_and_replays(tmp_path):
+    # The daemon's files stop at 64 KiB (RLIMIT_FSIZE): the trace fills up mid-record.
+    trace = tmp_path / "short.xt"
+    d = DaemonProcess(tmp_path / "limited", "--record", str(trace), record=False,
+                      log_level="info", max_file_size=64 << 10)
+    map_unmap_checked(d, 300)
+    assert d.stop() == 3
+    found = re.search(rf"xenemu: recording to {trace} stopped after (\d+) records: "
+                      r"\[Errno 27\] File too large", d.log())
+    assert found, d.log()
+    # Cut back to its last whole record: it replays with nothing cut off.
+    r = assert_replays(trace)
+    assert r.records == int(found[1]) and 100 < r.records < 900
+    assert trace.stat().st_size <= 64 << 10
+
+
+def test_unusable_output_paths_are_refused_at_the_start(tmp_path, capsys):
+    for args, message in [
+        (["--record", "/nonexistent/dir/t.xt"], "--record /nonexistent/dir/t.xt: no directory "
+                                                "/nonexistent/dir"),
+        (["--record", str(tmp_path)], f"--record {tmp_path}: is a directory"),
+        (["--snapshot", "/nonexistent/s.xs"], "--snapshot /nonexistent/s.xs: no directory "
+                                              "/nonexistent"),
+    ]:
+        # `xenemu serve`'s main() in process: it returns before anything starts.
+        assert cli.main(["serve", "--socket-dir", str(tmp_path / "s"), *args]) == 2
+        assert capsys.readouterr().err == f"xenemu: {message}\n"
+        assert not (tmp_path / "s").exists()
 
 
 def test_unreadable_traces_are_refused_clearly(tmp_path):

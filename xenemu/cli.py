@@ -5,42 +5,69 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
 
 import trio
 
-from . import tracecli
+from . import snapshot, tracecli
 from .daemon import Daemon, DaemonError, Limits, default_socket_dir
 from .hypervisor import Hypervisor
 from .machine import ConfigError, default_machine, load_machine, machine_from_dict
 from .trace import TraceError, TraceReader
 
 
+# Exit statuses of `xenemu serve` (its --help says them too).
+EXIT_CANNOT_SERVE = 1     # a live daemon has the sockets, the socket directory is unsafe...
+EXIT_BAD_INPUT = 2        # the machine file, trace or snapshot, or an output path, is unusable
+EXIT_LOST = 3             # served, but the trace stopped early or the shutdown snapshot failed
+
+
 def _serve(args) -> int:
+    for option, path, replaced in (("--record", args.record, False),
+                                   ("--snapshot", args.snapshot, True)):
+        problem = path is not None and _unwritable(path, replaced)
+        if problem:
+            print(f"xenemu: {option} {path}: {problem}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+    restored = None
     try:
-        if args.machine_of:
-            with TraceReader(args.machine_of) as reader:
-                config = machine_from_dict(reader.header["machine"], str(args.machine_of))
+        if args.restore:
+            restored = snapshot.read(args.restore)
+            hv = snapshot.restore(restored, check_iotlb=args.check_iotlb,
+                                  where=str(args.restore))
         else:
-            config = load_machine(args.config) if args.config else default_machine()
-    except (ConfigError, TraceError, OSError) as e:
+            if args.machine_of:
+                with TraceReader(args.machine_of) as reader:
+                    config = machine_from_dict(reader.header["machine"], str(args.machine_of))
+            else:
+                config = load_machine(args.config) if args.config else default_machine()
+            if args.check_iotlb:
+                config = dataclasses.replace(config, check_iotlb=True)
+            hv = Hypervisor(config)
+    except (ConfigError, TraceError, snapshot.SnapshotError, OSError) as e:
         print(f"xenemu: {e}", file=sys.stderr)
-        return 2
-    if args.check_iotlb:
-        config = dataclasses.replace(config, check_iotlb=True)
-    hv = Hypervisor(config)
+        return EXIT_BAD_INPUT
     limits = Limits(connections=args.max_connections,
                     connections_per_domain=args.max_connections_per_domain,
                     frame_timeout=args.frame_timeout)
-    daemon = Daemon(hv, args.socket_dir, args.record, {"command": " ".join(sys.argv)}, limits)
+    daemon = Daemon(hv, args.socket_dir, args.record, {"command": " ".join(sys.argv)}, limits,
+                    snapshot_path=args.snapshot, restored_from=restored)
+    del restored        # the daemon drops it once the trace header has it
+    if args.restore:
+        where = f"the machine restored from {args.restore}"
+    elif args.config or args.machine_of:
+        where = f"the machine of {args.config or args.machine_of}"
+    else:
+        where = "the embedded default machine"
 
     async def main():
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async with trio.open_nursery() as nursery:
                 paths = await nursery.start(daemon.run)
-                _announce(hv, paths, daemon.control_path, args.config or args.machine_of)
+                _announce(hv, paths, daemon.control_path, where)
                 async for signum in signals:
                     logging.getLogger("xenemu").info("xenemu: %s received",
                                                      signal.Signals(signum).name)
@@ -52,15 +79,31 @@ def _serve(args) -> int:
         trio.run(main)
     except DaemonError as e:
         print(f"xenemu: {e}", file=sys.stderr)
-        return 1
+        return EXIT_CANNOT_SERVE
     except OSError as e:
         print(f"xenemu: cannot serve: {e}", file=sys.stderr)
-        return 1
-    return 0
+        return EXIT_CANNOT_SERVE
+    for why in daemon.lost:
+        print(f"xenemu: {why}", file=sys.stderr)
+    return EXIT_LOST if daemon.lost else 0
 
 
-def _announce(hv: Hypervisor, paths: dict, control_path, config_path) -> None:
-    where = f"the machine of {config_path}" if config_path else "the embedded default machine"
+def _unwritable(path: Path, replaced: bool) -> str | None:
+    """Why an output path cannot be written: better said at the start than
+    at the end of a session. `replaced`: written as a new file in its
+    directory and renamed over `path` (a snapshot), rather than opened in
+    place (a trace, which may be a FIFO or a device)."""
+    if path.is_dir():
+        return "is a directory"
+    if not path.parent.is_dir():
+        return f"no directory {path.parent}"
+    target = path if path.exists() and not replaced else path.parent
+    if not os.access(target, os.W_OK):
+        return f"{target} is not writable"
+    return None
+
+
+def _announce(hv: Hypervisor, paths: dict, control_path, where: str) -> None:
     print(f"xenemu: serving {where}", flush=True)
     for domid, path in paths.items():
         d = hv.domains[domid]
@@ -87,6 +130,9 @@ def _ctl(args) -> int:
         kwargs[key] = parse_value(value)
     if "devices" in kwargs and isinstance(kwargs["devices"], str):
         kwargs["devices"] = kwargs["devices"].split(",")
+    if args.op == "snapshot" and isinstance(kwargs.get("path"), str):
+        # The daemon may run elsewhere: a relative path is the caller's.
+        kwargs["path"] = os.path.abspath(kwargs["path"])
     try:
         with ControlClient(args.socket) as ctl:
             reply = ctl.call(args.op, **kwargs)
@@ -105,11 +151,22 @@ def build_parser() -> argparse.ArgumentParser:
                              "(default: info for serve, warning for the other commands)")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    serve = sub.add_parser("serve", help="run the daemon")
-    serve.add_argument("--config", type=Path, help="machine description (TOML); "
-                       "default: the embedded default machine")
-    serve.add_argument("--machine-of", type=Path, metavar="TRACE",
-                       help="serve the machine a trace was recorded on (instead of --config)")
+    serve = sub.add_parser(
+        "serve", help="run the daemon",
+        description="Serve the machine until SIGINT or SIGTERM.",
+        epilog="Exit status: 0 stopped cleanly; 1 could not serve (sockets in use, unsafe "
+               "socket directory); 2 the machine file, trace or snapshot could not be used, "
+               "or an output path cannot be written; 3 served, but the trace stopped early "
+               "(a write failed: it holds the records up to the failure) or the snapshot "
+               "at shutdown could not be written; the reason is printed.")
+    machine = serve.add_mutually_exclusive_group()
+    machine.add_argument("--config", type=Path, help="machine description (TOML); "
+                         "default: the embedded default machine")
+    machine.add_argument("--machine-of", type=Path, metavar="TRACE",
+                         help="serve the machine a trace was recorded on (instead of --config)")
+    machine.add_argument("--restore", type=Path, metavar="FILE",
+                         help="start from a snapshot (instead of --config): its domains, "
+                              "contexts, mappings, devices, memory, p2m and fault log")
     serve.add_argument("--socket-dir", type=Path, default=default_socket_dir(),
                        help="directory for the sockets (default: $XENEMU_DIR or /tmp/xenemu-UID)")
     serve.add_argument("--check-iotlb", action="store_true",
@@ -124,7 +181,12 @@ def build_parser() -> argparse.ArgumentParser:
                             f"(default {Limits.frame_timeout:g})")
     serve.add_argument("--record", type=Path, metavar="FILE",
                        help="record every hypercall and machine change to a trace "
-                            "(`xenemu replay FILE` replays it)")
+                            "(`xenemu replay FILE` replays it); if a write fails, recording "
+                            "stops there, serving goes on, and the exit status is 3")
+    serve.add_argument("--snapshot", type=Path, metavar="FILE",
+                       help="write a snapshot of the machine to FILE when stopped by SIGINT "
+                            "or SIGTERM, and by `xenemu ctl snapshot` (whose default FILE it "
+                            "is); --restore FILE starts from it")
     serve.set_defaults(func=_serve)
     tracecli.add_commands(sub)
 

@@ -19,6 +19,7 @@ from .hw.common import InjectSite
 from .hypervisor import Hypervisor, MachineError
 from .machine import ConfigError, DomainConfig, format_sbdf, parse_sbdf
 from .p2m import P2mType
+from .snapshot import SnapshotError
 
 log = logging.getLogger("xenemu.control")
 
@@ -55,11 +56,14 @@ def _sbdf(req: dict) -> int:
 
 
 class Control:
-    def __init__(self, hv: Hypervisor, on_domain_created=None, on_domain_destroyed=None):
+    def __init__(self, hv: Hypervisor, on_domain_created=None, on_domain_destroyed=None,
+                 on_snapshot=None):
         self.hv = hv
-        # The daemon opens and closes domain sockets through these.
+        # The daemon opens and closes domain sockets through these, and writes
+        # snapshot files: on_snapshot(path or None) returns what to reply.
         self.on_domain_created = on_domain_created
         self.on_domain_destroyed = on_domain_destroyed
+        self.on_snapshot = on_snapshot
 
     def handle(self, req) -> dict:
         if not isinstance(req, dict) or not isinstance(req.get("op"), str):
@@ -70,7 +74,7 @@ class Control:
             return {"ok": False, "error": f"unknown op {req['op']!r}; ops: {', '.join(OPERATIONS)}"}
         try:
             result = handler(req)
-        except (RequestError, MachineError) as e:
+        except (RequestError, MachineError, SnapshotError) as e:
             log.info("control: %s refused: %s", req["op"], e)
             return {"ok": False, "error": str(e)}
         except hw.HwError as e:
@@ -250,6 +254,12 @@ class Control:
         return {"sites": [n for n, bit in INJECT_SITES.items() if f.sites & bit],
                 "remaining": f.remaining, "seen": f.seen,
                 "fired": f.fired.name.lower() if f.fired else None}
+
+    def op_snapshot(self, req) -> dict:
+        path = _arg(req, "path", str, None)
+        if self.on_snapshot is None:
+            raise RequestError("only the daemon writes snapshots")
+        return self.on_snapshot(path)
 
     def op_check(self, req) -> dict:
         problems = self.hv.check_invariants()

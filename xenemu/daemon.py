@@ -8,7 +8,9 @@ served in order; a continuation (-ERESTART) yields to other tasks before
 the call is re-run, so a long operation never stalls other domains.
 A broken frame gets an ERROR frame and closes its connection, nothing else.
 With a TraceWriter, every hypercall round, refused frame and recorded
-control request is appended to the trace in the order it ran.
+control request is appended to the trace in the order it ran. With a
+snapshot path, the machine is written there when the daemon stops cleanly,
+and by the control op `snapshot`.
 """
 
 from __future__ import annotations
@@ -26,9 +28,10 @@ from pathlib import Path
 import msgpack
 import trio
 
-from . import control
+from . import control, snapshot
 from .guest import GuestMemory
 from .hypervisor import RESTART, Hypervisor
+from .snapshot import SnapshotError
 from .trace import TraceWriter
 from .wire import (ERR_GONE, ERR_INTERNAL, ERR_LIMIT, ERR_TIMEOUT, Call, FrameDecoder,
                    ProtocolError, encode_error, encode_reply)
@@ -72,17 +75,25 @@ class DaemonError(Exception):
 
 class Daemon:
     def __init__(self, hv: Hypervisor, socket_dir: Path, record: Path | None = None,
-                 record_meta: dict | None = None, limits: Limits = Limits()):
+                 record_meta: dict | None = None, limits: Limits = Limits(), *,
+                 snapshot_path: Path | None = None, restored_from: dict | None = None):
+        """`restored_from`: the snapshot hv was restored from, for the trace's header."""
         self.hv = hv
         self.limits = limits
         self._open: dict[int, int] = {}     # domid -> connections open
         self._record = (record, record_meta)
+        self._restored_from = restored_from
         self.recorder: TraceWriter | None = None
+        self.snapshot_path = snapshot_path
+        # What the daemon was asked to keep and could not (a trace stopped
+        # early, the snapshot at shutdown): why `xenemu serve` exits 3.
+        self.lost: list[str] = []
         self.socket_dir = Path(socket_dir)
         self.paths: dict[int, Path] = {}
         self.control_path = control_socket_path(self.socket_dir)
         self.control = control.Control(hv, on_domain_created=self._domain_created,
-                                       on_domain_destroyed=self._domain_destroyed)
+                                       on_domain_destroyed=self._domain_destroyed,
+                                       on_snapshot=self._write_snapshot)
         self._stopping = False
         self._accept_scope: trio.CancelScope | None = None
         self._accept_nursery: trio.Nursery | None = None
@@ -102,7 +113,9 @@ class Daemon:
             # Only now: a daemon refused for a live socket must not clobber its trace.
             if self._record[0] is not None:
                 self.recorder = TraceWriter.create(self._record[0], self.hv.clock, self.hv.config,
-                                                   self._record[1])
+                                                   self._record[1], self._restored_from,
+                                                   on_error=self._recording_stopped)
+            self._restored_from = None      # its guest memory need not stay in ours
             async with trio.open_nursery() as conn_nursery:
                 self._conn_nursery = conn_nursery
                 with trio.CancelScope() as self._accept_scope:
@@ -115,6 +128,14 @@ class Daemon:
                         task_status.started(dict(self.paths))
                 # Accepting has stopped: connections finish what they hold, within a grace time.
                 conn_nursery.cancel_scope.deadline = trio.current_time() + SHUTDOWN_GRACE
+            # Only on a clean stop: a daemon that could not start must not
+            # replace a good snapshot with its fresh machine.
+            if self.snapshot_path is not None:
+                try:
+                    self._write_snapshot(None)
+                except SnapshotError as e:
+                    log.error("xenemu: %s", e)
+                    self.lost.append(str(e))
         finally:
             with trio.CancelScope(shield=True):
                 await control_listener.aclose()
@@ -148,6 +169,19 @@ class Daemon:
     def _domain_destroyed(self, domid: int) -> None:
         self._listener_scopes.pop(domid).cancel()
         self.paths.pop(domid).unlink(missing_ok=True)
+
+    def _write_snapshot(self, path: str | None) -> dict:
+        """The control op's and the shutdown's: to `path`, or the --snapshot file."""
+        target = path or self.snapshot_path
+        if target is None:
+            raise SnapshotError("no file to write to: give path=FILE, or start the daemon "
+                                "with --snapshot FILE")
+        return snapshot.write(target, self.hv)
+
+    def _recording_stopped(self, records: int, error: OSError) -> None:
+        why = f"recording to {self._record[0]} stopped after {records} records: {error}"
+        log.error("xenemu: %s", why)
+        self.lost.append(why)
 
     def stop(self) -> None:
         """Stop accepting, let each connection finish the requests it has read, then return."""

@@ -60,6 +60,12 @@ class EventClock:
     def __call__(self) -> float:
         return self.now
 
+    def resume(self, at: float) -> None:
+        """Go on from `at`, a restored machine's time, so that what was due
+        relative to it (a page-in completing) stays due at the same moment."""
+        self._t0 = self._source() - at
+        self.now = at
+
 
 class Hypervisor:
     def __init__(self, config: MachineConfig, clock=time.monotonic, hw_impl=hw):

@@ -72,6 +72,20 @@ class P2m:
             self._settle(gfn)
         return dict(self._types)
 
+    def state(self) -> tuple[dict[int, P2mType], dict[int, float]]:
+        """The gfns that are not RAM, and the page-ins under way (gfn -> the
+        time it completes), as they stand. Unlike special(), nothing is
+        settled: a page-in completes when the machine next looks at it, and
+        looking here must not move that moment (a device's DMA meanwhile
+        still faults on it)."""
+        return dict(self._types), dict(self._page_in_done)
+
+    def resume_page_in(self, gfn: int, due: float) -> None:
+        """A restored page-in: gfn, already paging in, becomes RAM at `due`."""
+        if self._types.get(gfn) is not P2mType.PAGING_IN:
+            raise ValueError(f"gfn {gfn:#x} is not paging in")
+        self._page_in_done[gfn] = due
+
     def first_non_ram(self, gfn: int, n: int) -> tuple[int, XenErrno | None, str]:
         """How many pages from gfn are RAM, and the error for the first that is not.
 

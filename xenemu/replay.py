@@ -1,7 +1,8 @@
 """Replaying a trace in process, through the daemon's own core. Sans-IO.
 
-A Replayer builds the machine the trace header describes, then takes the
-records in order: each request frame goes through the same FrameDecoder,
+A Replayer builds the machine the trace header describes (restoring the
+header's snapshot, when the recording daemon started from one), then takes
+the records in order: each request frame goes through the same FrameDecoder,
 Hypervisor and encoder the daemon uses, at the time the record says (the
 machine's EventClock is set from it), and the reply bytes are compared
 with the recorded ones. Control records go through the same Control
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 
 import msgpack
 
-from . import abi, tracetext, wire
+from . import abi, snapshot, tracetext, wire
 from .control import Control
 from .guest import GuestMemory
 from .hypervisor import RESTART, Hypervisor
@@ -47,17 +48,30 @@ class _Pending:
 
 class Replayer:
     def __init__(self, header: dict, *, check_iotlb: bool = False):
-        try:
-            config = machine_from_dict(header["machine"], "trace header")
-        except (ConfigError, TypeError) as e:
-            raise TraceError(f"the trace's machine cannot be built: {e}") from None
-        if check_iotlb:
-            config = dataclasses.replace(config, check_iotlb=True)
         self._time = 0.0
-        self.hv = Hypervisor(config, clock=lambda: self._time)
+        if "snapshot" in header:
+            self.hv = self._restore(header["snapshot"], check_iotlb)
+        else:
+            try:
+                config = machine_from_dict(header["machine"], "trace header")
+            except (ConfigError, TypeError) as e:
+                raise TraceError(f"the trace's machine cannot be built: {e}") from None
+            if check_iotlb:
+                config = dataclasses.replace(config, check_iotlb=True)
+            self.hv = Hypervisor(config, clock=lambda: self._time)
         self.control = Control(self.hv)
         self._pending: dict[int, _Pending] = {}
         self.hypercalls = 0
+
+    def _restore(self, snap, check_iotlb: bool) -> Hypervisor:
+        """The machine the recording daemon was restored from. The records'
+        times go on from the snapshot's, so the clock starts there."""
+        self._time = snap.get("time", 0.0) if isinstance(snap, dict) else 0.0
+        try:
+            return snapshot.restore(snap, clock=lambda: self._time, check_iotlb=check_iotlb,
+                                    where="the trace's snapshot")
+        except snapshot.SnapshotError as e:
+            raise TraceError(str(e)) from None
 
     def replay(self, number: int, rec: dict) -> Divergence | None:
         """Run one record; None when the machine answered as recorded."""

@@ -1,11 +1,12 @@
 """Hypercall traces: the file format, a writer and a reader (abi/TRACE.md).
 
 A trace is a msgpack stream: one header map, then one map per event, in the
-order the machine ran them. Events are appended and flushed one by one, so a
+order the machine ran them. Events are appended and written one by one, so a
 daemon killed mid-run leaves a trace whose whole records all replay; a cut
 off last record is reported by the reader (`TraceReader.truncated`), not
-fatal. Files may be gzip- or xz-compressed (read only; the writer writes
-plain).
+fatal. A write that fails (disk full, EIO) stops the recording there, the
+file cut back to its last whole record where it can be. Files may be gzip-
+or xz-compressed (read only; the writer writes plain).
 
 Nothing here runs a hypercall: the daemon feeds the writer, xenemu.replay
 consumes what the reader yields.
@@ -25,7 +26,10 @@ import msgpack
 from . import __version__, abi, wire
 from .machine import MachineConfig, machine_to_dict
 
-FORMAT = 1
+# Format 2 is format 1 with a header that may start the machine from a
+# snapshot; a trace without one is still written as format 1, so that an
+# older xenemu reads it.
+FORMAT = 2
 HEADER_KEY = "xenemu_trace"   # its value is the format version
 
 # Record kinds ("k").
@@ -62,39 +66,77 @@ class TraceError(Exception):
     """The trace cannot be read: not a trace, a newer format, a corrupt record."""
 
 
-def make_header(machine: MachineConfig, meta: dict | None = None) -> dict:
-    return {
-        HEADER_KEY: FORMAT,
+def make_header(machine: MachineConfig, meta: dict | None = None,
+                snapshot: dict | None = None) -> dict:
+    """`snapshot`: the one the machine was restored from (xenemu.snapshot),
+    which a replay restores too before the first record."""
+    header = {
+        HEADER_KEY: 1,
         "abi": {"pv_iommu_revision": abi.PV_IOMMU_REVISION, "wire_version": wire.VERSION},
         "machine": machine_to_dict(machine),
         "meta": {"xenemu": __version__, "host": platform.node(),
                  "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **(meta or {})},
     }
+    if snapshot is not None:
+        header.update({HEADER_KEY: 2, "snapshot": snapshot})
+    return header
 
 
 class TraceWriter:
-    """Appends records to a binary stream, flushing each: the daemon's recorder.
+    """Appends records to a binary stream, one write each: the daemon's recorder.
 
     Times come from the machine's EventClock, which the event has just
     sampled, so the trace holds exactly the time the machine saw.
+
+    Recording must never cost a guest its answer: a write that fails stops
+    the recording (`error` says why, later records are dropped), the stream
+    is cut back to its last whole record where it can be (a regular file;
+    not a FIFO or a device) and closed, and on_error(records, error) is
+    called once.
     """
 
-    def __init__(self, stream, clock, header: dict):
+    def __init__(self, stream, clock, header: dict, on_error=None):
         self._stream = stream
         self._clock = clock
         self._pack = msgpack.Packer(use_bin_type=True).pack
         self._next_cont = 0
+        self._whole = 0          # bytes of whole records written
+        self._on_error = on_error
         self.records = 0
+        self.error: OSError | None = None
         self._write(header, count=False)
 
     @classmethod
-    def create(cls, path: Path, clock, machine: MachineConfig, meta: dict | None = None):
-        return cls(open(path, "wb"), clock, make_header(machine, meta))
+    def create(cls, path: Path, clock, machine: MachineConfig, meta: dict | None = None,
+               snapshot: dict | None = None, on_error=None):
+        # Unbuffered: each record is one write(2), and a failed one leaves no
+        # bytes behind in a buffer that closing would try to write again.
+        return cls(open(path, "wb", buffering=0), clock, make_header(machine, meta, snapshot),
+                   on_error)
 
     def _write(self, obj: dict, count: bool = True) -> None:
-        self._stream.write(self._pack(obj))
-        self._stream.flush()
+        if self.error is not None:
+            return
+        data = self._pack(obj)
+        try:
+            written = self._stream.write(data)
+            while written < len(data):      # a short write: the next one says why, or ends it
+                written += self._stream.write(data[written:])
+        except OSError as e:
+            self._stop(e)
+            return
+        self._whole += len(data)
         self.records += count
+
+    def _stop(self, error: OSError) -> None:
+        self.error = error
+        try:
+            self._stream.truncate(self._whole)
+        except OSError:
+            pass            # not a regular file: readers report the cut-off record
+        self.close()
+        if self._on_error:
+            self._on_error(self.records, error)
 
     def hypercall(self, domid: int, raw: bytes, reply: bytes) -> None:
         self._write({"k": HYPERCALL, "t": self._clock.now, "d": domid, "req": raw, "rep": reply})
@@ -121,7 +163,10 @@ class TraceWriter:
                      "code": code, "rep": reply})
 
     def close(self) -> None:
-        self._stream.close()
+        try:
+            self._stream.close()
+        except OSError:
+            pass            # unbuffered: nothing is left to write, nothing is lost
 
 
 class TraceReader:
@@ -147,8 +192,9 @@ class TraceReader:
             self._file = lzma.LZMAFile(self._raw)
         else:
             self._file = self._raw
-        self._unpacker = msgpack.Unpacker(raw=False, strict_map_key=False,
-                                          max_buffer_size=8 * wire.MAX_FRAME)
+        # A record holds a frame or two, but the header may carry a snapshot
+        # with guest memory in it: msgpack's largest buffer (0 = 2 GiB).
+        self._unpacker = msgpack.Unpacker(raw=False, strict_map_key=False, max_buffer_size=0)
         self._fed = 0
         self._eof = False
         self.truncated = 0

@@ -1,0 +1,496 @@
+"""Machine snapshots: what guests and harnesses can observe, to start from again.
+
+A snapshot is a logical image, not a dump of the C structures: the machine
+configuration with the domains as they are now, the machine's time, and per
+domain its p2m types, page-ins under way, the guest memory that is not zero,
+and every allocated context with its mappings as runs (dfn, gfn, count,
+perm) and its devices; then the quarantined devices and the fault log.
+`take()` reads all of it through the interfaces the control plane uses, and
+changes nothing. `restore()` builds a fresh Hypervisor from the
+configuration and replays the state through the Hypervisor and Iommu calls
+the hypercalls use (one page reference per mapping, as map_pages takes),
+then refuses the result unless the invariant check holds.
+
+Not kept, because no guest call returns them: machine frame numbers (a
+restored machine allocates its own; lookup_page and dump report gfns through
+the M2P), hardware context ids, the IOTLB's entries (it starts cold) and its
+counters (they count from the restore, whose rebuilding of the fault log
+makes DMA of its own). Kept as far as they can be read back: table pages
+(a restored context has those its mappings need, not those an unmap left
+empty), and a context being freed, kept as dying and without the mappings
+its teardown has not reached: the hardware refuses to read a dying
+context's tables (as PV-IOMMU refuses map, unmap and lookup on it), and the
+next free_context finishes it.
+
+`write()` and `read()` move a snapshot to and from a file (one msgpack map,
+`abi/SNAPSHOT.md`); a write replaces the file atomically.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import re
+import time
+from array import array
+from pathlib import Path
+
+import msgpack
+
+from . import __version__, abi, hw
+from .domain import Context, Domain
+from .hypervisor import PAGES_PER_MIB, Hypervisor, MachineError
+from .machine import (ConfigError, DomainConfig, MachineConfig, format_sbdf,
+                      machine_from_dict, machine_to_dict, parse_sbdf)
+from .p2m import P2mType
+
+log = logging.getLogger("xenemu.snapshot")
+
+FORMAT = 1
+HEADER_KEY = "xenemu_snapshot"   # its value is the format version
+
+SCAN = 1 << 18           # entries of a context read per lookup_run
+BATCH = 256              # pages of guest memory read at a time (1 MiB)
+PAGE = hw.PAGE_SIZE
+_ZERO_PAGE = bytes(PAGE)
+_ZERO_BATCH = bytes(BATCH * PAGE)
+_ZERO_SCAN = bytes(SCAN)
+_PERM_RUNS = re.compile(rb"\x01+|\x02+|\x03+")   # runs of one permission, in a perms array
+
+
+class SnapshotError(Exception):
+    """A snapshot cannot be written, read or restored; the message says why."""
+
+
+# -- taking --------------------------------------------------------------------------
+
+def take(hv: Hypervisor) -> dict:
+    """The machine as a guest or a harness can observe it (nothing is changed)."""
+    recs, overflow = hv.iommu.faults()
+    return {
+        HEADER_KEY: FORMAT,
+        "abi": {"pv_iommu_revision": abi.PV_IOMMU_REVISION},
+        "machine": machine_to_dict(_machine_now(hv)),
+        "time": hv.clock.now,
+        "domains": [_take_domain(hv, d) for d in hv.domains.values()],
+        "quarantined": [format_sbdf(s) for s in sorted(hv.quarantined)],
+        "faults": {"records": [_fault(r) for r in recs], "overflow": overflow},
+        "meta": {"xenemu": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
+    }
+
+
+def _machine_now(hv: Hypervisor) -> MachineConfig:
+    """The configuration with the domains as they are now: those created on the
+    control socket included, destroyed ones left out, devices where they are."""
+    return dataclasses.replace(hv.config, domains=tuple(
+        DomainConfig(domid=d.domid, name=d.name, hardware=d.hardware, iommu=d.iommu_enabled,
+                     memory_mib=d.p2m.nr_pages // PAGES_PER_MIB, contexts=d.nr_contexts,
+                     devices=tuple(sorted(d.devices)), opaque_default=d.opaque_default,
+                     table_pages=hv.iommu.pool_usage(d.table_pool)[1])
+        for d in hv.domains.values()))
+
+
+def _take_domain(hv: Hypervisor, d: Domain) -> dict:
+    types, page_ins = d.p2m.state()
+    return {
+        "domid": d.domid,
+        "p2m": _type_runs(types),
+        "page_ins": [[gfn, due] for gfn, due in sorted(page_ins.items())],
+        "memory": _memory(hv.machine, d.p2m.mfns),
+        "contexts": [{"ctx_no": ctx.ctx_no, "dying": ctx.dying,
+                      "devices": [format_sbdf(s) for s in sorted(ctx.devices)],
+                      "mappings": [] if ctx.dying else mappings(hv, ctx.hw)}
+                     for ctx in d.contexts if ctx is not None],
+    }
+
+
+def _type_runs(types: dict[int, P2mType]) -> list[list]:
+    """[gfn, count, type] for each run of consecutive gfns of one type."""
+    runs: list[list] = []
+    for gfn in sorted(types):
+        t = types[gfn].value
+        if runs and runs[-1][0] + runs[-1][1] == gfn and runs[-1][2] == t:
+            runs[-1][1] += 1
+        else:
+            runs.append([gfn, 1, t])
+    return runs
+
+
+def mappings(hv: Hypervisor, hw_ctx: int) -> list[list[int]]:
+    """A context's mappings as runs [dfn, gfn, count, perm], dfn order.
+
+    Read SCAN entries at a time from dfn 0 until every mapping the context
+    counts is found, so the cost follows the highest dfn mapped (the whole
+    39-bit space takes ~0.4 s; a 48-bit one mapped near its top would take
+    minutes: the hardware interface has no way to skip empty tables)."""
+    io = hv.iommu
+    left = io.context_info(hw_ctx).mapped
+    last = io.max_iova_addr >> hw.PAGE_SHIFT
+    runs: list[list[int]] = []
+    dfn = 0
+    while left and dfn <= last:
+        n = min(SCAN, last - dfn + 1)
+        mfns, perms = io.lookup_run(hw_ctx, dfn, n)
+        # Most of an address space is empty: one compare instead of a regex scan.
+        if perms.tobytes() == _ZERO_SCAN[:n]:
+            dfn += n
+            continue
+        for m in _PERM_RUNS.finditer(perms):
+            start, end = m.span()
+            gfns = hv.machine.m2p(mfns[start:end])
+            for off, count in _progressions(gfns):
+                _add_run(runs, dfn + start + off, gfns[off], count, perms[start])
+            left -= end - start
+        dfn += n
+    if left:
+        raise SnapshotError(f"context {hw_ctx}: {left} mappings were not found by the scan")
+    return runs
+
+
+def _add_run(runs: list, dfn: int, gfn: int, count: int, perm: int) -> None:
+    """Append a run, joining it to the previous one where it continues it
+    (a run cut by the edge of a SCAN window)."""
+    if runs:
+        d, g, n, p = runs[-1]
+        if d + n == dfn and g + n == gfn and p == perm:
+            runs[-1][2] += count
+            return
+    runs.append([dfn, gfn, count, perm])
+
+
+def _progressions(values: array):
+    """(offset, count) of each maximal stretch v, v+1, v+2... of values.
+
+    One comparison in C when the whole array is one stretch (a run mapped
+    or allocated in one go, the common case); element by element otherwise."""
+    n = len(values)
+    if not n:
+        return
+    first = values[0]
+    if values[-1] - first == n - 1 and values == array("Q", range(first, first + n)):
+        yield 0, n
+        return
+    start = 0
+    for i in range(1, n + 1):
+        if i == n or values[i] != values[i - 1] + 1:
+            yield start, i - start
+            start = i
+
+
+def _memory(machine, mfns: array) -> list[list]:
+    """[gfn, bytes] for each run of guest pages that are not all zero.
+
+    Read BATCH pages at a time (one read per stretch of consecutive frames);
+    a batch all zero, as untouched memory is, is dismissed by one compare."""
+    runs: list[list] = []
+    for base in range(0, len(mfns), BATCH):
+        batch = mfns[base:base + BATCH]
+        for off, count in _progressions(batch):
+            data = machine.read(batch[off] << hw.PAGE_SHIFT, count * PAGE)
+            if data == _ZERO_BATCH[:count * PAGE]:
+                continue
+            for i in range(count):
+                page = data[i * PAGE:(i + 1) * PAGE]
+                if page != _ZERO_PAGE:
+                    gfn = base + off + i
+                    if runs and runs[-1][0] + len(runs[-1][1]) == gfn:
+                        runs[-1][1].append(page)
+                    else:
+                        runs.append([gfn, [page]])
+    return [[gfn, b"".join(pages)] for gfn, pages in runs]
+
+
+def _fault(rec) -> list:
+    return [format_sbdf(rec.sbdf), rec.addr, rec.kind.name, rec.write]
+
+
+def summary(snapshot: dict) -> dict:
+    """What a snapshot holds, in numbers: contexts include each default context."""
+    domains = snapshot["domains"]
+    contexts = [c for d in domains for c in d["contexts"]]
+    return {"domains": len(domains), "contexts": len(contexts),
+            "mappings": sum(run[2] for c in contexts for run in c["mappings"]),
+            "memory_pages": sum(len(data) // PAGE for d in domains for _, data in d["memory"])}
+
+
+# -- files -----------------------------------------------------------------------------
+
+def write(path: str | os.PathLike, hv: Hypervisor) -> dict:
+    """Take a snapshot and replace `path` with it atomically: written to
+    .NAME.tmp beside it, synced, then renamed over it, so a crash or a failed
+    write leaves the previous snapshot whole (and at most that temporary
+    file, which the next write reuses). Returns the path, the size in bytes
+    and summary()."""
+    path = Path(path)
+    started = time.perf_counter()
+    snap = take(hv)
+    data = msgpack.packb(snap, use_bin_type=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        # Owner-only, as the sockets: a snapshot holds guest memory.
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except OSError:
+            tmp.unlink(missing_ok=True)
+            raise
+        _sync_directory(path.parent)
+    except OSError as e:
+        raise SnapshotError(f"cannot write a snapshot to {path}: {e.strerror or e}") from None
+    result = {"path": str(path), "bytes": len(data), **summary(snap)}
+    log.info("xenemu: snapshot written to %s in %.2f s: %s", path,
+             time.perf_counter() - started, _describe(result))
+    return result
+
+
+def _sync_directory(directory: Path) -> None:
+    """Make the rename itself durable."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read(path: str | os.PathLike) -> dict:
+    """A snapshot file, checked to be whole and of a format this xenemu reads."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise SnapshotError(f"{path}: {e.strerror or e}") from None
+    try:
+        snap = msgpack.unpackb(data, raw=False, strict_map_key=False)
+    except ValueError as e:     # msgpack's errors (cut off, extra data, bad format) are all one
+        raise SnapshotError(f"{path}: not a whole xenemu snapshot ({e})") from None
+    check(snap, str(path))
+    return snap
+
+
+def check(snap, where: str = "snapshot") -> None:
+    """Refuse what is not a snapshot, or one of another format or ABI revision."""
+    if not isinstance(snap, dict) or HEADER_KEY not in snap:
+        raise SnapshotError(f"{where}: not a xenemu snapshot (no {HEADER_KEY!r} key)")
+    if snap[HEADER_KEY] != FORMAT:
+        raise SnapshotError(f"{where}: snapshot format {snap[HEADER_KEY]!r}; this xenemu reads "
+                            f"format {FORMAT}")
+    revision = _get(snap, "abi", dict, where).get("pv_iommu_revision")
+    if revision != abi.PV_IOMMU_REVISION:
+        raise SnapshotError(f"{where}: a machine of PV-IOMMU revision {revision!r}; this xenemu "
+                            f"implements revision {abi.PV_IOMMU_REVISION}")
+
+
+def _describe(counts: dict) -> str:
+    return (f"{counts['domains']} domains, {counts['contexts']} contexts, {counts['mappings']} "
+            f"mappings, {counts['memory_pages']} pages of memory")
+
+
+# -- restoring -----------------------------------------------------------------------
+
+def restore(snap: dict, clock=time.monotonic, *, check_iotlb: bool = False,
+            where: str = "snapshot") -> Hypervisor:
+    """A new Hypervisor in the state `snap` describes, its clock going on
+    from the snapshot's time. SnapshotError if the snapshot is malformed or
+    its state cannot be rebuilt consistently."""
+    check(snap, where)
+    try:
+        hv = _restore(snap, clock, check_iotlb)
+    except (SnapshotError, MachineError, ConfigError, ValueError, hw.HwError) as e:
+        raise SnapshotError(f"{where}: cannot be restored: {e}") from None
+    problems = hv.check_invariants()
+    if problems:
+        raise SnapshotError(f"{where}: the restored machine is inconsistent: "
+                            + "; ".join(problems))
+    log.info("xenemu: restored %s (machine time %.3f s): %s", where, hv.clock.now,
+             _describe(summary(snap)))
+    return hv
+
+
+def _restore(snap: dict, clock, check_iotlb: bool) -> Hypervisor:
+    config = machine_from_dict(_get(snap, "machine", dict), "the machine")
+    if check_iotlb:
+        config = dataclasses.replace(config, check_iotlb=True)
+    hv = Hypervisor(config, clock=clock)
+    hv.clock.resume(_number(_get(snap, "time", (int, float)), "time"))
+    domains = _get(snap, "domains", list)
+    listed = [_get(entry, "domid", int, "a domain") for entry in domains]
+    if sorted(listed) != sorted(hv.domains):
+        raise SnapshotError(f"domains {sorted(listed)} listed, the machine has {sorted(hv.domains)}")
+    for entry in domains:
+        d = hv.domains[entry["domid"]]
+        where = f"d{d.domid}"
+        _restore_p2m(hv, d, entry, where)
+        _restore_memory(hv, d, _get(entry, "memory", list, where), where)
+        _restore_contexts(hv, d, _get(entry, "contexts", list, where), where)
+    for text in _get(snap, "quarantined", list):
+        sbdf = parse_sbdf(text)
+        if hv.owner_of(sbdf) is not None:
+            raise SnapshotError(f"{text} is quarantined and assigned to a domain")
+        hv.iommu.add_device(sbdf)
+        hv.iommu.attach(sbdf, hv.quarantine)
+        hv.quarantined.add(sbdf)
+    _restore_faults(hv, _get(snap, "faults", dict))
+    return hv
+
+
+def _restore_p2m(hv: Hypervisor, d: Domain, entry: dict, where: str) -> None:
+    for run in _get(entry, "p2m", list, where):
+        gfn, count, name = _fields(run, (int, int, str), f"{where} p2m")
+        type_ = P2mType(name)
+        _check_gfns(d, gfn, count, f"{where} p2m")
+        for g in range(gfn, gfn + count):
+            hv.set_p2m_type(d.domid, g, type_)
+    for item in _get(entry, "page_ins", list, where):
+        gfn, due = _fields(item, (int, (int, float)), f"{where} page-in")
+        d.p2m.resume_page_in(gfn, due)
+
+
+def _restore_memory(hv: Hypervisor, d: Domain, runs: list, where: str) -> None:
+    for run in runs:
+        gfn, data = _fields(run, (int, bytes), f"{where} memory")
+        if not data or len(data) % PAGE:
+            raise SnapshotError(f"{where} memory at gfn {gfn:#x}: {len(data)} bytes, "
+                                f"not whole pages")
+        count = len(data) // PAGE
+        _check_gfns(d, gfn, count, f"{where} memory")
+        mfns = d.p2m.mfns[gfn:gfn + count]
+        view = memoryview(data)
+        for off, n in _progressions(mfns):
+            hv.machine.write(mfns[off] << hw.PAGE_SHIFT, view[off * PAGE:(off + n) * PAGE])
+
+
+def _restore_contexts(hv: Hypervisor, d: Domain, contexts: list, where: str) -> None:
+    placed: set[int] = set()
+    for entry in contexts:
+        ctx_no = _get(entry, "ctx_no", int, where)
+        here = f"{where} context {ctx_no}"
+        runs = _get(entry, "mappings", list, here)
+        if ctx_no == 0:
+            ctx = d.contexts[0]
+            # Created 1:1 over RAM; a guest may have mapped or unmapped there since.
+            current = mappings(hv, ctx.hw)
+            if current != runs:
+                for dfn, _, count, _ in current:
+                    _, _, mfns = hv.iommu.unmap(ctx.hw, dfn, count)
+                    hv.machine.put_refs(mfns)
+                _map(hv, d, ctx, runs, here)
+        else:
+            if d.context(ctx_no) is not None or not 0 < ctx_no <= d.nr_contexts:
+                raise SnapshotError(f"{here}: not a free slot of a pool of {d.nr_contexts}")
+            # In its own slot, its tables counted against the domain's budget,
+            # as alloc_context does.
+            ctx = d.contexts[ctx_no] = Context(ctx_no, hv.iommu.alloc_context())
+            hv.iommu.set_context_pool(ctx.hw, d.table_pool)
+            _map(hv, d, ctx, runs, here)
+        ctx.dying = _get(entry, "dying", bool, here)
+        if ctx.dying and ctx_no == 0:
+            raise SnapshotError(f"{here}: the default context is never freed")
+        for text in _get(entry, "devices", list, here):
+            sbdf = parse_sbdf(text)
+            if sbdf not in d.devices or sbdf in placed or ctx.dying:
+                raise SnapshotError(f"{here}: device {text} is not {where}'s, is listed twice, "
+                                    f"or is in a dying context")
+            placed.add(sbdf)
+            hv.move_device(d, sbdf, ctx)
+    if placed != set(d.devices):
+        raise SnapshotError(f"{where}: its devices are not each in one of its contexts")
+
+
+def _map(hv: Hypervisor, d: Domain, ctx: Context, runs: list, where: str) -> None:
+    """Map each run [dfn, gfn, count, perm] with one page reference per page."""
+    for run in runs:
+        dfn, gfn, count, perm = _fields(run, (int, int, int, int), f"{where} mapping")
+        if perm not in (hw.PERM_R, hw.PERM_W, hw.PERM_RW):
+            raise SnapshotError(f"{where}: mapping at dfn {dfn:#x}: permission {perm}")
+        _check_gfns(d, gfn, count, f"{where}: mapping at dfn {dfn:#x}")
+        mfns = d.p2m.mfns[gfn:gfn + count]
+        done, st = hv.iommu.map_referenced(ctx.hw, dfn, mfns, perm)
+        if done != count:
+            raise SnapshotError(f"{where}: mapping at dfn {dfn:#x} stopped at dfn "
+                                f"{dfn + done:#x} ({hw.Status(st).name})")
+
+
+def _restore_faults(hv: Hypervisor, faults: dict) -> None:
+    """Make each logged fault happen again, in order: the log has no other way in.
+
+    The device is pointed for one DMA at a scratch context arranged to fault
+    the same way at the same address (a page mapped without the permission
+    the access needs, or nothing), or at no context for BLOCKED, then put
+    back. A full log with its overflow flag gets one fault more."""
+    records = _get(faults, "records", list, "faults")
+    overflow = _get(faults, "overflow", bool, "faults")
+    if not records and not overflow:
+        return
+    scratch = hv.iommu.alloc_context()
+    frame = hv.machine.alloc(1, owner=hw.OWNER_NONE)
+    try:
+        for rec in records + (records[:1] if overflow else []):
+            _refault(hv, scratch, frame, rec)
+    finally:
+        while not hv.iommu.teardown(scratch, SCAN)[1]:
+            pass
+        hv.machine.free(frame)
+    recs, got_overflow = hv.iommu.faults()
+    if [_fault(r) for r in recs] != records or got_overflow != overflow:
+        raise SnapshotError("the fault log cannot be made again as recorded")
+
+
+def _refault(hv: Hypervisor, scratch: int, frame: array, rec) -> None:
+    text, addr, kind_name, write = _fields(rec, (str, int, str, bool), "fault")
+    sbdf = parse_sbdf(text)
+    try:
+        kind = hw.Fault[kind_name]
+    except KeyError:
+        raise SnapshotError(f"fault of {text}: unknown kind {kind_name!r}") from None
+    if hv.owner_of(sbdf) is None and sbdf not in hv.quarantined:
+        raise SnapshotError(f"fault of {text}: no such device")
+    dfn = addr >> hw.PAGE_SHIFT
+    wrong_perm = {hw.Fault.WRITE: hw.PERM_R, hw.Fault.READ: hw.PERM_W}.get(kind)
+    if wrong_perm:
+        hv.iommu.map(scratch, dfn, frame, wrong_perm)
+    home = hv.iommu.device_context(sbdf)
+    hv.iommu.attach(sbdf, None if kind is hw.Fault.BLOCKED else scratch)
+    if write:
+        hv.iommu.dma_write(sbdf, addr, b"\0")
+    else:
+        hv.iommu.dma_read(sbdf, addr, 1)
+    hv.iommu.attach(sbdf, home)
+    if wrong_perm:
+        hv.iommu.unmap(scratch, dfn, 1)
+
+
+# -- checking what a file says ---------------------------------------------------------
+
+def _get(obj, key: str, kind, where: str = "snapshot"):
+    value = obj.get(key) if isinstance(obj, dict) else None
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise SnapshotError(f"{where}: {key!r} missing or not {_kind_name(kind)}")
+    return value
+
+
+def _fields(value, kinds: tuple, where: str) -> list:
+    if not isinstance(value, list) or len(value) != len(kinds) or not all(
+            isinstance(v, k) and not (k is int and isinstance(v, bool))
+            for v, k in zip(value, kinds)):
+        raise SnapshotError(f"{where}: {value!r:.80} is not [{', '.join(map(_kind_name, kinds))}]")
+    return value
+
+
+def _number(value, what: str) -> float:
+    if isinstance(value, bool) or value < 0:
+        raise SnapshotError(f"{what}: {value!r} is not a time")
+    return float(value)
+
+
+def _kind_name(kind) -> str:
+    return "/".join(k.__name__ for k in kind) if isinstance(kind, tuple) else kind.__name__
+
+
+def _check_gfns(d: Domain, gfn: int, count: int, where: str) -> None:
+    if count <= 0 or gfn < 0 or gfn + count > d.p2m.nr_pages:
+        raise SnapshotError(f"{where}: gfns {gfn:#x}+{count} are beyond d{d.domid}'s memory "
+                            f"({d.p2m.nr_pages} pages)")
