@@ -208,10 +208,28 @@ def test_paged_out_gfn_is_paged_in_after_a_delay(xen, daemon):
 def test_a_mapped_page_cannot_be_paged_out(xen, daemon):
     ctx = new_ctx(xen)
     assert xen.map_pages(ctx, 0x700, 0x700, 1).ret == 0
-    with pytest.raises(ControlError, match="mapped in 1 other context"):
+    with pytest.raises(ControlError, match="mapped in 1 other place"):
         daemon.ctl("p2m_set", domid=0, gfn=0x700, type="paged_out")
     assert xen.unmap_pages(ctx, 0x700, 1).ret == 0
     assert xen.free_context(ctx).ret == 0
+
+
+def test_paging_leaves_a_dfn_the_guest_remapped_in_context_0_alone(xen, daemon):
+    """Context 0 follows the p2m at dfn == gfn only while the guest has not
+    taken that dfn over: dfn 0x710 remapped to gfn 0x711 survives gfn 0x710
+    paging out and in."""
+    assert xen.unmap_pages(0, 0x710, 1).ret == 0
+    assert xen.map_pages(0, 0x711, 0x710, 1).ret == 0
+    daemon.ctl("p2m_set", domid=0, gfn=0x710, type="paged_out")
+    assert xen.lookup_page(0, 0x710).op.lookup_page.gfn == 0x711
+    daemon.ctl("p2m_set", domid=0, gfn=0x710, type="ram")
+    assert xen.lookup_page(0, 0x710).op.lookup_page.gfn == 0x711
+    assert daemon.ctl("check")["consistent"]
+    # Put the identity back, as the rest of the session expects.
+    assert xen.unmap_pages(0, 0x710, 1).ret == 0
+    assert xen.map_pages(0, 0x710, 0x710, 1).ret == 0
+    with pytest.raises(ControlError, match="paging_in is entered, not set"):
+        daemon.ctl("p2m_set", domid=0, gfn=0x710, type="paging_in")
 
 
 # -- DMA end to end ---------------------------------------------------------------

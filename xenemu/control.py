@@ -151,6 +151,9 @@ class Control:
             type_ = P2mType(_arg(req, "type", str))
         except ValueError:
             raise RequestError(f"type must be one of {[t.value for t in P2mType]}") from None
+        if type_ is P2mType.PAGING_IN:
+            raise RequestError("paging_in is entered, not set: map a paged_out gfn to start a "
+                               "page-in")
         self.hv.set_p2m_type(_arg(req, "domid", int), _arg(req, "gfn", int), type_)
         return {}
 

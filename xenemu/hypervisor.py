@@ -209,11 +209,15 @@ class Hypervisor:
         return hw.Status.OK
 
     def _paged_in(self, d: Domain, gfn: int) -> bool:
+        """The default context maps a page that became RAM again; False (the
+        page-in waits) if it could not. A dfn the guest took over in context
+        0 (PRESENT) is left to the guest."""
         st = self.identity_map(d, d.contexts[0], gfn, 1)
-        if st != hw.Status.OK:
+        if st not in (hw.Status.OK, hw.Status.PRESENT):
             log.warning("d%d: page-in of gfn %#x waits: the default context could not map it (%s)",
                         d.domid, gfn, st.name)
-        return st == hw.Status.OK
+            return False
+        return True
 
     def _identity_unmap(self, d: Domain, gfn: int) -> None:
         done, _, mfns = self.iommu.unmap(d.contexts[0].hw, gfn, 1)
@@ -296,15 +300,20 @@ class Hypervisor:
         was_ram = was is P2mType.RAM
         if was_ram and type_ is not P2mType.RAM:
             mfn = d.p2m.mfns[gfn]
-            extra = self.machine.refcounts(array("Q", [mfn]))[0] - 1
+            # Context 0 maps dfn == gfn unless the guest remapped that dfn.
+            identity = self.iommu.lookup(d.contexts[0].hw, gfn)
+            identity = identity is not None and identity[0] == mfn
+            extra = self.machine.refcounts(array("Q", [mfn]))[0] - identity
             if extra > 0:
                 # Xen refuses to page out or share a page with extra references.
-                raise MachineError(f"gfn {gfn:#x} is mapped in {extra} other context(s)")
-            self._identity_unmap(d, gfn)
+                raise MachineError(f"gfn {gfn:#x} is mapped in {extra} other place(s): "
+                                   f"PV-IOMMU contexts, or context 0 at another dfn")
+            if identity:
+                self._identity_unmap(d, gfn)
         d.p2m.set_type(gfn, type_)
         if not was_ram and type_ is P2mType.RAM:
             st = self.identity_map(d, d.contexts[0], gfn, 1)
-            if st != hw.Status.OK:
+            if st not in (hw.Status.OK, hw.Status.PRESENT):
                 # A page-in under way lost its timer with the type: paged out again.
                 was = P2mType.PAGED_OUT if was is P2mType.PAGING_IN else was
                 d.p2m.set_type(gfn, was)

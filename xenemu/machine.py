@@ -50,7 +50,7 @@ class DomainConfig:
     contexts: int = 0               # size of the context pool (context 0 excluded)
     devices: tuple[int, ...] = ()   # PCI devices assigned at start (sbdf)
     opaque_default: bool = False    # context 0 shared with the CPU's tables: PV-IOMMU can't touch it
-    table_pages: int = 1 << 16      # page-table budget of its PV-IOMMU contexts (0: none), as Xen's arena
+    table_pages: int = 1 << 16      # page-table budget of its PV-IOMMU contexts (0: no limit), as Xen's arena
 
 
 @dataclass(frozen=True)
@@ -76,7 +76,7 @@ class MachineConfig:
             if not 0 <= d.contexts <= 0xFFFF:
                 raise ConfigError(f"d{d.domid}: contexts must fit in 16 bits (ctx_no)")
             if d.table_pages < 0:
-                raise ConfigError(f"d{d.domid}: table_pages must be 0 (no budget) or more")
+                raise ConfigError(f"d{d.domid}: table_pages must be 0 (no limit) or more")
         owners = {}
         for d in self.domains:
             for sbdf in d.devices:
