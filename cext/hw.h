@@ -409,6 +409,10 @@ int hw_lookup(struct hw_iommu *io, uint32_t id, uint64_t dfn,
  * perms[i] (0 = not present) for dfn + i. For dumps, not for DMA. */
 int hw_lookup_run(struct hw_iommu *io, uint32_t id, uint64_t dfn, uint64_t n,
                   uint64_t *mfns, uint8_t *perms);
+/* The first mapped dfn at or above dfn (HW_E_NOTPRESENT if none): a
+ * software read that skips empty tables whole, for dumps and snapshots. */
+int hw_next_mapped(struct hw_iommu *io, uint32_t id, uint64_t dfn,
+                   uint64_t *next);
 /* Translate n device addresses through the IOTLB for a read or a write:
  * maddr[i] is the machine address, fault[i] the fault kind (0 = ok; maddr
  * is then 0). Returns HW_E_STALE (after counting it) at the first stale hit

@@ -208,6 +208,34 @@ int hw_lookup_run(struct hw_iommu *io, uint32_t id, uint64_t dfn, uint64_t n,
     return HW_OK;
 }
 
+int hw_next_mapped(struct hw_iommu *io, uint32_t id, uint64_t dfn,
+                   uint64_t *next)
+{
+    struct hw_ctx *c;
+    int st = hw_ctx_get(io, id, &c);
+    if (st != HW_OK)
+        return st;
+    while (dfn <= max_dfn(io)) {
+        /* Down toward dfn; a non-present entry at level l skips the dfns
+         * it covers, so empty tables cost one entry read, not 512^l. */
+        uint64_t mfn = c->root;
+        uint32_t l;
+        for (l = io->levels; l >= 1; l--) {
+            uint64_t pte = table(io->m, mfn)[index_at(dfn, l)];
+            if (!present(io->m, pte))
+                break;
+            if (l == 1) {
+                *next = dfn;
+                return HW_OK;
+            }
+            mfn = pte_mfn(pte);
+        }
+        uint64_t span = 1ULL << (HW_PT_SHIFT * (l - 1));
+        dfn = (dfn & ~(span - 1)) + span;
+    }
+    return HW_E_NOTPRESENT;
+}
+
 uint64_t hw_pt_walk(const struct hw_iommu *io, const struct hw_ctx *c,
                     uint64_t dfn, uint64_t *walks)
 {

@@ -55,7 +55,6 @@ BATCH = 256              # pages of guest memory read at a time (1 MiB)
 PAGE = hw.PAGE_SIZE
 _ZERO_PAGE = bytes(PAGE)
 _ZERO_BATCH = bytes(BATCH * PAGE)
-_ZERO_SCAN = bytes(SCAN)
 _PERM_RUNS = re.compile(rb"\x01+|\x02+|\x03+")   # runs of one permission, in a perms array
 
 
@@ -120,22 +119,17 @@ def _type_runs(types: dict[int, P2mType]) -> list[list]:
 def mappings(hv: Hypervisor, hw_ctx: int) -> list[list[int]]:
     """A context's mappings as runs [dfn, gfn, count, perm], dfn order.
 
-    Read SCAN entries at a time from dfn 0 until every mapping the context
-    counts is found, so the cost follows the highest dfn mapped (the whole
-    39-bit space takes ~0.4 s; a 48-bit one mapped near its top would take
-    minutes: the hardware interface has no way to skip empty tables)."""
+    Read SCAN entries at a time, each read starting at the next mapped dfn
+    (the hardware skips empty tables whole), until every mapping the
+    context counts is found: the cost follows the mappings, not the width."""
     io = hv.iommu
     left = io.context_info(hw_ctx).mapped
     last = io.max_iova_addr >> hw.PAGE_SHIFT
     runs: list[list[int]] = []
     dfn = 0
-    while left and dfn <= last:
+    while left and (dfn := io.next_mapped(hw_ctx, dfn)) is not None:
         n = min(SCAN, last - dfn + 1)
         mfns, perms = io.lookup_run(hw_ctx, dfn, n)
-        # Most of an address space is empty: one compare instead of a regex scan.
-        if perms.tobytes() == _ZERO_SCAN[:n]:
-            dfn += n
-            continue
         for m in _PERM_RUNS.finditer(perms):
             start, end = m.span()
             gfns = hv.machine.m2p(mfns[start:end])

@@ -319,3 +319,22 @@ def test_map_referenced_takes_a_reference_per_mapped_page_only(hw_impl, machine,
     freed = machine.alloc(1, owner=1)
     machine.free(freed)
     assert iommu.map_referenced(ctx, 20, freed, PERM_RW) == (0, Status.BADFRAME)
+
+
+def test_next_mapped_skips_empty_tables(hw_impl, machine):
+    iommu = hw_impl.Iommu(machine, width=48)
+    ctx = iommu.alloc_context()
+    top = iommu.max_iova_addr >> 12
+    assert iommu.next_mapped(ctx, 0) is None
+    mfns = machine.alloc(3, owner=1)
+    for dfn, mfn in ((5, mfns[0]), (0x40000, mfns[1]), (top, mfns[2])):
+        assert iommu.map(ctx, dfn, range(mfn, mfn + 1), PERM_RW) == (1, Status.OK)
+    assert iommu.next_mapped(ctx, 0) == 5
+    assert iommu.next_mapped(ctx, 5) == 5
+    assert iommu.next_mapped(ctx, 6) == 0x40000
+    assert iommu.next_mapped(ctx, 0x40001) == top
+    assert iommu.next_mapped(ctx, top + 1) is None
+    assert iommu.unmap(ctx, top, 1)[0] == 1
+    assert iommu.next_mapped(ctx, 0x40001) is None      # its tables stay, empty
+    with pytest.raises(HwError):
+        iommu.next_mapped(ctx + 1, 0)

@@ -101,6 +101,8 @@ int hw_lookup(struct hw_iommu *io, uint32_t id, uint64_t dfn,
               uint64_t *mfn, uint32_t *perm);
 int hw_lookup_run(struct hw_iommu *io, uint32_t id, uint64_t dfn, uint64_t n,
                   uint64_t *mfns, uint8_t *perms);
+int hw_next_mapped(struct hw_iommu *io, uint32_t id, uint64_t dfn,
+                   uint64_t *next);
 int hw_translate(struct hw_iommu *io, uint32_t id, const uint64_t *addrs,
                  uint64_t n, int write, uint64_t *maddr, uint8_t *fault,
                  uint64_t *done);

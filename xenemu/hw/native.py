@@ -282,6 +282,15 @@ class Iommu:
                                        ffi.from_buffer("uint8_t[]", perms)))
         return mfns, perms
 
+    def next_mapped(self, ctx: int, dfn: int) -> int | None:
+        """The first mapped dfn >= dfn, or None: a software read that skips
+        empty tables whole (dumps, snapshots)."""
+        st = lib.hw_next_mapped(self._io, ctx, dfn, self._u64)
+        if st == Status.NOTPRESENT:
+            return None
+        check_status(st)
+        return self._u64[0]
+
     def translate(self, ctx: int, addrs, write: bool = False
                   ) -> tuple[array, array]:
         """Translate device addresses (uint64 buffer) through the IOTLB as

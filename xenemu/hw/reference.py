@@ -609,6 +609,22 @@ class Iommu:
                 mfns[i], perms[i] = found
         return mfns, perms
 
+    def next_mapped(self, ctx: int, dfn: int) -> int | None:
+        c = self._get(ctx)
+        while dfn <= self._max_dfn:
+            mfn, level = c.root, self.levels
+            while level >= 1:
+                pte = self._pte(mfn, self._index(dfn, level))
+                if not self._present(pte):
+                    break
+                if level == 1:
+                    return dfn
+                mfn = (pte & _ADDR) >> PAGE_SHIFT
+                level -= 1
+            span = 1 << 9 * (level - 1)
+            dfn = (dfn & ~(span - 1)) + span
+        return None
+
     def _xlate(self, ctx: int, c: _Context, walk, addr: int,
                write: bool) -> tuple[int, int]:
         """(fault kind, machine address); raises StaleIotlbError(0)."""
