@@ -226,6 +226,11 @@ static inline int hw_ref_take_one(struct hw_machine *m, uint64_t mfn)
     m->refcount[mfn]++;
     return HW_OK;
 }
+/* Internal to cext/: give back a reference hw_ref_take_one just took. */
+static inline void hw_ref_undo_one(struct hw_machine *m, uint64_t mfn)
+{
+    m->refcount[mfn]--;
+}
 
 /* Internal to cext/: one zeroed frame for the IOMMU's tables (fails at an
  * injected TABLE event), and back. */

@@ -96,13 +96,15 @@ static int map_run(struct hw_iommu *io, uint32_t id, uint64_t dfn, uint64_t n,
         if (!leaf || index_at(d, 1) == 0) {
             leaf = leaf_table(io, c, d, 1, &st);
             if (!leaf) {
-                io->m->refcount[mfn] -= (uint32_t)ref;
+                if (ref)
+                    hw_ref_undo_one(io->m, mfn);
                 break;
             }
         }
         uint64_t *pte = &leaf[index_at(d, 1)];
         if (present(io->m, *pte)) {
-            io->m->refcount[mfn] -= (uint32_t)ref;
+            if (ref)
+                hw_ref_undo_one(io->m, mfn);
             st = HW_E_PRESENT;
             break;
         }

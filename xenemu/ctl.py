@@ -12,6 +12,7 @@ from array import array
 
 from . import control
 from .client import BlockingConnection, XenemuError, connect_unix
+from .runs import mapping_runs
 
 
 class ControlError(Exception):
@@ -92,19 +93,9 @@ def _show(value) -> str:
 def _format_dump(reply: dict) -> str:
     gfns = array("Q")
     gfns.frombytes(reply["gfns"])
-    perms = reply["perms"]
-    lines, start = [], None
     names = {1: "r-", 2: "-w", 3: "rw"}
     dfn0 = reply["dfn"]
-    for i in range(len(perms) + 1):
-        # Group entries into runs of consecutive gfns with one permission.
-        same = (start is not None and i < len(perms) and perms[i] == perms[start]
-                and gfns[i] == gfns[start] + (i - start))
-        if same:
-            continue
-        if start is not None and perms[start]:
-            n = i - start
-            lines.append(f"dfn {dfn0 + start:#x}..{dfn0 + i - 1:#x} -> gfn "
-                         f"{gfns[start]:#x}..{gfns[start] + n - 1:#x} {names[perms[start]]} ({n})")
-        start = i if i < len(perms) else None
+    lines = [f"dfn {dfn0 + off:#x}..{dfn0 + off + n - 1:#x} -> gfn {gfn:#x}..{gfn + n - 1:#x} "
+             f"{names[perm]} ({n})"
+             for off, gfn, n, perm in mapping_runs(gfns, reply["perms"])]
     return "\n".join(lines) or "nothing mapped in that range"

@@ -208,12 +208,16 @@ class Hypervisor:
                 return hw.Status(st)
         return hw.Status.OK
 
-    def _paged_in(self, d: Domain, gfn: int) -> bool:
-        """The default context maps a page that became RAM again; False (the
-        page-in waits) if it could not. A dfn the guest took over in context
-        0 (PRESENT) is left to the guest."""
+    def _identity_map_page(self, d: Domain, gfn: int) -> hw.Status:
+        """Context 0 maps a page that became RAM again at dfn == gfn; a dfn
+        the guest took over there (PRESENT) is left to the guest."""
         st = self.identity_map(d, d.contexts[0], gfn, 1)
-        if st not in (hw.Status.OK, hw.Status.PRESENT):
+        return hw.Status.OK if st == hw.Status.PRESENT else st
+
+    def _paged_in(self, d: Domain, gfn: int) -> bool:
+        """A page-in completes; False (it waits) if context 0 could not map it."""
+        st = self._identity_map_page(d, gfn)
+        if st != hw.Status.OK:
             log.warning("d%d: page-in of gfn %#x waits: the default context could not map it (%s)",
                         d.domid, gfn, st.name)
             return False
@@ -312,8 +316,8 @@ class Hypervisor:
                 self._identity_unmap(d, gfn)
         d.p2m.set_type(gfn, type_)
         if not was_ram and type_ is P2mType.RAM:
-            st = self.identity_map(d, d.contexts[0], gfn, 1)
-            if st not in (hw.Status.OK, hw.Status.PRESENT):
+            st = self._identity_map_page(d, gfn)
+            if st != hw.Status.OK:
                 # A page-in under way lost its timer with the type: paged out again.
                 was = P2mType.PAGED_OUT if was is P2mType.PAGING_IN else was
                 d.p2m.set_type(gfn, was)

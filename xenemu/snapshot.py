@@ -31,7 +31,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import re
 import time
 from array import array
 from pathlib import Path
@@ -44,6 +43,7 @@ from .hypervisor import PAGES_PER_MIB, Hypervisor, MachineError
 from .machine import (ConfigError, DomainConfig, MachineConfig, format_sbdf,
                       machine_from_dict, machine_to_dict, parse_sbdf)
 from .p2m import P2mType
+from .runs import mapping_runs, progressions
 
 log = logging.getLogger("xenemu.snapshot")
 
@@ -55,7 +55,6 @@ BATCH = 256              # pages of guest memory read at a time (1 MiB)
 PAGE = hw.PAGE_SIZE
 _ZERO_PAGE = bytes(PAGE)
 _ZERO_BATCH = bytes(BATCH * PAGE)
-_PERM_RUNS = re.compile(rb"\x01+|\x02+|\x03+")   # runs of one permission, in a perms array
 
 
 class SnapshotError(Exception):
@@ -130,12 +129,9 @@ def mappings(hv: Hypervisor, hw_ctx: int) -> list[list[int]]:
     while left and (dfn := io.next_mapped(hw_ctx, dfn)) is not None:
         n = min(SCAN, last - dfn + 1)
         mfns, perms = io.lookup_run(hw_ctx, dfn, n)
-        for m in _PERM_RUNS.finditer(perms):
-            start, end = m.span()
-            gfns = hv.machine.m2p(mfns[start:end])
-            for off, count in _progressions(gfns):
-                _add_run(runs, dfn + start + off, gfns[off], count, perms[start])
-            left -= end - start
+        for off, gfn, count, perm in mapping_runs(hv.machine.m2p(mfns), perms):
+            _add_run(runs, dfn + off, gfn, count, perm)
+            left -= count
         dfn += n
     if left:
         raise SnapshotError(f"context {hw_ctx}: {left} mappings were not found by the scan")
@@ -153,25 +149,6 @@ def _add_run(runs: list, dfn: int, gfn: int, count: int, perm: int) -> None:
     runs.append([dfn, gfn, count, perm])
 
 
-def _progressions(values: array):
-    """(offset, count) of each maximal stretch v, v+1, v+2... of values.
-
-    One comparison in C when the whole array is one stretch (a run mapped
-    or allocated in one go, the common case); element by element otherwise."""
-    n = len(values)
-    if not n:
-        return
-    first = values[0]
-    if values[-1] - first == n - 1 and values == array("Q", range(first, first + n)):
-        yield 0, n
-        return
-    start = 0
-    for i in range(1, n + 1):
-        if i == n or values[i] != values[i - 1] + 1:
-            yield start, i - start
-            start = i
-
-
 def _memory(machine, mfns: array) -> list[list]:
     """[gfn, bytes] for each run of guest pages that are not all zero.
 
@@ -180,7 +157,7 @@ def _memory(machine, mfns: array) -> list[list]:
     runs: list[list] = []
     for base in range(0, len(mfns), BATCH):
         batch = mfns[base:base + BATCH]
-        for off, count in _progressions(batch):
+        for off, count in progressions(batch):
             data = machine.read(batch[off] << hw.PAGE_SHIFT, count * PAGE)
             if data == _ZERO_BATCH[:count * PAGE]:
                 continue
@@ -353,7 +330,7 @@ def _restore_memory(hv: Hypervisor, d: Domain, runs: list, where: str) -> None:
         _check_gfns(d, gfn, count, f"{where} memory")
         mfns = d.p2m.mfns[gfn:gfn + count]
         view = memoryview(data)
-        for off, n in _progressions(mfns):
+        for off, n in progressions(mfns):
             hv.machine.write(mfns[off] << hw.PAGE_SHIFT, view[off * PAGE:(off + n) * PAGE])
 
 

@@ -159,7 +159,7 @@ class Machine:
         return len(run), Status.OK
 
     def take_refs(self, mfns) -> tuple[int, int]:
-        run = mfns if isinstance(mfns, (range, memoryview)) else _run(mfns, ranges=True)
+        run = _run(mfns, ranges=True)
         ref = self._ref
         for i, mfn in enumerate(run):
             if not self._ok(mfn):
