@@ -33,16 +33,18 @@ EXAMPLES    := $(BUILD)/query_caps $(BUILD)/xen_iommu_driver
 
 clients: $(LIB) $(EXAMPLES)
 
+# The client is thread-safe (per-thread connections, a lock per shared one):
+# it is compiled, and everything linking libxenemu.a is linked, with -pthread.
 $(BUILD)/xenemu_client.o: clients/c/xenemu_client.c $(CLIENT_HDRS)
 	@mkdir -p $(BUILD)
-	$(CC) $(CFLAGS) $(WARN) -D_POSIX_C_SOURCE=200809L -Iabi -Iclients/c -c $< -o $@
+	$(CC) $(CFLAGS) $(WARN) -pthread -D_POSIX_C_SOURCE=200809L -Iabi -Iclients/c -c $< -o $@
 
 $(LIB): $(BUILD)/xenemu_client.o
 	rm -f $@
 	ar rcs $@ $^
 
 $(BUILD)/%: clients/c/examples/%.c $(LIB) $(CLIENT_HDRS)
-	$(CC) $(CFLAGS) $(WARN) -Iabi -Iclients/c $< $(LIB) -o $@
+	$(CC) $(CFLAGS) $(WARN) -pthread -Iabi -Iclients/c $< $(LIB) -o $@
 
 # --- benchmark programs (bench/c): echo server and load generator -------
 BENCH_TOOLS := $(BUILD)/bench_echo $(BUILD)/bench_load

@@ -119,7 +119,9 @@ def assert_replays(trace: Path, *, truncated_ok: bool = False):
 
 
 def compile_c(src: Path, out: Path, *extra: str, std: str = "-std=c99") -> Path:
+    """Compile (and link with -pthread, as libxenemu.a needs) one C program."""
     cmd = ["gcc", std, "-Wall", "-Wextra", "-Werror", "-pedantic", "-D_POSIX_C_SOURCE=200809L",
-           f"-I{ROOT / 'abi'}", f"-I{ROOT / 'clients' / 'c'}", str(src), *extra, "-o", str(out)]
+           "-pthread", f"-I{ROOT / 'abi'}", f"-I{ROOT / 'clients' / 'c'}", str(src), *extra,
+           "-o", str(out)]
     subprocess.run(cmd, check=True, capture_output=True, text=True)
     return out

@@ -4,10 +4,17 @@
  *
  * One request in flight per call: build the CALL frame, send it, read frames
  * until the REPLY with our req_id, copy each region back into its buffer.
+ *
+ * Threads: a connection's lock is held for a whole call, so threads sharing a
+ * connection take turns (its frame buffer and req_id are the connection's).
+ * HYPERVISOR_iommu_op() gives each thread its own connection, as each vCPU of
+ * a guest enters the hypervisor on its own, so threads never wait for each
+ * other there. The error text is per thread too (struct thread_state).
  */
 #include "xenemu_client.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -17,20 +24,97 @@
 #include <unistd.h>
 
 struct xenemu_conn {
+    pthread_mutex_t lock;       /* held for a whole call: guards everything below */
     int fd;
     uint64_t next_id;
     int broken;                 /* set after a transport or protocol failure */
     uint8_t *buf;               /* frame buffer, XENEMU_MAX_FRAME bytes */
 };
 
-static char last_error[256];
+/* What each thread has of its own: its $XENEMU_SOCKET connection and its error text. */
+struct thread_state {
+    struct xenemu_conn *conn;   /* made on first HYPERVISOR_iommu_op(), closed at thread exit */
+    char last_error[256];
+};
 
+static pthread_key_t state_key;
+static pthread_once_t state_once = PTHREAD_ONCE_INIT;
+static int state_key_made;
+
+/* Runs when a thread exits (not for the main thread returning from main()). */
+static void free_thread_state(void *p)
+{
+    struct thread_state *state = p;
+
+    xenemu_close(state->conn);
+    free(state);
+}
+
+/*
+ * In a child of fork(), the forking thread's connection is its parent's socket:
+ * a call there would mix its frames with the parent's. The child forgets it
+ * (closing only its copy of the descriptor) and connects anew on first use.
+ */
+static void forget_conn_in_child(void)
+{
+    struct thread_state *state = pthread_getspecific(state_key);
+
+    if (state) {
+        xenemu_close(state->conn);
+        state->conn = NULL;
+    }
+}
+
+static void make_state_key(void)
+{
+    state_key_made = pthread_key_create(&state_key, free_thread_state) == 0;
+    if (state_key_made)
+        pthread_atfork(NULL, NULL, forget_conn_in_child);
+}
+
+/* The calling thread's state, made on first use; NULL only when out of memory or keys. */
+static struct thread_state *thread_state(void)
+{
+    struct thread_state *state;
+
+    if (pthread_once(&state_once, make_state_key) != 0 || !state_key_made)
+        return NULL;
+    state = pthread_getspecific(state_key);
+    if (!state) {
+        state = calloc(1, sizeof(*state));
+        if (state && pthread_setspecific(state_key, state) != 0) {
+            free(state);
+            state = NULL;
+        }
+    }
+    return state;
+}
+
+static const char no_state_error[] = "out of memory for the xenemu client's per-thread state";
+
+static void set_error(const char *fmt, va_list ap)
+{
+    struct thread_state *state = thread_state();
+
+    if (state)
+        vsnprintf(state->last_error, sizeof(state->last_error), fmt, ap);
+}
+
+static void clear_error(void)
+{
+    struct thread_state *state = thread_state();
+
+    if (state)
+        state->last_error[0] = '\0';
+}
+
+/* Record why a call failed (for this thread) and mark the connection unusable. */
 static long fail(struct xenemu_conn *conn, const char *fmt, ...)
 {
     va_list ap;
 
     va_start(ap, fmt);
-    vsnprintf(last_error, sizeof(last_error), fmt, ap);
+    set_error(fmt, ap);
     va_end(ap);
     if (conn)
         conn->broken = 1;
@@ -39,7 +123,9 @@ static long fail(struct xenemu_conn *conn, const char *fmt, ...)
 
 const char *xenemu_last_error(void)
 {
-    return last_error;
+    struct thread_state *state = thread_state();
+
+    return state ? state->last_error : no_state_error;
 }
 
 struct xenemu_conn *xenemu_connect(const char *path)
@@ -70,9 +156,18 @@ struct xenemu_conn *xenemu_connect(const char *path)
     if (conn)
         conn->buf = malloc(XENEMU_MAX_FRAME);
     if (!conn || !conn->buf) {
+        if (conn)
+            free(conn->buf);
         free(conn);
         close(fd);
         fail(NULL, "out of memory");
+        return NULL;
+    }
+    if (pthread_mutex_init(&conn->lock, NULL) != 0) {
+        free(conn->buf);
+        free(conn);
+        close(fd);
+        fail(NULL, "pthread_mutex_init failed");
         return NULL;
     }
     conn->fd = fd;
@@ -84,6 +179,7 @@ void xenemu_close(struct xenemu_conn *conn)
 {
     if (!conn)
         return;
+    pthread_mutex_destroy(&conn->lock);
     close(conn->fd);
     free(conn->buf);
     free(conn);
@@ -181,20 +277,15 @@ static int copy_back(struct xenemu_conn *conn, uint32_t length, const struct xen
     return 0;
 }
 
-long xenemu_hypercall(struct xenemu_conn *conn, uint64_t op, const uint64_t args[XENEMU_NR_ARGS],
-                      const struct xenemu_buf *bufs, unsigned int nr_bufs)
+/* One call on a connection whose lock the caller holds. */
+static long call_locked(struct xenemu_conn *conn, uint64_t op, const uint64_t args[XENEMU_NR_ARGS],
+                        const struct xenemu_buf *bufs, unsigned int nr_bufs)
 {
     uint8_t *b;
     uint64_t req_id;
     size_t length = XENEMU_HDR_SIZE + XENEMU_CALL_SIZE;
     unsigned int i;
 
-    if (!conn) {
-        if (!last_error[0])     /* keep the reason xenemu_connect() gave */
-            fail(NULL, "no connection");
-        return -XEN_ENOSYS;
-    }
-    last_error[0] = '\0';
     if (conn->broken)
         return fail(conn, "connection broken by an earlier failure");
     if (nr_bufs > XENEMU_MAX_REGIONS)
@@ -245,6 +336,33 @@ long xenemu_hypercall(struct xenemu_conn *conn, uint64_t op, const uint64_t args
     }
 }
 
+long xenemu_hypercall(struct xenemu_conn *conn, uint64_t op, const uint64_t args[XENEMU_NR_ARGS],
+                      const struct xenemu_buf *bufs, unsigned int nr_bufs)
+{
+    long ret;
+    int cancel_state;
+
+    if (!conn) {
+        if (!xenemu_last_error()[0])    /* keep the reason xenemu_connect() gave */
+            fail(NULL, "no connection");
+        return -XEN_ENOSYS;
+    }
+    clear_error();
+    /*
+     * Like a hypercall, a call runs to its end: a thread cancelled inside it
+     * would leave the lock held and half a frame on the wire.
+     */
+    pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, &cancel_state);
+    if (pthread_mutex_lock(&conn->lock) != 0) {
+        pthread_setcancelstate(cancel_state, NULL);
+        return fail(NULL, "cannot lock the connection");
+    }
+    ret = call_locked(conn, op, args, bufs, nr_bufs);
+    pthread_mutex_unlock(&conn->lock);
+    pthread_setcancelstate(cancel_state, NULL);
+    return ret;
+}
+
 long xenemu_iommu_op(struct xenemu_conn *conn, struct pv_iommu_op *op)
 {
     uint64_t args[XENEMU_NR_ARGS] = { (uint64_t)(uintptr_t)op, 0, 0, 0, 0 };
@@ -253,21 +371,22 @@ long xenemu_iommu_op(struct xenemu_conn *conn, struct pv_iommu_op *op)
     return xenemu_hypercall(conn, __HYPERVISOR_iommu_op, args, &buf, 1);
 }
 
-static struct xenemu_conn *default_conn;
-
 struct xenemu_conn *xenemu_default_conn(void)
 {
+    struct thread_state *state = thread_state();
     const char *path;
 
-    if (default_conn)
-        return default_conn;
+    if (!state)
+        return NULL;            /* xenemu_last_error() says out of memory */
+    if (state->conn)
+        return state->conn;
     path = getenv("XENEMU_SOCKET");
     if (!path || !*path) {
         fail(NULL, "XENEMU_SOCKET is not set");
         return NULL;
     }
-    default_conn = xenemu_connect(path);
-    return default_conn;
+    state->conn = xenemu_connect(path);   /* NULL: retried on the next call */
+    return state->conn;
 }
 
 long HYPERVISOR_iommu_op(struct pv_iommu_op *op)

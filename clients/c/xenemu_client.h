@@ -12,8 +12,25 @@
  * Return values are the hypercall's: 0 or -XEN_E*. When the daemon cannot be
  * reached or the connection breaks, calls return -XEN_ENOSYS (what a kernel
  * sees when the hypervisor lacks the hypercall) and xenemu_last_error() says
- * why. Connections are not thread-safe: use one per thread (the error text
- * is shared by all threads).
+ * why.
+ *
+ * Threads (link with -pthread). Every call may be made from any thread:
+ * - HYPERVISOR_iommu_op() uses the calling thread's own connection to
+ *   $XENEMU_SOCKET, made on its first call (a thread is a vCPU: vCPUs do not
+ *   wait for each other). It is closed when the thread exits; the main
+ *   thread's is left to the OS at process exit (closed by pthread_exit()).
+ * - A connection from xenemu_connect() may be shared by threads: its calls
+ *   take turns (one request in flight per connection; a lock held for the
+ *   whole call), so sharing just works, as one vCPU's hypercalls are one
+ *   after the other. For calls that overlap, give each thread a connection.
+ * - xenemu_close() ends a connection: closing one that another thread is
+ *   using, or using it after, is the caller's bug (as free() would be).
+ * - xenemu_last_error() is per thread: it describes the calling thread's
+ *   last call only.
+ * - A call is not a cancellation point: pthread_cancel() takes effect after it.
+ * - After fork(), HYPERVISOR_iommu_op() in the child connects anew; a
+ *   connection from xenemu_connect() made before fork() is the parent's socket
+ *   and must not be used in the child.
  */
 #ifndef XENEMU_CLIENT_H
 #define XENEMU_CLIENT_H
@@ -39,9 +56,14 @@ struct xenemu_buf {
 
 /* Connect to a domain socket; NULL on failure (see xenemu_last_error()). */
 struct xenemu_conn *xenemu_connect(const char *path);
+/* Close a connection (NULL is fine); no thread may be using it or use it after. */
 void xenemu_close(struct xenemu_conn *conn);
 
-/* The connection HYPERVISOR_iommu_op uses ($XENEMU_SOCKET), made on first use. */
+/*
+ * The connection HYPERVISOR_iommu_op uses in the calling thread ($XENEMU_SOCKET),
+ * made on first use; NULL when that fails (retried on the next call). Owned by
+ * the thread: do not close it.
+ */
 struct xenemu_conn *xenemu_default_conn(void);
 
 /*
@@ -58,7 +80,10 @@ long xenemu_iommu_op(struct xenemu_conn *conn, struct pv_iommu_op *op);
 /* __HYPERVISOR_iommu_op as a guest kernel calls it. */
 long HYPERVISOR_iommu_op(struct pv_iommu_op *op);
 
-/* Why the last failed call failed at the transport level ("" after a call that reached the daemon). */
+/*
+ * Why the calling thread's last failed call failed at the transport level
+ * ("" after a call that reached the daemon). Per thread.
+ */
 const char *xenemu_last_error(void);
 
 #ifdef __cplusplus
