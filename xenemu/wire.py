@@ -216,6 +216,11 @@ def encode_error(req_id: int, code: int, message: str) -> bytes:
     return ErrorFrame.build(dict(header=header, code=code, msg_len=len(text), message=text))
 
 
+# A frame longer than this is dropped from the decoder's buffer as soon as it
+# is handed out; shorter ones go with the next feed (cheaper, a few at a time).
+_COMPACT_AFTER = 64 * 1024
+
+
 class FrameDecoder:
     """Turns a byte stream into frames of the types this side accepts.
 
@@ -230,6 +235,7 @@ class FrameDecoder:
         self._max_frame = max_frame
         self._buf = bytearray()
         self._pos = 0
+        self.taken = 0      # frames handed out: a change means the next frame has begun
 
     @classmethod
     def for_server(cls) -> FrameDecoder:
@@ -243,6 +249,21 @@ class FrameDecoder:
     def buffered(self) -> int:
         """Bytes received but not yet part of a whole frame."""
         return len(self._buf) - self._pos
+
+    @property
+    def pending_req_id(self) -> int:
+        """The req_id of the first frame not yet handed out, once its header
+        is in (0 before): what a TIMEOUT or GONE about it carries."""
+        if self.buffered < HDR_SIZE:
+            return 0
+        return int.from_bytes(self._buf[self._pos + 16:self._pos + HDR_SIZE], "little")
+
+    @property
+    def pending_length(self) -> int:
+        """The length the next frame's header declares, once it is in (0 before)."""
+        if self.buffered < HDR_SIZE:
+            return 0
+        return int.from_bytes(self._buf[self._pos + 8:self._pos + 12], "little")
 
     def feed(self, data: bytes) -> None:
         if self._pos:
@@ -276,9 +297,16 @@ class FrameDecoder:
         if self.buffered < hdr.length:
             return None
         start = self._pos
-        raw = bytes(self._buf[start:start + hdr.length])
+        with memoryview(self._buf) as view:     # one copy, not a bytearray slice and a bytes
+            raw = bytes(view[start:start + hdr.length])
         frame = self._decode(hdr, raw)
         self._pos += hdr.length  # only once decoded: a bad frame stays for offending()
+        self.taken += 1
+        if self._pos == len(self._buf) or hdr.length > _COMPACT_AFTER:
+            # Give back a big frame's bytes now, not at the next feed: the
+            # reply may wait long for a client that is slow to read.
+            del self._buf[:self._pos]
+            self._pos = 0
         return frame
 
     def __iter__(self):
