@@ -325,7 +325,8 @@ class Daemon:
                         if half:
                             if decoder.taken != clock_of:      # a new frame has begun
                                 clock_of, left = decoder.taken, timeout
-                            held = await self._hold_frame_memory(scope, decoder, held)
+                            if held or decoder.pending_length > LARGE_FRAME:
+                                held = await self._hold_frame_memory(scope, decoder, held)
                             began = trio.current_time()
                             scope.deadline = began + left
                         elif held:
@@ -396,21 +397,22 @@ class Daemon:
         # A trio cancel scope costs microseconds, as much as a hypercall: the
         # replies of a healthy connection are sent without one.
         if keep_open and replies and not held:
-            await stream.send_all(b"".join(replies))
+            await stream.send_all(replies)
         elif replies:
             timeout = self.limits.frame_timeout if keep_open else ERROR_SEND_TIMEOUT
             with trio.move_on_after(timeout) as sending:
-                await stream.send_all(b"".join(replies))
+                await stream.send_all(replies)
             if sending.cancelled_caught and keep_open:
                 log.warning("%s: a reply of %d bytes not taken within %g s while holding "
-                            "frame memory; closing", conn, sum(map(len, replies)), timeout)
+                            "frame memory; closing", conn, len(replies), timeout)
                 keep_open = False
         return keep_open
 
-    async def _run_calls(self, domid: int, decoder: FrameDecoder, conn: str):
-        """Every whole call buffered, executed: (replies, keep the connection open).
-        A function of its own so that the calls, their frames and guest memory
-        are freed before the replies wait on a slow reader."""
+    async def _run_calls(self, domid: int, decoder: FrameDecoder, conn: str) -> tuple[bytes, bool]:
+        """Every whole call buffered, executed: (the replies, keep the connection
+        open). A function of its own so that the calls, their frames, guest
+        memory and the replies one by one are freed before the replies wait on
+        a slow reader."""
         replies = []
         try:
             for call in decoder:
@@ -420,12 +422,12 @@ class Daemon:
             replies.append(encode_error(e.req_id, e.code, e.message))
             if self.recorder:
                 self.recorder.protocol_error(domid, decoder.offending(), False, e.code, replies[-1])
-            return replies, False
+            return b"".join(replies), False
         except Exception:
             log.exception("%s: internal error; closing the connection", conn)
             replies.append(encode_error(0, ERR_INTERNAL, "internal error in the daemon (see its log)"))
-            return replies, False
-        return replies, True
+            return b"".join(replies), False
+        return b"".join(replies), True
 
     async def _execute(self, domid: int, call: Call) -> bytes:
         mem = GuestMemory(call.regions)

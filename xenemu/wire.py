@@ -216,8 +216,7 @@ def encode_error(req_id: int, code: int, message: str) -> bytes:
     return ErrorFrame.build(dict(header=header, code=code, msg_len=len(text), message=text))
 
 
-# A frame longer than this is dropped from the decoder's buffer as soon as it
-# is handed out; shorter ones go with the next feed (cheaper, a few at a time).
+# A frame longer than this leaves the decoder's buffer as soon as it is handed out.
 _COMPACT_AFTER = 64 * 1024
 
 
@@ -266,10 +265,6 @@ class FrameDecoder:
         return int.from_bytes(self._buf[self._pos + 8:self._pos + 12], "little")
 
     def feed(self, data: bytes) -> None:
-        if self._pos:
-            # Drop consumed bytes before growing, so the buffer stays one frame big.
-            del self._buf[:self._pos]
-            self._pos = 0
         self._buf += data
 
     def offending(self) -> bytes:
@@ -291,10 +286,12 @@ class FrameDecoder:
     def next_frame(self) -> Call | Reply | Error | None:
         if self.buffered < HDR_SIZE:
             self._check_prefix()
+            self._compact()
             return None
         hdr = _Hdr._make(_HEADER.unpack_from(self._buf, self._pos))
         self._check_header(hdr)
         if self.buffered < hdr.length:
+            self._compact()
             return None
         start = self._pos
         with memoryview(self._buf) as view:     # one copy, not a bytearray slice and a bytes
@@ -302,12 +299,17 @@ class FrameDecoder:
         frame = self._decode(hdr, raw)
         self._pos += hdr.length  # only once decoded: a bad frame stays for offending()
         self.taken += 1
-        if self._pos == len(self._buf) or hdr.length > _COMPACT_AFTER:
-            # Give back a big frame's bytes now, not at the next feed: the
-            # reply may wait long for a client that is slow to read.
+        if hdr.length > _COMPACT_AFTER:
+            self._compact()
+        return frame
+
+    def _compact(self) -> None:
+        """Drop the bytes of frames handed out: once no whole frame is left (the
+        replies may then wait long on a client slow to read), or at once for a
+        big frame; not after each small one (a copy of the rest each time)."""
+        if self._pos:
             del self._buf[:self._pos]
             self._pos = 0
-        return frame
 
     def __iter__(self):
         while (frame := self.next_frame()) is not None:
