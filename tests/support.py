@@ -19,11 +19,12 @@ class DaemonProcess:
     """`xenemu serve` in a subprocess, with its sockets in a private directory."""
 
     def __init__(self, tmp_path: Path, *extra_args: str, record: bool = True,
-                 log_level: str = "debug", max_file_size: int | None = None):
+                 log_level: str = "debug", max_file_size: int | None = None,
+                 max_open_files: int | None = None):
         """max_file_size: the daemon's RLIMIT_FSIZE, so that its writes to any
         file fail past that size as on a full disk (EFBIG; Python ignores
         SIGXFSZ), its log included: give it a log_level that keeps the log
-        small."""
+        small. max_open_files: its RLIMIT_NOFILE, soft and hard (`ulimit -n`)."""
         self.socket_dir = tmp_path / "sockets"
         tmp_path.mkdir(parents=True, exist_ok=True)
         n = 1 + sum(1 for _ in tmp_path.glob("daemon*.log"))
@@ -32,13 +33,17 @@ class DaemonProcess:
         self.trace = tmp_path / f"trace{n}.xt" if record else None
         self._log = open(self.log_path, "wb")
         record_args = ["--record", str(self.trace)] if record else []
-        limit = None if max_file_size is None else \
-            (lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (max_file_size, max_file_size)))
+        rlimits = [(resource.RLIMIT_FSIZE, max_file_size), (resource.RLIMIT_NOFILE, max_open_files)]
+        rlimits = [(which, n) for which, n in rlimits if n is not None]
+
+        def limit():
+            for which, n in rlimits:
+                resource.setrlimit(which, (n, n))
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "xenemu.cli", "--log-level", log_level, "serve",
              "--socket-dir", str(self.socket_dir), "--check-iotlb", *record_args, *extra_args],
             stdout=subprocess.PIPE, stderr=self._log, cwd=ROOT, bufsize=0,  # unbuffered: select() sees every line
-            preexec_fn=limit)
+            preexec_fn=limit if rlimits else None)
         self.sockets: dict[int, Path] = {}
         self.control = ""
         self.banner = self._read_banner()

@@ -52,7 +52,7 @@ def _serve(args) -> int:
         return EXIT_BAD_INPUT
     limits = Limits(connections=args.max_connections,
                     connections_per_domain=args.max_connections_per_domain,
-                    frame_timeout=args.frame_timeout)
+                    frame_timeout=args.frame_timeout, frame_memory=args.frame_memory << 20)
     daemon = Daemon(hv, args.socket_dir, args.record, {"command": " ".join(sys.argv)}, limits,
                     snapshot_path=args.snapshot, restored_from=restored)
     del restored        # the daemon drops it once the trace header has it
@@ -179,6 +179,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--frame-timeout", type=float, default=Limits.frame_timeout, metavar="S",
                        help="seconds a client may take to finish a frame it has begun "
                             f"(default {Limits.frame_timeout:g})")
+    serve.add_argument("--frame-memory", type=int, default=Limits.frame_memory >> 20, metavar="MIB",
+                       help="memory for frames longer than 64 KiB and their replies, shared by "
+                            "all connections; a frame that does not fit waits its turn "
+                            f"(default {Limits.frame_memory >> 20} MiB, at least 2)")
     serve.add_argument("--record", type=Path, metavar="FILE",
                        help="record every hypercall and machine change to a trace "
                             "(`xenemu replay FILE` replays it); if a write fails, recording "

@@ -22,18 +22,20 @@ import logging
 import os
 import socket as stdsocket
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import msgpack
 import trio
 
 from . import control, snapshot
+from .fdlimit import OWN_DESCRIPTORS, open_descriptors, room_for
 from .guest import GuestMemory
 from .hypervisor import RESTART, Hypervisor
+from .membudget import ByteBudget
 from .snapshot import SnapshotError
 from .trace import TraceWriter
-from .wire import (ERR_GONE, ERR_INTERNAL, ERR_LIMIT, ERR_TIMEOUT, Call, FrameDecoder,
+from .wire import (ERR_GONE, ERR_INTERNAL, ERR_LIMIT, ERR_TIMEOUT, MAX_FRAME, Call, FrameDecoder,
                    ProtocolError, encode_error, encode_reply)
 
 log = logging.getLogger("xenemu.daemon")
@@ -51,10 +53,38 @@ class Limits:
     most RECEIVE_SIZE bytes at a time and answers them before reading more,
     so a client that writes without reading is stopped by its own socket
     buffers (backpressure), holding at most one read's worth of requests.
+    A frame longer than that is held only with bytes of `frame_memory`,
+    shared by all connections (see membudget.py).
     """
     connections: int = 512              # in all
     connections_per_domain: int = 128
     frame_timeout: float = 10.0         # seconds to finish a frame once begun
+    frame_memory: int = 64 << 20        # bytes for large frames and their replies, in all
+    control_connections: int = 16       # set aside in the descriptor count
+
+
+# A frame longer than one read is charged to the shared budget: twice its
+# length, for its bytes as received and executed, then its reply.
+LARGE_FRAME = RECEIVE_SIZE
+# Domains the control socket may create after the start, each a listening
+# socket, counted when the soft descriptor limit is raised.
+LATER_DOMAINS = 16
+
+
+def fit_descriptors(limits: Limits, nr_domains: int) -> tuple[Limits, int]:
+    """The limits lowered to what RLIMIT_NOFILE allows (raised first if it
+    can be), and the descriptors left for connections and domain sockets."""
+    reserved = open_descriptors() + OWN_DESCRIPTORS + limits.control_connections
+    room = room_for(limits.connections + nr_domains + LATER_DOMAINS, reserved)
+    fit = max(1, room - nr_domains)
+    if fit < limits.connections:
+        per_domain = min(limits.connections_per_domain, fit)
+        log.warning("xenemu: %d descriptors (RLIMIT_NOFILE; raise it with ulimit -n) allow "
+                    "%d connections in all and %d per domain, not %d and %d",
+                    room + reserved, fit, per_domain, limits.connections,
+                    limits.connections_per_domain)
+        limits = replace(limits, connections=fit, connections_per_domain=per_domain)
+    return limits, room
 
 
 def default_socket_dir() -> Path:
@@ -79,7 +109,9 @@ class Daemon:
                  snapshot_path: Path | None = None, restored_from: dict | None = None):
         """`restored_from`: the snapshot hv was restored from, for the trace's header."""
         self.hv = hv
-        self.limits = limits
+        # _fd_room: descriptors for connections and domain listening sockets.
+        self.limits, self._fd_room = fit_descriptors(limits, len(hv.domains))
+        self._frame_memory = ByteBudget(max(self.limits.frame_memory, 2 * MAX_FRAME))
         self._open: dict[int, int] = {}     # domid -> connections open
         self._record = (record, record_meta)
         self._restored_from = restored_from
@@ -254,8 +286,10 @@ class Daemon:
             self._open[domid] -= 1
 
     def _over_limit(self, domid: int) -> str | None:
-        if sum(self._open.values()) >= self.limits.connections:
-            return f"too many connections (at most {self.limits.connections} in all)"
+        # Domains created since the start took descriptors from the connections'.
+        most = min(self.limits.connections, self._fd_room - len(self.hv.domains))
+        if sum(self._open.values()) >= most:
+            return f"too many connections (at most {most} in all)"
         if self._open.get(domid, 0) >= self.limits.connections_per_domain:
             return (f"too many connections to d{domid} "
                     f"(at most {self.limits.connections_per_domain})")
@@ -272,54 +306,114 @@ class Daemon:
     async def _serve_frames(self, stream: trio.SocketStream, domid: int, conn: str) -> None:
         log.debug("%s: connected", conn)
         decoder = FrameDecoder.for_server()
+        timeout = self.limits.frame_timeout
+        # A frame's clock: the time spent waiting for its bytes, from its first
+        # to its last, whatever arrives in between. Time the daemon spends
+        # answering, sending or waiting for frame memory is not the client's.
+        clock_of = -1           # decoder.taken when the half-received frame's clock started
+        left = timeout          # of that clock
+        held = 0                # bytes of the shared frame memory this connection holds
         timed_out = False
         try:
             async with stream:
                 # One scope for the connection's life, not one per read (a scope
                 # costs as much as a hypercall). Its deadline is armed only while
-                # a frame is half received; stop() cancels it only during a read.
+                # a frame is half received; stop() cancels it only while waiting.
                 with trio.CancelScope() as scope:
-                    armed = False
                     while not self._stopping:
-                        if decoder.buffered:    # setting a deadline is not free: only here
-                            scope.deadline = trio.current_time() + self.limits.frame_timeout
-                            armed = True
+                        half = decoder.buffered     # setting a deadline is not free: only then
+                        if half:
+                            if decoder.taken != clock_of:      # a new frame has begun
+                                clock_of, left = decoder.taken, timeout
+                            if held or decoder.pending_length > LARGE_FRAME:
+                                held = await self._hold_frame_memory(scope, decoder, held)
+                            began = trio.current_time()
+                            scope.deadline = began + left
+                        elif held:
+                            self._frame_memory.release(held)
+                            held = 0
                         self._reading.add(scope)
                         try:
                             data = await stream.receive_some(RECEIVE_SIZE)
                         finally:
                             self._reading.discard(scope)
-                        if armed:
-                            scope.deadline, armed = math.inf, False
+                        if half:
+                            scope.deadline = math.inf
+                            left -= trio.current_time() - began
                         if not data:
                             decoder.close()
                             break
                         decoder.feed(data)
                         if domid not in self.hv.domains:
                             await self._send_error_and_close(stream, ERR_GONE,
-                                                             f"d{domid} has been destroyed")
+                                                             f"d{domid} has been destroyed",
+                                                             decoder.pending_req_id)
                             break
-                        if not await self._answer(stream, domid, decoder, conn):
+                        if not await self._answer(stream, domid, decoder, conn, held):
                             break
                 timed_out = scope.cancelled_caught and not self._stopping
                 if timed_out:
                     log.warning("%s: a frame begun %d bytes ago was not finished within %g s; "
-                                "closing", conn, decoder.buffered, self.limits.frame_timeout)
+                                "closing", conn, decoder.buffered, timeout)
                     await self._send_error_and_close(
                         stream, ERR_TIMEOUT, f"frame not finished within "
-                        f"{self.limits.frame_timeout:g} s ({decoder.buffered} bytes received)")
+                        f"{timeout:g} s ({decoder.buffered} bytes received)",
+                        decoder.pending_req_id)
         except ProtocolError as e:  # only TRUNCATED: the peer is gone, nobody to tell
             log.info("%s: %s", conn, e)
             if self.recorder:
                 self.recorder.protocol_error(domid, decoder.offending(), True, e.code, None)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             log.info("%s: peer went away", conn)
+        finally:
+            if held:
+                self._frame_memory.release(held)
         log.debug("%s: closed", conn)
 
-    async def _answer(self, stream, domid: int, decoder: FrameDecoder, conn: str) -> bool:
-        """Serve every whole call buffered; False when the connection must close."""
+    async def _hold_frame_memory(self, scope: trio.CancelScope, decoder: FrameDecoder,
+                                 held: int) -> int:
+        """What the half-received frame needs of the shared frame memory, taken
+        before reading more of it (waiting, without reading, if others hold
+        it): a large frame is charged twice its length (its bytes, its reply);
+        one read's worth is the connection's own."""
+        length = decoder.pending_length
+        need = 2 * length if length > LARGE_FRAME else 0
+        if need < held:
+            self._frame_memory.release(held - need)
+        elif need > held:
+            self._reading.add(scope)        # stop() ends the wait too
+            try:
+                await self._frame_memory.acquire(need - held)
+            finally:
+                self._reading.discard(scope)
+        return need
+
+    async def _answer(self, stream, domid: int, decoder: FrameDecoder, conn: str,
+                      held: int) -> bool:
+        """Serve every whole call buffered; False when the connection must close.
+        `held`: frame memory is held for a large frame, whose reply the client
+        must take within the frame timeout (others may be waiting for it)."""
+        replies, keep_open = await self._run_calls(domid, decoder, conn)
+        # A trio cancel scope costs microseconds, as much as a hypercall: the
+        # replies of a healthy connection are sent without one.
+        if keep_open and replies and not held:
+            await stream.send_all(replies)
+        elif replies:
+            timeout = self.limits.frame_timeout if keep_open else ERROR_SEND_TIMEOUT
+            with trio.move_on_after(timeout) as sending:
+                await stream.send_all(replies)
+            if sending.cancelled_caught and keep_open:
+                log.warning("%s: a reply of %d bytes not taken within %g s while holding "
+                            "frame memory; closing", conn, len(replies), timeout)
+                keep_open = False
+        return keep_open
+
+    async def _run_calls(self, domid: int, decoder: FrameDecoder, conn: str) -> tuple[bytes, bool]:
+        """Every whole call buffered, executed: (the replies, keep the connection
+        open). A function of its own so that the calls, their frames, guest
+        memory and the replies one by one are freed before the replies wait on
+        a slow reader."""
         replies = []
-        keep_open = True
         try:
             for call in decoder:
                 replies.append(await self._execute(domid, call))
@@ -328,19 +422,12 @@ class Daemon:
             replies.append(encode_error(e.req_id, e.code, e.message))
             if self.recorder:
                 self.recorder.protocol_error(domid, decoder.offending(), False, e.code, replies[-1])
-            keep_open = False
+            return b"".join(replies), False
         except Exception:
             log.exception("%s: internal error; closing the connection", conn)
             replies.append(encode_error(0, ERR_INTERNAL, "internal error in the daemon (see its log)"))
-            keep_open = False
-        # A trio cancel scope costs microseconds, as much as a hypercall: the
-        # replies of a healthy connection are sent without one.
-        if keep_open and replies:
-            await stream.send_all(b"".join(replies))
-        elif replies:
-            with trio.move_on_after(ERROR_SEND_TIMEOUT):
-                await stream.send_all(b"".join(replies))
-        return keep_open
+            return b"".join(replies), False
+        return b"".join(replies), True
 
     async def _execute(self, domid: int, call: Call) -> bytes:
         mem = GuestMemory(call.regions)

@@ -216,6 +216,10 @@ def encode_error(req_id: int, code: int, message: str) -> bytes:
     return ErrorFrame.build(dict(header=header, code=code, msg_len=len(text), message=text))
 
 
+# A frame longer than this leaves the decoder's buffer as soon as it is handed out.
+_COMPACT_AFTER = 64 * 1024
+
+
 class FrameDecoder:
     """Turns a byte stream into frames of the types this side accepts.
 
@@ -230,6 +234,7 @@ class FrameDecoder:
         self._max_frame = max_frame
         self._buf = bytearray()
         self._pos = 0
+        self.taken = 0      # frames handed out: a change means the next frame has begun
 
     @classmethod
     def for_server(cls) -> FrameDecoder:
@@ -244,11 +249,22 @@ class FrameDecoder:
         """Bytes received but not yet part of a whole frame."""
         return len(self._buf) - self._pos
 
+    @property
+    def pending_req_id(self) -> int:
+        """The req_id of the first frame not yet handed out, once its header
+        is in (0 before): what a TIMEOUT or GONE about it carries."""
+        if self.buffered < HDR_SIZE:
+            return 0
+        return int.from_bytes(self._buf[self._pos + 16:self._pos + HDR_SIZE], "little")
+
+    @property
+    def pending_length(self) -> int:
+        """The length the next frame's header declares, once it is in (0 before)."""
+        if self.buffered < HDR_SIZE:
+            return 0
+        return int.from_bytes(self._buf[self._pos + 8:self._pos + 12], "little")
+
     def feed(self, data: bytes) -> None:
-        if self._pos:
-            # Drop consumed bytes before growing, so the buffer stays one frame big.
-            del self._buf[:self._pos]
-            self._pos = 0
         self._buf += data
 
     def offending(self) -> bytes:
@@ -270,16 +286,30 @@ class FrameDecoder:
     def next_frame(self) -> Call | Reply | Error | None:
         if self.buffered < HDR_SIZE:
             self._check_prefix()
+            self._compact()
             return None
         hdr = _Hdr._make(_HEADER.unpack_from(self._buf, self._pos))
         self._check_header(hdr)
         if self.buffered < hdr.length:
+            self._compact()
             return None
         start = self._pos
-        raw = bytes(self._buf[start:start + hdr.length])
+        with memoryview(self._buf) as view:     # one copy, not a bytearray slice and a bytes
+            raw = bytes(view[start:start + hdr.length])
         frame = self._decode(hdr, raw)
         self._pos += hdr.length  # only once decoded: a bad frame stays for offending()
+        self.taken += 1
+        if hdr.length > _COMPACT_AFTER:
+            self._compact()
         return frame
+
+    def _compact(self) -> None:
+        """Drop the bytes of frames handed out: once no whole frame is left (the
+        replies may then wait long on a client slow to read), or at once for a
+        big frame; not after each small one (a copy of the rest each time)."""
+        if self._pos:
+            del self._buf[:self._pos]
+            self._pos = 0
 
     def __iter__(self):
         while (frame := self.next_frame()) is not None:
