@@ -15,7 +15,6 @@ and by the control op `snapshot`.
 
 from __future__ import annotations
 
-import errno
 import functools
 import math
 import logging
@@ -70,7 +69,15 @@ def control_socket_path(socket_dir: Path) -> Path:
 
 
 class DaemonError(Exception):
-    pass
+    """The daemon cannot serve (sockets in use, an unsafe directory...): one line for the user."""
+
+
+def _file_kind(mode: int) -> str:
+    for test, kind in ((stat.S_ISREG, "a regular file"), (stat.S_ISDIR, "a directory"),
+                       (stat.S_ISLNK, "a symbolic link"), (stat.S_ISFIFO, "a FIFO")):
+        if test(mode):
+            return kind
+    return "a special file"
 
 
 class Daemon:
@@ -204,30 +211,62 @@ class Daemon:
             sock.bind(str(path))
             os.chmod(path, 0o600)
             sock.listen(128)
-        except OSError:
+        except OSError as e:    # a path too long for AF_UNIX, a directory we may not write...
             sock.close()
-            raise
+            raise DaemonError(f"cannot listen on {path}: {e.strerror or e}") from None
         return trio.SocketListener(trio.socket.from_stdlib_socket(sock))
 
     def _make_private_dir(self) -> None:
-        self.socket_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        st = self.socket_dir.stat()
+        """The socket directory, made if missing: ours and closed to others.
+        Given as a symbolic link, the link must be ours too (lstat), or its
+        owner could re-point it at another directory once we have checked."""
+        where = self.socket_dir
+        try:
+            link = os.lstat(where)
+        except FileNotFoundError:
+            link = None
+        except OSError as e:
+            raise DaemonError(f"socket directory {where}: {e.strerror}") from None
+        if link is not None and stat.S_ISLNK(link.st_mode) and link.st_uid != os.getuid():
+            raise DaemonError(f"socket directory {where} is a symbolic link owned by uid "
+                              f"{link.st_uid}, not by this user: its owner could re-point it")
+        try:
+            if link is None:
+                where.mkdir(mode=0o700, parents=True, exist_ok=True)
+            st = where.stat()
+        except OSError as e:
+            raise DaemonError(f"socket directory {where}: {e.strerror or e}") from None
+        if not stat.S_ISDIR(st.st_mode):
+            raise DaemonError(f"socket directory {where} is not a directory")
         if st.st_uid != os.getuid() or stat.S_IMODE(st.st_mode) & 0o077:
-            raise DaemonError(f"{self.socket_dir} must be owned by this user and not open to others "
-                              f"(mode {stat.S_IMODE(st.st_mode):o})")
+            raise DaemonError(f"socket directory {where} must be owned by this user and not "
+                              f"open to others (owner uid {st.st_uid}, "
+                              f"mode {stat.S_IMODE(st.st_mode):o})")
 
     @staticmethod
     def _clear_stale(path: Path) -> None:
-        """Remove a socket left by a daemon that died; refuse to steal a live one."""
-        if not path.exists():
+        """Remove a socket left by a daemon that died; refuse anything else.
+
+        Only a socket nobody answers (ECONNREFUSED) is replaced: a live one
+        belongs to another daemon, and a file, directory, link or FIFO of
+        that name is the user's, never ours to delete."""
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
             return
+        if not stat.S_ISSOCK(st.st_mode):
+            raise DaemonError(f"{path} exists and is {_file_kind(st.st_mode)}, not a socket: "
+                              f"not replacing it (move it away or use another --socket-dir)")
         probe = stdsocket.socket(stdsocket.AF_UNIX, stdsocket.SOCK_STREAM)
         try:
             probe.connect(str(path))
-        except OSError as e:
-            if e.errno not in (errno.ECONNREFUSED, errno.ENOTSOCK, errno.ENOENT):
-                raise
+        except FileNotFoundError:
+            return                      # removed meanwhile
+        except ConnectionRefusedError:
             path.unlink(missing_ok=True)
+        except OSError as e:
+            raise DaemonError(f"{path}: cannot tell whether a daemon answers there "
+                              f"({e.strerror or e}): not replacing it") from None
         else:
             raise DaemonError(f"{path} is in use: is another xenemu daemon running?")
         finally:
