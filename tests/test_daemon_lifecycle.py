@@ -9,10 +9,15 @@ import os
 import socket
 import subprocess
 import sys
+import time
 
+import msgpack
 import pytest
 
-from support import ROOT, DaemonProcess
+from support import ROOT, DaemonProcess, raw_conn
+from xenemu.client import XenemuClient
+from xenemu.control import MAX_REQUEST
+from xenemu.daemon import CONTROL_CONNECTIONS
 
 EXIT_CANNOT_SERVE = 1
 
@@ -112,3 +117,87 @@ def test_a_socket_directory_link_of_ours_to_a_private_directory_serves(tmp_path)
         assert (real / "control.sock").exists()
     finally:
         assert d.stop() == 0
+
+
+# -- the control socket answers every bad request -----------------------------------
+
+def control_replies(daemon, data: bytes, *, then_close: bool = True) -> list:
+    """Send raw bytes on a new control connection; every reply until the daemon closes it."""
+    s = raw_conn(daemon.control)
+    try:
+        s.sendall(data)
+        if not then_close:
+            s.shutdown(socket.SHUT_WR)
+        unpacker = msgpack.Unpacker(raw=False)
+        try:
+            while chunk := s.recv(65536):
+                unpacker.feed(chunk)
+        except ConnectionResetError:
+            pass        # closed with bytes of ours unread: after the replies, as EOF would be
+        return list(unpacker)
+    finally:
+        s.close()
+
+
+def still_serving(daemon):
+    assert daemon.ctl("info")["domains"]
+    with XenemuClient(daemon.socket(0)) as xen:
+        assert xen.noop().ret == 0
+
+
+def info_request_of(size: int) -> bytes:
+    head = msgpack.packb({"op": "info", "pad": b""})
+    pad = size - len(head) - 3       # bin8 -> bin32 grows the header by 3
+    request = msgpack.packb({"op": "info", "pad": b"x" * pad})
+    assert len(request) == size
+    return request
+
+
+def test_a_control_request_over_1_mib_is_answered_then_closed(daemon):
+    [reply] = control_replies(daemon, info_request_of(MAX_REQUEST), then_close=False)
+    assert reply["ok"]
+    [reply] = control_replies(daemon, info_request_of(MAX_REQUEST + 1))
+    assert reply["ok"] is False and f"at most {MAX_REQUEST} bytes" in reply["error"]
+    still_serving(daemon)
+
+
+@pytest.mark.parametrize("stream", [b"\xc1", msgpack.packb({"op": "info"}) + b"\x82\xa2op\xc1",
+                                    b"\x91" * 4000],
+                         ids=["never-msgpack", "truncated-then-garbage", "nested-too-deep"])
+def test_broken_msgpack_on_the_control_socket_is_answered_then_closed(daemon, stream):
+    replies = control_replies(daemon, stream)
+    # Requests before the fault are answered; then one reply says what was wrong.
+    assert all(r["ok"] for r in replies[:-1]) and len(replies) == stream.count(b"\xa4info") + 1
+    assert replies[-1]["ok"] is False and "not" in replies[-1]["error"] \
+        and "msgpack" in replies[-1]["error"]
+    still_serving(daemon)
+
+
+def test_a_control_request_that_is_not_a_map_is_answered_and_the_connection_stays(daemon):
+    replies = control_replies(daemon, msgpack.packb([1, 2]) + msgpack.packb("info")
+                              + msgpack.packb({"op": "info"}), then_close=False)
+    assert [r["ok"] for r in replies] == [False, False, True]
+    assert "a request is a map" in replies[0]["error"]
+
+
+def test_control_connections_are_bounded(daemon):
+    held = [raw_conn(daemon.control) for _ in range(CONTROL_CONNECTIONS)]
+    try:
+        for s in held:                          # each is being served before the next
+            s.sendall(msgpack.packb({"op": "counters"}))
+            assert msgpack.unpackb(s.recv(65536))["ok"]
+        refused_one = control_replies(daemon, msgpack.packb({"op": "info"}))
+        assert refused_one == [{"ok": False, "error": f"too many control connections "
+                                f"(at most {CONTROL_CONNECTIONS} at once); closing the connection"}]
+        with XenemuClient(daemon.socket(0)) as xen:
+            assert xen.noop().ret == 0
+    finally:
+        for s in held:
+            s.close()
+    # The slots come back as the connections close.
+    deadline = time.monotonic() + 30
+    while True:
+        replies = control_replies(daemon, msgpack.packb({"op": "info"}), then_close=False)
+        if replies[0]["ok"] or time.monotonic() > deadline:
+            break
+    assert replies[0]["ok"]

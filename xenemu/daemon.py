@@ -40,6 +40,7 @@ log = logging.getLogger("xenemu.daemon")
 RECEIVE_SIZE = 64 * 1024
 SHUTDOWN_GRACE = 5.0       # seconds in-flight work may take once a stop is asked
 ERROR_SEND_TIMEOUT = 5.0   # a peer that will not read its error frame is dropped after this
+CONTROL_CONNECTIONS = 16   # control connections open at once: a harness needs a few
 
 
 @dataclass(frozen=True)
@@ -109,6 +110,7 @@ class Daemon:
         # The scopes of connections waiting in a read: what stop() cancels.
         self._reading: set[trio.CancelScope] = set()
         self._next_conn = 0
+        self._control_open = 0
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -407,23 +409,68 @@ class Daemon:
     # -- control ------------------------------------------------------------------
 
     async def _serve_control(self, stream: trio.SocketStream) -> None:
-        """msgpack requests in, one reply each; a broken stream closes only itself."""
+        """msgpack requests in, one reply each, at most CONTROL_CONNECTIONS at once."""
+        async with stream:
+            if self._control_open >= CONTROL_CONNECTIONS:
+                why = f"too many control connections (at most {CONTROL_CONNECTIONS} at once)"
+                log.warning("control: connection refused: %s", why)
+                await self._send_control_refusal(stream, why)
+                return
+            self._control_open += 1
+            try:
+                await self._serve_control_requests(stream)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+            finally:
+                self._control_open -= 1
+
+    async def _serve_control_requests(self, stream: trio.SocketStream) -> None:
+        """A stream that cannot be read on (broken msgpack, a request over
+        MAX_REQUEST) is out of step: it gets the replies to the requests
+        before the fault, one saying what was wrong, and is closed."""
         unpacker = control.unpacker()
-        try:
-            async with stream:
-                while not self._stopping:
-                    data = await stream.receive_some(RECEIVE_SIZE)
-                    if not data:
+        received = start = 0        # bytes in; where the request being read begins
+        while not self._stopping:
+            data = await stream.receive_some(RECEIVE_SIZE)
+            if not data:
+                return
+            received += len(data)
+            replies = []
+            try:
+                unpacker.feed(data)
+                why = None
+                for req in unpacker:
+                    # The unpacker's buffer bound is not exact: measure each request.
+                    if unpacker.tell() - start > control.MAX_REQUEST:
                         break
-                    unpacker.feed(data)
-                    replies = [control.pack(self._control_request(req)) for req in unpacker]
-                    if replies:
-                        await stream.send_all(b"".join(replies))
-        except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError,
-                msgpack.BufferFull) as e:
-            log.warning("control: bad request stream (%s); closing", e)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
+                    start = unpacker.tell()
+                    replies.append(control.pack(self._control_request(req)))
+                if received - start > control.MAX_REQUEST:
+                    why = f"a control request is at most {control.MAX_REQUEST} bytes"
+            except msgpack.BufferFull:
+                why = f"a control request is at most {control.MAX_REQUEST} bytes"
+            except msgpack.FormatError:
+                why = "the request is not msgpack (a byte that begins no msgpack value)"
+            except msgpack.StackError:
+                why = "the request is not msgpack this daemon reads (nested too deep)"
+            except ValueError as e:     # ExtraData, a str that is not UTF-8...
+                why = f"the request is not valid msgpack ({e or type(e).__name__})"
+            if why is None:
+                if replies:
+                    await stream.send_all(b"".join(replies))
+                continue
+            log.warning("control: %s; closing the connection", why)
+            await self._send_control_refusal(stream, why, b"".join(replies))
+            return
+
+    @staticmethod
+    async def _send_control_refusal(stream: trio.SocketStream, why: str, before=b"") -> None:
+        reply = control.pack({"ok": False, "error": f"{why}; closing the connection"})
+        with trio.move_on_after(ERROR_SEND_TIMEOUT):
+            try:
+                await stream.send_all(before + reply)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
 
     def _control_request(self, req) -> dict:
         reply = self.control.handle(req)
