@@ -14,10 +14,13 @@ import time
 import msgpack
 import pytest
 
-from support import ROOT, DaemonProcess, raw_conn
-from xenemu.client import XenemuClient
+from support import ROOT, DaemonProcess, assert_replays, raw_conn
+from xenemu import abi, wire
+from xenemu.client import OP_GADDR, XenemuClient
 from xenemu.control import MAX_REQUEST
 from xenemu.daemon import CONTROL_CONNECTIONS
+from xenemu.errno import XenErrno as E
+from xenemu.wire import FrameDecoder, Region, encode_call
 
 EXIT_CANNOT_SERVE = 1
 
@@ -201,3 +204,127 @@ def test_control_connections_are_bounded(daemon):
         if replies[0]["ok"] or time.monotonic() > deadline:
             break
     assert replies[0]["ok"]
+
+
+# -- a connection belongs to the domain incarnation it was accepted for -------------
+
+RW = abi.IOMMU_OP_readable | abi.IOMMU_OP_writeable
+
+
+def frames_until_closed(s) -> list:
+    decoder = FrameDecoder.for_client()
+    try:
+        while data := s.recv(65536):
+            decoder.feed(data)
+    except ConnectionResetError:
+        pass                    # closed with bytes of ours unread: after its frames
+    return list(decoder)
+
+
+def served(s, frame: bytes):
+    """Send one frame, return the frame that answers it."""
+    s.sendall(frame)
+    decoder = FrameDecoder.for_client()
+    while (answer := decoder.next_frame()) is None:
+        decoder.feed(s.recv(4096))
+    return answer
+
+
+def alloc_context_frame(req_id: int) -> bytes:
+    return encode_call(req_id, abi.HYPERVISOR_iommu_op, (OP_GADDR,),
+                       (Region(OP_GADDR, abi.encode_op(abi.IOMMUOP_alloc_context)),))
+
+
+def test_connections_to_a_destroyed_domain_are_told_gone_at_once_and_free_their_slots(tmp_path):
+    """Eight idle connections to guest d5; d5 is destroyed and a hardware d5
+    created in its place. The old connections never act as the new d5: each
+    gets GONE without asking, and the successor has all its slots."""
+    d = DaemonProcess(tmp_path, "--max-connections-per-domain", "8")
+    try:
+        guest = d.ctl("domain_create", domid=5, memory_mib=4)["socket"]
+        stale = [raw_conn(guest, timeout=20) for _ in range(8)]
+        for i, s in enumerate(stale):       # each accepted and served: a guest gets EPERM
+            assert served(s, alloc_context_frame(i + 1)).ret == -E.EPERM
+        d.ctl("domain_destroy", domid=5)
+        successor = d.ctl("domain_create", domid=5, hardware=True, memory_mib=4)["socket"]
+        assert successor == guest
+        for s in stale:                     # not one asked anything since
+            frames = frames_until_closed(s)
+            assert [(f.req_id, f.code) for f in frames] == [(0, wire.ERR_GONE)], frames
+            assert "d5 has been destroyed" in frames[0].message
+            s.close()
+        # The successor's 8 slots are all free: not one is held by the old d5's connections.
+        fresh = [XenemuClient(successor) for _ in range(8)]
+        try:
+            assert [xen.alloc_context().ret for xen in fresh] == [0] * 8
+        finally:
+            for xen in fresh:
+                xen.close()
+        assert d.ctl("check")["consistent"]
+    finally:
+        assert d.stop() == 0
+    assert_replays(d.trace)
+
+
+def test_a_stale_connection_that_asks_after_the_successor_came_gets_gone(tmp_path):
+    """The breach as found: the old guest connection asks alloc_context after
+    domain_destroy + domain_create hardware=true of the same domid."""
+    d = DaemonProcess(tmp_path)
+    try:
+        guest = d.ctl("domain_create", domid=5, memory_mib=4)["socket"]
+        s = raw_conn(guest, timeout=20)
+        assert served(s, alloc_context_frame(1)).ret == -E.EPERM
+        d.ctl("domain_destroy", domid=5)
+        d.ctl("domain_create", domid=5, hardware=True, memory_mib=4)
+        try:
+            s.sendall(alloc_context_frame(2))
+        except BrokenPipeError:
+            pass                            # already closed: the GONE is waiting for us
+        frames = frames_until_closed(s)
+        assert [(type(f).__name__, f.req_id, getattr(f, "code", None)) for f in frames] == \
+            [("Error", 0, wire.ERR_GONE)], frames
+        assert [c["ctx_no"] for c in d.ctl("contexts", domid=5)["contexts"]] == [0]
+    finally:
+        assert d.stop() == 0
+    assert_replays(d.trace)
+
+
+def test_a_call_continuing_when_its_domain_is_destroyed_ends_there(tmp_path):
+    """free_context continues round by round (-ERESTART); the domain is
+    destroyed and re-created between two rounds. No round runs on the
+    successor: the call ends, answered GONE with its req_id (Xen never runs a
+    dying domain's vCPUs again)."""
+    d = DaemonProcess(tmp_path)
+    try:
+        for attempt in range(10):
+            sock = d.ctl("domain_create", domid=5, hardware=True, memory_mib=4)["socket"]
+            with XenemuClient(sock) as xen:
+                ctx = xen.alloc_context().op.ctx_no
+                maps = xen.pipeline([abi.encode_op(abi.IOMMUOP_map_pages, ctx, RW, "map_pages",
+                                                   gfn=dfn % 1024, dfn=dfn, nr_pages=256)
+                                     for dfn in range(0, 1 << 18, 256)])
+                assert all(r.ret == 0 for r in maps)
+                ctl = raw_conn(d.control)
+                xen.send_raw(encode_call(9999, abi.HYPERVISOR_iommu_op, (OP_GADDR,), (
+                    Region(OP_GADDR, abi.encode_op(abi.IOMMUOP_free_context, ctx)),)))
+                ctl.sendall(msgpack.packb({"op": "domain_destroy", "domid": 5})
+                            + msgpack.packb({"op": "domain_create", "domid": 5, "hardware": True,
+                                             "memory_mib": 4}))
+                unpacker = msgpack.Unpacker()
+                while len(replies := list(unpacker)) < 2:
+                    unpacker.feed(ctl.recv(65536))
+                ctl.close()
+                frame = xen.receive_frame()
+            if isinstance(frame, wire.Error):
+                break
+            assert frame.ret == 0           # the free ended before the destroy: again
+            d.ctl("domain_destroy", domid=5)
+        else:
+            pytest.skip("the destroy never landed between two rounds of the free")
+        assert (frame.req_id, frame.code) == (9999, wire.ERR_GONE)
+        # The successor was not touched: only its default context, nothing freed twice.
+        assert [c["ctx_no"] for c in d.ctl("contexts", domid=5)["contexts"]] == [0]
+        assert d.ctl("check")["consistent"]
+    finally:
+        assert d.stop() == 0
+    assert_replays(d.trace)

@@ -28,6 +28,7 @@ import msgpack
 import trio
 
 from . import control, snapshot
+from .domain import Domain
 from .guest import GuestMemory
 from .hypervisor import RESTART, Hypervisor
 from .snapshot import SnapshotError
@@ -69,6 +70,21 @@ def control_socket_path(socket_dir: Path) -> Path:
     return Path(socket_dir) / "control.sock"
 
 
+class _Tenancy:
+    """A connection's tie to the domain incarnation it was accepted for.
+
+    A domid names a domain only until it is destroyed: a connection is the
+    guest's that was there, never its successor's. On destruction `gone` is
+    set; a connection waiting in a read is woken at once, one that is busy
+    stops before its next call, and either is told GONE and closed."""
+    __slots__ = ("domain", "gone", "unanswered")
+
+    def __init__(self, domain: Domain):
+        self.domain = domain
+        self.gone = False
+        self.unanswered = 0     # req_id of a call cut off by the destruction, for GONE
+
+
 class DaemonError(Exception):
     """The daemon cannot serve (sockets in use, an unsafe directory...): one line for the user."""
 
@@ -88,7 +104,8 @@ class Daemon:
         """`restored_from`: the snapshot hv was restored from, for the trace's header."""
         self.hv = hv
         self.limits = limits
-        self._open: dict[int, int] = {}     # domid -> connections open
+        self._open: dict[int, int] = {}     # domid -> connections open to its live incarnation
+        self._tenants: dict[int, set[_Tenancy]] = {}    # domid -> its live incarnation's
         self._record = (record, record_meta)
         self._restored_from = restored_from
         self.recorder: TraceWriter | None = None
@@ -107,8 +124,9 @@ class Daemon:
         self._accept_nursery: trio.Nursery | None = None
         self._listener_scopes: dict[int, trio.CancelScope] = {}
         self._conn_nursery: trio.Nursery | None = None
-        # The scopes of connections waiting in a read: what stop() cancels.
-        self._reading: set[trio.CancelScope] = set()
+        # The scopes of connections waiting in a read: what stop() and a
+        # domain's destruction cancel.
+        self._reading: dict[trio.CancelScope, _Tenancy] = {}
         self._next_conn = 0
         self._control_open = 0
 
@@ -160,12 +178,13 @@ class Daemon:
         listener = self._listen(path)
         self.paths[domid] = path
         scope = self._listener_scopes[domid] = trio.CancelScope()
+        handler = functools.partial(self._serve_connection, domid=domid,
+                                    domain=self.hv.domains[domid])
 
         async def serve():
             with scope:
-                await trio.serve_listeners(
-                    functools.partial(self._serve_connection, domid=domid), [listener],
-                    handler_nursery=self._conn_nursery)
+                await trio.serve_listeners(handler, [listener],
+                                           handler_nursery=self._conn_nursery)
             with trio.CancelScope(shield=True):
                 await listener.aclose()
 
@@ -176,8 +195,16 @@ class Daemon:
         return {"socket": str(self._open_domain_socket(domid))}
 
     def _domain_destroyed(self, domid: int) -> None:
+        """Stop accepting for domid, and end every connection to the destroyed
+        incarnation: its slots are free at once, for a successor of the same domid."""
         self._listener_scopes.pop(domid).cancel()
         self.paths.pop(domid).unlink(missing_ok=True)
+        for tenancy in self._tenants.pop(domid, ()):
+            tenancy.gone = True
+        self._open.pop(domid, None)
+        for scope, tenancy in self._reading.items():
+            if tenancy.gone:
+                scope.cancel()
 
     def _write_snapshot(self, path: str | None) -> dict:
         """The control op's and the shutdown's: to `path`, or the --snapshot file."""
@@ -280,19 +307,27 @@ class Daemon:
 
     # -- connections -----------------------------------------------------------
 
-    async def _serve_connection(self, stream: trio.SocketStream, domid: int) -> None:
+    async def _serve_connection(self, stream: trio.SocketStream, domid: int,
+                                domain: Domain) -> None:
         self._next_conn += 1
         conn = f"d{domid} conn {self._next_conn}"
+        if self.hv.domains.get(domid) is not domain:    # destroyed since it was accepted
+            await self._send_error_and_close(stream, ERR_GONE, f"d{domid} has been destroyed")
+            return
         refusal = self._over_limit(domid)
         if refusal:
             log.warning("%s: refused: %s", conn, refusal)
             await self._send_error_and_close(stream, ERR_LIMIT, refusal)
             return
         self._open[domid] = self._open.get(domid, 0) + 1
+        tenancy = _Tenancy(domain)
+        self._tenants.setdefault(domid, set()).add(tenancy)
         try:
-            await self._serve_frames(stream, domid, conn)
+            await self._serve_frames(stream, domid, conn, tenancy)
         finally:
-            self._open[domid] -= 1
+            if not tenancy.gone:    # else its domain's destruction has let go of both
+                self._open[domid] -= 1
+                self._tenants[domid].discard(tenancy)
 
     def _over_limit(self, domid: int) -> str | None:
         if sum(self._open.values()) >= self.limits.connections:
@@ -310,7 +345,8 @@ class Daemon:
                 pass
         await trio.aclose_forcefully(stream)
 
-    async def _serve_frames(self, stream: trio.SocketStream, domid: int, conn: str) -> None:
+    async def _serve_frames(self, stream: trio.SocketStream, domid: int, conn: str,
+                            tenancy: _Tenancy) -> None:
         log.debug("%s: connected", conn)
         decoder = FrameDecoder.for_server()
         timed_out = False
@@ -321,29 +357,31 @@ class Daemon:
                 # a frame is half received; stop() cancels it only during a read.
                 with trio.CancelScope() as scope:
                     armed = False
-                    while not self._stopping:
+                    while not self._stopping and not tenancy.gone:
                         if decoder.buffered:    # setting a deadline is not free: only here
                             scope.deadline = trio.current_time() + self.limits.frame_timeout
                             armed = True
-                        self._reading.add(scope)
+                        self._reading[scope] = tenancy
                         try:
                             data = await stream.receive_some(RECEIVE_SIZE)
                         finally:
-                            self._reading.discard(scope)
+                            del self._reading[scope]
                         if armed:
                             scope.deadline, armed = math.inf, False
                         if not data:
                             decoder.close()
                             break
                         decoder.feed(data)
-                        if domid not in self.hv.domains:
-                            await self._send_error_and_close(stream, ERR_GONE,
-                                                             f"d{domid} has been destroyed")
+                        if tenancy.gone:
                             break
-                        if not await self._answer(stream, domid, decoder, conn):
+                        if not await self._answer(stream, domid, decoder, conn, tenancy):
                             break
-                timed_out = scope.cancelled_caught and not self._stopping
-                if timed_out:
+                timed_out = scope.cancelled_caught and not self._stopping and not tenancy.gone
+                if tenancy.gone:
+                    log.info("%s: d%d has been destroyed; closing", conn, domid)
+                    await self._send_error_and_close(stream, ERR_GONE, f"d{domid} has been "
+                                                     f"destroyed", tenancy.unanswered)
+                elif timed_out:
                     log.warning("%s: a frame begun %d bytes ago was not finished within %g s; "
                                 "closing", conn, decoder.buffered, self.limits.frame_timeout)
                     await self._send_error_and_close(
@@ -357,13 +395,18 @@ class Daemon:
             log.info("%s: peer went away", conn)
         log.debug("%s: closed", conn)
 
-    async def _answer(self, stream, domid: int, decoder: FrameDecoder, conn: str) -> bool:
+    async def _answer(self, stream, domid: int, decoder: FrameDecoder, conn: str,
+                      tenancy: _Tenancy) -> bool:
         """Serve every whole call buffered; False when the connection must close."""
         replies = []
         keep_open = True
         try:
             for call in decoder:
-                replies.append(await self._execute(domid, call))
+                reply = await self._execute(domid, call, tenancy)
+                if reply is None:       # the domain was destroyed during the call
+                    tenancy.unanswered = call.req_id
+                    break
+                replies.append(reply)
         except ProtocolError as e:
             log.warning("%s: protocol error %s; closing the connection", conn, e)
             replies.append(encode_error(e.req_id, e.code, e.message))
@@ -383,7 +426,8 @@ class Daemon:
                 await stream.send_all(b"".join(replies))
         return keep_open
 
-    async def _execute(self, domid: int, call: Call) -> bytes:
+    async def _execute(self, domid: int, call: Call, tenancy: _Tenancy) -> bytes | None:
+        """The call's REPLY; None if its domain was destroyed before it ended."""
         mem = GuestMemory(call.regions)
         rec = self.recorder
         ret = self.hv.hypercall(domid, call.op, call.args, mem)
@@ -399,6 +443,11 @@ class Daemon:
         with trio.CancelScope(shield=True):
             while True:
                 await trio.sleep(0)
+                if tenancy.gone:
+                    # Destroyed between two rounds: Xen never runs a dying
+                    # domain's vCPUs again, so the call ends there, unanswered,
+                    # and no round runs on a successor of the same domid.
+                    return None
                 ret = self.hv.hypercall(domid, call.op, call.args, mem)
                 reply = None if ret == RESTART else encode_reply(call.req_id, ret, mem.regions())
                 if rec:
