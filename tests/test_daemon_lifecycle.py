@@ -328,3 +328,46 @@ def test_a_call_continuing_when_its_domain_is_destroyed_ends_there(tmp_path):
     finally:
         assert d.stop() == 0
     assert_replays(d.trace)
+
+
+# -- regions: a guest address range neither wraps nor shares bytes with another ----
+
+TOP = 1 << 64
+
+
+def noop_at(req_id: int, gaddr: int, *more: Region) -> bytes:
+    return encode_call(req_id, abi.HYPERVISOR_iommu_op, (gaddr,),
+                       (Region(gaddr, abi.encode_op(abi.IOMMUOP_noop)), *more))
+
+
+@pytest.mark.parametrize("frame, why", [
+    (noop_at(41, TOP - 16), "region 0 wraps the address space"),
+    (noop_at(42, 0x1000, Region(0x1010, b"\0" * 8)), "regions 0 and 1 overlap"),
+    (noop_at(43, 0x1000, Region(0x2000, b"x"), Region(0x0fff, b"xy")), "regions 0 and 2 overlap"),
+], ids=["wraps-past-2^64", "second-inside-first", "tail-overlaps-head"])
+def test_a_region_that_wraps_or_overlaps_is_malformed(daemon, frame, why):
+    s = raw_conn(daemon.socket(0))
+    s.sendall(frame)
+    [error] = frames_until_closed(s)
+    s.close()
+    req_id = int.from_bytes(frame[16:24], "little")
+    assert (error.req_id, error.code) == (req_id, wire.ERR_MALFORMED) and why in error.message
+    with XenemuClient(daemon.socket(0)) as xen:
+        assert xen.noop().ret == 0
+
+
+def test_regions_that_touch_end_at_the_top_or_are_empty_are_served(daemon):
+    cases = [noop_at(1, TOP - 32),                                      # ends at 2^64
+             noop_at(2, 0x1000, Region(0x1020, b"\1" * 8)),             # adjacent
+             noop_at(3, 0x1000, Region(0x1008, b""), Region(0x1008, b""))]  # empty
+    s = raw_conn(daemon.socket(0))
+    try:
+        for frame in cases:
+            decoder = FrameDecoder.for_server()
+            decoder.feed(frame)
+            sent = decoder.next_frame()
+            reply = served(s, frame)
+            assert isinstance(reply, wire.Reply) and reply.ret == 0, reply
+            assert reply.regions[1:] == sent.regions[1:]    # carried back as sent
+    finally:
+        s.close()
