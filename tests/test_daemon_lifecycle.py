@@ -17,6 +17,7 @@ import pytest
 from support import ROOT, DaemonProcess, assert_replays, raw_conn
 from xenemu import abi, wire
 from xenemu.client import OP_GADDR, XenemuClient
+from xenemu.ctl import ControlError
 from xenemu.control import MAX_REQUEST
 from xenemu.daemon import CONTROL_CONNECTIONS
 from xenemu.errno import XenErrno as E
@@ -371,3 +372,17 @@ def test_regions_that_touch_end_at_the_top_or_are_empty_are_served(daemon):
             assert reply.regions[1:] == sent.regions[1:]    # carried back as sent
     finally:
         s.close()
+
+
+def test_a_domain_whose_socket_path_is_taken_is_not_created(tmp_path):
+    d = DaemonProcess(tmp_path, record=False)   # the refusal is the daemon's, not the machine's
+    try:
+        (d.socket_dir / "dom5.sock").write_text("mine")
+        with pytest.raises(ControlError, match="d5 not created: .*dom5.sock exists and is a "
+                                               "regular file"):
+            d.ctl("domain_create", domid=5, memory_mib=4)
+        assert [x["domid"] for x in d.ctl("info")["domains"]] == [0, 1]
+        assert (d.socket_dir / "dom5.sock").read_text() == "mine"
+        assert d.ctl("check")["consistent"]
+    finally:
+        assert d.stop() == 0

@@ -30,7 +30,7 @@ import trio
 from . import control, snapshot
 from .domain import Domain
 from .guest import GuestMemory
-from .hypervisor import RESTART, Hypervisor
+from .hypervisor import RESTART, Hypervisor, MachineError
 from .snapshot import SnapshotError
 from .trace import TraceWriter
 from .wire import (ERR_GONE, ERR_INTERNAL, ERR_LIMIT, ERR_TIMEOUT, Call, FrameDecoder,
@@ -192,7 +192,11 @@ class Daemon:
         return path
 
     def _domain_created(self, domid: int) -> dict:
-        return {"socket": str(self._open_domain_socket(domid))}
+        try:
+            return {"socket": str(self._open_domain_socket(domid))}
+        except DaemonError as e:    # its socket path is taken: a domain nobody could reach
+            self.hv.destroy_domain(domid)
+            raise MachineError(f"d{domid} not created: {e}") from None
 
     def _domain_destroyed(self, domid: int) -> None:
         """Stop accepting for domid, and end every connection to the destroyed
