@@ -130,3 +130,16 @@ def compile_c(src: Path, out: Path, *extra: str, std: str = "-std=c99") -> Path:
            "-o", str(out)]
     subprocess.run(cmd, check=True, capture_output=True, text=True)
     return out
+
+
+def disjoint_regions(max_size: int, max_len: int):
+    """A hypothesis strategy: lists of wire regions anywhere below 2^63, in any
+    order, no two sharing a byte (the protocol refuses overlapping ones)."""
+    from hypothesis import strategies as st
+    from xenemu.wire import Region
+    slot = 1 << 58                  # each region in its own slot: at most 32 below 2^63
+    assert max_size <= 32 and max_len <= slot // 2
+    spans = st.lists(st.tuples(st.integers(0, slot // 2), st.binary(max_size=max_len)),
+                     max_size=max_size)
+    return spans.map(lambda rs: [Region(i * slot + off, data) for i, (off, data) in enumerate(rs)]
+                     ).flatmap(st.permutations)

@@ -13,9 +13,10 @@ from construct import ListContainer
 from hypothesis import given
 from hypothesis import strategies as st
 
+from support import disjoint_regions
 from xenemu import abi, wire
 from xenemu.packing import struct_of
-from xenemu.wire import FrameDecoder, Region, encode_call, encode_reply
+from xenemu.wire import FrameDecoder, encode_call, encode_reply
 
 FIXED = {
     "header": wire.HeaderLayout, "region": wire.RegionDescriptor, "call": wire.CallFixed,
@@ -59,8 +60,7 @@ def test_layouts_of_variable_size_have_no_twin(layout):
 
 
 u64 = st.integers(0, (1 << 64) - 1)
-regions = st.lists(st.builds(Region, st.integers(0, 1 << 63), st.binary(max_size=48)),
-                   max_size=wire.MAX_REGIONS)
+regions = disjoint_regions(max_size=wire.MAX_REGIONS, max_len=48)
 
 
 def _regions_built(regions) -> list[dict]:

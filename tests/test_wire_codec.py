@@ -6,13 +6,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from support import disjoint_regions
 from xenemu import wire
 from xenemu.wire import (Call, Error, FrameDecoder, ProtocolError, Region, Reply, encode_call,
                          encode_error, encode_reply)
 
 u64 = st.integers(0, (1 << 64) - 1)
-regions = st.lists(st.builds(Region, st.integers(0, (1 << 63)), st.binary(max_size=64)),
-                   max_size=4)
+regions = disjoint_regions(max_size=4, max_len=64)
 calls = st.builds(Call, u64, u64, st.tuples(u64, u64, u64, u64, u64), regions.map(tuple))
 replies = st.builds(Reply, u64, st.integers(-(1 << 63), (1 << 63) - 1), regions.map(tuple))
 errors = st.builds(Error, u64, st.integers(0, (1 << 32) - 1), st.text(max_size=40))

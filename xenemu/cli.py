@@ -75,17 +75,28 @@ def _serve(args) -> int:
                     break
                 # The nursery waits for daemon.run to finish in-flight work and clean up.
 
+    # trio hands the daemon's refusal over inside an ExceptionGroup (its
+    # nurseries are strict): unwrap it to the one line the user should read.
+    refusals = []
     try:
         trio.run(main)
-    except DaemonError as e:
-        print(f"xenemu: {e}", file=sys.stderr)
-        return EXIT_CANNOT_SERVE
-    except OSError as e:
-        print(f"xenemu: cannot serve: {e}", file=sys.stderr)
+    except* DaemonError as group:
+        refusals += [str(e) for e in _leaves(group)]
+    except* OSError as group:
+        refusals += [f"cannot serve: {e}" for e in _leaves(group)]
+    if refusals:
+        for why in dict.fromkeys(refusals):
+            print(f"xenemu: {why}", file=sys.stderr)
         return EXIT_CANNOT_SERVE
     for why in daemon.lost:
         print(f"xenemu: {why}", file=sys.stderr)
     return EXIT_LOST if daemon.lost else 0
+
+
+def _leaves(group: BaseExceptionGroup) -> list[BaseException]:
+    """The exceptions an ExceptionGroup holds, however deeply nested."""
+    return [leaf for e in group.exceptions
+            for leaf in (_leaves(e) if isinstance(e, BaseExceptionGroup) else [e])]
 
 
 def _unwritable(path: Path, replaced: bool) -> str | None:
@@ -155,7 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
         "serve", help="run the daemon",
         description="Serve the machine until SIGINT or SIGTERM.",
         epilog="Exit status: 0 stopped cleanly; 1 could not serve (sockets in use, unsafe "
-               "socket directory); 2 the machine file, trace or snapshot could not be used, "
+               "socket directory, a file that is not a dead socket where a socket goes); 2 the machine file, trace or snapshot could not be used, "
                "or an output path cannot be written; 3 served, but the trace stopped early "
                "(a write failed: it holds the records up to the failure) or the snapshot "
                "at shutdown could not be written; the reason is printed.")

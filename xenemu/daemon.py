@@ -15,7 +15,6 @@ and by the control op `snapshot`.
 
 from __future__ import annotations
 
-import errno
 import functools
 import math
 import logging
@@ -29,9 +28,10 @@ import msgpack
 import trio
 
 from . import control, snapshot
+from .domain import Domain
 from .fdlimit import OWN_DESCRIPTORS, open_descriptors, room_for
 from .guest import GuestMemory
-from .hypervisor import RESTART, Hypervisor
+from .hypervisor import RESTART, Hypervisor, MachineError
 from .membudget import ByteBudget
 from .snapshot import SnapshotError
 from .trace import TraceWriter
@@ -60,7 +60,7 @@ class Limits:
     connections_per_domain: int = 128
     frame_timeout: float = 10.0         # seconds to finish a frame once begun
     frame_memory: int = 64 << 20        # bytes for large frames and their replies, in all
-    control_connections: int = 16       # set aside in the descriptor count
+    control_connections: int = 16       # open at once (a harness needs a few); counted in descriptors
 
 
 # A frame longer than one read is charged to the shared budget: twice its
@@ -99,8 +99,31 @@ def control_socket_path(socket_dir: Path) -> Path:
     return Path(socket_dir) / "control.sock"
 
 
+class _Tenancy:
+    """A connection's tie to the domain incarnation it was accepted for.
+
+    A domid names a domain only until it is destroyed: a connection is the
+    guest's that was there, never its successor's. On destruction `gone` is
+    set; a connection waiting in a read is woken at once, one that is busy
+    stops before its next call, and either is told GONE and closed."""
+    __slots__ = ("domain", "gone", "unanswered")
+
+    def __init__(self, domain: Domain):
+        self.domain = domain
+        self.gone = False
+        self.unanswered = 0     # req_id of a call cut off by the destruction, for GONE
+
+
 class DaemonError(Exception):
-    pass
+    """The daemon cannot serve (sockets in use, an unsafe directory...): one line for the user."""
+
+
+def _file_kind(mode: int) -> str:
+    for test, kind in ((stat.S_ISREG, "a regular file"), (stat.S_ISDIR, "a directory"),
+                       (stat.S_ISLNK, "a symbolic link"), (stat.S_ISFIFO, "a FIFO")):
+        if test(mode):
+            return kind
+    return "a special file"
 
 
 class Daemon:
@@ -112,7 +135,8 @@ class Daemon:
         # _fd_room: descriptors for connections and domain listening sockets.
         self.limits, self._fd_room = fit_descriptors(limits, len(hv.domains))
         self._frame_memory = ByteBudget(max(self.limits.frame_memory, 2 * MAX_FRAME))
-        self._open: dict[int, int] = {}     # domid -> connections open
+        self._open: dict[int, int] = {}     # domid -> connections open to its live incarnation
+        self._tenants: dict[int, set[_Tenancy]] = {}    # domid -> its live incarnation's
         self._record = (record, record_meta)
         self._restored_from = restored_from
         self.recorder: TraceWriter | None = None
@@ -131,9 +155,11 @@ class Daemon:
         self._accept_nursery: trio.Nursery | None = None
         self._listener_scopes: dict[int, trio.CancelScope] = {}
         self._conn_nursery: trio.Nursery | None = None
-        # The scopes of connections waiting in a read: what stop() cancels.
-        self._reading: set[trio.CancelScope] = set()
+        # The scopes of connections waiting in a read: what stop() and a
+        # domain's destruction cancel.
+        self._reading: dict[trio.CancelScope, _Tenancy] = {}
         self._next_conn = 0
+        self._control_open = 0
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -183,12 +209,13 @@ class Daemon:
         listener = self._listen(path)
         self.paths[domid] = path
         scope = self._listener_scopes[domid] = trio.CancelScope()
+        handler = functools.partial(self._serve_connection, domid=domid,
+                                    domain=self.hv.domains[domid])
 
         async def serve():
             with scope:
-                await trio.serve_listeners(
-                    functools.partial(self._serve_connection, domid=domid), [listener],
-                    handler_nursery=self._conn_nursery)
+                await trio.serve_listeners(handler, [listener],
+                                           handler_nursery=self._conn_nursery)
             with trio.CancelScope(shield=True):
                 await listener.aclose()
 
@@ -196,11 +223,23 @@ class Daemon:
         return path
 
     def _domain_created(self, domid: int) -> dict:
-        return {"socket": str(self._open_domain_socket(domid))}
+        try:
+            return {"socket": str(self._open_domain_socket(domid))}
+        except DaemonError as e:    # its socket path is taken: a domain nobody could reach
+            self.hv.destroy_domain(domid)
+            raise MachineError(f"d{domid} not created: {e}") from None
 
     def _domain_destroyed(self, domid: int) -> None:
+        """Stop accepting for domid, and end every connection to the destroyed
+        incarnation: its slots are free at once, for a successor of the same domid."""
         self._listener_scopes.pop(domid).cancel()
         self.paths.pop(domid).unlink(missing_ok=True)
+        for tenancy in self._tenants.pop(domid, ()):
+            tenancy.gone = True
+        self._open.pop(domid, None)
+        for scope, tenancy in self._reading.items():
+            if tenancy.gone:
+                scope.cancel()
 
     def _write_snapshot(self, path: str | None) -> dict:
         """The control op's and the shutdown's: to `path`, or the --snapshot file."""
@@ -236,30 +275,62 @@ class Daemon:
             sock.bind(str(path))
             os.chmod(path, 0o600)
             sock.listen(128)
-        except OSError:
+        except OSError as e:    # a path too long for AF_UNIX, a directory we may not write...
             sock.close()
-            raise
+            raise DaemonError(f"cannot listen on {path}: {e.strerror or e}") from None
         return trio.SocketListener(trio.socket.from_stdlib_socket(sock))
 
     def _make_private_dir(self) -> None:
-        self.socket_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        st = self.socket_dir.stat()
+        """The socket directory, made if missing: ours and closed to others.
+        Given as a symbolic link, the link must be ours too (lstat), or its
+        owner could re-point it at another directory once we have checked."""
+        where = self.socket_dir
+        try:
+            link = os.lstat(where)
+        except FileNotFoundError:
+            link = None
+        except OSError as e:
+            raise DaemonError(f"socket directory {where}: {e.strerror}") from None
+        if link is not None and stat.S_ISLNK(link.st_mode) and link.st_uid != os.getuid():
+            raise DaemonError(f"socket directory {where} is a symbolic link owned by uid "
+                              f"{link.st_uid}, not by this user: its owner could re-point it")
+        try:
+            if link is None:
+                where.mkdir(mode=0o700, parents=True, exist_ok=True)
+            st = where.stat()
+        except OSError as e:
+            raise DaemonError(f"socket directory {where}: {e.strerror or e}") from None
+        if not stat.S_ISDIR(st.st_mode):
+            raise DaemonError(f"socket directory {where} is not a directory")
         if st.st_uid != os.getuid() or stat.S_IMODE(st.st_mode) & 0o077:
-            raise DaemonError(f"{self.socket_dir} must be owned by this user and not open to others "
-                              f"(mode {stat.S_IMODE(st.st_mode):o})")
+            raise DaemonError(f"socket directory {where} must be owned by this user and not "
+                              f"open to others (owner uid {st.st_uid}, "
+                              f"mode {stat.S_IMODE(st.st_mode):o})")
 
     @staticmethod
     def _clear_stale(path: Path) -> None:
-        """Remove a socket left by a daemon that died; refuse to steal a live one."""
-        if not path.exists():
+        """Remove a socket left by a daemon that died; refuse anything else.
+
+        Only a socket nobody answers (ECONNREFUSED) is replaced: a live one
+        belongs to another daemon, and a file, directory, link or FIFO of
+        that name is the user's, never ours to delete."""
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
             return
+        if not stat.S_ISSOCK(st.st_mode):
+            raise DaemonError(f"{path} exists and is {_file_kind(st.st_mode)}, not a socket: "
+                              f"not replacing it (move it away or use another --socket-dir)")
         probe = stdsocket.socket(stdsocket.AF_UNIX, stdsocket.SOCK_STREAM)
         try:
             probe.connect(str(path))
-        except OSError as e:
-            if e.errno not in (errno.ECONNREFUSED, errno.ENOTSOCK, errno.ENOENT):
-                raise
+        except FileNotFoundError:
+            return                      # removed meanwhile
+        except ConnectionRefusedError:
             path.unlink(missing_ok=True)
+        except OSError as e:
+            raise DaemonError(f"{path}: cannot tell whether a daemon answers there "
+                              f"({e.strerror or e}): not replacing it") from None
         else:
             raise DaemonError(f"{path} is in use: is another xenemu daemon running?")
         finally:
@@ -271,19 +342,27 @@ class Daemon:
 
     # -- connections -----------------------------------------------------------
 
-    async def _serve_connection(self, stream: trio.SocketStream, domid: int) -> None:
+    async def _serve_connection(self, stream: trio.SocketStream, domid: int,
+                                domain: Domain) -> None:
         self._next_conn += 1
         conn = f"d{domid} conn {self._next_conn}"
+        if self.hv.domains.get(domid) is not domain:    # destroyed since it was accepted
+            await self._send_error_and_close(stream, ERR_GONE, f"d{domid} has been destroyed")
+            return
         refusal = self._over_limit(domid)
         if refusal:
             log.warning("%s: refused: %s", conn, refusal)
             await self._send_error_and_close(stream, ERR_LIMIT, refusal)
             return
         self._open[domid] = self._open.get(domid, 0) + 1
+        tenancy = _Tenancy(domain)
+        self._tenants.setdefault(domid, set()).add(tenancy)
         try:
-            await self._serve_frames(stream, domid, conn)
+            await self._serve_frames(stream, domid, conn, tenancy)
         finally:
-            self._open[domid] -= 1
+            if not tenancy.gone:    # else its domain's destruction has let go of both
+                self._open[domid] -= 1
+                self._tenants[domid].discard(tenancy)
 
     def _over_limit(self, domid: int) -> str | None:
         # Domains created since the start took descriptors from the connections'.
@@ -303,7 +382,8 @@ class Daemon:
                 pass
         await trio.aclose_forcefully(stream)
 
-    async def _serve_frames(self, stream: trio.SocketStream, domid: int, conn: str) -> None:
+    async def _serve_frames(self, stream: trio.SocketStream, domid: int, conn: str,
+                            tenancy: _Tenancy) -> None:
         log.debug("%s: connected", conn)
         decoder = FrameDecoder.for_server()
         timeout = self.limits.frame_timeout
@@ -320,23 +400,23 @@ class Daemon:
                 # costs as much as a hypercall). Its deadline is armed only while
                 # a frame is half received; stop() cancels it only while waiting.
                 with trio.CancelScope() as scope:
-                    while not self._stopping:
+                    while not self._stopping and not tenancy.gone:
                         half = decoder.buffered     # setting a deadline is not free: only then
                         if half:
                             if decoder.taken != clock_of:      # a new frame has begun
                                 clock_of, left = decoder.taken, timeout
                             if held or decoder.pending_length > LARGE_FRAME:
-                                held = await self._hold_frame_memory(scope, decoder, held)
+                                held = await self._hold_frame_memory(scope, decoder, held, tenancy)
                             began = trio.current_time()
                             scope.deadline = began + left
                         elif held:
                             self._frame_memory.release(held)
                             held = 0
-                        self._reading.add(scope)
+                        self._reading[scope] = tenancy
                         try:
                             data = await stream.receive_some(RECEIVE_SIZE)
                         finally:
-                            self._reading.discard(scope)
+                            del self._reading[scope]
                         if half:
                             scope.deadline = math.inf
                             left -= trio.current_time() - began
@@ -344,15 +424,17 @@ class Daemon:
                             decoder.close()
                             break
                         decoder.feed(data)
-                        if domid not in self.hv.domains:
-                            await self._send_error_and_close(stream, ERR_GONE,
-                                                             f"d{domid} has been destroyed",
-                                                             decoder.pending_req_id)
+                        if tenancy.gone:
                             break
-                        if not await self._answer(stream, domid, decoder, conn, held):
+                        if not await self._answer(stream, domid, decoder, conn, held, tenancy):
                             break
-                timed_out = scope.cancelled_caught and not self._stopping
-                if timed_out:
+                timed_out = scope.cancelled_caught and not self._stopping and not tenancy.gone
+                if tenancy.gone:
+                    log.info("%s: d%d has been destroyed; closing", conn, domid)
+                    await self._send_error_and_close(
+                        stream, ERR_GONE, f"d{domid} has been destroyed",
+                        tenancy.unanswered or decoder.pending_req_id)
+                elif timed_out:
                     log.warning("%s: a frame begun %d bytes ago was not finished within %g s; "
                                 "closing", conn, decoder.buffered, timeout)
                     await self._send_error_and_close(
@@ -371,7 +453,7 @@ class Daemon:
         log.debug("%s: closed", conn)
 
     async def _hold_frame_memory(self, scope: trio.CancelScope, decoder: FrameDecoder,
-                                 held: int) -> int:
+                                 held: int, tenancy: _Tenancy) -> int:
         """What the half-received frame needs of the shared frame memory, taken
         before reading more of it (waiting, without reading, if others hold
         it): a large frame is charged twice its length (its bytes, its reply);
@@ -381,19 +463,19 @@ class Daemon:
         if need < held:
             self._frame_memory.release(held - need)
         elif need > held:
-            self._reading.add(scope)        # stop() ends the wait too
+            self._reading[scope] = tenancy      # stop() and a destroy end the wait too
             try:
                 await self._frame_memory.acquire(need - held)
             finally:
-                self._reading.discard(scope)
+                del self._reading[scope]
         return need
 
     async def _answer(self, stream, domid: int, decoder: FrameDecoder, conn: str,
-                      held: int) -> bool:
+                      held: int, tenancy: _Tenancy) -> bool:
         """Serve every whole call buffered; False when the connection must close.
         `held`: frame memory is held for a large frame, whose reply the client
         must take within the frame timeout (others may be waiting for it)."""
-        replies, keep_open = await self._run_calls(domid, decoder, conn)
+        replies, keep_open = await self._run_calls(domid, decoder, conn, tenancy)
         # A trio cancel scope costs microseconds, as much as a hypercall: the
         # replies of a healthy connection are sent without one.
         if keep_open and replies and not held:
@@ -408,7 +490,8 @@ class Daemon:
                 keep_open = False
         return keep_open
 
-    async def _run_calls(self, domid: int, decoder: FrameDecoder, conn: str) -> tuple[bytes, bool]:
+    async def _run_calls(self, domid: int, decoder: FrameDecoder, conn: str,
+                         tenancy: _Tenancy) -> tuple[bytes, bool]:
         """Every whole call buffered, executed: (the replies, keep the connection
         open). A function of its own so that the calls, their frames, guest
         memory and the replies one by one are freed before the replies wait on
@@ -416,7 +499,11 @@ class Daemon:
         replies = []
         try:
             for call in decoder:
-                replies.append(await self._execute(domid, call))
+                reply = await self._execute(domid, call, tenancy)
+                if reply is None:       # the domain was destroyed during the call
+                    tenancy.unanswered = call.req_id
+                    break
+                replies.append(reply)
         except ProtocolError as e:
             log.warning("%s: protocol error %s; closing the connection", conn, e)
             replies.append(encode_error(e.req_id, e.code, e.message))
@@ -429,7 +516,8 @@ class Daemon:
             return b"".join(replies), False
         return b"".join(replies), True
 
-    async def _execute(self, domid: int, call: Call) -> bytes:
+    async def _execute(self, domid: int, call: Call, tenancy: _Tenancy) -> bytes | None:
+        """The call's REPLY; None if its domain was destroyed before it ended."""
         mem = GuestMemory(call.regions)
         rec = self.recorder
         ret = self.hv.hypercall(domid, call.op, call.args, mem)
@@ -445,6 +533,11 @@ class Daemon:
         with trio.CancelScope(shield=True):
             while True:
                 await trio.sleep(0)
+                if tenancy.gone:
+                    # Destroyed between two rounds: Xen never runs a dying
+                    # domain's vCPUs again, so the call ends there, unanswered,
+                    # and no round runs on a successor of the same domid.
+                    return None
                 ret = self.hv.hypercall(domid, call.op, call.args, mem)
                 reply = None if ret == RESTART else encode_reply(call.req_id, ret, mem.regions())
                 if rec:
@@ -455,23 +548,69 @@ class Daemon:
     # -- control ------------------------------------------------------------------
 
     async def _serve_control(self, stream: trio.SocketStream) -> None:
-        """msgpack requests in, one reply each; a broken stream closes only itself."""
+        """msgpack requests in, one reply each, at most Limits.control_connections at once."""
+        async with stream:
+            most = self.limits.control_connections
+            if self._control_open >= most:
+                why = f"too many control connections (at most {most} at once)"
+                log.warning("control: connection refused: %s", why)
+                await self._send_control_refusal(stream, why)
+                return
+            self._control_open += 1
+            try:
+                await self._serve_control_requests(stream)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+            finally:
+                self._control_open -= 1
+
+    async def _serve_control_requests(self, stream: trio.SocketStream) -> None:
+        """A stream that cannot be read on (broken msgpack, a request over
+        MAX_REQUEST) is out of step: it gets the replies to the requests
+        before the fault, one saying what was wrong, and is closed."""
         unpacker = control.unpacker()
-        try:
-            async with stream:
-                while not self._stopping:
-                    data = await stream.receive_some(RECEIVE_SIZE)
-                    if not data:
+        received = start = 0        # bytes in; where the request being read begins
+        while not self._stopping:
+            data = await stream.receive_some(RECEIVE_SIZE)
+            if not data:
+                return
+            received += len(data)
+            replies = []
+            try:
+                unpacker.feed(data)
+                why = None
+                for req in unpacker:
+                    # The unpacker's buffer bound is not exact: measure each request.
+                    if unpacker.tell() - start > control.MAX_REQUEST:
                         break
-                    unpacker.feed(data)
-                    replies = [control.pack(self._control_request(req)) for req in unpacker]
-                    if replies:
-                        await stream.send_all(b"".join(replies))
-        except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError,
-                msgpack.BufferFull) as e:
-            log.warning("control: bad request stream (%s); closing", e)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
+                    start = unpacker.tell()
+                    replies.append(control.pack(self._control_request(req)))
+                if received - start > control.MAX_REQUEST:
+                    why = f"a control request is at most {control.MAX_REQUEST} bytes"
+            except msgpack.BufferFull:
+                why = f"a control request is at most {control.MAX_REQUEST} bytes"
+            except msgpack.FormatError:
+                why = "the request is not msgpack (a byte that begins no msgpack value)"
+            except msgpack.StackError:
+                why = "the request is not msgpack this daemon reads (nested too deep)"
+            except ValueError as e:     # ExtraData, a str that is not UTF-8...
+                why = f"the request is not valid msgpack ({e or type(e).__name__})"
+            if why is None:
+                if replies:
+                    await stream.send_all(b"".join(replies))
+                continue
+            log.warning("control: %s; closing the connection", why)
+            await self._send_control_refusal(stream, why, b"".join(replies))
+            return
+
+    @staticmethod
+    async def _send_control_refusal(stream: trio.SocketStream, why: str, before=b"") -> None:
+        reply = control.pack({"ok": False, "error": f"{why}; closing the connection"})
+        with trio.move_on_after(ERROR_SEND_TIMEOUT):
+            try:
+                await stream.send_all(before + reply)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
 
     def _control_request(self, req) -> dict:
         reply = self.control.handle(req)

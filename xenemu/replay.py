@@ -59,7 +59,7 @@ class Replayer:
             if check_iotlb:
                 config = dataclasses.replace(config, check_iotlb=True)
             self.hv = Hypervisor(config, clock=lambda: self._time)
-        self.control = Control(self.hv)
+        self.control = Control(self.hv, on_domain_destroyed=self._domain_destroyed)
         self._pending: dict[int, _Pending] = {}
         self.hypercalls = 0
 
@@ -86,6 +86,10 @@ class Replayer:
         if kind == PROTOCOL:
             return self._protocol(number, rec)
         raise TraceError(f"record {number}: unknown kind {kind!r}")
+
+    def _domain_destroyed(self, domid: int) -> None:
+        """A call that was continuing there ends, as the daemon ends it (GONE)."""
+        self._pending = {c: p for c, p in self._pending.items() if p.domid != domid}
 
     def unfinished(self) -> list[str]:
         """Continued calls the trace never finished (the daemon died mid-call)."""

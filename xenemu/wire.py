@@ -381,4 +381,17 @@ class FrameDecoder:
         if offset != hdr.length:
             raise ProtocolError(ERR_MALFORMED,
                                 f"{hdr.length - offset} stray bytes after the last region", hdr.req_id)
+        if len(regions) > 1:
+            _check_disjoint(regions, hdr.req_id)
         return tuple(regions)
+
+
+def _check_disjoint(regions: list[Region], req_id: int) -> None:
+    """Two regions sharing a byte would give one guest address two contents
+    (and which one a hypercall reads, and which the caller copies back last,
+    would decide the outcome): refused. Empty regions hold no byte."""
+    spans = sorted((r.gaddr, r.gaddr + len(r.data), i) for i, r in enumerate(regions) if r.data)
+    for (_, end, i), (start, _, j) in zip(spans, spans[1:]):
+        if start < end:
+            raise ProtocolError(ERR_MALFORMED, f"regions {min(i, j)} and {max(i, j)} overlap",
+                                req_id)
