@@ -208,7 +208,9 @@ def main(argv=None) -> int:
     logging.basicConfig(level=level.upper(), format="%(asctime)s %(message)s",
                         stream=sys.stderr)
     try:
-        return args.func(args)
+        status = args.func(args)
+        sys.stdout.flush()      # here, where a closed pipe is caught, not at exit
+        return status
     except BrokenPipeError:
         # `xenemu trace show big.xt | head`: the reader has gone, so do we,
         # quietly, with the status of a command SIGPIPE stopped. Whatever is

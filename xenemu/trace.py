@@ -72,10 +72,12 @@ DAEMON_REPLY_KEYS = frozenset({"socket"})
 # control request (at most 1 MiB packed) and its reply (at most a 1 MiB DMA),
 # or a refused frame's bytes (at most a frame and the read it arrived with).
 # The header holds the machine and, when the daemon started from one, a
-# snapshot with the guest memory that is not zero: 64 MiB of it.
+# snapshot with the guest memory that is not zero: 16 MiB of it. Held as
+# Python objects, msgpack may take up to ~25 times its size (a header of
+# nothing but tiny arrays), so this bound is the reader's memory too.
 MAX_RAW = wire.MAX_FRAME + (64 << 10)
 MAX_RECORD = 2 * wire.MAX_FRAME + (64 << 10)
-MAX_HEADER = 64 << 20
+MAX_HEADER = 16 << 20
 
 
 def _mib(n: int) -> str:
@@ -141,13 +143,37 @@ RECORD_TYPES = {HYPERCALL: HypercallRecord, ROUND: RoundRecord, CONTROL: Control
                 PROTOCOL: ProtocolRecord}
 
 
+# Maps and arrays within each other: a snapshot needs 7, a control reply 4.
+# Deeper nesting is refused, so that nothing printing or comparing a value
+# (repr, replay's reply comparison) runs out of Python's stack.
+MAX_DEPTH = 16
+
+
 def check_record(obj, where: str) -> Record:
     """`obj` (as unpacked) as the record its kind says; InputError if it is not one."""
     kind = obj.get("k") if isinstance(obj, dict) else None
     type_ = RECORD_TYPES.get(kind) if isinstance(kind, str) else None
     if type_ is None:
         return convert(obj, Record, where)     # says what is wrong: not a map, no or bad kind
+    if type_ is ControlRecord:
+        check_depth(obj, where)
     return convert(obj, type_, where)
+
+
+def check_depth(obj, where: str) -> None:
+    """InputError if maps and arrays nest in `obj` deeper than MAX_DEPTH."""
+    stack = [(obj, 0)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, dict):
+            items = [*value, *value.values()]    # keys too: an array key is a tuple
+        elif isinstance(value, (list, tuple)):
+            items = value
+        else:
+            continue
+        if depth == MAX_DEPTH:
+            raise InputError(f"{where}: maps and arrays nested deeper than {MAX_DEPTH}")
+        stack.extend((item, depth + 1) for item in items if isinstance(item, (dict, list, tuple)))
 
 
 class TraceError(Exception):
@@ -277,8 +303,9 @@ class TraceWriter:
 
 def _unpacker(limit: int) -> msgpack.Unpacker:
     """An unpacker that holds at most `limit` bytes of one object, plus the
-    chunk being fed: an object claiming more is refused, not buffered, and
-    no container is allocated for more elements than its bytes could hold."""
+    chunk being fed (BufferFull past that): an object claiming more is
+    refused, not buffered, and no container is allocated for more elements
+    than its bytes could hold."""
     return msgpack.Unpacker(raw=False, strict_map_key=False,
                             max_buffer_size=limit + TraceReader.CHUNK,
                             max_bin_len=limit, max_str_len=limit,
@@ -348,7 +375,9 @@ class TraceReader:
         if self._eof:
             return False
         try:
-            data = self._file.read(self.CHUNK)
+            # read1: what the decompressor has, so a cut-off stream still
+            # gives up its whole records before the EOFError.
+            data = self._file.read1(self.CHUNK)
         except EOFError:
             data, self.truncated = b"", -1   # a compressed stream cut off
         except (OSError, zlib.error, lzma.LZMAError) as e:
@@ -360,15 +389,23 @@ class TraceReader:
                 # Bytes of an object begun and not finished (a container's
                 # header counts as read by msgpack: hence our own count).
                 self.truncated = self._fed - self._whole
+                if self.truncated > self._limit(number):
+                    self._too_large(number)
             return False
         self._fed += len(data)
         try:
             self._unpacker.feed(data)
         except msgpack.BufferFull:
-            limit = MAX_HEADER if number == 0 else MAX_RECORD
-            raise TraceError(f"{self.path}: {self._what(number)} is larger than "
-                             f"{_mib(limit)}, the most a trace may hold") from None
+            self._too_large(number)
         return True
+
+    @staticmethod
+    def _limit(number: int) -> int:
+        return MAX_HEADER if number == 0 else MAX_RECORD
+
+    def _too_large(self, number: int):
+        raise TraceError(f"{self.path}: {self._what(number)} is larger than "
+                         f"{_mib(self._limit(number))}, the most a trace may hold") from None
 
     def _next_object(self, number: int):
         """The next whole object, or None at the end of the file."""
@@ -398,6 +435,7 @@ class TraceReader:
                              f"xenemu reads (format {FORMAT})")
         where = f"{self.path}: header"
         try:
+            check_depth(raw, where)
             header = convert(raw, TraceHeader, where)
             machine = machine_from_dict(header.machine, f"{where}: machine")
             if header.snapshot is not None:
