@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import errno
 import gzip
+import itertools
 import lzma
 import os
 import platform
@@ -161,19 +162,23 @@ def check_record(obj, where: str) -> Record:
 
 
 def check_depth(obj, where: str) -> None:
-    """InputError if maps and arrays nest in `obj` deeper than MAX_DEPTH."""
-    stack = [(obj, 0)]
+    """InputError if maps and arrays nest in `obj` deeper than MAX_DEPTH.
+    Walks with a stack of iterators: memory in the depth, not the size."""
+    stack = [iter((obj,))]
     while stack:
-        value, depth = stack.pop()
-        if isinstance(value, dict):
-            items = [*value, *value.values()]    # keys too: an array key is a tuple
-        elif isinstance(value, (list, tuple)):
-            items = value
+        for value in stack[-1]:
+            if isinstance(value, dict):      # keys too: an array key is a tuple
+                children = itertools.chain(value, value.values())
+            elif isinstance(value, (list, tuple)):
+                children = iter(value)
+            else:
+                continue
+            if len(stack) > MAX_DEPTH:
+                raise InputError(f"{where}: maps and arrays nested deeper than {MAX_DEPTH}")
+            stack.append(children)
+            break
         else:
-            continue
-        if depth == MAX_DEPTH:
-            raise InputError(f"{where}: maps and arrays nested deeper than {MAX_DEPTH}")
-        stack.extend((item, depth + 1) for item in items if isinstance(item, (dict, list, tuple)))
+            stack.pop()
 
 
 class TraceError(Exception):
