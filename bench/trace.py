@@ -12,7 +12,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from xenemu.trace import HYPERCALL, ROUND, TraceReader
+from xenemu.trace import HypercallRecord, RoundRecord, TraceReader
 from xenemu.tracecli import replay_file
 from xenemu.wire import HDR_SIZE
 
@@ -27,13 +27,13 @@ def calls_of(path: Path) -> list[tuple[int, bytes, bytes]]:
     calls, pending = [], {}
     with TraceReader(path) as reader:
         for _, rec in reader:
-            if rec["k"] == HYPERCALL:
-                calls.append([rec["d"], rec["req"], rec["rep"]])
-                if rec["rep"] is None:
-                    pending[rec["c"]] = calls[-1]
-            elif rec["k"] == ROUND and rec["rep"] is not None:
-                pending.pop(rec["c"])[2] = rec["rep"]
-            elif rec["k"] != ROUND:
+            if isinstance(rec, HypercallRecord):
+                calls.append([rec.d, rec.req, rec.rep])
+                if rec.rep is None:
+                    pending[rec.c] = calls[-1]
+            elif isinstance(rec, RoundRecord) and rec.rep is not None:
+                pending.pop(rec.c)[2] = rec.rep
+            elif not isinstance(rec, RoundRecord):
                 raise ValueError(f"{path}: only hypercall traces can be served over one socket")
     return [tuple(c) for c in calls]
 

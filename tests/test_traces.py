@@ -66,8 +66,9 @@ def test_corpus_trace_replays(trace):
 # -- editing traces -------------------------------------------------------------------
 
 def load(path: Path) -> tuple[dict, list[dict]]:
-    with TraceReader(path) as reader:
-        return reader.header, [rec for _, rec in reader]
+    """A plain trace's header and records as plain maps, to edit and save()."""
+    header, *records = msgpack.Unpacker(open(path, "rb"), raw=False, strict_map_key=False)
+    return header, records
 
 
 def save(path: Path, header: dict, records: list[dict]) -> Path:
@@ -292,7 +293,8 @@ def test_unreadable_traces_are_refused_clearly(tmp_path):
         "not-a-trace.xt": (b"hello, world\n" * 10, "not a xenemu trace"),
         "newer.xt": (msgpack.packb({**header, "xenemu_trace": 99}), "newer than this xenemu"),
         "bad-record.xt": (save(tmp_path / "tmp", header, records[:3]).read_bytes()
-                          + msgpack.packb({"k": "hc", "t": 1.0}), "record 4 (hc): field 'd'"),
+                          + msgpack.packb({"k": "hc", "t": 1.0}),
+                          "bad-record.xt: record 4: object missing required field d"),
     }
     for name, (data, message) in cases.items():
         (tmp_path / name).write_bytes(data)
@@ -305,7 +307,7 @@ def test_unreadable_traces_are_refused_clearly(tmp_path):
 
 def final_state(path: Path) -> dict:
     with TraceReader(path) as reader:
-        replayer = Replayer(reader.header)
+        replayer = Replayer(reader.machine, reader.header.snapshot)
         for number, rec in reader:
             assert replayer.replay(number, rec) is None
     c = replayer.control

@@ -15,7 +15,7 @@ import trio
 from . import snapshot, tracecli
 from .daemon import Daemon, DaemonError, Limits, default_socket_dir
 from .hypervisor import Hypervisor
-from .machine import ConfigError, default_machine, load_machine, machine_from_dict
+from .machine import ConfigError, default_machine, load_machine
 from .trace import TraceError, TraceReader
 
 
@@ -41,7 +41,7 @@ def _serve(args) -> int:
         else:
             if args.machine_of:
                 with TraceReader(args.machine_of) as reader:
-                    config = machine_from_dict(reader.header["machine"], str(args.machine_of))
+                    config = reader.machine
             else:
                 config = load_machine(args.config) if args.config else default_machine()
             if args.check_iotlb:
@@ -222,7 +222,16 @@ def main(argv=None) -> int:
     level = args.log_level or ("info" if args.command == "serve" else "warning")
     logging.basicConfig(level=level.upper(), format="%(asctime)s %(message)s",
                         stream=sys.stderr)
-    return args.func(args)
+    try:
+        status = args.func(args)
+        sys.stdout.flush()      # here, where a closed pipe is caught, not at exit
+        return status
+    except BrokenPipeError:
+        # `xenemu trace show big.xt | head`: the reader has gone, so do we,
+        # quietly, with the status of a command SIGPIPE stopped. Whatever is
+        # left in stdout's buffer goes to /dev/null, not to a second error.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
 
 
 if __name__ == "__main__":

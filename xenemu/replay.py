@@ -21,12 +21,14 @@ from dataclasses import dataclass
 
 import msgpack
 
-from . import abi, snapshot, tracetext, wire
+from . import abi, tracetext, wire
 from .control import Control
 from .guest import GuestMemory
-from .hypervisor import RESTART, Hypervisor
-from .machine import ConfigError, format_sbdf, machine_from_dict
-from .trace import CONTROL, HYPERCALL, PROTOCOL, ROUND, TraceError
+from .hypervisor import RESTART, Hypervisor, MachineError
+from .machine import MachineConfig, format_sbdf
+from .snapshot import SnapshotError, restore as restore_snapshot
+from .trace import (ControlRecord, HypercallRecord, ProtocolRecord, Record, RoundRecord,
+                    TraceError)
 
 
 @dataclass
@@ -47,45 +49,45 @@ class _Pending:
 
 
 class Replayer:
-    def __init__(self, header: dict, *, check_iotlb: bool = False):
+    """`machine` and `snapshot` as a TraceReader read them from the header."""
+
+    def __init__(self, machine: MachineConfig, snapshot: dict | None = None, *,
+                 check_iotlb: bool = False):
         self._time = 0.0
-        if "snapshot" in header:
-            self.hv = self._restore(header["snapshot"], check_iotlb)
+        if snapshot is not None:
+            self.hv = self._restore(snapshot, check_iotlb)
         else:
-            try:
-                config = machine_from_dict(header["machine"], "trace header")
-            except (ConfigError, TypeError) as e:
-                raise TraceError(f"the trace's machine cannot be built: {e}") from None
             if check_iotlb:
-                config = dataclasses.replace(config, check_iotlb=True)
-            self.hv = Hypervisor(config, clock=lambda: self._time)
+                machine = dataclasses.replace(machine, check_iotlb=True)
+            try:
+                self.hv = Hypervisor(machine, clock=lambda: self._time)
+            except (MachineError, ValueError, OverflowError) as e:   # more than the host has
+                raise TraceError(f"the trace's machine cannot be built: {e}") from None
         self.control = Control(self.hv, on_domain_destroyed=self._domain_destroyed)
         self._pending: dict[int, _Pending] = {}
         self.hypercalls = 0
 
-    def _restore(self, snap, check_iotlb: bool) -> Hypervisor:
+    def _restore(self, snap: dict, check_iotlb: bool) -> Hypervisor:
         """The machine the recording daemon was restored from. The records'
         times go on from the snapshot's, so the clock starts there."""
-        self._time = snap.get("time", 0.0) if isinstance(snap, dict) else 0.0
+        time = snap.get("time", 0.0)
+        self._time = time if isinstance(time, (int, float)) else 0.0
         try:
-            return snapshot.restore(snap, clock=lambda: self._time, check_iotlb=check_iotlb,
+            return restore_snapshot(snap, clock=lambda: self._time, check_iotlb=check_iotlb,
                                     where="the trace's snapshot")
-        except snapshot.SnapshotError as e:
+        except SnapshotError as e:
             raise TraceError(str(e)) from None
 
-    def replay(self, number: int, rec: dict) -> Divergence | None:
+    def replay(self, number: int, rec: Record) -> Divergence | None:
         """Run one record; None when the machine answered as recorded."""
-        self._time = rec["t"]
-        kind = rec["k"]
-        if kind == HYPERCALL:
+        self._time = rec.t
+        if isinstance(rec, HypercallRecord):
             return self._hypercall(number, rec)
-        if kind == ROUND:
+        if isinstance(rec, RoundRecord):
             return self._round(number, rec)
-        if kind == CONTROL:
+        if isinstance(rec, ControlRecord):
             return self._control(number, rec)
-        if kind == PROTOCOL:
-            return self._protocol(number, rec)
-        raise TraceError(f"record {number}: unknown kind {kind!r}")
+        return self._protocol(number, rec)
 
     def _domain_destroyed(self, domid: int) -> None:
         """A call that was continuing there ends, as the daemon ends it (GONE)."""
@@ -103,31 +105,28 @@ class Replayer:
             raise TraceError(f"the trace calls from d{domid}, which does not exist at this point")
         return self.hv.hypercall(domid, call.op, call.args, mem)
 
-    def _hypercall(self, number: int, rec: dict) -> Divergence | None:
-        try:
-            call = tracetext.decode_call(rec["req"])
-        except wire.ProtocolError as e:
-            raise TraceError(f"record {number}: the recorded request is not a valid frame ({e})")
+    def _hypercall(self, number: int, rec: HypercallRecord) -> Divergence | None:
+        call = tracetext.recorded_call(number, rec.req)
         self.hypercalls += 1
         mem = GuestMemory(call.regions)
-        ret = self._run(rec["d"], call, mem)
-        if rec["rep"] is None:      # the recording continued here, with other events between rounds
-            self._pending[rec["c"]] = _Pending(number, rec["d"], call, mem, ret)
+        ret = self._run(rec.d, call, mem)
+        if rec.rep is None:      # the recording continued here, with other events between rounds
+            self._pending[rec.c] = _Pending(number, rec.d, call, mem, ret)
             return None
-        return self._finish(number, rec["d"], call, mem, ret, rec["rep"])
+        return self._finish(number, rec.d, call, mem, ret, rec.rep)
 
-    def _round(self, number: int, rec: dict) -> Divergence | None:
-        pending = self._pending.get(rec["c"])
+    def _round(self, number: int, rec: RoundRecord) -> Divergence | None:
+        pending = self._pending.get(rec.c)
         if pending is None:
-            raise TraceError(f"record {number}: a round of continuation {rec['c']}, "
+            raise TraceError(f"record {number}: a round of continuation {rec.c}, "
                              f"which no earlier record began")
         if pending.ret == RESTART:
             pending.ret = self._run(pending.domid, pending.call, pending.mem)
-        if rec["rep"] is None:
+        if rec.rep is None:
             return None
-        del self._pending[rec["c"]]
+        del self._pending[rec.c]
         return self._finish(number, pending.domid, pending.call, pending.mem, pending.ret,
-                            rec["rep"])
+                            rec.rep)
 
     def _finish(self, number, domid, call, mem, ret, expected: bytes) -> Divergence | None:
         while ret == RESTART:   # this xenemu needs more rounds than the recording did
@@ -138,7 +137,7 @@ class Replayer:
         return self._hypercall_divergence(number, domid, call, expected, actual)
 
     def _hypercall_divergence(self, number, domid, call, expected: bytes, actual: bytes):
-        want = tracetext.decode_reply(expected)
+        want = tracetext.recorded_reply(number, expected)
         got = tracetext.decode_reply(actual)
         lines = [f"divergence at record {number} (t={self._time:.6f} s): "
                  f"d{domid} {tracetext.request_text(call)}",
@@ -186,15 +185,15 @@ class Replayer:
 
     # -- control and protocol errors --------------------------------------------
 
-    def _control(self, number: int, rec: dict) -> Divergence | None:
-        actual = msgpack.unpackb(msgpack.packb(self.control.handle(rec["req"]), use_bin_type=True),
+    def _control(self, number: int, rec: ControlRecord) -> Divergence | None:
+        actual = msgpack.unpackb(msgpack.packb(self.control.handle(rec.req), use_bin_type=True),
                                  raw=False, strict_map_key=False)
-        expected = rec["rep"]
+        expected = rec.rep
         if expected.get("ok") is False and actual.get("ok") is False:
             return None     # refused both times: the wording of the refusal may change
         if _covers(actual, expected):
             return None
-        req = rec["req"]
+        req = rec.req
         args = tracetext.control_args(req)
         keys = list(expected) + [k for k in actual if k not in expected]
         short = tracetext.short_value
@@ -205,29 +204,28 @@ class Replayer:
         return Divergence(number, f"record {number}: control {req.get('op')} {args}: "
                                   f"the reply differs", report)
 
-    def _protocol(self, number: int, rec: dict) -> Divergence | None:
+    def _protocol(self, number: int, rec: ProtocolRecord) -> Divergence | None:
         decoder = wire.FrameDecoder.for_server()
-        decoder.feed(rec["raw"])
+        decoder.feed(rec.raw)
         try:
             for _ in decoder:
                 pass
-            if rec["eof"]:
+            if rec.eof:
                 decoder.close()
         except wire.ProtocolError as e:
             sent = None if e.code == wire.ERR_TRUNCATED else \
                 wire.encode_error(e.req_id, e.code, e.message)
-            if e.code == rec["code"] and (sent == rec.get("rep") or rec.get("rep") is None):
+            if e.code == rec.code and (sent == rec.rep or rec.rep is None):
                 return None
             got = wire.ERROR_NAMES.get(e.code, e.code)
         else:
             got = "no error: the frame is accepted now"
-        want = wire.ERROR_NAMES.get(rec["code"], rec["code"])
-        report = (f"divergence at record {number}: d{rec['d']} sent {len(rec['raw'])} bytes "
+        want = wire.ERROR_NAMES.get(rec.code, rec.code)
+        report = (f"divergence at record {number}: d{rec.d} sent {len(rec.raw)} bytes "
                   f"the recording refused with {want}; this xenemu: {got}\n"
-                  f"  bytes: {rec['raw'][:64].hex(' ')}{' ...' if len(rec['raw']) > 64 else ''}")
+                  f"  bytes: {rec.raw[:64].hex(' ')}{' ...' if len(rec.raw) > 64 else ''}")
         return Divergence(number, f"record {number}: protocol error {want} expected, got {got}",
                           report)
-
 
 
 def _covers(actual, expected) -> bool:

@@ -18,7 +18,8 @@ from pathlib import Path
 from . import abi, tracetext, wire
 from .errno import result_name
 from .replay import Divergence, Replayer
-from .trace import CONTROL, HYPERCALL, ROUND, TraceError, TraceReader
+from .trace import (ControlRecord, HypercallRecord, Record, RoundRecord, TraceError,
+                    TraceReader)
 
 
 def add_commands(sub) -> None:
@@ -77,45 +78,45 @@ class Describer:
         self._continuing: dict[int, tuple[int, wire.Call, int]] = {}
         self._with_text = with_text   # stats needs names and results, not the text
 
-    def event(self, number: int, rec: dict) -> Event:
-        kind = rec["k"]
-        if kind == HYPERCALL:
-            call = tracetext.decode_call(rec["req"])
-            if rec["rep"] is None:
-                self._continuing[rec["c"]] = (rec["d"], call, 1)
-                return self._hypercall(number, rec, call, None, f" -> continues (c{rec['c']})")
-            return self._hypercall(number, rec, call, rec["rep"], "")
-        if kind == ROUND:
-            domid, call, rounds = self._continuing.get(rec["c"], (None, None, 0))
+    def event(self, number: int, rec: Record) -> Event:
+        if isinstance(rec, HypercallRecord):
+            call = tracetext.recorded_call(number, rec.req)
+            if rec.rep is None:
+                self._continuing[rec.c] = (rec.d, call, 1)
+                return self._hypercall(number, rec.t, rec.d, call, None,
+                                       f" -> continues (c{rec.c})")
+            return self._hypercall(number, rec.t, rec.d, call, rec.rep, "")
+        if isinstance(rec, RoundRecord):
+            domid, call, rounds = self._continuing.get(rec.c, (None, None, 0))
             if call is None:
-                return Event(number, rec["t"], None, "?", "hypercall",
-                             f"round of unknown continuation c{rec['c']}")
-            if rec["rep"] is None:
-                self._continuing[rec["c"]] = (domid, call, rounds + 1)
-                return self._hypercall(number, {**rec, "d": domid}, call, None,
-                                       f" -> continues (c{rec['c']}, round {rounds + 1})")
-            del self._continuing[rec["c"]]
-            return self._hypercall(number, {**rec, "d": domid}, call, rec["rep"],
-                                   f" (c{rec['c']}, {rounds + 1} rounds)")
-        if kind == CONTROL:
-            req, rep = rec["req"], rec["rep"]
+                return Event(number, rec.t, None, "?", "hypercall",
+                             f"round of unknown continuation c{rec.c}")
+            if rec.rep is None:
+                self._continuing[rec.c] = (domid, call, rounds + 1)
+                return self._hypercall(number, rec.t, domid, call, None,
+                                       f" -> continues (c{rec.c}, round {rounds + 1})")
+            del self._continuing[rec.c]
+            return self._hypercall(number, rec.t, domid, call, rec.rep,
+                                   f" (c{rec.c}, {rounds + 1} rounds)")
+        if isinstance(rec, ControlRecord):
+            req, rep = rec.req, rec.rep
             domid = req.get("domid") if isinstance(req.get("domid"), int) else None
             ok = bool(rep.get("ok"))
-            return Event(number, rec["t"], domid, str(req.get("op")), "control",
+            return Event(number, rec.t, domid, str(req.get("op")), "control",
                          f"control {req.get('op')} {tracetext.control_args(req)} -> "
                          f"{tracetext.control_result(rep)}",
                          "ok" if ok else "refused", not ok)
-        code = wire.ERROR_NAMES.get(rec["code"], str(rec["code"]))
-        how = "stream ended mid-frame" if rec["eof"] else "ERROR frame sent, connection closed"
-        return Event(number, rec["t"], rec["d"], "protocol", "protocol",
-                     f"protocol error {code} on {len(rec['raw'])} bytes ({how})", code, True)
+        code = wire.ERROR_NAMES.get(rec.code, str(rec.code))
+        how = "stream ended mid-frame" if rec.eof else "ERROR frame sent, connection closed"
+        return Event(number, rec.t, rec.d, "protocol", "protocol",
+                     f"protocol error {code} on {len(rec.raw)} bytes ({how})", code, True)
 
-    def _hypercall(self, number, rec, call, rep, suffix) -> Event:
+    def _hypercall(self, number, t, domid, call, rep, suffix) -> Event:
         name = tracetext.call_name(call)
         text = tracetext.request_text(call) if self._with_text else ""
         if rep is None:
-            return Event(number, rec["t"], rec["d"], name, "hypercall", text + suffix)
-        reply = tracetext.decode_reply(rep)
+            return Event(number, t, domid, name, "hypercall", text + suffix)
+        reply = tracetext.recorded_reply(number, rep)
         failed = not isinstance(reply, wire.Reply) or reply.ret < 0
         result = result_name(reply.ret) if isinstance(reply, wire.Reply) else "ERROR"
         pages = None
@@ -126,7 +127,7 @@ class Describer:
                 pages = (out, abi.VIEWS[name].parse(abi.OpHead.parse(op).payload)[out])
         if self._with_text:
             text = f"{text} -> {tracetext.result_text(call, reply)}{suffix}"
-        return Event(number, rec["t"], rec["d"], name, "hypercall", text, result, failed, pages)
+        return Event(number, t, domid, name, "hypercall", text, result, failed, pages)
 
 
 def _events(reader: TraceReader, with_text: bool = True):
@@ -138,9 +139,18 @@ def _events(reader: TraceReader, with_text: bool = True):
 def _open(path: Path) -> TraceReader | None:
     try:
         return TraceReader(path)
-    except (OSError, TraceError) as e:
-        print(f"xenemu: {e}", file=sys.stderr)
-        return None
+    except OSError as e:
+        print(f"xenemu: {path}: {e.strerror or e}", file=sys.stderr)
+    except TraceError as e:
+        print(f"xenemu: {located(path, e)}", file=sys.stderr)
+    return None
+
+
+def located(path: Path, error: TraceError) -> str:
+    """The error, naming the file: the reader's errors do, those found in a
+    record's contents (a request that is not a frame) do not."""
+    text = str(error)
+    return text if text.startswith(f"{path}:") else f"{path}: {text}"
 
 
 def _tail_note(reader: TraceReader) -> str | None:
@@ -171,11 +181,8 @@ def show_command(args) -> int:
                 where = f"d{ev.domid}" if ev.domid is not None and ev.kind != "control" else "  "
                 print(f"#{ev.number:<7} {ev.t:12.6f} {where:>4} {ev.text}")
     except TraceError as e:
-        print(f"xenemu: {e}", file=sys.stderr)
+        print(f"xenemu: {located(args.trace, e)}", file=sys.stderr)
         return 2
-    except BrokenPipeError:         # `xenemu trace show big.xt | head`
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
     note = _tail_note(reader)
     if note:
         print(f"xenemu: {note}", file=sys.stderr)
@@ -202,14 +209,13 @@ def stats_command(args) -> int:
                 if ev.pages:
                     pages[ev.pages[0]] += ev.pages[1]
     except TraceError as e:
-        print(f"xenemu: {e}", file=sys.stderr)
+        print(f"xenemu: {located(args.trace, e)}", file=sys.stderr)
         return 2
     h = reader.header
-    meta = h.get("meta", {})
-    abi = h.get("abi", {})
+    meta = {k: tracetext.short_value(v) for k, v in h.meta.items()}
     print(f"{args.trace}: {records:,} records over {last - (first or 0):.3f} s; format "
-          f"{h.get('xenemu_trace')}, PV-IOMMU revision {abi.get('pv_iommu_revision')}, "
-          f"wire {abi.get('wire_version')}; recorded by xenemu {meta.get('xenemu')} on "
+          f"{h.xenemu_trace}, PV-IOMMU revision {h.abi.pv_iommu_revision}, "
+          f"wire {h.abi.wire_version}; recorded by xenemu {meta.get('xenemu')} on "
           f"{meta.get('host')} at {meta.get('created')}")
     titles = {"hypercall": "hypercalls", "control": "control requests",
               "protocol": "protocol errors"}
@@ -280,14 +286,17 @@ def replay_file(path: Path, *, keep_going: bool = False, check_iotlb: bool = Fal
     result = ReplayResult(path)
     try:
         reader = TraceReader(path)
-    except (OSError, TraceError) as e:
+    except OSError as e:
+        result.error = f"{path}: {e.strerror or e}"
+        return result
+    except TraceError as e:
         result.error = str(e)
         return result
     progress = Progress(progress_stream, path.name) if progress_stream else None
     start = time.perf_counter()
     try:
         with reader:
-            replayer = Replayer(reader.header, check_iotlb=check_iotlb)
+            replayer = Replayer(reader.machine, reader.header.snapshot, check_iotlb=check_iotlb)
             start = time.perf_counter()     # the rate is of records, not of building the machine
             for number, rec in reader:
                 result.records = number
@@ -309,7 +318,7 @@ def replay_file(path: Path, *, keep_going: bool = False, check_iotlb: bool = Fal
             if progress:
                 progress.update(reader.fraction(), result.records, force=True)
     except TraceError as e:
-        result.error = str(e)
+        result.error = located(path, e)
     finally:
         result.seconds = time.perf_counter() - start
         if progress:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from . import abi, wire
 from .errno import result_name
+from .trace import TraceError
 from .wire import Call, FrameDecoder, Reply
 
 HYPERCALL_NAMES = {abi.HYPERVISOR_iommu_op: "iommu_op", abi.HYPERVISOR_memory_op: "memory_op"}
@@ -30,6 +31,22 @@ def decode_call(raw: bytes) -> Call:
 
 def decode_reply(raw: bytes) -> Reply | wire.Error:
     return _decode_one(FrameDecoder.for_client(), raw, "reply")
+
+
+def recorded_call(number: int, raw: bytes) -> Call:
+    """The request of record `number`; TraceError when it is not a CALL frame."""
+    try:
+        return decode_call(raw)
+    except wire.ProtocolError as e:
+        raise TraceError(f"record {number}: req: not a CALL frame ({e})") from None
+
+
+def recorded_reply(number: int, raw: bytes) -> Reply | wire.Error:
+    """The reply of record `number`; TraceError when it is not a REPLY or ERROR frame."""
+    try:
+        return decode_reply(raw)
+    except wire.ProtocolError as e:
+        raise TraceError(f"record {number}: rep: not a REPLY frame ({e})") from None
 
 
 def op_bytes(regions, gaddr: int) -> bytes | None:
