@@ -379,7 +379,7 @@ def test_ctl_snapshot_without_a_file_says_how_to_give_one(daemon):
     with pytest.raises(ControlError, match="give path=FILE, or start the daemon with "
                                            "--snapshot FILE"):
         daemon.ctl("snapshot")
-    with pytest.raises(ControlError, match="'path' must be str"):
+    with pytest.raises(ControlError, match="snapshot: path: expected str, got int"):
         daemon.ctl("snapshot", path=3)
 
 
