@@ -232,15 +232,22 @@ def domain_from_file(dom: DomainFile) -> DomainConfig:
 
 
 def machine_from_dict(data, where: str = "config") -> MachineConfig:
-    """A machine from plain data (TOML, a trace header, a snapshot), or one
-    ConfigError: "WHERE: PATH: WHAT"."""
+    """A machine from plain data (TOML, a trace header), or one ConfigError:
+    "WHERE: PATH: WHAT"."""
     try:
         checked = convert(data, MachineFile, where)
     except InputError as e:
         raise ConfigError(str(e)) from None
+    return machine_from_file(checked, where)
+
+
+def machine_from_file(checked: MachineFile, where: str, path: str = "") -> MachineConfig:
+    """The in-memory machine of a checked MachineFile (`path`: where it sits
+    in a larger document, e.g. "machine." in a snapshot), or ConfigError for
+    what spans fields (a domid twice, domains larger than the machine)."""
     domains = tuple(domain_from_file(d) for d in checked.domain)
     fields = {k: v for k, v in msgspec.structs.asdict(checked).items() if k != "domain"}
     try:
         return MachineConfig(domains=domains, **fields)
     except ConfigError as e:
-        raise ConfigError(f"{where}: {e}") from None
+        raise ConfigError(f"{where}: {path}{e}") from None
