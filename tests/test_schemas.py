@@ -207,3 +207,10 @@ def test_p2m_runs_match_a_page_by_page_model(case):
                    for (a, c, s), (b, _, u) in zip(runs, runs[1:]))
     k, err, _ = p2m.first_non_ram(0, n)
     assert k == next((g for g, t in enumerate(model) if t is not P2mType.RAM), n)
+
+
+def test_ctl_passes_lists_from_the_command_line():
+    from xenemu.ctl import parse_value
+    assert parse_value("[0000:00:09.0,00:0a.0]") == ["0000:00:09.0", "00:0a.0"]
+    assert parse_value("[table,ref]") == ["table", "ref"] and parse_value("[]") == []
+    assert parse_value("0x10") == 16 and parse_value("text:a") == b"a"
