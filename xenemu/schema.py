@@ -91,6 +91,16 @@ def describe(error: msgspec.ValidationError) -> tuple[str, str]:
     return path, what
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+MAX_ERROR = 300     # characters of a refusal: an input's own text in it is cut there
+
+
+def one_line(text: str) -> str:
+    """`text` safe to print as one line: control characters escaped, cut at MAX_ERROR."""
+    text = _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+    return text if len(text) <= MAX_ERROR else text[:MAX_ERROR] + "..."
+
+
 def convert(data, type_: type[T], where: str, path: str = "") -> T:
     """`data` as a `type_`, or InputError("WHERE: PATH: WHAT")."""
     try:
@@ -98,4 +108,5 @@ def convert(data, type_: type[T], where: str, path: str = "") -> T:
     except msgspec.ValidationError as e:
         inner, what = describe(e)
         full = ".".join(p for p in (path, inner) if p).replace(".[", "[")
-        raise InputError(f"{where}: {full}: {what}" if full else f"{where}: {what}") from None
+        raise InputError(one_line(f"{where}: {full}: {what}" if full else f"{where}: {what}")) \
+            from None
