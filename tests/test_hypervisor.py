@@ -343,11 +343,20 @@ def test_control_refuses_bad_requests_clearly(daemon):
     for op, args, msg in [("nope", {}, "unknown op"),
                           ("domain_destroy", {"domid": 42}, "d42 does not exist"),
                           ("device_assign", {"sbdf": "0000:00:02.0", "domid": 1}, "assigned to d0"),
-                          ("dma", {"sbdf": "zz"}, "bad PCI address"),
-                          ("mem_read", {"domid": 0, "gfn": 1, "length": 5000}, "one 4 KiB page"),
+                          ("dma", {"sbdf": "zz", "addr": 0, "length": 1},
+                           "dma: sbdf: bad PCI address 'zz'"),
+                          ("mem_read", {"domid": 0, "gfn": 1, "offset": 4000, "length": 500},
+                           "one 4 KiB page"),
+                          ("mem_read", {"domid": 0, "gfn": 1, "length": 5000},
+                           r"mem_read: length: expected int <= 4096"),
                           ("p2m_set", {"domid": 0, "gfn": 1, "type": "weird"}, "type must be"),
                           ("dump", {"domid": 0, "ctx_no": 3}, "not allocated"),
-                          ("domain_create", {}, "missing argument 'domid'")]:
+                          ("domain_create", {}, "domain_create: object missing required field domid"),
+                          ("domain_create", {"domid": 5, "devices": [5]},
+                           "domain_create: devices\\[0\\]: expected str, got int"),
+                          ("snapshot", {"path": "a\0b"}, "snapshot: path: contains a NUL"),
+                          ("mem_read", {"domid": 0, "gfn": 1, "length": 1, "lenght": 2},
+                           "mem_read: object contains unknown field lenght")]:
         with pytest.raises(ControlError, match=msg):
             daemon.ctl(op, **args)
 

@@ -379,7 +379,7 @@ def test_ctl_snapshot_without_a_file_says_how_to_give_one(daemon):
     with pytest.raises(ControlError, match="give path=FILE, or start the daemon with "
                                            "--snapshot FILE"):
         daemon.ctl("snapshot")
-    with pytest.raises(ControlError, match="'path' must be str"):
+    with pytest.raises(ControlError, match="snapshot: path: expected str, got int"):
         daemon.ctl("snapshot", path=3)
 
 
@@ -433,20 +433,37 @@ BROKEN = {
     "revision": (lambda s: msgpack.packb({**s, "abi": {"pv_iommu_revision": 2}}),
                  "a machine of PV-IOMMU revision 2"),
     "beyond-memory": (lambda s: edited(s, lambda e: d0(e)["contexts"][1]["mappings"].append(
-        [0x500, 0x3fff, 2, 3])), "cannot be restored: d0 context 1: mapping at dfn 0x500: "
+        [0x500, 0x3fff, 2, 3])), "cannot be restored: domains[0].contexts[1].mappings[1]: "
                                  "gfns 0x3fff+2 are beyond d0's memory (16384 pages)"),
     "overlap": (lambda s: edited(s, lambda e: d0(e)["contexts"][1]["mappings"].append(
-        [0x12, 0x40, 1, 3])), "d0 context 1: mapping at dfn 0x12 stopped at dfn 0x12 (PRESENT)"),
+        [0x12, 0x40, 1, 3])), "domains[0].contexts[1].mappings[1]: stopped at dfn 0x12 (PRESENT)"),
     "slot": (lambda s: edited(s, lambda e: d0(e)["contexts"][1].update(ctx_no=9)),
-             "d0 context 9: not a free slot of a pool of 8"),
+             "domains[0].contexts[1]: ctx_no 9 is not a free slot of a pool of 8"),
     "device": (lambda s: edited(s, lambda e: d0(e)["contexts"][1]["devices"].append(
-        "0000:00:03.0")), "device 0000:00:03.0 is not d0's, is listed twice"),
+        "0000:00:03.0")), "domains[0].contexts[1].devices[0]: 0000:00:03.0 is not d0's, is "
+                          "listed twice"),
     "p2m": (lambda s: edited(s, lambda e: d0(e).update(p2m=[[1, 2, "lava"]])),
-            "'lava' is not a valid P2mType"),
+            "domains[0].p2m[0][2]: invalid enum value 'lava'"),
     "fault": (lambda s: edited(s, lambda e: e["faults"]["records"][0].__setitem__(2, "READ")),
               "the fault log cannot be made again as recorded"),
     "field": (lambda s: edited(s, lambda e: d0(e).pop("memory")),
-              "d0: 'memory' missing or not list"),
+              "domains[0]: object missing required field memory"),
+    # Issue 12: these ended in tracebacks.
+    "dfn-minus-1": (lambda s: edited(s, lambda e: d0(e)["contexts"][1]["mappings"].append(
+        [-1, 0x40, 1, 3])), "domains[0].contexts[1].mappings[1][0]: expected int in [0, 2^64)"),
+    "dfn-past-width": (lambda s: edited(s, lambda e: d0(e)["contexts"][1]["mappings"].append(
+        [1 << 36, 0x40, 1, 3])), "domains[0].contexts[1].mappings[1]: dfns 0x1000000000+1 are "
+                                 "beyond the 48-bit address width"),
+    "quarantined-int": (lambda s: edited(s, lambda e: e.update(quarantined=[5])),
+                        "quarantined[0]: expected str, got int"),
+    "machine-devices": (lambda s: edited(s, lambda e: e["machine"]["domain"][0].update(
+        devices=[5])), "machine.domain[0].devices[0]: expected str, got int"),
+    "machine-huge": (lambda s: edited(s, lambda e: e["machine"].update(memory_mib=1 << 20)),
+                     "machine.memory_mib: expected int <= 65536"),
+    "machine-small": (lambda s: edited(s, lambda e: e["machine"].update(memory_mib=64)),
+                      "machine.domain[0].memory_mib: the domains up to d0"),
+    "p2m-overlap": (lambda s: edited(s, lambda e: d0(e).update(
+        p2m=[[8, 4, "mmio"], [10, 1, "shared"]])), "domains[0].p2m[1]: runs overlap"),
 }
 
 

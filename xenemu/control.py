@@ -11,14 +11,17 @@ OPERATIONS and documented in the README.
 from __future__ import annotations
 
 import logging
+from typing import Annotated, Literal
 
 import msgpack
+import msgspec
 
 from . import hw
 from .hw.common import InjectSite
 from .hypervisor import Hypervisor, MachineError
-from .machine import ConfigError, DomainConfig, format_sbdf, parse_sbdf
+from .machine import DomainFile, MiB, Sbdf, domain_from_file, format_sbdf
 from .p2m import P2mType
+from .schema import U16, U64, DomId, InputError, Text, convert
 from .snapshot import SnapshotError
 
 log = logging.getLogger("xenemu.control")
@@ -35,24 +38,94 @@ class RequestError(Exception):
     pass
 
 
-def _arg(req: dict, name: str, kind, default=...):
-    if name not in req:
-        if default is ...:
-            raise RequestError(f"missing argument {name!r}")
-        return default
-    value = req[name]
-    if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
-        raise RequestError(f"{name!r} must be an integer")
-    if kind is not int and not isinstance(value, kind):
-        raise RequestError(f"{name!r} must be {kind.__name__}")
-    return value
+# -- each op's arguments, declared once ------------------------------------------------
+# A request's keys other than "op" must be its op's fields: an unknown
+# argument is refused rather than ignored (a misspelt `length` would
+# otherwise read the default).
+
+Gfn = U64
+Offset = Annotated[int, msgspec.Meta(ge=0, le=hw.PAGE_SIZE)]
+SiteName = Literal["table", "flush", "ref"]
 
 
-def _sbdf(req: dict) -> int:
-    try:
-        return parse_sbdf(_arg(req, "sbdf", str))
-    except ConfigError as e:
-        raise RequestError(str(e)) from None
+class Args(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
+    """An op without arguments."""
+
+
+class DomainArgs(Args):
+    domid: DomId
+
+
+class DomainCreateArgs(DomainFile, forbid_unknown_fields=True, kw_only=True):
+    """As a [[domain]] of the machine file, with the op's own defaults."""
+    memory_mib: MiB = 64
+    contexts: U16 = 8
+
+
+class DeviceArgs(Args):
+    sbdf: Sbdf
+
+
+class DeviceAssignArgs(DeviceArgs, kw_only=True):
+    domid: DomId
+
+
+class GfnArgs(DomainArgs, kw_only=True):
+    gfn: Gfn
+
+
+class P2mSetArgs(GfnArgs, kw_only=True):
+    type: str
+
+
+class MemReadArgs(GfnArgs, kw_only=True):
+    offset: Offset = 0
+    length: Offset
+
+
+class MemWriteArgs(GfnArgs, kw_only=True):
+    offset: Offset = 0
+    data: Annotated[bytes, msgspec.Meta(max_length=hw.PAGE_SIZE)]
+
+
+class DmaArgs(DeviceArgs, kw_only=True):
+    addr: U64
+    write: bool = False
+    # A read takes `length`, a write `data`; the other is tolerated (the
+    # recorded traces send both).
+    data: Annotated[bytes, msgspec.Meta(max_length=MAX_DMA)] | None = None
+    length: Annotated[int, msgspec.Meta(ge=0, le=MAX_DMA)] | None = None
+
+
+class FaultsArgs(Args):
+    clear: bool = False
+
+
+class DumpArgs(DomainArgs, kw_only=True):
+    ctx_no: U16
+    dfn: U64 = 0
+    count: Annotated[int, msgspec.Meta(ge=1, le=MAX_DUMP)] = 4096
+
+
+class FailNthArgs(Args):
+    nth: Annotated[int, msgspec.Meta(ge=0, le=(1 << 63) - 1)] | None = None
+    sites: Annotated[list[SiteName], msgspec.Meta(min_length=1, max_length=8)] = \
+        msgspec.field(default_factory=lambda: list(INJECT_SITES))
+
+
+class SnapshotArgs(Args):
+    path: Text | None = None
+
+
+ARGS: dict[str, type[msgspec.Struct]] = {
+    "info": Args, "counters": Args, "check": Args,
+    "domain_create": DomainCreateArgs, "domain_destroy": DomainArgs,
+    "device_assign": DeviceAssignArgs, "device_deassign": DeviceArgs,
+    "p2m_set": P2mSetArgs, "p2m_get": GfnArgs,
+    "mem_read": MemReadArgs, "mem_write": MemWriteArgs, "dma": DmaArgs,
+    "faults": FaultsArgs, "contexts": DomainArgs, "dump": DumpArgs,
+    "fail_nth": FailNthArgs, "snapshot": SnapshotArgs,
+}
 
 
 class Control:
@@ -69,12 +142,14 @@ class Control:
         if not isinstance(req, dict) or not isinstance(req.get("op"), str):
             return {"ok": False, "error": "a request is a map with a string 'op'"}
         self.hv.clock.tick()
-        handler = getattr(self, "op_" + req["op"], None)
+        op = req["op"]
+        handler = getattr(self, "op_" + op, None) if op in ARGS else None
         if handler is None:
-            return {"ok": False, "error": f"unknown op {req['op']!r}; ops: {', '.join(OPERATIONS)}"}
+            return {"ok": False, "error": f"unknown op {op[:64]!r}; ops: {', '.join(OPERATIONS)}"}
         try:
-            result = handler(req)
-        except (RequestError, MachineError, SnapshotError) as e:
+            args = convert({k: v for k, v in req.items() if k != "op"}, ARGS[op], op)
+            result = handler(args)
+        except (RequestError, MachineError, SnapshotError, InputError) as e:
             log.info("control: %s refused: %s", req["op"], e)
             return {"ok": False, "error": str(e)}
         except hw.HwError as e:
@@ -90,7 +165,7 @@ class Control:
 
     # -- machine -----------------------------------------------------------
 
-    def op_info(self, req) -> dict:
+    def op_info(self, args: Args) -> dict:
         io = self.hv.iommu
         return {
             "iommu": {"address_width": self.hv.config.address_width,
@@ -111,83 +186,67 @@ class Control:
                 "allocated": [c.ctx_no for c in d.contexts if c is not None],
                 "devices": {format_sbdf(s): c for s, c in sorted(d.devices.items())}}
 
-    def op_domain_create(self, req) -> dict:
-        devices = _arg(req, "devices", list, [])
-        try:
-            cfg = DomainConfig(domid=_arg(req, "domid", int), name=_arg(req, "name", str, ""),
-                               hardware=_arg(req, "hardware", bool, False),
-                               iommu=_arg(req, "iommu", bool, True),
-                               memory_mib=_arg(req, "memory_mib", int, 64),
-                               contexts=_arg(req, "contexts", int, 8),
-                               table_pages=_arg(req, "table_pages", int, 1 << 16),
-                               devices=tuple(parse_sbdf(s) for s in devices))
-        except ConfigError as e:
-            raise RequestError(str(e)) from None
-        if not 0 <= cfg.domid < 0x7FF0 or not 0 <= cfg.contexts <= 0xFFFF \
-                or not 0 <= cfg.table_pages < 1 << 40 \
-                or not 0 < cfg.memory_mib <= self.hv.config.memory_mib:
-            raise RequestError("domid, contexts or memory_mib out of range")
+    def op_domain_create(self, args: DomainCreateArgs) -> dict:
+        cfg = domain_from_file(args)
+        if cfg.memory_mib > self.hv.config.memory_mib:
+            raise RequestError(f"domain_create: memory_mib: {cfg.memory_mib} MiB is more than "
+                               f"the machine's {self.hv.config.memory_mib}")
         d = self.hv.create_domain(cfg)
         extra = self.on_domain_created(d.domid) if self.on_domain_created else {}
         return {"domain": self._domain_info(d), **extra}
 
-    def op_domain_destroy(self, req) -> dict:
-        domid = _arg(req, "domid", int)
-        self.hv.destroy_domain(domid)
+    def op_domain_destroy(self, args: DomainArgs) -> dict:
+        self.hv.destroy_domain(args.domid)
         if self.on_domain_destroyed:
-            self.on_domain_destroyed(domid)
+            self.on_domain_destroyed(args.domid)
         return {}
 
-    def op_device_assign(self, req) -> dict:
-        self.hv.assign_device(_sbdf(req), _arg(req, "domid", int))
+    def op_device_assign(self, args: DeviceAssignArgs) -> dict:
+        self.hv.assign_device(args.sbdf, args.domid)
         return {}
 
-    def op_device_deassign(self, req) -> dict:
-        self.hv.deassign_device(_sbdf(req))
+    def op_device_deassign(self, args: DeviceArgs) -> dict:
+        self.hv.deassign_device(args.sbdf)
         return {}
 
-    def op_p2m_set(self, req) -> dict:
+    def op_p2m_set(self, args: P2mSetArgs) -> dict:
         try:
-            type_ = P2mType(_arg(req, "type", str))
+            type_ = P2mType(args.type)
         except ValueError:
             raise RequestError(f"type must be one of {[t.value for t in P2mType]}") from None
         if type_ is P2mType.PAGING_IN:
             raise RequestError("paging_in is entered, not set: map a paged_out gfn to start a "
                                "page-in")
-        self.hv.set_p2m_type(_arg(req, "domid", int), _arg(req, "gfn", int), type_)
+        self.hv.set_p2m_type(args.domid, args.gfn, type_)
         return {}
 
-    def op_p2m_get(self, req) -> dict:
-        d = self.hv.domains.get(_arg(req, "domid", int))
+    def op_p2m_get(self, args: GfnArgs) -> dict:
+        return {"type": self._domain(args.domid).p2m.type_of(args.gfn).value}
+
+    def _domain(self, domid: int):
+        d = self.hv.domains.get(domid)
         if d is None:
             raise RequestError("no such domain")
-        gfn = _arg(req, "gfn", int)
-        return {"type": d.p2m.type_of(gfn).value}
+        return d
 
-    def op_mem_read(self, req) -> dict:
-        data = self.hv.read_guest(_arg(req, "domid", int), _arg(req, "gfn", int),
-                                  _arg(req, "offset", int, 0), _arg(req, "length", int))
+    def op_mem_read(self, args: MemReadArgs) -> dict:
+        data = self.hv.read_guest(args.domid, args.gfn, args.offset, args.length)
         return {"data": data}
 
-    def op_mem_write(self, req) -> dict:
-        self.hv.write_guest(_arg(req, "domid", int), _arg(req, "gfn", int),
-                            _arg(req, "offset", int, 0), _arg(req, "data", bytes))
+    def op_mem_write(self, args: MemWriteArgs) -> dict:
+        self.hv.write_guest(args.domid, args.gfn, args.offset, args.data)
         return {}
 
-    def op_dma(self, req) -> dict:
-        sbdf, addr = _sbdf(req), _arg(req, "addr", int)
-        if not 0 <= addr < 1 << 64:
-            raise RequestError("addr out of range")
-        if _arg(req, "write", bool, False):
-            data = _arg(req, "data", bytes)
-            if len(data) > MAX_DMA:
-                raise RequestError(f"at most {MAX_DMA} bytes per DMA")
-            done, got, fault = self.hv.dma(sbdf, addr, data=data)
+    def op_dma(self, args: DmaArgs) -> dict:
+        sbdf = args.sbdf
+        if args.write:
+            if args.data is None:
+                raise RequestError("dma: data: a write needs data")
+            done, got, fault = self.hv.dma(sbdf, args.addr, data=args.data)
         else:
-            wanted = _arg(req, "length", int)
-            if not 0 <= wanted <= MAX_DMA:
-                raise RequestError(f"length must be 0..{MAX_DMA}")
-            done, got, fault = self.hv.dma(sbdf, addr, length=wanted)
+            if args.length is None:
+                raise RequestError("dma: length: a read needs a length")
+            done, got, fault = self.hv.dma(sbdf, args.addr, length=args.length)
         return {"done": done, "data": got, "faulted": fault is not None,
                 "fault": self._fault(fault) if fault else None}
 
@@ -196,18 +255,15 @@ class Control:
         return {"sbdf": format_sbdf(rec.sbdf), "addr": rec.addr, "kind": rec.kind.name,
                 "write": rec.write}
 
-    def op_faults(self, req) -> dict:
+    def op_faults(self, args: FaultsArgs) -> dict:
         recs, overflow = self.hv.iommu.faults()
-        if _arg(req, "clear", bool, False):
+        if args.clear:
             self.hv.iommu.clear_faults()
         return {"faults": [self._fault(r) for r in recs], "overflow": overflow}
 
-    def op_contexts(self, req) -> dict:
-        d = self.hv.domains.get(_arg(req, "domid", int))
-        if d is None:
-            raise RequestError("no such domain")
+    def op_contexts(self, args: DomainArgs) -> dict:
         out = []
-        for ctx in d.contexts:
+        for ctx in self._domain(args.domid).contexts:
             if ctx is None:
                 continue
             info = self.hv.iommu.context_info(ctx.hw)
@@ -217,59 +273,48 @@ class Control:
                         "iotlb": info.counters._asdict()})
         return {"contexts": out}
 
-    def op_dump(self, req) -> dict:
+    def op_dump(self, args: DumpArgs) -> dict:
         """Entries [dfn, dfn + count) of a context: gfns and permissions as
         packed little-endian arrays (u64 gfn, u8 perm; perm 0 = not mapped)."""
-        d = self.hv.domains.get(_arg(req, "domid", int))
-        if d is None:
-            raise RequestError("no such domain")
-        ctx = d.context(_arg(req, "ctx_no", int))
+        ctx = self._domain(args.domid).context(args.ctx_no)
         if ctx is None:
             raise RequestError("context not allocated")
-        dfn, count = _arg(req, "dfn", int, 0), _arg(req, "count", int, 4096)
-        if not 0 < count <= MAX_DUMP:
-            raise RequestError(f"count must be 1..{MAX_DUMP}")
+        dfn, count = args.dfn, args.count
         mfns, perms = self.hv.iommu.lookup_run(ctx.hw, dfn, count)
         # Report guest frames, as lookup_page does: mfn -> gfn through the M2P
         # (meaningless where perm is 0, i.e. nothing is mapped).
         gfns = self.hv.machine.m2p(mfns)
         return {"dfn": dfn, "gfns": gfns.tobytes(), "perms": perms.tobytes()}
 
-    def op_counters(self, req) -> dict:
+    def op_counters(self, args: Args) -> dict:
         return {"iotlb": self.hv.iommu.counters()._asdict()}
 
-    def op_fail_nth(self, req) -> dict:
+    def op_fail_nth(self, args: FailNthArgs) -> dict:
         """Fault injection as Linux's fail-nth: with `nth` (0 disarms), the
         nth event at one of `sites` (default all) fails once. Replies with
         the injector's state (also the only thing it does without `nth`)."""
-        if "nth" in req:
-            nth = _arg(req, "nth", int)
-            names = _arg(req, "sites", list, list(INJECT_SITES))
-            unknown = [n for n in names if n not in INJECT_SITES]
-            if unknown or not names or not 0 <= nth < 1 << 63:
-                raise RequestError(f"sites are a non-empty list of {', '.join(INJECT_SITES)}; "
-                                   f"nth is 0 (disarm) or more")
+        if args.nth is not None:
             sites = 0
-            for n in names:
-                sites |= INJECT_SITES[n]
-            self.hv.arm_injection(sites, nth)
+            for name in args.sites:
+                sites |= INJECT_SITES[name]
+            self.hv.arm_injection(sites, args.nth)
         f = self.hv.machine.injection()
         return {"sites": [n for n, bit in INJECT_SITES.items() if f.sites & bit],
                 "remaining": f.remaining, "seen": f.seen,
                 "fired": f.fired.name.lower() if f.fired else None}
 
-    def op_snapshot(self, req) -> dict:
-        path = _arg(req, "path", str, None)
+    def op_snapshot(self, args: SnapshotArgs) -> dict:
         if self.on_snapshot is None:
             raise RequestError("only the daemon writes snapshots")
-        return self.on_snapshot(path)
+        return self.on_snapshot(args.path)
 
-    def op_check(self, req) -> dict:
+    def op_check(self, args: Args) -> dict:
         problems = self.hv.check_invariants()
         return {"consistent": not problems, "problems": problems}
 
 
-OPERATIONS = sorted(name[3:] for name in dir(Control) if name.startswith("op_"))
+OPERATIONS = sorted(ARGS)
+assert OPERATIONS == sorted(n[3:] for n in dir(Control) if n.startswith("op_")), "ARGS lists every op"
 
 
 def pack(obj) -> bytes:

@@ -51,7 +51,10 @@ class ControlClient(BlockingConnection):
 
 
 def parse_value(text: str):
-    """key=value arguments on the command line: ints (0x.. too), booleans, hex: bytes, text."""
+    """key=value arguments on the command line: ints (0x.. too), booleans,
+    hex: bytes, text, and lists of those as [a,b] (devices=[0000:00:09.0])."""
+    if text.startswith("[") and text.endswith("]"):
+        return [parse_value(item) for item in text[1:-1].split(",") if item]
     if text in ("true", "false"):
         return text == "true"
     if text.startswith("hex:"):

@@ -1,8 +1,13 @@
 """What the simulated machine is made of: the IOMMU and the domains.
 
-A MachineConfig is plain data. `default_machine()` is the machine `xenemu
-serve` starts with no configuration; `load_machine()` reads any other from
-TOML. The README documents both.
+The machine file (TOML), and the `machine` a trace header or a snapshot
+carries, are one document, declared once below as msgspec Structs with the
+range of every field (MachineFile, DomainFile) and read through
+xenemu.schema's gate. What the rest of xenemu holds is the MachineConfig
+and DomainConfig dataclasses (PCI addresses as numbers); their defaults are
+the file's defaults. `default_machine()` is the machine `xenemu serve`
+starts with no configuration; `load_machine()` reads any other. The README
+documents both.
 """
 
 from __future__ import annotations
@@ -11,13 +16,36 @@ import dataclasses
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated, Literal
+
+import msgspec
+
+from .schema import DomId, InputError, NonNegative, U16, convert
 
 PAGE_SHIFT = 12
 PAGE_SIZE = 1 << PAGE_SHIFT
+PAGES_PER_MIB = 1 << 20 >> PAGE_SHIFT
+
+# The largest machine a file may declare. Declared memory is reserved
+# lazily and costs nothing until a domain owns it; a domain's memory costs
+# about 10 KiB of resident metadata per MiB (frame owner, refcount, M2P and
+# allocator entries, its p2m array, the default context's page tables), so
+# a file at this bound makes the daemon hold at most ~640 MiB of metadata.
+MAX_MEMORY_MIB = 64 << 10
+MAX_DOMAINS = 1023          # one page-table pool and one hardware context each
+MAX_DEVICES = 256           # the simulated IOMMU's device table
+MAX_TABLE_PAGES = 1 << 24   # a budget beyond the largest machine's frames means nothing
+MAX_PAGE_IN_DELAY_MS = 3_600_000
+MAX_NAME = 64
+# Hardware IOTLB sizes: a power of two of 4-way sets (cext/iotlb.c).
+MIN_IOTLB, MAX_IOTLB = 4, 1 << 20
+
+MiB = Annotated[int, msgspec.Meta(ge=1, le=MAX_MEMORY_MIB)]
+Name = Annotated[str, msgspec.Meta(max_length=MAX_NAME, pattern=r"^[^\x00-\x1f\x7f]*$")]
 
 
-class ConfigError(ValueError):
-    pass
+class ConfigError(InputError):
+    """A machine that cannot be built: one line naming the file and the field."""
 
 
 def parse_sbdf(text: str) -> int:
@@ -29,11 +57,24 @@ def parse_sbdf(text: str) -> int:
         seg, bus, devfunc = parts
         dev, func = devfunc.split(".")
         seg, bus, dev, func = int(seg, 16), int(bus, 16), int(dev, 16), int(func, 16)
-    except ValueError:
-        raise ConfigError(f"bad PCI address {text!r}: expected SSSS:BB:DD.F") from None
-    if seg > 0xFFFF or bus > 0xFF or dev > 0x1F or func > 7:
+    except (ValueError, AttributeError):
+        raise ConfigError(f"bad PCI address {text!r:.40}: expected SSSS:BB:DD.F") from None
+    if not (0 <= seg <= 0xFFFF and 0 <= bus <= 0xFF and 0 <= dev <= 0x1F and 0 <= func <= 7):
         raise ConfigError(f"bad PCI address {text!r}: field out of range")
     return seg << 16 | bus << 8 | dev << 3 | func
+
+
+class Sbdf(int):
+    """A PCI address, given as text ("SSSS:BB:DD.F" or "BB:DD.F") in every input."""
+
+    @classmethod
+    def from_input(cls, value) -> "Sbdf":
+        if type(value) is not str:
+            raise ValueError(f"expected str, got {type(value).__name__}")
+        try:
+            return cls(parse_sbdf(value))
+        except ConfigError as e:
+            raise ValueError(str(e)) from None
 
 
 def format_sbdf(sbdf: int) -> str:
@@ -65,25 +106,89 @@ class MachineConfig:
     domains: tuple[DomainConfig, ...] = field(default_factory=tuple)
 
     def __post_init__(self):
-        if self.address_width not in (39, 48):
-            raise ConfigError("address_width must be 39 or 48")
-        ids = [d.domid for d in self.domains]
-        if len(ids) != len(set(ids)):
-            raise ConfigError("two domains share a domid")
-        for d in self.domains:
-            if not 0 <= d.domid < 0x7FF0:
-                raise ConfigError(f"domid {d.domid} out of range")
-            if not 0 <= d.contexts <= 0xFFFF:
-                raise ConfigError(f"d{d.domid}: contexts must fit in 16 bits (ctx_no)")
-            if d.table_pages < 0:
-                raise ConfigError(f"d{d.domid}: table_pages must be 0 (no limit) or more")
-        owners = {}
-        for d in self.domains:
-            for sbdf in d.devices:
-                if sbdf in owners:
-                    raise ConfigError(f"device {format_sbdf(sbdf)} assigned to d{owners[sbdf]} "
-                                      f"and d{d.domid}")
-                owners[sbdf] = d.domid
+        problem = machine_problem(self)
+        if problem:
+            path, what = problem
+            raise ConfigError(f"{path}: {what}")
+
+
+# -- the file's schema -----------------------------------------------------------------
+
+_D, _M = DomainConfig, MachineConfig    # the defaults come from the in-memory types
+
+
+class DomainFile(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    domid: DomId
+    name: Name = _D.name
+    hardware: bool = _D.hardware
+    iommu: bool = _D.iommu
+    memory_mib: MiB = _D.memory_mib
+    contexts: U16 = _D.contexts
+    devices: Annotated[list[Sbdf], msgspec.Meta(max_length=MAX_DEVICES)] = []
+    opaque_default: bool = _D.opaque_default
+    table_pages: Annotated[int, msgspec.Meta(ge=0, le=MAX_TABLE_PAGES)] = _D.table_pages
+
+
+class MachineFile(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    iommu: bool = _M.iommu
+    address_width: Literal[39, 48] = _M.address_width
+    iotlb_entries: Annotated[int, msgspec.Meta(ge=MIN_IOTLB, le=MAX_IOTLB)] = _M.iotlb_entries
+    memory_mib: MiB = _M.memory_mib
+    honour_clone: bool = _M.honour_clone
+    page_in_delay_ms: Annotated[NonNegative, msgspec.Meta(le=MAX_PAGE_IN_DELAY_MS)] = \
+        _M.page_in_delay_ms
+    check_iotlb: bool = _M.check_iotlb
+    domain: Annotated[list[DomainFile], msgspec.Meta(max_length=MAX_DOMAINS)] = []
+
+
+def identity_frames(pages: int, levels: int) -> int:
+    """Frames a domain of `pages` pages holds at creation: its memory and the
+    page tables of its default context's 1:1 map of it (root included)."""
+    tables, n = 0, pages
+    for _ in range(levels):
+        n = -(-n // 512)
+        tables += n
+    return pages + max(tables, levels and 1)
+
+
+def machine_problem(config: MachineConfig) -> tuple[str, str] | None:
+    """What makes a machine impossible to build, as (path, what), or None:
+    the checks that span fields, which the schema cannot state."""
+    if config.address_width not in (39, 48):
+        return "address_width", "expected 39 or 48"
+    entries = config.iotlb_entries
+    if not MIN_IOTLB <= entries <= MAX_IOTLB or entries & (entries - 1):
+        return "iotlb_entries", f"expected a power of two in [{MIN_IOTLB}, {MAX_IOTLB}]"
+    if not 1 <= config.memory_mib <= MAX_MEMORY_MIB:
+        return "memory_mib", f"expected 1 to {MAX_MEMORY_MIB} (64 GiB)"
+    seen: dict[int, int] = {}
+    owners: dict[int, int] = {}
+    levels = 3 if config.address_width == 39 else 4
+    frames = 1                      # the quarantine context's root table
+    for i, d in enumerate(config.domains):
+        if not 0 <= d.domid < 0x7FF0:
+            return f"domain[{i}].domid", f"{d.domid} out of range"
+        if d.domid in seen:
+            return f"domain[{i}].domid", f"d{d.domid} is domain[{seen[d.domid]}] already"
+        seen[d.domid] = i
+        if not 0 <= d.contexts <= 0xFFFF:
+            return f"domain[{i}].contexts", "must fit in 16 bits (ctx_no)"
+        if not 0 <= d.table_pages <= MAX_TABLE_PAGES:
+            return f"domain[{i}].table_pages", f"expected 0 (no limit) to {MAX_TABLE_PAGES}"
+        if not 1 <= d.memory_mib <= MAX_MEMORY_MIB:
+            return f"domain[{i}].memory_mib", f"expected 1 to {MAX_MEMORY_MIB}"
+        for j, sbdf in enumerate(d.devices):
+            if sbdf in owners:
+                return (f"domain[{i}].devices[{j}]",
+                        f"{format_sbdf(sbdf)} is assigned to d{owners[sbdf]} already")
+            owners[sbdf] = d.domid
+        frames += identity_frames(d.memory_mib * PAGES_PER_MIB, levels)
+        if frames > config.memory_mib * PAGES_PER_MIB:
+            return (f"domain[{i}].memory_mib",
+                    f"the domains up to d{d.domid} and their default contexts' page tables need "
+                    f"{frames} frames; the machine has {config.memory_mib * PAGES_PER_MIB} "
+                    f"({config.memory_mib} MiB)")
+    return None
 
 
 def default_machine() -> MachineConfig:
@@ -102,18 +207,12 @@ def default_machine() -> MachineConfig:
     ))
 
 
-_MACHINE_KEYS = {"iommu", "address_width", "iotlb_entries", "memory_mib", "honour_clone",
-                 "page_in_delay_ms", "check_iotlb", "domain"}
-_DOMAIN_KEYS = {"domid", "name", "hardware", "iommu", "memory_mib", "contexts", "devices",
-                "opaque_default", "table_pages"}
-
-
 def load_machine(path: Path) -> MachineConfig:
     """A machine from TOML: top-level machine keys and one [[domain]] table per domain."""
     try:
         data = tomllib.loads(Path(path).read_text())
-    except (OSError, tomllib.TOMLDecodeError) as e:
-        raise ConfigError(f"{path}: {e}") from None
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+        raise ConfigError(f"{path}: {getattr(e, 'strerror', None) or e}") from None
     return machine_from_dict(data, str(path))
 
 
@@ -127,19 +226,28 @@ def machine_to_dict(config: MachineConfig) -> dict:
     return {**data, "domain": domains}
 
 
-def machine_from_dict(data: dict, where: str = "config") -> MachineConfig:
-    unknown = set(data) - _MACHINE_KEYS
-    if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)}")
-    domains = []
-    for i, dom in enumerate(data.get("domain", [])):
-        unknown = set(dom) - _DOMAIN_KEYS
-        if unknown:
-            raise ConfigError(f"{where}: domain #{i}: unknown key(s) {sorted(unknown)}")
-        if "domid" not in dom:
-            raise ConfigError(f"{where}: domain #{i} has no domid")
-        dom = dict(dom)
-        dom["devices"] = tuple(parse_sbdf(s) for s in dom.get("devices", ()))
-        domains.append(DomainConfig(**dom))
-    machine = {k: v for k, v in data.items() if k != "domain"}
-    return MachineConfig(domains=tuple(domains), **machine)
+def domain_from_file(dom: DomainFile) -> DomainConfig:
+    """The in-memory domain of a checked DomainFile."""
+    return DomainConfig(**{**msgspec.structs.asdict(dom), "devices": tuple(dom.devices)})
+
+
+def machine_from_dict(data, where: str = "config") -> MachineConfig:
+    """A machine from plain data (TOML, a trace header), or one ConfigError:
+    "WHERE: PATH: WHAT"."""
+    try:
+        checked = convert(data, MachineFile, where)
+    except InputError as e:
+        raise ConfigError(str(e)) from None
+    return machine_from_file(checked, where)
+
+
+def machine_from_file(checked: MachineFile, where: str, path: str = "") -> MachineConfig:
+    """The in-memory machine of a checked MachineFile (`path`: where it sits
+    in a larger document, e.g. "machine." in a snapshot), or ConfigError for
+    what spans fields (a domid twice, domains larger than the machine)."""
+    domains = tuple(domain_from_file(d) for d in checked.domain)
+    fields = {k: v for k, v in msgspec.structs.asdict(checked).items() if k != "domain"}
+    try:
+        return MachineConfig(domains=domains, **fields)
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {path}{e}") from None

@@ -34,16 +34,19 @@ import os
 import time
 from array import array
 from pathlib import Path
+from typing import Annotated, Any, Literal
 
 import msgpack
+import msgspec
 
 from . import __version__, abi, hw
 from .domain import Context, Domain
 from .hypervisor import PAGES_PER_MIB, Hypervisor, MachineError
-from .machine import (ConfigError, DomainConfig, MachineConfig, format_sbdf,
-                      machine_from_dict, machine_to_dict, parse_sbdf)
+from .machine import (MAX_DEVICES, MAX_DOMAINS, ConfigError, DomainConfig, MachineConfig,
+                      MachineFile, Sbdf, format_sbdf, machine_from_file, machine_to_dict)
 from .p2m import P2mType
 from .runs import mapping_runs, progressions
+from .schema import U16, U64, DomId, InputError, convert
 
 log = logging.getLogger("xenemu.snapshot")
 
@@ -57,8 +60,90 @@ _ZERO_PAGE = bytes(PAGE)
 _ZERO_BATCH = bytes(BATCH * PAGE)
 
 
+# Page tables a restore may build beyond each domain's 1:1 map, per domain
+# and again for its context 0, when the domain's table_pages budget is 0 (no
+# limit): a one-page mapping costs up to three table pages (12 KiB) for
+# ~17 bytes of file, so a file must not choose how many it makes.
+RESTORE_TABLE_PAGES = 1 << 16
+
+
 class SnapshotError(Exception):
     """A snapshot cannot be written, read or restored; the message says why."""
+
+
+# -- the file's schema -----------------------------------------------------------------
+
+Count = Annotated[int, msgspec.Meta(ge=1, le=1 << 36)]
+Seconds = Annotated[float, msgspec.Meta(ge=0, le=1e12)]
+
+
+class _Row(msgspec.Struct, array_like=True, forbid_unknown_fields=True, frozen=True):
+    """A run written as a msgpack array."""
+
+
+class P2mRun(_Row):
+    gfn: U64
+    count: Count
+    type: Literal["invalid", "paged_out", "paging_in", "shared", "mmio"]
+
+
+class PageIn(_Row):
+    gfn: U64
+    due: Seconds
+
+
+class MemoryRun(_Row):
+    gfn: U64
+    data: bytes
+
+
+class Mapping(_Row):
+    dfn: U64
+    gfn: U64
+    count: Count
+    perm: Literal[1, 2, 3]
+
+
+class FaultRecord(_Row):
+    sbdf: Sbdf
+    addr: U64
+    kind: Literal["NOT_PRESENT", "WRITE", "READ", "WIDTH", "INTR", "BLOCKED"]
+    write: bool
+
+
+class _Map(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    pass
+
+
+class ContextState(_Map):
+    ctx_no: U16
+    dying: bool
+    devices: Annotated[list[Sbdf], msgspec.Meta(max_length=MAX_DEVICES)]
+    mappings: list[Mapping]
+
+
+class DomainState(_Map):
+    domid: DomId
+    p2m: list[P2mRun]
+    page_ins: list[PageIn]
+    memory: list[MemoryRun]
+    contexts: Annotated[list[ContextState], msgspec.Meta(min_length=1, max_length=1 << 16)]
+
+
+class FaultLog(_Map):
+    records: Annotated[list[FaultRecord], msgspec.Meta(max_length=hw.common.MAX_FAULTS)]
+    overflow: bool
+
+
+class SnapshotFile(_Map):
+    xenemu_snapshot: Literal[1]
+    abi: dict[str, Any]
+    machine: MachineFile
+    time: Seconds
+    domains: Annotated[list[DomainState], msgspec.Meta(max_length=MAX_DOMAINS)]
+    quarantined: Annotated[list[Sbdf], msgspec.Meta(max_length=MAX_DEVICES)]
+    faults: FaultLog
+    meta: Any = None
 
 
 # -- taking --------------------------------------------------------------------------
@@ -90,10 +175,10 @@ def _machine_now(hv: Hypervisor) -> MachineConfig:
 
 
 def _take_domain(hv: Hypervisor, d: Domain) -> dict:
-    types, page_ins = d.p2m.state()
+    runs, page_ins = d.p2m.state()
     return {
         "domid": d.domid,
-        "p2m": _type_runs(types),
+        "p2m": [[gfn, count, t.value] for gfn, count, t in runs],
         "page_ins": [[gfn, due] for gfn, due in sorted(page_ins.items())],
         "memory": _memory(hv.machine, d.p2m.mfns),
         "contexts": [{"ctx_no": ctx.ctx_no, "dying": ctx.dying,
@@ -101,18 +186,6 @@ def _take_domain(hv: Hypervisor, d: Domain) -> dict:
                       "mappings": [] if ctx.dying else mappings(hv, ctx.hw)}
                      for ctx in d.contexts if ctx is not None],
     }
-
-
-def _type_runs(types: dict[int, P2mType]) -> list[list]:
-    """[gfn, count, type] for each run of consecutive gfns of one type."""
-    runs: list[list] = []
-    for gfn in sorted(types):
-        t = types[gfn].value
-        if runs and runs[-1][0] + runs[-1][1] == gfn and runs[-1][2] == t:
-            runs[-1][1] += 1
-        else:
-            runs.append([gfn, 1, t])
-    return runs
 
 
 def mappings(hv: Hypervisor, hw_ctx: int) -> list[list[int]]:
@@ -249,7 +322,8 @@ def check(snap, where: str = "snapshot") -> None:
     if snap[HEADER_KEY] != FORMAT:
         raise SnapshotError(f"{where}: snapshot format {snap[HEADER_KEY]!r}; this xenemu reads "
                             f"format {FORMAT}")
-    revision = _get(snap, "abi", dict, where).get("pv_iommu_revision")
+    revision = snap.get("abi", {}).get("pv_iommu_revision") if isinstance(snap.get("abi"), dict) \
+        else None
     if revision != abi.PV_IOMMU_REVISION:
         raise SnapshotError(f"{where}: a machine of PV-IOMMU revision {revision!r}; this xenemu "
                             f"implements revision {abi.PV_IOMMU_REVISION}")
@@ -269,7 +343,14 @@ def restore(snap: dict, clock=time.monotonic, *, check_iotlb: bool = False,
     its state cannot be rebuilt consistently."""
     check(snap, where)
     try:
-        hv = _restore(snap, clock, check_iotlb)
+        state = convert(snap, SnapshotFile, where)
+        config = machine_from_file(state.machine, where, "machine.")
+    except InputError as e:        # ConfigError included
+        raise SnapshotError(str(e)) from None
+    if check_iotlb:
+        config = dataclasses.replace(config, check_iotlb=True)
+    try:
+        hv = _restore(state, config, clock)
     except (SnapshotError, MachineError, ConfigError, ValueError, hw.HwError) as e:
         raise SnapshotError(f"{where}: cannot be restored: {e}") from None
     problems = hv.check_invariants()
@@ -281,151 +362,192 @@ def restore(snap: dict, clock=time.monotonic, *, check_iotlb: bool = False,
     return hv
 
 
-def _restore(snap: dict, clock, check_iotlb: bool) -> Hypervisor:
-    config = machine_from_dict(_get(snap, "machine", dict), "the machine")
-    if check_iotlb:
-        config = dataclasses.replace(config, check_iotlb=True)
+def _restore(snap: SnapshotFile, config: MachineConfig, clock) -> Hypervisor:
     hv = Hypervisor(config, clock=clock)
-    hv.clock.resume(_number(_get(snap, "time", (int, float)), "time"))
-    domains = _get(snap, "domains", list)
-    listed = [_get(entry, "domid", int, "a domain") for entry in domains]
+    hv.clock.resume(snap.time)
+    listed = [entry.domid for entry in snap.domains]
     if sorted(listed) != sorted(hv.domains):
         raise SnapshotError(f"domains {sorted(listed)} listed, the machine has {sorted(hv.domains)}")
-    for entry in domains:
-        d = hv.domains[entry["domid"]]
-        where = f"d{d.domid}"
-        _restore_p2m(hv, d, entry, where)
-        _restore_memory(hv, d, _get(entry, "memory", list, where), where)
-        _restore_contexts(hv, d, _get(entry, "contexts", list, where), where)
-    for text in _get(snap, "quarantined", list):
-        sbdf = parse_sbdf(text)
-        if hv.owner_of(sbdf) is not None:
-            raise SnapshotError(f"{text} is quarantined and assigned to a domain")
+    for i, entry in enumerate(snap.domains):
+        d = hv.domains[entry.domid]
+        here = f"domains[{i}]"
+        _restore_p2m(hv, d, entry, here)
+        _restore_memory(hv, d, entry.memory, here)
+        _restore_contexts(hv, d, entry.contexts, here)
+    for j, sbdf in enumerate(snap.quarantined):
+        if hv.owner_of(sbdf) is not None or sbdf in hv.quarantined:
+            raise SnapshotError(f"quarantined[{j}]: {format_sbdf(sbdf)} is assigned to a domain "
+                                f"or listed twice")
         hv.iommu.add_device(sbdf)
         hv.iommu.attach(sbdf, hv.quarantine)
         hv.quarantined.add(sbdf)
-    _restore_faults(hv, _get(snap, "faults", dict))
+    _restore_faults(hv, snap.faults)
     return hv
 
 
-def _restore_p2m(hv: Hypervisor, d: Domain, entry: dict, where: str) -> None:
-    for run in _get(entry, "p2m", list, where):
-        gfn, count, name = _fields(run, (int, int, str), f"{where} p2m")
-        type_ = P2mType(name)
-        _check_gfns(d, gfn, count, f"{where} p2m")
-        for g in range(gfn, gfn + count):
-            hv.set_p2m_type(d.domid, g, type_)
-    for item in _get(entry, "page_ins", list, where):
-        gfn, due = _fields(item, (int, (int, float)), f"{where} page-in")
-        d.p2m.resume_page_in(gfn, due)
+def _restore_p2m(hv: Hypervisor, d: Domain, entry: DomainState, where: str) -> None:
+    """Each run in a few calls: the default context's 1:1 pages there are
+    unmapped in slices of SCAN pages, the p2m takes the run whole."""
+    ctx0 = d.contexts[0].hw
+    end = 0
+    for k, run in enumerate(entry.p2m):
+        here = f"{where}.p2m[{k}]"
+        _check_gfns(d, run.gfn, run.count, here)
+        if run.gfn < end:
+            raise SnapshotError(f"{here}: runs overlap or are out of order")
+        end = run.gfn + run.count
+        for gfn in range(run.gfn, end, SCAN):
+            n = min(SCAN, end - gfn)
+            done, _, mfns = hv.iommu.unmap(ctx0, gfn, n)
+            hv.machine.put_refs(mfns)
+            if done != n:
+                raise SnapshotError(f"{here}: gfn {gfn + done:#x} was not mapped 1:1")
+        d.p2m.set_run(run.gfn, run.count, P2mType(run.type))
+    for k, item in enumerate(entry.page_ins):
+        try:
+            d.p2m.resume_page_in(item.gfn, item.due)
+        except ValueError as e:
+            raise SnapshotError(f"{where}.page_ins[{k}]: {e}") from None
 
 
-def _restore_memory(hv: Hypervisor, d: Domain, runs: list, where: str) -> None:
-    for run in runs:
-        gfn, data = _fields(run, (int, bytes), f"{where} memory")
-        if not data or len(data) % PAGE:
-            raise SnapshotError(f"{where} memory at gfn {gfn:#x}: {len(data)} bytes, "
-                                f"not whole pages")
-        count = len(data) // PAGE
-        _check_gfns(d, gfn, count, f"{where} memory")
-        mfns = d.p2m.mfns[gfn:gfn + count]
-        view = memoryview(data)
+def _restore_memory(hv: Hypervisor, d: Domain, runs: list[MemoryRun], where: str) -> None:
+    for k, run in enumerate(runs):
+        here = f"{where}.memory[{k}]"
+        if not run.data or len(run.data) % PAGE:
+            raise SnapshotError(f"{here}: {len(run.data)} bytes, not whole pages")
+        count = len(run.data) // PAGE
+        _check_gfns(d, run.gfn, count, here)
+        mfns = d.p2m.mfns[run.gfn:run.gfn + count]
+        view = memoryview(run.data)
         for off, n in progressions(mfns):
             hv.machine.write(mfns[off] << hw.PAGE_SHIFT, view[off * PAGE:(off + n) * PAGE])
 
 
-def _restore_contexts(hv: Hypervisor, d: Domain, contexts: list, where: str) -> None:
+def _restore_contexts(hv: Hypervisor, d: Domain, contexts: list[ContextState],
+                      where: str) -> None:
     placed: set[int] = set()
-    for entry in contexts:
-        ctx_no = _get(entry, "ctx_no", int, where)
-        here = f"{where} context {ctx_no}"
-        runs = _get(entry, "mappings", list, here)
+    budget = hv.iommu.pool_usage(d.table_pool)[1]
+    if not budget:
+        # "No limit" is the configuration's to give, not a file's to use.
+        hv.iommu.set_pool_limit(d.table_pool, RESTORE_TABLE_PAGES)
+    for j, entry in enumerate(contexts):
+        ctx_no = entry.ctx_no
+        here = f"{where}.contexts[{j}]"
+        if (j == 0) != (ctx_no == 0):
+            raise SnapshotError(f"{here}: context 0 comes first, and once")
         if ctx_no == 0:
             ctx = d.contexts[0]
-            # Created 1:1 over RAM; a guest may have mapped or unmapped there since.
-            current = mappings(hv, ctx.hw)
-            if current != runs:
-                for dfn, _, count, _ in current:
-                    _, _, mfns = hv.iommu.unmap(ctx.hw, dfn, count)
-                    hv.machine.put_refs(mfns)
-                _map(hv, d, ctx, runs, here)
+            _restore_default_context(hv, d, ctx, entry.mappings, budget, here)
         else:
             if d.context(ctx_no) is not None or not 0 < ctx_no <= d.nr_contexts:
-                raise SnapshotError(f"{here}: not a free slot of a pool of {d.nr_contexts}")
+                raise SnapshotError(f"{here}: ctx_no {ctx_no} is not a free slot of a pool "
+                                    f"of {d.nr_contexts}")
             # In its own slot, its tables counted against the domain's budget,
             # as alloc_context does.
             ctx = d.contexts[ctx_no] = Context(ctx_no, hv.iommu.alloc_context())
             hv.iommu.set_context_pool(ctx.hw, d.table_pool)
-            _map(hv, d, ctx, runs, here)
-        ctx.dying = _get(entry, "dying", bool, here)
+            _map(hv, d, ctx, entry.mappings, d.table_pool, here)
+        ctx.dying = entry.dying
         if ctx.dying and ctx_no == 0:
             raise SnapshotError(f"{here}: the default context is never freed")
-        for text in _get(entry, "devices", list, here):
-            sbdf = parse_sbdf(text)
+        for k, sbdf in enumerate(entry.devices):
             if sbdf not in d.devices or sbdf in placed or ctx.dying:
-                raise SnapshotError(f"{here}: device {text} is not {where}'s, is listed twice, "
-                                    f"or is in a dying context")
+                raise SnapshotError(f"{here}.devices[{k}]: {format_sbdf(sbdf)} is not "
+                                    f"d{d.domid}'s, is listed twice, or is in a dying context")
             placed.add(sbdf)
             hv.move_device(d, sbdf, ctx)
+    if not budget:
+        hv.iommu.set_pool_limit(d.table_pool, 0)
     if placed != set(d.devices):
         raise SnapshotError(f"{where}: its devices are not each in one of its contexts")
 
 
-def _map(hv: Hypervisor, d: Domain, ctx: Context, runs: list, where: str) -> None:
-    """Map each run [dfn, gfn, count, perm] with one page reference per page."""
-    for run in runs:
-        dfn, gfn, count, perm = _fields(run, (int, int, int, int), f"{where} mapping")
-        if perm not in (hw.PERM_R, hw.PERM_W, hw.PERM_RW):
-            raise SnapshotError(f"{where}: mapping at dfn {dfn:#x}: permission {perm}")
-        _check_gfns(d, gfn, count, f"{where}: mapping at dfn {dfn:#x}")
-        mfns = d.p2m.mfns[gfn:gfn + count]
-        done, st = hv.iommu.map_referenced(ctx.hw, dfn, mfns, perm)
-        if done != count:
-            raise SnapshotError(f"{where}: mapping at dfn {dfn:#x} stopped at dfn "
-                                f"{dfn + done:#x} ({hw.Status(st).name})")
+def _restore_default_context(hv: Hypervisor, d: Domain, ctx: Context, runs: list[Mapping],
+                             budget: int, where: str) -> None:
+    """Context 0 was created 1:1 over RAM; a guest may have mapped or
+    unmapped there since. If it differs, its mappings are replaced by the
+    file's, with the page tables it may build bounded (a spare pool whose
+    limit is what it holds now plus the domain's budget) and put back
+    unbounded in pool 0 after."""
+    current = mappings(hv, ctx.hw)
+    wanted = [[m.dfn, m.gfn, m.count, m.perm] for m in runs]
+    if current == wanted:
+        return
+    for dfn, _, count, _ in current:
+        _, _, mfns = hv.iommu.unmap(ctx.hw, dfn, count)
+        hv.machine.put_refs(mfns)
+    if not hv._free_pools:
+        raise SnapshotError(f"{where}: no page-table pool left to restore context 0 in")
+    pool = hv._free_pools.pop()
+    try:
+        held = hv.iommu.context_info(ctx.hw).tables
+        hv.iommu.set_pool_limit(pool, held + (budget or RESTORE_TABLE_PAGES))
+        hv.iommu.set_context_pool(ctx.hw, pool)
+        _map(hv, d, ctx, runs, pool, where)
+    finally:
+        hv.iommu.set_context_pool(ctx.hw, 0)
+        hv.iommu.set_pool_limit(pool, 0)
+        hv._free_pools.append(pool)
 
 
-def _restore_faults(hv: Hypervisor, faults: dict) -> None:
+def _map(hv: Hypervisor, d: Domain, ctx: Context, runs: list[Mapping], pool: int,
+         where: str) -> None:
+    """Map each run with one page reference per page, in one call each
+    (`pool`: the one ctx's page tables count against)."""
+    last = hv.iommu.max_iova_addr >> hw.PAGE_SHIFT
+    for k, run in enumerate(runs):
+        here = f"{where}.mappings[{k}]"
+        if run.dfn + run.count - 1 > last:
+            raise SnapshotError(f"{here}: dfns {run.dfn:#x}+{run.count} are beyond the "
+                                f"{hv.config.address_width}-bit address width")
+        _check_gfns(d, run.gfn, run.count, here)
+        mfns = d.p2m.mfns[run.gfn:run.gfn + run.count]
+        done, st = hv.iommu.map_referenced(ctx.hw, run.dfn, mfns, run.perm)
+        if done != run.count:
+            why = hw.Status(st).name
+            if st == hw.Status.NOMEM:
+                used, limit = hv.iommu.pool_usage(pool)
+                why = ("more page tables than the domain's budget allows" if limit and
+                       used >= limit else "no machine memory left for page tables")
+            raise SnapshotError(f"{here}: stopped at dfn {run.dfn + done:#x} ({why})")
+
+
+def _restore_faults(hv: Hypervisor, faults: FaultLog) -> None:
     """Make each logged fault happen again, in order: the log has no other way in.
 
     The device is pointed for one DMA at a scratch context arranged to fault
     the same way at the same address (a page mapped without the permission
     the access needs, or nothing), or at no context for BLOCKED, then put
     back. A full log with its overflow flag gets one fault more."""
-    records = _get(faults, "records", list, "faults")
-    overflow = _get(faults, "overflow", bool, "faults")
-    if not records and not overflow:
+    records = faults.records
+    if not records and not faults.overflow:
         return
     scratch = hv.iommu.alloc_context()
     frame = hv.machine.alloc(1, owner=hw.OWNER_NONE)
     try:
-        for rec in records + (records[:1] if overflow else []):
-            _refault(hv, scratch, frame, rec)
+        for k, rec in enumerate(records + (records[:1] if faults.overflow else [])):
+            _refault(hv, scratch, frame, rec, f"faults.records[{k % max(len(records), 1)}]")
     finally:
         while not hv.iommu.teardown(scratch, SCAN)[1]:
             pass
         hv.machine.free(frame)
     recs, got_overflow = hv.iommu.faults()
-    if [_fault(r) for r in recs] != records or got_overflow != overflow:
+    wanted = [[format_sbdf(r.sbdf), r.addr, r.kind, r.write] for r in records]
+    if [_fault(r) for r in recs] != wanted or got_overflow != faults.overflow:
         raise SnapshotError("the fault log cannot be made again as recorded")
 
 
-def _refault(hv: Hypervisor, scratch: int, frame: array, rec) -> None:
-    text, addr, kind_name, write = _fields(rec, (str, int, str, bool), "fault")
-    sbdf = parse_sbdf(text)
-    try:
-        kind = hw.Fault[kind_name]
-    except KeyError:
-        raise SnapshotError(f"fault of {text}: unknown kind {kind_name!r}") from None
+def _refault(hv: Hypervisor, scratch: int, frame: array, rec: FaultRecord, where: str) -> None:
+    sbdf, addr, kind = rec.sbdf, rec.addr, hw.Fault[rec.kind]
     if hv.owner_of(sbdf) is None and sbdf not in hv.quarantined:
-        raise SnapshotError(f"fault of {text}: no such device")
+        raise SnapshotError(f"{where}: {format_sbdf(sbdf)}: no such device")
     dfn = addr >> hw.PAGE_SHIFT
     wrong_perm = {hw.Fault.WRITE: hw.PERM_R, hw.Fault.READ: hw.PERM_W}.get(kind)
     if wrong_perm:
         hv.iommu.map(scratch, dfn, frame, wrong_perm)
     home = hv.iommu.device_context(sbdf)
     hv.iommu.attach(sbdf, None if kind is hw.Fault.BLOCKED else scratch)
-    if write:
+    if rec.write:
         hv.iommu.dma_write(sbdf, addr, b"\0")
     else:
         hv.iommu.dma_read(sbdf, addr, 1)
@@ -434,34 +556,7 @@ def _refault(hv: Hypervisor, scratch: int, frame: array, rec) -> None:
         hv.iommu.unmap(scratch, dfn, 1)
 
 
-# -- checking what a file says ---------------------------------------------------------
-
-def _get(obj, key: str, kind, where: str = "snapshot"):
-    value = obj.get(key) if isinstance(obj, dict) else None
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise SnapshotError(f"{where}: {key!r} missing or not {_kind_name(kind)}")
-    return value
-
-
-def _fields(value, kinds: tuple, where: str) -> list:
-    if not isinstance(value, list) or len(value) != len(kinds) or not all(
-            isinstance(v, k) and not (k is int and isinstance(v, bool))
-            for v, k in zip(value, kinds)):
-        raise SnapshotError(f"{where}: {value!r:.80} is not [{', '.join(map(_kind_name, kinds))}]")
-    return value
-
-
-def _number(value, what: str) -> float:
-    if isinstance(value, bool) or value < 0:
-        raise SnapshotError(f"{what}: {value!r} is not a time")
-    return float(value)
-
-
-def _kind_name(kind) -> str:
-    return "/".join(k.__name__ for k in kind) if isinstance(kind, tuple) else kind.__name__
-
-
 def _check_gfns(d: Domain, gfn: int, count: int, where: str) -> None:
-    if count <= 0 or gfn < 0 or gfn + count > d.p2m.nr_pages:
+    if gfn + count > d.p2m.nr_pages:
         raise SnapshotError(f"{where}: gfns {gfn:#x}+{count} are beyond d{d.domid}'s memory "
                             f"({d.p2m.nr_pages} pages)")
