@@ -151,18 +151,20 @@ def still_serving(daemon):
         assert xen.noop().ret == 0
 
 
-def info_request_of(size: int) -> bytes:
-    head = msgpack.packb({"op": "info", "pad": b""})
+def dma_request_of(size: int) -> bytes:
+    """A DMA write request of exactly `size` bytes (its data the padding)."""
+    dma = {"op": "dma", "sbdf": "0000:00:02.0", "addr": 0, "write": True}
+    head = msgpack.packb({**dma, "data": b""})
     pad = size - len(head) - 3       # bin8 -> bin32 grows the header by 3
-    request = msgpack.packb({"op": "info", "pad": b"x" * pad})
+    request = msgpack.packb({**dma, "data": b"x" * pad})
     assert len(request) == size
     return request
 
 
 def test_a_control_request_over_1_mib_is_answered_then_closed(daemon):
-    [reply] = control_replies(daemon, info_request_of(MAX_REQUEST), then_close=False)
+    [reply] = control_replies(daemon, dma_request_of(MAX_REQUEST), then_close=False)
     assert reply["ok"]
-    [reply] = control_replies(daemon, info_request_of(MAX_REQUEST + 1))
+    [reply] = control_replies(daemon, dma_request_of(MAX_REQUEST + 1))
     assert reply["ok"] is False and f"at most {MAX_REQUEST} bytes" in reply["error"]
     still_serving(daemon)
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 import copy
 import subprocess
 import sys
-import tomllib
 from array import array
 
 import msgpack

@@ -77,7 +77,7 @@ BAD = {
     "machine-not-a-map": (pack({**HEADER, "machine": [1]}, *RECORDS), "error",
                           "header: machine: expected object, got array"),
     "machine-unknown-key": (pack({**HEADER, "machine": {**HEADER["machine"], "cpus": 4}}),
-                            "error", "header: machine: unknown key(s) ['cpus']"),
+                            "error", "header: machine: object contains unknown field cpus"),
     "meta-not-a-map": (pack({**HEADER, "meta": "x"}, *RECORDS), "error",
                        "header: meta: expected object, got str"),
     "snapshot-not-one": (pack({**HEADER, "xenemu_trace": 2, "snapshot": {"a": 1}}), "error",

@@ -35,7 +35,7 @@ import msgpack
 import msgspec
 
 from . import __version__, abi, wire
-from .machine import ConfigError, MachineConfig, machine_from_dict, machine_to_dict
+from .machine import MachineConfig, machine_from_dict, machine_to_dict
 from .schema import U32, DomId, InputError, NonNegative, convert
 from .snapshot import SnapshotError, check as check_snapshot
 
@@ -445,10 +445,8 @@ class TraceReader:
             machine = machine_from_dict(header.machine, f"{where}: machine")
             if header.snapshot is not None:
                 check_snapshot(header.snapshot, f"{where}: snapshot")
-        except (InputError, ConfigError, SnapshotError) as e:
+        except (InputError, SnapshotError) as e:    # ConfigError is an InputError
             raise TraceError(str(e)) from None
-        except TypeError as e:      # a machine of the wrong shape, before its schema says so
-            raise TraceError(f"{where}: machine: {e}") from None
         return header, machine
 
     def __iter__(self):
