@@ -173,6 +173,7 @@ def test_clients_pushing_large_frames_without_reading_hold_bounded_memory(tmp_pa
             f"the daemon grew {grew_mib:.1f} MiB with {FLOODERS} clients flooding 1 MiB frames")
     finally:
         for s, t in flooders:
+            s.shutdown(socket.SHUT_RDWR)    # wakes a sendall blocked in another thread
             s.close()
             t.join(10)
     try:

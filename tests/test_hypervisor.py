@@ -193,8 +193,11 @@ def test_p2m_types_fail_at_their_page(xen, daemon, ptype, err):
 def test_paged_out_gfn_is_paged_in_after_a_delay(xen, daemon):
     daemon.ctl("p2m_set", domid=0, gfn=0x600, type="paged_out")
     ctx = new_ctx(xen)
+    asked = time.monotonic()
     assert xen.map_pages(ctx, 0x600, 0x600, 1).ret == -E.EIO
-    assert daemon.ctl("p2m_get", domid=0, gfn=0x600)["type"] == "paging_in"
+    now_type = daemon.ctl("p2m_get", domid=0, gfn=0x600)["type"]
+    # Paging in, unless a loaded machine let the 10 ms delay pass already.
+    assert now_type == "paging_in" or (now_type == "ram" and time.monotonic() - asked >= 0.010)
     deadline = time.monotonic() + 5
     while (ret := xen.map_pages(ctx, 0x600, 0x600, 1).ret) == -E.EIO:
         assert time.monotonic() < deadline
