@@ -12,7 +12,8 @@ WARN      := -std=c99 -Wall -Wextra -Werror -pedantic
 PYTEST_ARGS ?=
 
 # The package is installed editable; the cffi extension is rebuilt whenever a
-# C source or its build script changes.
+# C source, a header (hw.h is also the source of the cffi declarations) or the
+# build script changes.
 HW_SOURCES := $(wildcard cext/*.c cext/*.h) xenemu/hw/_build.py
 
 .PHONY: all run test bench bench-smoke bench-tools traces fuzz soak clients venv clean
@@ -46,10 +47,16 @@ $(LIB): $(BUILD)/xenemu_client.o
 $(BUILD)/%: clients/c/examples/%.c $(LIB) $(CLIENT_HDRS)
 	$(CC) $(CFLAGS) $(WARN) -pthread -Iabi -Iclients/c $< $(LIB) -o $@
 
-# --- benchmark programs (bench/c): echo server and load generator -------
-BENCH_TOOLS := $(BUILD)/bench_echo $(BUILD)/bench_load
+# --- benchmark programs (bench/c): echo server, load generator, and the
+# plain C loop the IOTLB hits are compared with (a shared object bench/hw.py
+# loads, so that the product's cffi library has no benchmark code) ---------
+BENCH_TOOLS := $(BUILD)/bench_echo $(BUILD)/bench_load $(BUILD)/libbench_floor.so
 
 bench-tools: $(BENCH_TOOLS)
+
+$(BUILD)/libbench_floor.so: bench/c/floor.c
+	@mkdir -p $(BUILD)
+	$(CC) $(CFLAGS) $(WARN) -shared -fPIC $< -o $@
 
 $(BUILD)/bench_%: bench/c/%.c bench/c/common.h $(CLIENT_HDRS)
 	@mkdir -p $(BUILD)

@@ -1,7 +1,8 @@
 """3 and 4 at the hardware layer: the C layer (xenemu.hw) against the
 pure-Python reference (xenemu.hw.reference) on map/unmap runs, and DMA
 translation rates, IOTLB hits also against a plain C loop reading as many
-entries from an array (hw_floor_gather: the memory's own limit; target:
+entries from an array (floor_gather in bench/c/floor.c, built by `make
+bench-tools` into build/libbench_floor.so: the memory's own limit; target:
 hits within 4x of it).
 
 The reference runs fewer pages than C (it is ~100x slower); rates are per
@@ -12,10 +13,17 @@ first time); mapping again where tables exist shows the walk itself.
 import time
 from array import array
 
-from xenemu.hw import PERM_RW, native, reference
-from xenemu.hw._hwlib import ffi, lib
+from cffi import FFI
 
+from xenemu.hw import PERM_RW, native, reference
+
+from .serve import BUILD
 from .util import row
+
+# The floor's one declaration (bench/c/floor.c); loaded when first measured.
+_floor = FFI()
+_floor.cdef("int floor_gather(const uint64_t *table, uint64_t n_table,"
+            " const uint64_t *addrs, uint64_t n, uint64_t *out);")
 
 
 def _rate(n: int, seconds: float) -> float:
@@ -76,15 +84,17 @@ def translate_rates(impl, n: int) -> tuple[float, float]:
 
 
 def _floor_rate(addrs: array, batches: int) -> float:
-    """Addresses per second of hw_floor_gather over a table as large as the
+    """Addresses per second of floor_gather over a table as large as the
     IOTLB, called as translate is (one C call a batch, output allocated)."""
+    lib = _floor.dlopen(str(BUILD / "libbench_floor.so"))
+    ffi = _floor
     table = array("Q", range(1024))
     t0 = time.perf_counter()
     for _ in range(batches):
         out = array("Q", bytes(8 * len(addrs)))
-        lib.hw_floor_gather(ffi.from_buffer("uint64_t[]", table), len(table),
-                            ffi.from_buffer("uint64_t[]", addrs), len(addrs),
-                            ffi.from_buffer("uint64_t[]", out))
+        lib.floor_gather(ffi.from_buffer("uint64_t[]", table), len(table),
+                         ffi.from_buffer("uint64_t[]", addrs), len(addrs),
+                         ffi.from_buffer("uint64_t[]", out))
     return _rate(batches * len(addrs), time.perf_counter() - t0)
 
 

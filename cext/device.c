@@ -1,7 +1,7 @@
 /* device.c - PCI devices, their context entries, DMA and the fault log. */
 #include <string.h>
 
-#include "hw.h"
+#include "hw_internal.h"
 
 /* Devices are few (a table of max_dev slots) and looked up once per call,
  * never per page, so a scan is enough. */

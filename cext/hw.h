@@ -3,10 +3,20 @@
  * IOMMU (second-level I/O page tables, IOTLB, context entries) and DMA by PCI
  * devices with fault recording.
  *
- * This is the only header of cext/. It describes every piece of data the C
- * layer owns, so that the hot state (page tables, per-frame metadata, IOTLB)
- * never becomes one Python object per page: Python calls in once per
- * operation or per batch and passes runs of numbers as flat arrays.
+ * This is the one public header of cext/. It describes every piece of data
+ * the C layer owns, so that the hot state (page tables, per-frame metadata,
+ * IOTLB) never becomes one Python object per page: Python calls in once per
+ * operation or per batch and passes runs of numbers as flat arrays. What the
+ * .c files share among themselves (inline helpers, cross-file functions) is
+ * in hw_internal.h.
+ *
+ * Python's declarations are this text: xenemu/hw/_build.py hands the part
+ * between the "BEGIN cffi public" and "END cffi public" marks to cffi's
+ * cdef, so adding a function or a field here is all the binding needs. cffi
+ * parses plain declarations only, so the marked part holds prototypes,
+ * structs, enums and integer constants as `#define NAME value` (cffi takes
+ * the value from the compiler): no other preprocessor line and no function
+ * body (_build.py refuses them with the line at fault).
  *
  * Everything here is independent of Xen's semantics (domains, p2m, errno):
  * the Xen layer above maps these status codes to its own errors.
@@ -16,6 +26,8 @@
 
 #include <stddef.h>
 #include <stdint.h>
+
+/* BEGIN cffi public */
 
 /* --- constants ----------------------------------------------------------- */
 
@@ -196,46 +208,6 @@ int hw_mem_write(struct hw_machine *m, uint64_t maddr, const void *buf,
  * disarms. Either way the counts start again (HW_E_INVAL: sites not a
  * non-empty subset of HW_INJECT_ALL while n > 0). */
 int hw_inject_arm(struct hw_machine *m, uint32_t sites, uint64_t n);
-/* Internal to cext/: one event at `site`; 1 when it must fail. */
-static inline int hw_inject_fail(struct hw_machine *m, uint32_t site)
-{
-    struct hw_inject *f = &m->inject;
-    if (!f->countdown || !(f->sites & site))
-        return 0;
-    f->seen++;
-    if (--f->countdown)
-        return 0;
-    f->fired = site;
-    return 1;
-}
-
-/* Internal to cext/: a frame in the machine and in use. */
-static inline int hw_frame_ok(const struct hw_machine *m, uint64_t mfn)
-{
-    return mfn < m->nframes && m->in_use[mfn];
-}
-/* Internal to cext/: one reference more, as Xen's get_page (a REF event). */
-static inline int hw_ref_take_one(struct hw_machine *m, uint64_t mfn)
-{
-    if (!hw_frame_ok(m, mfn))
-        return HW_E_BADFRAME;
-    if (m->refcount[mfn] == UINT32_MAX)
-        return HW_E_REFCOUNT;
-    if (hw_inject_fail(m, HW_INJECT_REF))
-        return HW_E_INJECTED;
-    m->refcount[mfn]++;
-    return HW_OK;
-}
-/* Internal to cext/: give back a reference hw_ref_take_one just took. */
-static inline void hw_ref_undo_one(struct hw_machine *m, uint64_t mfn)
-{
-    m->refcount[mfn]--;
-}
-
-/* Internal to cext/: one zeroed frame for the IOMMU's tables (fails at an
- * injected TABLE event), and back. */
-int hw_frame_take(struct hw_machine *m, uint16_t owner, uint64_t *mfn);
-void hw_frame_release(struct hw_machine *m, uint64_t mfn);
 
 /* --- IOTLB --------------------------------------------------------------- */
 
@@ -365,21 +337,6 @@ int hw_pool_set_limit(struct hw_iommu *io, uint32_t pool, uint64_t limit);
 int hw_pool_usage(const struct hw_iommu *io, uint32_t pool, uint64_t *used,
                   uint64_t *limit);
 int hw_ctx_set_pool(struct hw_iommu *io, uint32_t id, uint32_t pool);
-/* Internal to cext/: one table page more (0 when the pool is spent) or less. */
-static inline int hw_pool_charge(struct hw_iommu *io, struct hw_ctx *c)
-{
-    struct hw_pool *p = &io->pools[c->pool];
-    if (p->limit && p->used >= p->limit)
-        return 0;
-    p->used++;
-    c->tables++;
-    return 1;
-}
-static inline void hw_pool_release(struct hw_iommu *io, struct hw_ctx *c)
-{
-    io->pools[c->pool].used--;
-    c->tables--;
-}
 
 /* Counts and counters of one context / of the whole IOMMU. */
 int hw_ctx_info(const struct hw_iommu *io, uint32_t id, uint64_t *mapped,
@@ -437,52 +394,6 @@ void hw_inval_all(struct hw_iommu *io);
  * invalidation was skipped or failed. */
 void hw_tlb_audit(struct hw_iommu *io, uint64_t *stale);
 
-/* Internal to cext/ (iotlb.c): lookup, fill and drop of cached entries. */
-int hw_tlb_init(struct hw_iotlb *t, uint32_t entries, uint32_t ways);
-void hw_tlb_fini(struct hw_iotlb *t);
-/* Inline: a translation hit is little more than this lookup. Fibonacci-
- * style hashing spreads consecutive dfns and context ids over the sets; the
- * Python reference uses the same formula. */
-static inline uint32_t hw_tlb_set(const struct hw_iotlb *t, uint32_t ctx,
-                                  uint64_t dfn)
-{
-    uint64_t h = dfn * 0x9E3779B97F4A7C15ULL ^ ctx * 0xC2B2AE3D27D4EB4FULL;
-    return (uint32_t)(h >> 32) & (t->nsets - 1);
-}
-
-static inline struct hw_tlb_entry *hw_tlb_find(struct hw_iotlb *t,
-                                               uint32_t ctx, uint64_t dfn)
-{
-    struct hw_tlb_entry *set = t->e + (uint64_t)hw_tlb_set(t, ctx, dfn) * t->ways;
-    for (uint32_t w = 0; w < t->ways; w++)
-        if (set[w].valid && set[w].ctx == ctx && set[w].dfn == dfn)
-            return &set[w];
-    return NULL;
-}
-void hw_tlb_fill(struct hw_iotlb *t, uint32_t ctx, uint64_t dfn, uint64_t mfn,
-                 uint8_t perm);
-void hw_tlb_drop_range(struct hw_iotlb *t, uint32_t ctx, uint64_t dfn,
-                       uint64_t n);
-void hw_tlb_drop_ctx(struct hw_iotlb *t, uint32_t ctx);
-void hw_tlb_drop_all(struct hw_iotlb *t);
-
-/* Internal to cext/ (pagetable.c): walk for the translation path; returns
- * the leaf PTE or 0 and adds the entries read to *walks. */
-uint64_t hw_pt_walk(const struct hw_iommu *io, const struct hw_ctx *c,
-                    uint64_t dfn, uint64_t *walks);
-/* Internal: state of one teardown slice. out == NULL discards the mfns
- * (used when the whole IOMMU is destroyed). */
-struct hw_td {
-    uint64_t budget;  /* leaf slots still to examine in this slice */
-    uint64_t *out;
-    uint64_t written;
-};
-/* Internal: clear and free a context's tables from c->td_cursor on;
- * returns 1 when everything, root included, is freed. */
-int hw_pt_teardown(struct hw_iommu *io, struct hw_ctx *c, struct hw_td *s);
-/* Internal: the live context `id` (HW_E_NOCTX if not allocated, HW_E_BUSY
- * while it is being torn down). */
-int hw_ctx_get(const struct hw_iommu *io, uint32_t id, struct hw_ctx **c);
 
 /* Devices. add/remove register an sbdf (a removed device is detached).
  * attach points the device's context entry at a live context, or at none
@@ -507,13 +418,6 @@ uint32_t hw_faults_read(const struct hw_iommu *io, struct hw_fault_rec *out,
                         uint32_t cap, int *overflow);
 void hw_faults_clear(struct hw_iommu *io);
 
-/* --- benchmark floor ---------------------------------------------------- */
-
-/* out[i] = table[(addrs[i] >> 12) & (n_table - 1)] for n addresses: one
- * array entry read per address, as an IOTLB hit reads one cached entry.
- * `make bench` sets hw_translate against it (the memory's own limit).
- * n_table must be a power of two (HW_E_INVAL). */
-int hw_floor_gather(const uint64_t *table, uint64_t n_table,
-                    const uint64_t *addrs, uint64_t n, uint64_t *out);
+/* END cffi public */
 
 #endif

@@ -2,7 +2,7 @@
  * invalidation requests and address translation through the IOTLB. */
 #include <stdlib.h>
 
-#include "hw.h"
+#include "hw_internal.h"
 
 struct hw_iommu *hw_iommu_create(struct hw_machine *m, uint32_t width,
                                  uint32_t max_ctx, uint32_t max_dev,

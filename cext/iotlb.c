@@ -2,7 +2,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "hw.h"
+#include "hw_internal.h"
 
 static int pow2(uint32_t x)
 {

@@ -4,7 +4,7 @@
 #include <string.h>
 #include <sys/mman.h>
 
-#include "hw.h"
+#include "hw_internal.h"
 
 /* Lazily-backed zeroed memory: the OS fills pages on first touch. */
 static void *lazy_map(uint64_t bytes)

@@ -3,7 +3,7 @@
  * 4 KiB machine frames holding 512 little-endian 64-bit entries. */
 #include <stddef.h>
 
-#include "hw.h"
+#include "hw_internal.h"
 
 static uint64_t *table(const struct hw_machine *m, uint64_t mfn)
 {

@@ -1,6 +1,6 @@
 """The Python names of cext/hw.h agree with the compiled library."""
 from xenemu.hw import common
-from xenemu.hw._hwlib import lib
+from xenemu.hw._hwlib import ffi, lib
 
 
 def test_status_codes_match_c():
@@ -26,3 +26,13 @@ def test_constants_match_c():
 
 def test_sbdf_packing():
     assert common.sbdf(1, 0x3A, 0x10) == 0x13A10
+
+
+def test_counters_have_the_fields_of_the_c_struct():
+    assert common.Counters._fields == tuple(
+        f for f, _ in ffi.typeof("struct hw_counters").fields)
+
+
+def test_inject_sites_match_c():
+    for s in common.InjectSite:
+        assert getattr(lib, f"HW_INJECT_{s.name}") == s

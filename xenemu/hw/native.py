@@ -17,6 +17,11 @@ from .common import (
 )
 
 
+#: The fields of struct hw_counters as cext/hw.h declares them (Counters
+#: has the same names, which test_constants checks).
+_COUNTER_FIELDS = tuple(f for f, _ in ffi.typeof("struct hw_counters").fields)
+
+
 def _u64(mfns, ranges: bool = False):
     """(pointer, count, first) for a uint64 buffer or, where the C function
     takes runs (first + i when the pointer is NULL), a range of step 1."""
@@ -44,7 +49,7 @@ class Machine:
                              "(and the mapping must succeed)")
         self._m = ffi.gc(m, lib.hw_machine_put)
         self.size = size
-        self.nframes = size >> 12
+        self.nframes = m.nframes
         self._bad = ffi.new("uint64_t *")
 
     @property
@@ -228,7 +233,7 @@ class Iommu:
 
     def _counters(self) -> Counters:
         c = self._cnt
-        return Counters(c.hits, c.misses, c.walks, c.invalidations, c.stale)
+        return Counters(**{f: getattr(c, f) for f in _COUNTER_FIELDS})
 
     # --- mappings -------------------------------------------------------
     def map(self, ctx: int, dfn: int, mfns, perm: int) -> tuple[int, int]:

@@ -1,0 +1,124 @@
+/*
+ * hw_internal.h - what the files of cext/ share among themselves and nobody
+ * else sees: the inline helpers of the hot paths (reference taking, fault
+ * injection, pool charging, IOTLB lookup) and the functions one .c file
+ * provides to another. Included by the .c files of cext/ only; the public
+ * interface, the one Python's cffi declarations are generated from, is hw.h.
+ */
+#ifndef XENEMU_HW_INTERNAL_H
+#define XENEMU_HW_INTERNAL_H
+
+#include "hw.h"
+
+/* --- machine memory (memory.c) ------------------------------------------- */
+
+/* One event at `site`; 1 when it must fail. */
+static inline int hw_inject_fail(struct hw_machine *m, uint32_t site)
+{
+    struct hw_inject *f = &m->inject;
+    if (!f->countdown || !(f->sites & site))
+        return 0;
+    f->seen++;
+    if (--f->countdown)
+        return 0;
+    f->fired = site;
+    return 1;
+}
+
+/* A frame in the machine and in use. */
+static inline int hw_frame_ok(const struct hw_machine *m, uint64_t mfn)
+{
+    return mfn < m->nframes && m->in_use[mfn];
+}
+/* One reference more, as Xen's get_page (a REF event). */
+static inline int hw_ref_take_one(struct hw_machine *m, uint64_t mfn)
+{
+    if (!hw_frame_ok(m, mfn))
+        return HW_E_BADFRAME;
+    if (m->refcount[mfn] == UINT32_MAX)
+        return HW_E_REFCOUNT;
+    if (hw_inject_fail(m, HW_INJECT_REF))
+        return HW_E_INJECTED;
+    m->refcount[mfn]++;
+    return HW_OK;
+}
+/* Give back a reference hw_ref_take_one just took. */
+static inline void hw_ref_undo_one(struct hw_machine *m, uint64_t mfn)
+{
+    m->refcount[mfn]--;
+}
+
+/* One zeroed frame for the IOMMU's tables (fails at an injected TABLE
+ * event), and back. */
+int hw_frame_take(struct hw_machine *m, uint16_t owner, uint64_t *mfn);
+void hw_frame_release(struct hw_machine *m, uint64_t mfn);
+
+/* --- table-page pools ----------------------------------------------------- */
+
+/* One table page more (0 when the pool is spent) or less. */
+static inline int hw_pool_charge(struct hw_iommu *io, struct hw_ctx *c)
+{
+    struct hw_pool *p = &io->pools[c->pool];
+    if (p->limit && p->used >= p->limit)
+        return 0;
+    p->used++;
+    c->tables++;
+    return 1;
+}
+static inline void hw_pool_release(struct hw_iommu *io, struct hw_ctx *c)
+{
+    io->pools[c->pool].used--;
+    c->tables--;
+}
+
+/* --- IOTLB (iotlb.c): lookup, fill and drop of cached entries ------------- */
+
+int hw_tlb_init(struct hw_iotlb *t, uint32_t entries, uint32_t ways);
+void hw_tlb_fini(struct hw_iotlb *t);
+/* Inline: a translation hit is little more than this lookup. Fibonacci-
+ * style hashing spreads consecutive dfns and context ids over the sets; the
+ * Python reference uses the same formula. */
+static inline uint32_t hw_tlb_set(const struct hw_iotlb *t, uint32_t ctx,
+                                  uint64_t dfn)
+{
+    uint64_t h = dfn * 0x9E3779B97F4A7C15ULL ^ ctx * 0xC2B2AE3D27D4EB4FULL;
+    return (uint32_t)(h >> 32) & (t->nsets - 1);
+}
+
+static inline struct hw_tlb_entry *hw_tlb_find(struct hw_iotlb *t,
+                                               uint32_t ctx, uint64_t dfn)
+{
+    struct hw_tlb_entry *set = t->e + (uint64_t)hw_tlb_set(t, ctx, dfn) * t->ways;
+    for (uint32_t w = 0; w < t->ways; w++)
+        if (set[w].valid && set[w].ctx == ctx && set[w].dfn == dfn)
+            return &set[w];
+    return NULL;
+}
+void hw_tlb_fill(struct hw_iotlb *t, uint32_t ctx, uint64_t dfn, uint64_t mfn,
+                 uint8_t perm);
+void hw_tlb_drop_range(struct hw_iotlb *t, uint32_t ctx, uint64_t dfn,
+                       uint64_t n);
+void hw_tlb_drop_ctx(struct hw_iotlb *t, uint32_t ctx);
+void hw_tlb_drop_all(struct hw_iotlb *t);
+
+/* --- page tables (pagetable.c) and contexts (iommu.c) --------------------- */
+
+/* Walk for the translation path; returns the leaf PTE or 0 and adds the
+ * entries read to *walks. */
+uint64_t hw_pt_walk(const struct hw_iommu *io, const struct hw_ctx *c,
+                    uint64_t dfn, uint64_t *walks);
+/* State of one teardown slice. out == NULL discards the mfns (used when the
+ * whole IOMMU is destroyed). */
+struct hw_td {
+    uint64_t budget;  /* leaf slots still to examine in this slice */
+    uint64_t *out;
+    uint64_t written;
+};
+/* Clear and free a context's tables from c->td_cursor on; returns 1 when
+ * everything, root included, is freed. */
+int hw_pt_teardown(struct hw_iommu *io, struct hw_ctx *c, struct hw_td *s);
+/* The live context `id` (HW_E_NOCTX if not allocated, HW_E_BUSY while it is
+ * being torn down). */
+int hw_ctx_get(const struct hw_iommu *io, uint32_t id, struct hw_ctx **c);
+
+#endif
