@@ -3,7 +3,7 @@
 Each section is a module with `run(smoke: bool) -> list[dict]`; a row has
 name, value, unit, ref (the baseline's value, or None) and ratio
 (value / ref, or None). --smoke runs tiny sizes, only to prove the
-benchmarks work.
+benchmarks work; --only SECTION (e.g. limits) runs one section.
 """
 import argparse
 import importlib
@@ -14,7 +14,7 @@ from pathlib import Path
 
 # In the order of issue 6's sections.
 SECTIONS = ["bench.roundtrip", "bench.throughput", "bench.core", "bench.hw", "bench.codec",
-            "bench.scale", "bench.trace"]
+            "bench.scale", "bench.trace", "bench.limits"]
 RESULTS = Path(__file__).resolve().parent / "results" / "latest.json"
 
 
@@ -50,10 +50,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(prog="python -m bench")
     ap.add_argument("--smoke", action="store_true",
                     help="tiny sizes: check the benchmarks run, not speed")
+    ap.add_argument("--only", metavar="SECTION", action="append",
+                    choices=[s.rpartition(".")[2] for s in SECTIONS],
+                    help="run only this section (may be repeated)")
     args = ap.parse_args()
     rows = []
     start = time.perf_counter()
     for name in SECTIONS:
+        if args.only and name.rpartition(".")[2] not in args.only:
+            continue
         for row in importlib.import_module(name).run(args.smoke):
             rows.append({"section": name.rpartition(".")[2], **row})
     elapsed = time.perf_counter() - start

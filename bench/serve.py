@@ -54,19 +54,20 @@ class Daemon:
         with ControlClient(self.control) as c:
             return c.call(op, **args)
 
-    def rss(self) -> int:
-        """Resident bytes of the daemon process."""
+    def rss(self, field: str = "VmRSS") -> int:
+        """Resident bytes of the daemon process (VmRSS), or its peak (VmHWM)."""
         for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) * 1024
-        raise RuntimeError("no VmRSS")
+        raise RuntimeError(f"no {field}")
 
 
 @contextmanager
-def daemon():
+def daemon(*extra_args):
+    """`xenemu serve` with `extra_args` after the command's own."""
     with tempfile.TemporaryDirectory(prefix="xenemu-bench-") as d:
         cmd = [sys.executable, "-m", "xenemu.cli", "--log-level", "warning", "serve",
-               "--socket-dir", Path(d) / "sockets"]
+               "--socket-dir", Path(d) / "sockets", *extra_args]
         with _process(cmd, "xenemu: ready") as (proc, lines):
             yield Daemon(proc.pid, lines)
 

@@ -24,6 +24,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from hostile import bomb, load, pack, peak_rss_mib
 from support import ROOT, DaemonProcess, assert_replays
 from xenemu import cli
 from xenemu.machine import default_machine
@@ -32,15 +33,6 @@ from xenemu.trace import MAX_HEADER, MAX_RECORD, TraceError, TraceReader, TraceW
 
 CORPUS = ROOT / "tests" / "traces"
 SMALL = [CORPUS / n for n in ("linux-driver.xt", "error-paths.xt", "machine-changes.xt")]
-
-
-def pack(*objs) -> bytes:
-    return b"".join(msgpack.packb(o, use_bin_type=True) for o in objs)
-
-
-def load(path: Path) -> tuple[dict, list[dict]]:
-    header, *records = msgpack.Unpacker(open(path, "rb"), raw=False, strict_map_key=False)
-    return header, records
 
 
 HEADER, RECORDS = load(CORPUS / "linux-driver.xt")
@@ -222,45 +214,6 @@ def test_a_reader_that_goes_away_stops_the_command_quietly(tmp_path, args):
 
 
 # -- decompression bombs -------------------------------------------------------------------
-# A msgpack bin32 header claiming ~1.9 GB, then 1.9 GB of zeros, compressed.
-# Compressors take the zeros as concatenated members (gzip) or streams (xz),
-# each made once: the test builds a 1.9 MB gzip or a ~100 KB xz in
-# milliseconds, and every reader decompresses them as one stream.
-
-BOMB_BYTES = 0x7000_0000                 # 1.75 GiB: what the bin claims and the file holds
-ZEROS = 16 << 20
-
-
-def bomb(path: Path, compressor: str, prefix: bytes) -> Path:
-    member = {"gzip": lambda b: gzip.compress(b, 9), "xz": lzma.compress}[compressor]
-    zeros = member(bytes(ZEROS))
-    with open(path, "wb") as f:
-        f.write(member(prefix + b"\xc6" + BOMB_BYTES.to_bytes(4, "big")))
-        for _ in range(BOMB_BYTES // ZEROS):
-            f.write(zeros)
-    return path
-
-
-# `xenemu ARGS` that writes its own peak RSS (VmHWM) to a file as it exits:
-# the rusage of a child would count the pytest process it was forked from.
-MEASURED = """
-import runpy, sys
-try:
-    runpy.run_module("xenemu.cli", run_name="__main__", alter_sys=True)
-finally:
-    status = open("/proc/self/status").read()
-    hwm = next(line for line in status.splitlines() if line.startswith("VmHWM:"))
-    open("hwm.txt", "w").write(hwm.split()[1])
-"""
-
-
-def peak_rss_mib(args: list[str], cwd: Path) -> tuple[int, float, str]:
-    """Run `xenemu ARGS` in cwd; its exit status, peak RSS (MiB) and output."""
-    out = subprocess.run([sys.executable, "-c", MEASURED, *args], stdout=subprocess.PIPE,
-                         stderr=subprocess.STDOUT, text=True, cwd=cwd, timeout=300,
-                         env={**os.environ, "PYTHONPATH": str(ROOT)})
-    return out.returncode, int((cwd / "hwm.txt").read_text()) / 1024, out.stdout
-
 
 # A reader holds at most one object and the chunk being fed, on top of
 # Python with xenemu imported (~35 MiB): these bounds say so with room.

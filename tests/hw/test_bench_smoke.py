@@ -15,5 +15,6 @@ def test_bench_smoke_runs():
     for name in ("round trip lookup_page, daemon", "1 connection, 64 in flight: daemon",
                  "map_pages 256, hypercall in process", "hw map, runs of 256",
                  "translate, IOTLB hit (ref: C array loop)", "decode CALL, FrameDecoder",
-                 "free_context of 16K pages", "trace replay in process"):
+                 "free_context of 16K pages", "trace replay in process",
+                 "daemon VmHWM, 4 connections", "C client ops, 4 threads sharing"):
         assert name in out.stdout, name
