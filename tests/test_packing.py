@@ -1,7 +1,7 @@
 """The struct fast paths are the construct layouts, byte for byte.
 
 xenemu.packing derives a struct.Struct from each fixed layout; the codec
-(xenemu.wire) and the hypercall handlers (xenemu.pv_iommu, through
+(xenemu.wire) and the hypercall handlers (xenemu.hypercalls, through
 xenemu.abi) use those. Here both ways of reading and writing must agree on
 arbitrary bytes, and the codec's frames must be what the documented
 construct frame layouts build and parse."""

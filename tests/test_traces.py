@@ -25,7 +25,8 @@ import pytest
 
 import scenarios
 from support import ROOT, DaemonProcess, assert_replays
-from xenemu import abi, cli, pv_iommu, wire
+from xenemu import abi, cli, wire
+from xenemu.hypercalls import iommu_op_v1
 from xenemu.client import XenemuClient, XenemuError
 from xenemu.errno import XenErrno as E
 from xenemu.replay import Replayer
@@ -125,7 +126,7 @@ def test_an_edited_output_field_is_shown_by_name(tmp_path):
     header, records = load(ROOT / "tests" / "traces" / "error-paths.xt")
     n = number_of(records, lambda r: is_subop(r, abi.IOMMUOP_lookup_page, 0))
     rep = records[n - 1]["rep"]
-    gfn_at = len(rep) - abi.OP_SIZE + abi.PAYLOAD_OFFSET     # lookup_page.gfn
+    gfn_at = len(rep) - abi.PAYLOAD_SIZE                   # lookup_page.gfn
     records[n - 1]["rep"] = flip(rep, gfn_at, 0x80)
     out = xenemu("replay", str(save(tmp_path / "edited.xt", header, records)))
     assert out.returncode == 1
@@ -324,7 +325,7 @@ def test_replay_is_deterministic_across_runs():
 def test_a_xenemu_that_slices_teardown_differently_still_matches(monkeypatch):
     # Only guest-visible bytes are compared: continuations are xenemu's business.
     for slice_ in (1 << 12, 1 << 20):
-        monkeypatch.setattr(pv_iommu, "TEARDOWN_SLICE", slice_)
+        monkeypatch.setattr(iommu_op_v1, "TEARDOWN_SLICE", slice_)
         assert_replays(ROOT / "tests" / "traces" / "continued-free.xt")
 
 

@@ -26,6 +26,8 @@ from typing import Any
 import trio
 
 from . import abi
+from .hypercalls.common import client_helpers
+from .hypercalls.iommu_op_v1 import IOMMU_OP, encode_subop
 from .errno import result_name
 from .wire import Error, FrameDecoder, ProtocolError, Region, Reply, encode_call
 
@@ -110,41 +112,13 @@ def _check(frame) -> Reply:
     return frame
 
 
-class SubOps:
-    """One helper per sub-op; subclasses supply iommu_op(raw) (sync or async)."""
+class SubOps(client_helpers(IOMMU_OP, encode_subop)):
+    """One helper per sub-op, generated from its row in the table
+    (xen.map_pages(ctx_no, gfn, dfn, nr_pages, flags=RW), ...); subclasses
+    supply iommu_op(raw) (sync or async)."""
 
     def iommu_op(self, raw: bytes):
         raise NotImplementedError
-
-    def noop(self):
-        return self.iommu_op(abi.encode_op(abi.IOMMUOP_noop))
-
-    def query_capabilities(self):
-        return self.iommu_op(abi.encode_op(abi.IOMMUOP_query_capabilities))
-
-    def alloc_context(self, flags: int = 0):
-        return self.iommu_op(abi.encode_op(abi.IOMMUOP_alloc_context, 0, flags))
-
-    def free_context(self, ctx_no: int, flags: int = 0):
-        return self.iommu_op(abi.encode_op(abi.IOMMUOP_free_context, ctx_no, flags))
-
-    def reattach_device(self, ctx_no: int, seg: int = 0, bus: int = 0, devfn: int = 0):
-        return self.iommu_op(abi.encode_op(abi.IOMMUOP_reattach_device, ctx_no, 0,
-                                           "reattach_device",
-                                           dev=dict(seg=seg, bus=bus, devfn=devfn)))
-
-    def map_pages(self, ctx_no: int, gfn: int, dfn: int, nr_pages: int,
-                  flags: int = abi.IOMMU_OP_readable | abi.IOMMU_OP_writeable):
-        return self.iommu_op(abi.encode_op(abi.IOMMUOP_map_pages, ctx_no, flags, "map_pages",
-                                           gfn=gfn, dfn=dfn, nr_pages=nr_pages))
-
-    def unmap_pages(self, ctx_no: int, dfn: int, nr_pages: int):
-        return self.iommu_op(abi.encode_op(abi.IOMMUOP_unmap_pages, ctx_no, 0, "unmap_pages",
-                                           dfn=dfn, nr_pages=nr_pages))
-
-    def lookup_page(self, ctx_no: int, dfn: int):
-        return self.iommu_op(abi.encode_op(abi.IOMMUOP_lookup_page, ctx_no, 0, "lookup_page",
-                                           dfn=dfn))
 
 
 class XenemuClient(SubOps, BlockingConnection):

@@ -17,15 +17,15 @@ from __future__ import annotations
 import logging
 import time
 from array import array
+from functools import partial
 
-from . import abi, hw
+from . import hw, hypercalls
 from .domain import Context, Domain
 from .errno import XenErrno
 from .guest import GuestMemory
 from .hw.common import MAX_POOLS, InjectSite
 from .machine import DomainConfig, MachineConfig, format_sbdf
 from .p2m import P2m, P2mType
-from .pv_iommu import PvIommu
 from .wire import Call, Reply
 
 log = logging.getLogger("xenemu.hypervisor")
@@ -83,8 +83,8 @@ class Hypervisor:
         # Table-page budgets, one IOMMU pool per domain (pool 0: default contexts, no limit).
         self._free_pools = list(range(MAX_POOLS - 1, 0, -1))
         self.injecting = False  # armed and not fired yet: note_injection after each event
-        self.pv_iommu = PvIommu(self)
-        self._table = {abi.HYPERVISOR_iommu_op: self.pv_iommu.do_iommu_op}
+        self._table = {number: partial(call.execute, self)
+                       for number, call in hypercalls.ABIS.items()}
         for dom in config.domains:
             self.create_domain(dom)
 

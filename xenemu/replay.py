@@ -21,9 +21,10 @@ from dataclasses import dataclass
 
 import msgpack
 
-from . import abi, tracetext, wire
+from . import tracetext, wire
 from .control import Control
 from .guest import GuestMemory
+from .hw import PAGE_SHIFT
 from .hypervisor import RESTART, Hypervisor, MachineError
 from .machine import MachineConfig, format_sbdf
 from .snapshot import SnapshotError, restore as restore_snapshot
@@ -157,30 +158,28 @@ class Replayer:
     def _context_state(self, domid: int, call: wire.Call) -> list[str]:
         """The state of the context the call names, and of the dfns it touches."""
         d = self.hv.domains.get(domid)
-        raw = tracetext.op_bytes(call.regions, call.args[0]) if call.args else None
-        if d is None or call.op != abi.HYPERVISOR_iommu_op or raw is None:
+        abi, op = tracetext.described(call, call.regions)
+        if d is None or op is None or "ctx_no" not in abi.head_names:
             return ["(not a PV-IOMMU call: no context)"]
-        head = abi.OpHead.parse(raw)
-        ctx = d.context(head.ctx_no)
+        ctx = d.context(op.ctx_no)
         if ctx is None:
             allocated = [c.ctx_no for c in d.contexts if c is not None]
-            return [f"d{domid} context {head.ctx_no}: not allocated "
+            return [f"d{domid} context {op.ctx_no}: not allocated "
                     f"(allocated: {allocated}, pool of {d.nr_contexts})"]
         info = self.hv.iommu.context_info(ctx.hw)
         devices = ", ".join(format_sbdf(s) for s in sorted(ctx.devices)) or "none"
-        out = [f"d{domid} context {head.ctx_no}: {'dying, ' if ctx.dying else ''}"
+        out = [f"d{domid} context {op.ctx_no}: {'dying, ' if ctx.dying else ''}"
                f"{info.mapped} pages mapped, {info.tables} table pages, devices: {devices}"]
-        view = abi.SUBOP_VIEW.get(head.subop_id)
-        if view in ("map_pages", "unmap_pages", "lookup_page"):
-            fields = abi.VIEWS[view].parse(head.payload)
-            count = min(getattr(fields, "nr_pages", 1) or 1, 8)
-            if fields.dfn + count <= self.hv.iommu.max_iova_addr >> 12:
-                mfns, perms = self.hv.iommu.lookup_run(ctx.hw, fields.dfn, count)
+        fields = abi.view_fields(op)
+        if "dfn" in fields:     # the sub-op names device frames: show the first few
+            count = min(fields.get("nr_pages", 1) or 1, 8)
+            if fields["dfn"] + count <= self.hv.iommu.max_iova_addr >> PAGE_SHIFT:
+                mfns, perms = self.hv.iommu.lookup_run(ctx.hw, fields["dfn"], count)
                 gfns = self.hv.machine.m2p(mfns)
                 for i in range(count):
                     what = (f"gfn {gfns[i]:#x} {'r' if perms[i] & 1 else '-'}"
                             f"{'w' if perms[i] & 2 else '-'}" if perms[i] else "not mapped")
-                    out.append(f"dfn {fields.dfn + i:#x}: {what}")
+                    out.append(f"dfn {fields['dfn'] + i:#x}: {what}")
         return out
 
     # -- control and protocol errors --------------------------------------------

@@ -15,7 +15,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import abi, tracetext, wire
+from . import tracetext, wire
 from .errno import result_name
 from .replay import Divergence, Replayer
 from .trace import (ControlRecord, HypercallRecord, Record, RoundRecord, TraceError,
@@ -68,7 +68,7 @@ class Event:
     text: str
     result: str = ""     # '0', '-EINVAL', 'ok', 'refused', 'BAD_MAGIC', '' while continuing
     failed: bool = False
-    pages: tuple[str, int] | None = None   # ('mapped' or 'unmapped', count)
+    pages: tuple[str, int] | None = None   # (the row's page-count output, count)
 
 
 class Describer:
@@ -120,11 +120,11 @@ class Describer:
         failed = not isinstance(reply, wire.Reply) or reply.ret < 0
         result = result_name(reply.ret) if isinstance(reply, wire.Reply) else "ERROR"
         pages = None
-        if name in ("map_pages", "unmap_pages") and isinstance(reply, wire.Reply):
-            op = tracetext.op_bytes(reply.regions, call.args[0])
-            if op is not None:
-                out = "mapped" if name == "map_pages" else "unmapped"
-                pages = (out, abi.VIEWS[name].parse(abi.OpHead.parse(op).payload)[out])
+        if isinstance(reply, wire.Reply):
+            abi, op = tracetext.described(call, reply.regions)
+            row = abi.row(op) if op is not None else None
+            if row is not None and row.pages:
+                pages = (row.pages, abi.view_fields(op)[row.pages])
         if self._with_text:
             text = f"{text} -> {tracetext.result_text(call, reply)}{suffix}"
         return Event(number, t, domid, name, "hypercall", text, result, failed, pages)

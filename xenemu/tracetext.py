@@ -5,17 +5,11 @@ divergence report). Pure functions of the recorded bytes.
 
 from __future__ import annotations
 
-from . import abi, wire
+from . import wire
+from .hypercalls import ABIS, hypercall_name
 from .errno import result_name
 from .trace import TraceError
 from .wire import Call, FrameDecoder, Reply
-
-HYPERCALL_NAMES = {abi.HYPERVISOR_iommu_op: "iommu_op", abi.HYPERVISOR_memory_op: "memory_op"}
-
-
-def hypercall_name(op: int) -> str:
-    return HYPERCALL_NAMES.get(op, f"hypercall {op}")
-
 
 def _decode_one(decoder: FrameDecoder, raw: bytes, what: str):
     decoder.feed(raw)
@@ -49,48 +43,37 @@ def recorded_reply(number: int, raw: bytes) -> Reply | wire.Error:
         raise TraceError(f"record {number}: rep: not a REPLY frame ({e})") from None
 
 
-def op_bytes(regions, gaddr: int) -> bytes | None:
-    """The 32-byte pv_iommu_op at guest address gaddr, if a region holds it."""
-    for r in regions:
-        off = gaddr - r.gaddr
-        if 0 <= off and off + abi.OP_SIZE <= len(r.data):
-            return bytes(r.data[off:off + abi.OP_SIZE])
-    return None
-
-
-def _iommu_head(call: Call, regions):
-    if call.op != abi.HYPERVISOR_iommu_op:
-        return None
-    raw = op_bytes(regions, call.args[0])
-    return abi.OpHead.parse(raw) if raw is not None else None
+def described(call: Call, regions):
+    """(the call's ABI, its struct as the regions hold it), or (None, None)
+    for a hypercall without an ABI module or a struct the regions miss."""
+    abi = ABIS.get(call.op)
+    raw = abi.find(call.args, regions) if abi is not None else None
+    return (abi, abi.op_type.unpack(raw)) if raw is not None else (None, None)
 
 
 def call_name(call: Call) -> str:
-    """The sub-op's name for an iommu_op, else the hypercall's."""
-    if call.op == abi.HYPERVISOR_iommu_op:
-        raw = op_bytes(call.regions, call.args[0])
-        if raw is not None:
-            return abi.subop_name(int.from_bytes(raw[:2], "little"))
-    return hypercall_name(call.op)
+    """The sub-op's name for a hypercall with sub-ops, else the hypercall's."""
+    abi, op = described(call, call.regions)
+    return abi.subop_name(getattr(op, abi.subop_field)) if op else hypercall_name(call.op)
 
 
 def request_text(call: Call) -> str:
     """'iommu_op map_pages ctx=1 flags=0x3 gfn=0x10 dfn=0x20 nr_pages=4'."""
-    head = _iommu_head(call, call.regions)
-    if head is None:
+    abi, op = described(call, call.regions)
+    if op is None:
         args = " ".join(f"{a:#x}" for a in call.args)
         return f"{hypercall_name(call.op)} args {args}"
-    return (f"iommu_op {abi.subop_name(head.subop_id)} ctx={head.ctx_no} flags={head.flags:#x}"
-            + abi.format_op_fields(head, abi.SUBOP_INPUTS.get(head.subop_id, ())))
+    row = abi.row(op)
+    return f"{abi.name} {abi.request_text(op)}" + abi.format_fields(op, row.inputs if row else ())
 
 
 def result_text(call: Call, reply) -> str:
     """'-EADDRINUSE mapped=2': the return value and the sub-op's outputs."""
     if isinstance(reply, wire.Error):
         return f"ERROR {wire.ERROR_NAMES.get(reply.code, reply.code)}: {reply.message}"
-    head = _iommu_head(call, reply.regions)
-    outputs = abi.format_op_fields(head, abi.SUBOP_OUTPUTS.get(head.subop_id, ())) if head else ""
-    return result_name(reply.ret) + outputs
+    abi, op = described(call, reply.regions)
+    row = abi.row(op) if op else None
+    return result_name(reply.ret) + (abi.format_fields(op, row.outputs) if row else "")
 
 
 def request_fields(call: Call) -> list[tuple[str, str]]:
@@ -98,11 +81,13 @@ def request_fields(call: Call) -> list[tuple[str, str]]:
     rows = [("req_id", str(call.req_id)),
             ("hypercall", f"{hypercall_name(call.op)} ({call.op})")]
     rows += [(f"arg{i}", f"{a:#x}") for i, a in enumerate(call.args) if a]
-    head = _iommu_head(call, call.regions)
-    if head is not None:
-        rows += [("subop_id", f"{abi.subop_name(head.subop_id)} ({head.subop_id})"),
-                 ("ctx_no", str(head.ctx_no)), ("flags", f"{head.flags:#x}")]
-        rows += abi.op_field_values(head, abi.SUBOP_INPUTS.get(head.subop_id, ()))
+    abi, op = described(call, call.regions)
+    if op is not None:
+        number = getattr(op, abi.subop_field)
+        rows.append((abi.subop_field, f"{abi.subop_name(number)} ({number})"))
+        row = abi.row(op)
+        names = [n for n in abi.head_names if n != abi.subop_field]
+        rows += abi.field_values(op, names + list(row.inputs if row else ()))
     for r in call.regions:
         rows.append((f"region {r.gaddr:#x}", f"{len(r.data)} bytes"))
     return rows
@@ -110,23 +95,18 @@ def request_fields(call: Call) -> list[tuple[str, str]]:
 
 def reply_fields(call: Call, reply) -> list[tuple[str, str]]:
     """A reply's fields for side by side comparison: ret, every field of the
-    written-back op, and every written-back region's bytes."""
+    written-back struct, and every written-back region's bytes."""
     if isinstance(reply, wire.Error):
         return [("frame", f"ERROR {wire.ERROR_NAMES.get(reply.code, reply.code)}"),
                 ("message", reply.message)]
     rows = [("req_id", str(reply.req_id)), ("ret", result_name(reply.ret))]
-    head = _iommu_head(call, reply.regions)
-    if head is not None:
-        view = abi.SUBOP_VIEW.get(head.subop_id)
-        names = ["subop_id", "ctx_no", "flags"]
-        if view:
-            names += [k for k in abi.VIEWS[view].parse(head.payload) if not k.startswith("_")
-                      and k != "_io"]
-        rows += abi.op_field_values(head, names)
+    abi, op = described(call, reply.regions)
+    if op is not None:
+        rows += abi.all_fields(op)
         # Bytes the decoded fields do not show (the union's unused bytes, other regions).
-        rows.append(("op bytes", op_bytes(reply.regions, call.args[0]).hex()))
+        rows.append(("op bytes", op.pack().hex()))
     for r in reply.regions:
-        if head is None or r.gaddr != call.args[0] or len(r.data) != abi.OP_SIZE:
+        if op is None or r.gaddr != call.args[abi.handle_arg] or len(r.data) != abi.size:
             rows.append((f"bytes at {r.gaddr:#x}", short_hex(r.data)))
     return rows
 

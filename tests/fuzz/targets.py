@@ -18,6 +18,7 @@ from __future__ import annotations
 from xenemu import abi, wire
 from xenemu.control import Control
 from xenemu.errno import XenErrno as E
+from xenemu.hypercalls.iommu_op_v1 import IOMMU_OP
 from xenemu.hypervisor import Hypervisor
 from xenemu.machine import DomainConfig, MachineConfig, parse_sbdf
 from xenemu.p2m import P2mType
@@ -165,7 +166,7 @@ def _iommu_op(hv: Hypervisor, sel: int, dom: int, raw: bytearray) -> None:
     reply = hv.complete(domid, call)
     subop = int.from_bytes(raw[:2], "little")
     allowed = ALLOWED.get(subop, {-E.EINVAL}) | {-E.EPERM, -E.EFAULT}
-    assert reply.ret in allowed, (abi.subop_name(subop), reply.ret)
+    assert reply.ret in allowed, (IOMMU_OP.subop_name(subop), reply.ret)
     assert len(reply.regions[0].data) == len(region)
     if reply.ret != -E.EFAULT and len(region) == abi.OP_SIZE:
         # Xen copies back the whole struct; only the sub-op's output bytes may change.
@@ -184,7 +185,7 @@ _OUTPUT_BYTES = {
 def _only_outputs_changed(subop: int, before: bytes, after: bytes, ret: int) -> None:
     outputs = _OUTPUT_BYTES.get(subop, range(0))
     for i, (x, y) in enumerate(zip(before, after)):
-        assert x == y or i in outputs, f"{abi.subop_name(subop)} changed byte {i} (ret {ret})"
+        assert x == y or i in outputs, f"{IOMMU_OP.subop_name(subop)} changed byte {i} (ret {ret})"
 
 
 def _dma(control: Control, dom: int, raw: bytearray) -> None:

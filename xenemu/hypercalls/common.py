@@ -1,0 +1,212 @@
+"""What every hypercall ABI module declares, and the code that reads it.
+
+A hypercall ABI (one revision of one hypercall) is a `Hypercall`: where its
+argument is found in a call (which argument register holds the guest handle,
+how many bytes the struct there is, which of its fields holds the sub-op
+number) and one table of `SubOp` rows: number, name, layout, inputs,
+outputs, handler. The hypercall entry (`Hypercall.execute`), the debug log
+line, `xenemu trace show`, replay's divergence report, `trace stats`' page
+counts and the Python client's helpers read these rows, so a new sub-op is
+one row and one handler in its ABI module.
+
+A handler validates, acts, fills the outputs and returns a status >= 0, or
+raises HypercallError(errno, why): the failure carries its reason to the log
+line. A handler may change the struct before it raises (partial counts of a
+map or unmap), and the struct goes back to the guest whatever the status.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import struct
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from construct import Construct, Container
+
+from ..errno import XenErrno, result_name
+from ..packing import struct_of
+
+HYPERVISOR_memory_op = 12
+HYPERVISOR_iommu_op = 43
+
+
+class HypercallError(Exception):
+    """A sub-op fails with -errno; `why` is the reason its log line gives."""
+
+    def __init__(self, errno: XenErrno, why: str = ""):
+        super().__init__(why)
+        self.errno = errno
+        self.why = why
+
+
+# A client helper's parameter: a name, or (name, default).
+Param = str | tuple[str, int]
+
+
+@dataclass(frozen=True)
+class SubOp:
+    """One row of a hypercall's sub-op table."""
+    number: int
+    name: str
+    handler: Callable          # handler(hv, d, op) -> status >= 0, or raises HypercallError
+    view: str | None = None    # the union member the sub-op reads and writes (as in the C header)
+    layout: Construct | None = None   # that member's construct layout, all of the union's bytes
+    inputs: tuple[str, ...] = ()      # fields it reads, shown in the log line and traces
+    outputs: tuple[str, ...] = ()     # fields it writes back
+    outputs_on_error: bool = False    # outputs are partial results a failure reports too
+    pages: str | None = None          # the output counting pages done (`trace stats`)
+    params: tuple[Param, ...] = ()    # the client helper's parameters, in order
+    twin: struct.Struct | None = field(init=False, default=None)   # layout's struct twin
+
+    def __post_init__(self):
+        if self.layout is not None:
+            object.__setattr__(self, "twin", struct_of(self.layout))
+
+
+@dataclass(frozen=True)
+class Hypercall:
+    """One hypercall ABI: how its argument is found, and its sub-ops."""
+    number: int
+    name: str
+    revision: int
+    subops: dict[int, SubOp]
+    op_type: Any              # the struct as handlers see it: .unpack(raw), .pack(), .payload
+    head_names: tuple[str, ...]   # the struct's fields outside the union, in order
+    head_text: str            # how the log line and traces show them, a str.format
+    handle_arg: int = 0       # the argument register holding the guest handle
+    size: int = 0             # bytes of the struct the handle points to
+    subop_field: str = "subop_id"   # the head field holding the sub-op number
+    log: logging.Logger = logging.getLogger("xenemu.hypercalls")
+    log_prefix: str = ""
+    gate: Callable | None = None   # gate(hv, d) raises HypercallError before any sub-op
+    hex_fields: frozenset = frozenset({"flags"})   # shown in hex; counts in decimal
+    formatters: dict = field(default_factory=dict)  # field name -> text of its value
+
+    # -- the call ------------------------------------------------------------
+
+    def execute(self, hv, d, args: tuple[int, ...], mem) -> int:
+        """The hypercall entry: copy the struct in, run its sub-op, log, copy
+        it back whatever the status (a continuation re-reads it instead)."""
+        handle = args[self.handle_arg]
+        raw = mem.copy_from_guest(handle, self.size)
+        if raw is None:
+            self.log.debug(self.log_prefix + "d%d: copy_from_guest of %#x failed -> -EFAULT",
+                           d.domid, handle)
+            return -XenErrno.EFAULT
+        op = self.op_type.unpack(raw)
+        ret, why = self.run(hv, d, op)
+        if ret == -XenErrno.ERESTART:
+            return ret
+        if self.log.isEnabledFor(logging.DEBUG):
+            self.log.debug(self.log_prefix + "d%d: %s", d.domid, self.log_text(op, ret, why))
+        if not mem.copy_to_guest(handle, op.pack()):
+            return -XenErrno.EFAULT
+        return ret
+
+    def run(self, hv, d, op) -> tuple[int, str]:
+        """(status, why): the sub-op's dispatch, where failures are caught."""
+        try:
+            if self.gate is not None:
+                self.gate(hv, d)
+            number = getattr(op, self.subop_field)
+            row = self.subops.get(number)
+            if row is None:
+                raise HypercallError(XenErrno.EINVAL, f"unknown sub-op {number}")
+            return row.handler(hv, d, op), ""
+        except HypercallError as e:
+            return -e.errno, e.why
+
+    def log_text(self, op, ret: int, why: str) -> str:
+        """'query_capabilities ctx=0 flags=0x0 -> -EPERM (Non-hardware domain)'."""
+        row = self.row(op)
+        inputs = self.format_fields(op, row.inputs if row else ())
+        shown = row is not None and (ret >= 0 or row.outputs_on_error)
+        outputs = self.format_fields(op, row.outputs) if shown else ""
+        reason = f" ({why})" if why and ret < 0 else ""
+        return f"{self.request_text(op)}{inputs} -> {result_name(ret)}{outputs}{reason}"
+
+    # -- reading a struct --------------------------------------------------------
+
+    def row(self, op) -> SubOp | None:
+        return self.subops.get(getattr(op, self.subop_field))
+
+    def subop_name(self, number: int) -> str:
+        row = self.subops.get(number)
+        return row.name if row else f"sub-op {number}"
+
+    def request_text(self, op) -> str:
+        """'map_pages ctx=1 flags=0x3': the sub-op and the head's fields."""
+        values = {n: getattr(op, n) for n in self.head_names}
+        return f"{self.subop_name(getattr(op, self.subop_field))} " + \
+            self.head_text.format(**values)
+
+    def find(self, args, regions) -> bytes | None:
+        """The struct a recorded call's handle points to, if a region holds it."""
+        if len(args) <= self.handle_arg:
+            return None
+        gaddr = args[self.handle_arg]
+        for r in regions:
+            off = gaddr - r.gaddr
+            if 0 <= off and off + self.size <= len(r.data):
+                return bytes(r.data[off:off + self.size])
+        return None
+
+    def view_fields(self, op) -> Container | dict:
+        row = self.row(op)
+        return row.layout.parse(op.payload) if row is not None and row.layout is not None else {}
+
+    def field_values(self, op, names) -> list[tuple[str, str]]:
+        """(name, text) of the named fields: head fields or the sub-op's view's."""
+        values = self.view_fields(op)
+        out = []
+        for name in names:
+            value = getattr(op, name) if name in self.head_names else values[name]
+            if name in self.formatters:
+                text = self.formatters[name](value)
+            elif name in self.hex_fields:
+                text = f"{value:#x}"
+            else:
+                text = str(value)
+            out.append((name, text))
+        return out
+
+    def format_fields(self, op, names) -> str:
+        return "".join(f" {k}={v}" for k, v in self.field_values(op, names))
+
+    def all_fields(self, op) -> list[tuple[str, str]]:
+        """The head and every named field of the sub-op's view (a reply's fields)."""
+        names = [*self.head_names, *(k for k in self.view_fields(op) if not k.startswith("_"))]
+        return self.field_values(op, names)
+
+
+def client_helpers(abi: Hypercall, encode: Callable) -> type:
+    """A mixin with one method per sub-op, named after it, taking the row's
+    params: each builds the struct with `encode(row, **values)` and calls
+    self.<hypercall name>(raw), which the client class supplies."""
+    namespace = {}
+    for row in abi.subops.values():
+        namespace[row.name] = _helper(abi.name, row, encode)
+    return type(f"{abi.name}_v{abi.revision}_helpers", (), namespace)
+
+
+def _helper(call_name: str, row: SubOp, encode: Callable):
+    params = [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+    for p in row.params:
+        name, default = (p, inspect.Parameter.empty) if isinstance(p, str) else p
+        params.append(inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                                        default=default))
+    signature = inspect.Signature(params)
+
+    def helper(self, *args, **kwargs):
+        bound = signature.bind(self, *args, **kwargs)
+        bound.apply_defaults()
+        values = dict(bound.arguments)
+        del values["self"]
+        return getattr(self, call_name)(encode(row, **values))
+
+    helper.__name__ = helper.__qualname__ = row.name
+    helper.__signature__ = signature
+    helper.__doc__ = f"{call_name} {row.name}: returns an OpResult."
+    return helper
