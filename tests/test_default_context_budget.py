@@ -11,11 +11,14 @@ as at a PV-IOMMU context's budget.
 
 from __future__ import annotations
 
+import pytest
 from soak import rss_kib
 from support import DaemonProcess
 
 from xenemu.client import XenemuClient
+from xenemu.ctl import ControlError
 from xenemu.errno import XenErrno as E
+from xenemu.machine import MAX_DOMAINS
 
 GIB = 1 << 18           # dfns per GiB: a new one costs a mid-level and a leaf table (39 bits)
 LEAF = 512              # dfns per leaf table (2 MiB)
@@ -110,5 +113,25 @@ def test_a_guest_mapping_far_apart_pages_into_context_0_does_not_grow_the_daemon
                 assert d9.unmap_pages(0, dfn, 1).ret == 0
         d.ctl("domain_destroy", domid=9)
         assert d.ctl("check")["consistent"]
+    finally:
+        assert d.stop() == 0
+
+
+def test_the_largest_machine_has_two_page_table_pools_for_every_domain(tmp_path):
+    """The machine schema allows MAX_DOMAINS domains, each taking two IOMMU
+    pools (its PV-IOMMU contexts', its context 0's): a file at that bound is
+    served, and a domain destroyed gives both back to its successor."""
+    config = tmp_path / "many.toml"
+    config.write_text("memory_mib = 2048\n" + "".join(
+        f"[[domain]]\ndomid = {i}\nhardware = {str(i == 0).lower()}\nmemory_mib = 1\n"
+        f"contexts = 1\ntable_pages = 8\n" for i in range(MAX_DOMAINS)))
+    d = DaemonProcess(tmp_path, "--config", str(config), record=False, log_level="warning")
+    try:
+        assert len(d.sockets) == MAX_DOMAINS
+        d.ctl("domain_destroy", domid=MAX_DOMAINS - 1)
+        created = d.ctl("domain_create", domid=MAX_DOMAINS - 1, memory_mib=1, table_pages=8)
+        assert created["domain"]["default_table_pages"]["limit"] == 1 + 1 + 1 + 8
+        with pytest.raises(ControlError, match="no page-table budget left"):
+            d.ctl("domain_create", domid=MAX_DOMAINS, memory_mib=1)
     finally:
         assert d.stop() == 0
