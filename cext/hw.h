@@ -248,11 +248,12 @@ struct hw_iotlb {
 
 enum hw_ctx_state { HW_CTX_FREE = 0, HW_CTX_LIVE = 1, HW_CTX_DYING = 2 };
 
-/* A budget of table pages shared by contexts: a domain's PV-IOMMU arena.
- * Pool 0 has no limit (default contexts); pools 1..HW_MAX_POOLS-1 have the
- * limit the hypervisor sets (0 = none). A table page a map needs beyond its
- * pool's limit is HW_E_NOMEM, as a spent arena is in Xen. */
-#define HW_MAX_POOLS 1024u
+/* A budget of table pages shared by contexts: a domain's PV-IOMMU arena,
+ * or its default context's tables. Pool 0 has no limit (a context starts
+ * there); pools 1..HW_MAX_POOLS-1 have the limit the hypervisor sets
+ * (0 = none): two per domain, for up to 1023 domains. A table page a map
+ * needs beyond its pool's limit is HW_E_NOMEM, as a spent arena is in Xen. */
+#define HW_MAX_POOLS 2048u
 struct hw_pool {
     uint64_t limit;
     uint64_t used;         /* table pages of the pool's contexts, roots included */

@@ -179,8 +179,10 @@ class Control:
 
     def _domain_info(self, d) -> dict:
         used, limit = self.hv.iommu.pool_usage(d.table_pool)
+        used0, limit0 = self.hv.iommu.pool_usage(d.default_pool)
         return {"domid": d.domid, "name": d.name, "hardware": d.hardware,
                 "table_pages": {"used": used, "limit": limit},
+                "default_table_pages": {"used": used0, "limit": limit0},
                 "iommu": d.iommu_enabled, "memory_pages": d.p2m.nr_pages,
                 "contexts": d.nr_contexts,
                 "allocated": [c.ctx_no for c in d.contexts if c is not None],

@@ -33,6 +33,7 @@ class Domain:
     devices: dict[int, int] = field(default_factory=dict)   # sbdf -> ctx_no
     opaque_default: bool = False               # context 0 shared with the CPU's tables
     table_pool: int = 0                        # the IOMMU pool its contexts' tables count against
+    default_pool: int = 0                      # the IOMMU pool context 0's tables count against
 
     @property
     def nr_contexts(self) -> int:

@@ -33,6 +33,14 @@ log = logging.getLogger("xenemu.hypervisor")
 RESTART = -XenErrno.ERESTART
 PAGES_PER_MIB = 256
 
+# Context 0's page tables are bounded too (Xen's are not: see the README's
+# divergences), else a guest mapping far-apart dfns there would take table
+# pages until the machine's memory is gone, ~3 per 4 KiB page. Its limit is
+# what its 1:1 map took at creation plus the domain's table_pages, or this
+# many when table_pages is 0: "no limit" is for its PV-IOMMU contexts.
+DEFAULT_CONTEXT_SPARE_TABLES = 1 << 16
+POOLS_PER_DOMAIN = 2    # one for its PV-IOMMU contexts, one for context 0
+
 
 class MachineError(Exception):
     """A control-plane request the machine refuses (bad domid, device, gfn...)."""
@@ -80,7 +88,7 @@ class Hypervisor:
         self.quarantine = self.iommu.alloc_context()
         self.domains: dict[int, Domain] = {}
         self.quarantined: set[int] = set()
-        # Table-page budgets, one IOMMU pool per domain (pool 0: default contexts, no limit).
+        # Table-page budgets, POOLS_PER_DOMAIN IOMMU pools per domain (pool 0: no limit).
         self._free_pools = list(range(MAX_POOLS - 1, 0, -1))
         self.injecting = False  # armed and not fired yet: note_injection after each event
         self._table = {number: partial(call.execute, self)
@@ -136,7 +144,7 @@ class Hypervisor:
             raise MachineError(f"d{cfg.domid} exists already")
         for sbdf in cfg.devices:
             self._check_assignable(sbdf)
-        if not self._free_pools:
+        if len(self._free_pools) < POOLS_PER_DOMAIN:
             raise MachineError("no page-table budget left for another domain")
         nr_pages = cfg.memory_mib * PAGES_PER_MIB
         try:
@@ -146,21 +154,29 @@ class Hypervisor:
                                f"({cfg.memory_mib} MiB)") from None
         self.machine.set_m2p(mfns, 0)
         p2m = P2m(mfns, self.clock, self.config.page_in_delay_ms / 1000)
-        pool = self._free_pools.pop()
+        pool, default_pool = self._free_pools.pop(), self._free_pools.pop()
         try:
             default = Context(0, self.iommu.alloc_context())
         except hw.HwError as e:
-            self._free_pools.append(pool)
+            self._free_pools += [default_pool, pool]
             self.machine.free(mfns)
             raise MachineError(f"no default context for d{cfg.domid}: {e}") from None
         d = Domain(domid=cfg.domid, name=cfg.name or f"d{cfg.domid}", hardware=cfg.hardware,
                    iommu_enabled=cfg.iommu, p2m=p2m,
                    contexts=[default] + [None] * cfg.contexts,
-                   opaque_default=cfg.opaque_default, table_pool=pool)
+                   opaque_default=cfg.opaque_default, table_pool=pool,
+                   default_pool=default_pool)
         self.iommu.set_pool_limit(d.table_pool, cfg.table_pages)
+        self.iommu.set_context_pool(default.hw, d.default_pool)   # no limit yet: fits
         p2m.on_became_ram = lambda gfn, d=d: self._paged_in(d, gfn)
         st = self.identity_map(d, default, 0, nr_pages)
-        if st != hw.Status.OK:
+        if st == hw.Status.OK:
+            # Pages of its 1:1 map never need a table again (unmap leaves tables
+            # in place), so the spare is what the guest may map elsewhere.
+            identity_tables = self.iommu.pool_usage(d.default_pool)[0]
+            self.iommu.set_pool_limit(d.default_pool, identity_tables +
+                                      (cfg.table_pages or DEFAULT_CONTEXT_SPARE_TABLES))
+        else:
             self._release_domain(d)
             why = {hw.Status.NOMEM: "no machine memory left for I/O page tables",
                    hw.Status.INJECTED: "a page reference failed (injected)"}.get(st, st.name)
@@ -187,8 +203,9 @@ class Hypervisor:
             if ctx is not None:
                 self.teardown_context(d, ctx, budget=None)
         self.machine.free(d.p2m.mfns)
-        self.iommu.set_pool_limit(d.table_pool, 0)
-        self._free_pools.append(d.table_pool)
+        for pool in (d.default_pool, d.table_pool):
+            self.iommu.set_pool_limit(pool, 0)
+            self._free_pools.append(pool)
 
     def _domain(self, domid: int) -> Domain:
         d = self.domains.get(domid)

@@ -32,7 +32,7 @@ PAGES_PER_MIB = 1 << 20 >> PAGE_SHIFT
 # allocator entries, its p2m array, the default context's page tables), so
 # a file at this bound makes the daemon hold at most ~640 MiB of metadata.
 MAX_MEMORY_MIB = 64 << 10
-MAX_DOMAINS = 1023          # one page-table pool and one hardware context each
+MAX_DOMAINS = 1023          # two page-table pools (hw MAX_POOLS - 1 = 2047) and a hardware context each
 MAX_DEVICES = 256           # the simulated IOMMU's device table
 MAX_TABLE_PAGES = 1 << 24   # a budget beyond the largest machine's frames means nothing
 MAX_PAGE_IN_DELAY_MS = 3_600_000

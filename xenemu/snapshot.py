@@ -60,10 +60,11 @@ _ZERO_PAGE = bytes(PAGE)
 _ZERO_BATCH = bytes(BATCH * PAGE)
 
 
-# Page tables a restore may build beyond each domain's 1:1 map, per domain
-# and again for its context 0, when the domain's table_pages budget is 0 (no
-# limit): a one-page mapping costs up to three table pages (12 KiB) for
-# ~17 bytes of file, so a file must not choose how many it makes.
+# Page tables a restore may build in a domain's PV-IOMMU contexts when its
+# table_pages budget is 0 (no limit): a one-page mapping costs up to three
+# table pages (12 KiB) for ~17 bytes of file, so a file must not choose how
+# many it makes. (Context 0 has its own bound, the same whether restored or
+# served: hypervisor.DEFAULT_CONTEXT_SPARE_TABLES.)
 RESTORE_TABLE_PAGES = 1 << 16
 
 
@@ -437,7 +438,7 @@ def _restore_contexts(hv: Hypervisor, d: Domain, contexts: list[ContextState],
             raise SnapshotError(f"{here}: context 0 comes first, and once")
         if ctx_no == 0:
             ctx = d.contexts[0]
-            _restore_default_context(hv, d, ctx, entry.mappings, budget, here)
+            _restore_default_context(hv, d, ctx, entry.mappings, here)
         else:
             if d.context(ctx_no) is not None or not 0 < ctx_no <= d.nr_contexts:
                 raise SnapshotError(f"{here}: ctx_no {ctx_no} is not a free slot of a pool "
@@ -463,12 +464,11 @@ def _restore_contexts(hv: Hypervisor, d: Domain, contexts: list[ContextState],
 
 
 def _restore_default_context(hv: Hypervisor, d: Domain, ctx: Context, runs: list[Mapping],
-                             budget: int, where: str) -> None:
+                             where: str) -> None:
     """Context 0 was created 1:1 over RAM; a guest may have mapped or
     unmapped there since. If it differs, its mappings are replaced by the
-    file's, with the page tables it may build bounded (a spare pool whose
-    limit is what it holds now plus the domain's budget) and put back
-    unbounded in pool 0 after."""
+    file's, within the page tables its own pool allows (its 1:1 map's and
+    the domain's spare, as when it is served)."""
     current = mappings(hv, ctx.hw)
     wanted = [[m.dfn, m.gfn, m.count, m.perm] for m in runs]
     if current == wanted:
@@ -476,18 +476,7 @@ def _restore_default_context(hv: Hypervisor, d: Domain, ctx: Context, runs: list
     for dfn, _, count, _ in current:
         _, _, mfns = hv.iommu.unmap(ctx.hw, dfn, count)
         hv.machine.put_refs(mfns)
-    if not hv._free_pools:
-        raise SnapshotError(f"{where}: no page-table pool left to restore context 0 in")
-    pool = hv._free_pools.pop()
-    try:
-        held = hv.iommu.context_info(ctx.hw).tables
-        hv.iommu.set_pool_limit(pool, held + (budget or RESTORE_TABLE_PAGES))
-        hv.iommu.set_context_pool(ctx.hw, pool)
-        _map(hv, d, ctx, runs, pool, where)
-    finally:
-        hv.iommu.set_context_pool(ctx.hw, 0)
-        hv.iommu.set_pool_limit(pool, 0)
-        hv._free_pools.append(pool)
+    _map(hv, d, ctx, runs, d.default_pool, where)
 
 
 def _map(hv: Hypervisor, d: Domain, ctx: Context, runs: list[Mapping], pool: int,

@@ -22,7 +22,7 @@ INTR_LAST = 0xFEEFFFFF
 MAX_CONTEXTS = 65535
 MAX_DEVICES = 65536
 MAX_FAULTS = 65536
-MAX_POOLS = 1024     #: table-page budgets (pool 0: no limit)
+MAX_POOLS = 2048     #: table-page budgets (pool 0: no limit), two per domain
 
 
 class Status(enum.IntEnum):
