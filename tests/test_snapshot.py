@@ -383,6 +383,31 @@ def test_ctl_snapshot_without_a_file_says_how_to_give_one(daemon):
         daemon.ctl("snapshot", path=3)
 
 
+def test_snapshots_asked_at_once_for_one_file_are_written_one_after_the_other(daemon, tmp_path):
+    """Snapshots are written off the event loop; two written to one file at
+    once would share its temporary file (one renaming the other's half-written
+    bytes into place, the other failing). The daemon writes them in turn."""
+    for addr in range(0, 8 << 20, 1 << 19):     # 8 MiB of guest memory to write each time
+        daemon.ctl("dma", sbdf="0000:00:02.0", addr=addr, write=True, data=b"\x5a" * (1 << 19))
+    target = tmp_path / "one.xs"
+    request = msgpack.packb({"op": "snapshot", "path": str(target)})
+    for _ in range(3):
+        conns = [raw_conn(daemon.control) for _ in range(4)]
+        for c in conns:
+            c.sendall(request)
+        replies = []
+        for c in conns:
+            unpacker = msgpack.Unpacker(raw=False)
+            while not (got := list(unpacker)):
+                unpacker.feed(c.recv(65536))
+            replies += got
+            c.close()
+        assert all(r["ok"] for r in replies), replies
+        snap = msgpack.unpackb(target.read_bytes(), raw=False, strict_map_key=False)
+        assert snap["domains"][0]["memory"], "a whole snapshot, guest memory included"
+    assert not list(tmp_path.glob(".*.tmp")), "no temporary file left behind"
+
+
 # -- snapshots that cannot be restored ---------------------------------------------------
 
 @pytest.fixture(scope="module")

@@ -159,6 +159,10 @@ class Daemon:
         self._reading: dict[trio.CancelScope, _Tenancy] = {}
         self._next_conn = 0
         self._control_open = 0
+        # Snapshot files are written one at a time, in the order they were
+        # taken (trio's Lock is fair): two writes to one file would share its
+        # temporary file.
+        self._snapshot_writing = trio.Lock()
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -594,7 +598,8 @@ class Daemon:
         for effect in effects:
             if isinstance(effect, WriteSnapshot):
                 try:
-                    await trio.to_thread.run_sync(self._write_snapshot, effect)
+                    async with self._snapshot_writing:
+                        await trio.to_thread.run_sync(self._write_snapshot, effect)
                 except SnapshotError as e:
                     log.info("control: snapshot refused: %s", e)
                     reply = {"ok": False, "error": str(e)}
