@@ -16,6 +16,7 @@ from xenemu import hypercalls, tracetext, wire
 from xenemu.trace import HypercallRecord
 from xenemu.tracecli import Describer
 from xenemu.errno import XenErrno as E
+from xenemu.engine import Engine
 from xenemu.hypercalls.common import HypercallError, SubOp, client_helpers
 from xenemu.hypercalls.iommu_op_v1 import (IOMMU_OP, MAP_PAGES, OP_SIZE, MapPages,
                                            encode_subop)
@@ -53,7 +54,7 @@ class InProcess:
 
     def __init__(self, toy_abi, hv):
         self.helpers = client_helpers(toy_abi, encode_subop)
-        self.hv = hv
+        self.engine = Engine(hv)
         self.calls = []
 
     def client(self):
@@ -63,7 +64,9 @@ class InProcess:
             def iommu_op(self, raw: bytes):
                 call = wire.Call(len(outer.calls) + 1, IOMMU_OP.number, (GADDR, 0, 0, 0, 0),
                                  (wire.Region(GADDR, raw),))
-                reply = outer.hv.complete(0, call)
+                decoder = wire.FrameDecoder.for_client()
+                decoder.feed(outer.engine.complete(0, call))
+                [reply] = decoder
                 outer.calls.append((call, reply))
                 return reply
         return Client()
