@@ -23,6 +23,21 @@ def daemon(tmp_path):
     assert_replays(d.trace)
 
 
+@pytest.fixture
+def local(tmp_path):
+    """The default machine (as `xenemu serve --check-iotlb` builds it), driven
+    in process through its engine (xenemu.inprocess): no daemon, no socket."""
+    import dataclasses
+    from xenemu.inprocess import Local
+    from xenemu.machine import default_machine
+    trace = tmp_path / "trace.xt"
+    with Local(dataclasses.replace(default_machine(), check_iotlb=True), record=trace) as m:
+        yield m
+        problems = m.hv.check_invariants()
+    assert not problems, problems
+    assert_replays(trace)
+
+
 @pytest.fixture(scope="session")
 def c_build():
     """The C client library and examples, built as `make clients` builds them."""

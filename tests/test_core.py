@@ -1,4 +1,5 @@
-"""The sans-IO core in process: continuations, references, page-in timing."""
+"""The sans-IO core in process, through the engine: continuations, references,
+page-in timing."""
 
 from __future__ import annotations
 
@@ -6,11 +7,12 @@ from array import array
 
 from xenemu import abi
 from xenemu.hw import reference
+from xenemu.engine import Engine
 from xenemu.errno import XenErrno as E
-from xenemu.guest import GuestMemory
-from xenemu.hypervisor import RESTART, Hypervisor
+from xenemu.hypervisor import Hypervisor
 from xenemu.machine import DomainConfig, MachineConfig
 from xenemu.p2m import P2mType
+from xenemu.tracetext import decode_reply
 from xenemu.wire import Call, Region
 
 GADDR = 0x1000
@@ -22,8 +24,12 @@ def machine(**kw) -> Hypervisor:
         DomainConfig(domid=3, hardware=True, memory_mib=16, contexts=1))), **kw)
 
 
+def _call(raw: bytes) -> Call:
+    return Call(1, abi.HYPERVISOR_iommu_op, (GADDR,), (Region(GADDR, raw),))
+
+
 def op(hv, raw, domid=0):
-    reply = hv.complete(domid, Call(1, abi.HYPERVISOR_iommu_op, (GADDR,), (Region(GADDR, raw),)))
+    reply = decode_reply(Engine(hv).complete(domid, _call(raw)))
     return reply.ret, abi.decode_op(reply.regions[0].data)
 
 
@@ -44,18 +50,17 @@ def test_freeing_a_large_context_is_cut_into_continuations():
     base = hv.domains[0].p2m.nr_pages                 # the identity map's references
     assert refs(hv, 0) == base + pages
 
-    mem = GuestMemory((Region(GADDR, abi.encode_op(abi.IOMMUOP_free_context, ctx)),))
-    rounds = []
-    while True:
-        ret = hv.hypercall(0, abi.HYPERVISOR_iommu_op, (GADDR,), mem)
-        rounds.append(ret)
+    conn = Engine(hv).connection(0)
+    reply = conn.start(_call(abi.encode_op(abi.IOMMUOP_free_context, ctx)))
+    rounds = 1
+    while reply is None:
         # Between rounds another domain is served, and sees a dying context as gone.
         assert op(hv, abi.encode_op(abi.IOMMUOP_query_capabilities), domid=3)[0] == 0
-        if ret != RESTART:
-            break
         assert op(hv, abi.encode_op(abi.IOMMUOP_lookup_page, ctx, 0, "lookup_page",
                                     dfn=0x100000))[0] == -E.EINVAL
-    assert rounds[-1] == 0 and len(rounds) >= 3 and set(rounds[:-1]) == {RESTART}
+        reply = conn.resume()
+        rounds += 1
+    assert decode_reply(reply).ret == 0 and rounds >= 3
     assert refs(hv, 0) == base
     assert hv.check_invariants() == []
     assert op(hv, abi.encode_op(abi.IOMMUOP_free_context, ctx))[0] == -E.ENOENT

@@ -293,7 +293,7 @@ def test_a_header_no_reader_would_accept_is_not_written(tmp_path):
     path = tmp_path / "t.xt"
     snap = {"xenemu_snapshot": 1, "memory": bytes(MAX_HEADER)}
     with pytest.raises(OSError, match="over the 16 MiB a reader accepts"):
-        TraceWriter.create(path, lambda: 0.0, default_machine(), snapshot=snap)
+        TraceWriter.create(path, default_machine(), snapshot=snap)
     assert not path.exists()
 
 

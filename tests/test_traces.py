@@ -311,10 +311,9 @@ def final_state(path: Path) -> dict:
         replayer = Replayer(reader.machine, reader.header.snapshot)
         for number, rec in reader:
             assert replayer.replay(number, rec) is None
-    c = replayer.control
-    return {"info": c.handle({"op": "info"}), "faults": c.handle({"op": "faults"}),
-            "counters": c.handle({"op": "counters"}),
-            "contexts": c.handle({"op": "contexts", "domid": 0})}
+    c = replayer.engine.control
+    return {"info": c({"op": "info"}), "faults": c({"op": "faults"}),
+            "counters": c({"op": "counters"}), "contexts": c({"op": "contexts", "domid": 0})}
 
 
 def test_replay_is_deterministic_across_runs():

@@ -4,7 +4,8 @@ Requests and replies are msgpack maps on the control socket
 (`control.sock`, owner-only, beside the domain sockets). A request is
 {"op": NAME, ...arguments}; the reply is {"ok": true, ...results} or
 {"ok": false, "error": "why"}. `Control.handle()` takes a decoded request and
-returns the reply; the daemon only moves bytes. Operations are listed in
+returns the reply; xenemu.engine drives it (clock tick, fault-injection notes,
+recording) and turns the daemon's callbacks into effects. Operations are listed in
 OPERATIONS and documented in the README.
 """
 
@@ -141,7 +142,6 @@ class Control:
     def handle(self, req) -> dict:
         if not isinstance(req, dict) or not isinstance(req.get("op"), str):
             return {"ok": False, "error": "a request is a map with a string 'op'"}
-        self.hv.clock.tick()
         op = req["op"]
         handler = getattr(self, "op_" + op, None) if op in ARGS else None
         if handler is None:
@@ -157,9 +157,6 @@ class Control:
         except Exception:
             log.exception("control: %s failed", req["op"])
             return {"ok": False, "error": "internal error in the daemon (see its log)"}
-        finally:
-            if self.hv.injecting:
-                self.hv.note_injection(f"control op {req['op']}")
         log.debug("control: %s done", req["op"])
         return {"ok": True, **result}
 

@@ -2,15 +2,16 @@
 
 One Unix socket per domain, created owner-only in a private directory: the
 calling domain is the socket a frame arrived on, never a field the guest
-writes. Each connection runs in its own task: bytes go to a FrameDecoder,
-whole calls to the Hypervisor, replies back. Requests of one connection are
-served in order; a continuation (-ERESTART) yields to other tasks before
-the call is re-run, so a long operation never stalls other domains.
+writes. Each connection runs in its own task: bytes go to its engine
+Connection (xenemu.engine), replies come back. Requests of one connection
+are served in order; a continuation (-ERESTART) yields to other tasks before
+the call's next round, so a long operation never stalls other domains.
 A broken frame gets an ERROR frame and closes its connection, nothing else.
-With a TraceWriter, every hypercall round, refused frame and recorded
-control request is appended to the trace in the order it ran. With a
-snapshot path, the machine is written there when the daemon stops cleanly,
-and by the control op `snapshot`.
+The daemon enforces the limits and deadlines, carries out the effects of
+control requests (domain sockets, snapshot files, written off the event
+loop) and, with a TraceWriter, writes the engine's events to the trace in
+the order they ran. With a snapshot path, the machine is written there when
+the daemon stops cleanly, and by the control op `snapshot`.
 """
 
 from __future__ import annotations
@@ -29,14 +30,13 @@ import trio
 
 from . import control, snapshot
 from .domain import Domain
+from .engine import CloseDomain, Connection, Engine, OpenDomainSocket, WriteSnapshot
 from .fdlimit import OWN_DESCRIPTORS, open_descriptors, room_for
-from .guest import GuestMemory
-from .hypervisor import RESTART, Hypervisor, MachineError
+from .hypervisor import Hypervisor
 from .membudget import ByteBudget
 from .snapshot import SnapshotError
 from .trace import TraceWriter
-from .wire import (ERR_GONE, ERR_INTERNAL, ERR_LIMIT, ERR_TIMEOUT, MAX_FRAME, Call, FrameDecoder,
-                   ProtocolError, encode_error, encode_reply)
+from .wire import ERR_GONE, ERR_LIMIT, ERR_TIMEOUT, MAX_FRAME, encode_error
 
 log = logging.getLogger("xenemu.daemon")
 
@@ -140,6 +140,8 @@ class Daemon:
         self._record = (record, record_meta)
         self._restored_from = restored_from
         self.recorder: TraceWriter | None = None
+        self.engine = Engine(hv, record=record is not None, snapshots=True,
+                             snapshot_path=snapshot_path)
         self.snapshot_path = snapshot_path
         # What the daemon was asked to keep and could not (a trace stopped
         # early, the snapshot at shutdown): why `xenemu serve` exits 3.
@@ -147,9 +149,6 @@ class Daemon:
         self.socket_dir = Path(socket_dir)
         self.paths: dict[int, Path] = {}
         self.control_path = control_socket_path(self.socket_dir)
-        self.control = control.Control(hv, on_domain_created=self._domain_created,
-                                       on_domain_destroyed=self._domain_destroyed,
-                                       on_snapshot=self._write_snapshot)
         self._stopping = False
         self._accept_scope: trio.CancelScope | None = None
         self._accept_nursery: trio.Nursery | None = None
@@ -170,7 +169,7 @@ class Daemon:
         try:
             # Only now: a daemon refused for a live socket must not clobber its trace.
             if self._record[0] is not None:
-                self.recorder = TraceWriter.create(self._record[0], self.hv.clock, self.hv.config,
+                self.recorder = TraceWriter.create(self._record[0], self.hv.config,
                                                    self._record[1], self._restored_from,
                                                    on_error=self._recording_stopped)
             self._restored_from = None      # its guest memory need not stay in ours
@@ -190,7 +189,7 @@ class Daemon:
             # replace a good snapshot with its fresh machine.
             if self.snapshot_path is not None:
                 try:
-                    self._write_snapshot(None)
+                    self._write_snapshot(self.engine.snapshot())
                 except SnapshotError as e:
                     log.error("xenemu: %s", e)
                     self.lost.append(str(e))
@@ -222,12 +221,11 @@ class Daemon:
         self._accept_nursery.start_soon(serve)
         return path
 
-    def _domain_created(self, domid: int) -> dict:
+    def _domain_created(self, domid: int, reply: dict) -> dict:
         try:
-            return {"socket": str(self._open_domain_socket(domid))}
+            return {**reply, "socket": str(self._open_domain_socket(domid))}
         except DaemonError as e:    # its socket path is taken: a domain nobody could reach
-            self.hv.destroy_domain(domid)
-            raise MachineError(f"d{domid} not created: {e}") from None
+            return self.engine.domain_not_served(domid, str(e))
 
     def _domain_destroyed(self, domid: int) -> None:
         """Stop accepting for domid, and end every connection to the destroyed
@@ -241,13 +239,20 @@ class Daemon:
             if tenancy.gone:
                 scope.cancel()
 
-    def _write_snapshot(self, path: str | None) -> dict:
-        """The control op's and the shutdown's: to `path`, or the --snapshot file."""
-        target = path or self.snapshot_path
-        if target is None:
-            raise SnapshotError("no file to write to: give path=FILE, or start the daemon "
-                                "with --snapshot FILE")
-        return snapshot.write(target, self.hv)
+    @staticmethod
+    def _write_snapshot(effect: WriteSnapshot) -> dict:
+        """The bytes the engine took, to their file (SnapshotError if they cannot be)."""
+        snapshot.write_bytes(effect.path, effect.data, effect.reply)
+        return effect.reply
+
+    def _record_events(self) -> None:
+        """The engine's events so far, to the trace, in the order they ran."""
+        events = self.engine.events
+        if events:
+            if self.recorder:
+                for event in events:
+                    self.recorder.write(event)
+            events.clear()
 
     def _recording_stopped(self, records: int, error: OSError) -> None:
         why = f"recording to {self._record[0]} stopped after {records} records: {error}"
@@ -358,7 +363,7 @@ class Daemon:
         tenancy = _Tenancy(domain)
         self._tenants.setdefault(domid, set()).add(tenancy)
         try:
-            await self._serve_frames(stream, domid, conn, tenancy)
+            await self._serve_frames(stream, Connection(self.engine, domain, conn), tenancy)
         finally:
             if not tenancy.gone:    # else its domain's destruction has let go of both
                 self._open[domid] -= 1
@@ -382,10 +387,10 @@ class Daemon:
                 pass
         await trio.aclose_forcefully(stream)
 
-    async def _serve_frames(self, stream: trio.SocketStream, domid: int, conn: str,
+    async def _serve_frames(self, stream: trio.SocketStream, engine_conn: Connection,
                             tenancy: _Tenancy) -> None:
+        conn, domid, decoder = engine_conn.name, engine_conn.domid, engine_conn.decoder
         log.debug("%s: connected", conn)
-        decoder = FrameDecoder.for_server()
         timeout = self.limits.frame_timeout
         # A frame's clock: the time spent waiting for its bytes, from its first
         # to its last, whatever arrives in between. Time the daemon spends
@@ -421,12 +426,12 @@ class Daemon:
                             scope.deadline = math.inf
                             left -= trio.current_time() - began
                         if not data:
-                            decoder.close()
+                            engine_conn.end_of_input()
                             break
                         decoder.feed(data)
                         if tenancy.gone:
                             break
-                        if not await self._answer(stream, domid, decoder, conn, held, tenancy):
+                        if not await self._answer(stream, engine_conn, held, tenancy):
                             break
                 timed_out = scope.cancelled_caught and not self._stopping and not tenancy.gone
                 if tenancy.gone:
@@ -441,18 +446,15 @@ class Daemon:
                         stream, ERR_TIMEOUT, f"frame not finished within "
                         f"{timeout:g} s ({decoder.buffered} bytes received)",
                         decoder.pending_req_id)
-        except ProtocolError as e:  # only TRUNCATED: the peer is gone, nobody to tell
-            log.info("%s: %s", conn, e)
-            if self.recorder:
-                self.recorder.protocol_error(domid, decoder.offending(), True, e.code, None)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             log.info("%s: peer went away", conn)
         finally:
             if held:
                 self._frame_memory.release(held)
+            self._record_events()       # a frame the peer left cut off
         log.debug("%s: closed", conn)
 
-    async def _hold_frame_memory(self, scope: trio.CancelScope, decoder: FrameDecoder,
+    async def _hold_frame_memory(self, scope: trio.CancelScope, decoder,
                                  held: int, tenancy: _Tenancy) -> int:
         """What the half-received frame needs of the shared frame memory, taken
         before reading more of it (waiting, without reading, if others hold
@@ -470,12 +472,13 @@ class Daemon:
                 del self._reading[scope]
         return need
 
-    async def _answer(self, stream, domid: int, decoder: FrameDecoder, conn: str,
-                      held: int, tenancy: _Tenancy) -> bool:
+    async def _answer(self, stream, engine_conn: Connection, held: int,
+                      tenancy: _Tenancy) -> bool:
         """Serve every whole call buffered; False when the connection must close.
         `held`: frame memory is held for a large frame, whose reply the client
         must take within the frame timeout (others may be waiting for it)."""
-        replies, keep_open = await self._run_calls(domid, decoder, conn, tenancy)
+        replies = await self._run_calls(engine_conn, tenancy)
+        keep_open = not engine_conn.closing
         # A trio cancel scope costs microseconds, as much as a hypercall: the
         # replies of a healthy connection are sent without one.
         if keep_open and replies and not held:
@@ -486,64 +489,30 @@ class Daemon:
                 await stream.send_all(replies)
             if sending.cancelled_caught and keep_open:
                 log.warning("%s: a reply of %d bytes not taken within %g s while holding "
-                            "frame memory; closing", conn, len(replies), timeout)
+                            "frame memory; closing", engine_conn.name, len(replies), timeout)
                 keep_open = False
         return keep_open
 
-    async def _run_calls(self, domid: int, decoder: FrameDecoder, conn: str,
-                         tenancy: _Tenancy) -> tuple[bytes, bool]:
-        """Every whole call buffered, executed: (the replies, keep the connection
-        open). A function of its own so that the calls, their frames, guest
-        memory and the replies one by one are freed before the replies wait on
-        a slow reader."""
-        replies = []
-        try:
-            for call in decoder:
-                reply = await self._execute(domid, call, tenancy)
-                if reply is None:       # the domain was destroyed during the call
-                    tenancy.unanswered = call.req_id
-                    break
-                replies.append(reply)
-        except ProtocolError as e:
-            log.warning("%s: protocol error %s; closing the connection", conn, e)
-            replies.append(encode_error(e.req_id, e.code, e.message))
-            if self.recorder:
-                self.recorder.protocol_error(domid, decoder.offending(), False, e.code, replies[-1])
-            return b"".join(replies), False
-        except Exception:
-            log.exception("%s: internal error; closing the connection", conn)
-            replies.append(encode_error(0, ERR_INTERNAL, "internal error in the daemon (see its log)"))
-            return b"".join(replies), False
-        return b"".join(replies), True
-
-    async def _execute(self, domid: int, call: Call, tenancy: _Tenancy) -> bytes | None:
-        """The call's REPLY; None if its domain was destroyed before it ended."""
-        mem = GuestMemory(call.regions)
-        rec = self.recorder
-        ret = self.hv.hypercall(domid, call.op, call.args, mem)
-        if ret != RESTART:
-            reply = encode_reply(call.req_id, ret, mem.regions())
-            if rec:
-                rec.hypercall(domid, call.raw, reply)
-            return reply
-        # A continuation: let other domains in between rounds, as Xen's
-        # preemption does. Shielded: once started it runs to its end even if
-        # the guest hangs up, as Xen's would; each round is short.
-        cont = rec.begin(domid, call.raw) if rec else 0
+    async def _run_calls(self, engine_conn: Connection, tenancy: _Tenancy) -> bytes:
+        """The replies to every whole call buffered. A continuing call lets
+        other connections in between its rounds, as Xen's preemption does.
+        Shielded: once started it runs to its end even if the guest hangs
+        up, as Xen's would; each round is short."""
+        replies = engine_conn.answer()
+        self._record_events()
+        if not engine_conn.continuing:
+            return replies
+        replies = [replies]
         with trio.CancelScope(shield=True):
-            while True:
+            while engine_conn.continuing:
                 await trio.sleep(0)
-                if tenancy.gone:
-                    # Destroyed between two rounds: Xen never runs a dying
-                    # domain's vCPUs again, so the call ends there, unanswered,
-                    # and no round runs on a successor of the same domid.
-                    return None
-                ret = self.hv.hypercall(domid, call.op, call.args, mem)
-                reply = None if ret == RESTART else encode_reply(call.req_id, ret, mem.regions())
-                if rec:
-                    rec.round(cont, reply)
-                if reply is not None:
-                    return reply
+                # Destroyed between two rounds: Xen never runs a dying domain's
+                # vCPUs again, so the call ends there, unanswered (the engine
+                # runs no round on a successor of the same domid).
+                replies.append(engine_conn.answer())
+                self._record_events()
+        tenancy.unanswered = engine_conn.unanswered
+        return b"".join(replies)
 
     # -- control ------------------------------------------------------------------
 
@@ -584,7 +553,7 @@ class Daemon:
                     if unpacker.tell() - start > control.MAX_REQUEST:
                         break
                     start = unpacker.tell()
-                    replies.append(control.pack(self._control_request(req)))
+                    replies.append(control.pack(await self._control_request(req)))
                 if received - start > control.MAX_REQUEST:
                     why = f"a control request is at most {control.MAX_REQUEST} bytes"
             except msgpack.BufferFull:
@@ -612,8 +581,21 @@ class Daemon:
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 pass
 
-    def _control_request(self, req) -> dict:
-        reply = self.control.handle(req)
-        if self.recorder and isinstance(req, dict):
-            self.recorder.control(req, reply)
+    async def _control_request(self, req) -> dict:
+        """The engine's reply, once its effects are carried out: a snapshot
+        is taken at once and written off the event loop."""
+        reply, effects = self.engine.control(req)
+        for effect in effects:
+            if isinstance(effect, OpenDomainSocket):
+                reply = self._domain_created(effect.domid, reply)
+            elif isinstance(effect, CloseDomain):
+                self._domain_destroyed(effect.domid)
+        self._record_events()
+        for effect in effects:
+            if isinstance(effect, WriteSnapshot):
+                try:
+                    await trio.to_thread.run_sync(self._write_snapshot, effect)
+                except SnapshotError as e:
+                    log.info("control: snapshot refused: %s", e)
+                    reply = {"ok": False, "error": str(e)}
         return reply

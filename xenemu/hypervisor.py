@@ -1,11 +1,11 @@
 """The hypervisor core: the machine, its domains and the hypercall table. Sans-IO.
 
-`Hypervisor.hypercall()` runs one hypercall for a domain against the guest
-memory its frame carried and returns the return value, as Xen's hypercall
-entry does. A long operation may return -ERESTART: Xen turns that into a
-continuation that re-executes the same hypercall, and so must the caller
-(`complete()` does it in a loop; the daemon yields to other domains between
-rounds). -ERESTART never reaches a guest.
+`Hypervisor.hypercalls` is the hypercall table, as Xen's: op -> handler(domain,
+args, guest memory) -> return value. A long operation may return -ERESTART:
+Xen turns that into a continuation that re-executes the same hypercall, and
+so does xenemu.engine, the one place calls go through (it also ticks the
+clock and notes fault injections, once per event). -ERESTART never reaches
+a guest.
 
 The machine-level operations a guest cannot do (create a domain, assign a
 device, change the p2m, make a device DMA, check invariants) are methods
@@ -21,12 +21,10 @@ from functools import partial
 from . import hw, hypercalls
 from .domain import Domain
 from .errno import XenErrno, XenError
-from .guest import GuestMemory
 from .hw.common import InjectSite
 from .iommu_contexts import IommuContexts
 from .machine import DomainConfig, MachineConfig, format_sbdf
 from .p2m import P2m, P2mType
-from .wire import Call, Reply
 
 log = logging.getLogger("xenemu.hypervisor")
 
@@ -80,26 +78,10 @@ class Hypervisor:
         self.contexts = IommuContexts(self.machine, self.iommu)
         self.domains: dict[int, Domain] = {}
         self.injecting = False  # armed and not fired yet: note_injection after each event
-        self._table = {number: partial(call.execute, self)
-                       for number, call in hypercalls.ABIS.items()}
+        self.hypercalls = {number: partial(call.execute, self)
+                           for number, call in hypercalls.ABIS.items()}
         for dom in config.domains:
             self.create_domain(dom)
-
-    # -- hypercalls --------------------------------------------------------
-
-    def hypercall(self, domid: int, op: int, args: tuple[int, ...], mem: GuestMemory) -> int:
-        d = self.domains.get(domid)
-        if d is None:
-            raise MachineError(f"d{domid} does not exist")
-        self.clock.tick()
-        handler = self._table.get(op)
-        if handler is None:
-            log.debug("d%d: hypercall %d not implemented -> -ENOSYS", domid, op)
-            return -XenErrno.ENOSYS
-        ret = handler(d, args, mem)
-        if self.injecting:
-            self.note_injection(f"d{domid}'s hypercall (returned {ret})")
-        return ret
 
     # -- fault injection -----------------------------------------------------
 
@@ -118,13 +100,6 @@ class Hypervisor:
             self.injecting = False
             log.info("fail-nth: injected a %s failure (event %d) in %s", f.fired.name, f.seen,
                      where)
-
-    def complete(self, domid: int, call: Call) -> Reply:
-        """Run `call` to the end, continuations included, in process."""
-        mem = GuestMemory(call.regions)
-        while (ret := self.hypercall(domid, call.op, call.args, mem)) == RESTART:
-            pass
-        return Reply(call.req_id, ret, mem.regions())
 
     @property
     def quarantined(self) -> set[int]:

@@ -2,11 +2,11 @@
 
 A Replayer builds the machine the trace header describes (restoring the
 header's snapshot, when the recording daemon started from one), then takes
-the records in order: each request frame goes through the same FrameDecoder,
-Hypervisor and encoder the daemon uses, at the time the record says (the
-machine's EventClock is set from it), and the reply bytes are compared
-with the recorded ones. Control records go through the same Control
-handler. The first difference is a Divergence with a readable report.
+the records in order: each request frame goes through the engine the
+daemon drives (xenemu.engine), at the time the record says (the machine's
+EventClock is set from it), and the reply bytes are compared with the
+recorded ones. Control records and refused frames go through the same
+engine. The first difference is a Divergence with a readable report.
 
 Continuations replay round by round where the trace says other events ran
 between rounds, so interleavings are exact. Only guest-visible bytes are
@@ -22,10 +22,9 @@ from dataclasses import dataclass
 import msgpack
 
 from . import tracetext, wire
-from .control import Control
-from .guest import GuestMemory
+from .engine import CloseDomain, Connection, Engine
 from .hw import PAGE_SHIFT
-from .hypervisor import RESTART, Hypervisor, MachineError
+from .hypervisor import Hypervisor, MachineError
 from .machine import MachineConfig, format_sbdf
 from .snapshot import SnapshotError, restore as restore_snapshot
 from .trace import (ControlRecord, HypercallRecord, ProtocolRecord, Record, RoundRecord,
@@ -41,12 +40,12 @@ class Divergence:
 
 @dataclass
 class _Pending:
-    """A continued hypercall between its rounds."""
+    """A continued hypercall between its rounds: its engine connection, and
+    its reply if this xenemu finished it in fewer rounds than the recording."""
     number: int
-    domid: int
+    conn: Connection
     call: wire.Call
-    mem: GuestMemory
-    ret: int = RESTART
+    reply: bytes | None = None
 
 
 class Replayer:
@@ -64,7 +63,7 @@ class Replayer:
                 self.hv = Hypervisor(machine, clock=lambda: self._time)
             except (MachineError, ValueError, OverflowError) as e:   # more than the host has
                 raise TraceError(f"the trace's machine cannot be built: {e}") from None
-        self.control = Control(self.hv, on_domain_destroyed=self._domain_destroyed)
+        self.engine = Engine(self.hv)
         self._pending: dict[int, _Pending] = {}
         self.hypercalls = 0
 
@@ -92,50 +91,48 @@ class Replayer:
 
     def _domain_destroyed(self, domid: int) -> None:
         """A call that was continuing there ends, as the daemon ends it (GONE)."""
-        self._pending = {c: p for c, p in self._pending.items() if p.domid != domid}
+        self._pending = {c: p for c, p in self._pending.items() if p.conn.domid != domid}
 
     def unfinished(self) -> list[str]:
         """Continued calls the trace never finished (the daemon died mid-call)."""
-        return [f"record {p.number}: d{p.domid} {tracetext.request_text(p.call)} "
+        return [f"record {p.number}: d{p.conn.domid} {tracetext.request_text(p.call)} "
                 f"was still continuing when the trace ended" for p in self._pending.values()]
 
     # -- hypercalls ------------------------------------------------------------
 
-    def _run(self, domid: int, call: wire.Call, mem: GuestMemory) -> int:
-        if domid not in self.hv.domains:
-            raise TraceError(f"the trace calls from d{domid}, which does not exist at this point")
-        return self.hv.hypercall(domid, call.op, call.args, mem)
-
     def _hypercall(self, number: int, rec: HypercallRecord) -> Divergence | None:
         call = tracetext.recorded_call(number, rec.req)
         self.hypercalls += 1
-        mem = GuestMemory(call.regions)
-        ret = self._run(rec.d, call, mem)
+        try:
+            conn = self.engine.connection(rec.d)
+        except MachineError:
+            raise TraceError(f"the trace calls from d{rec.d}, which does not exist at this "
+                             f"point") from None
+        reply = conn.start(call)
         if rec.rep is None:      # the recording continued here, with other events between rounds
-            self._pending[rec.c] = _Pending(number, rec.d, call, mem, ret)
+            self._pending[rec.c] = _Pending(number, conn, call, reply)
             return None
-        return self._finish(number, rec.d, call, mem, ret, rec.rep)
+        return self._finish(number, conn, call, reply, rec.rep)
 
     def _round(self, number: int, rec: RoundRecord) -> Divergence | None:
         pending = self._pending.get(rec.c)
         if pending is None:
             raise TraceError(f"record {number}: a round of continuation {rec.c}, "
                              f"which no earlier record began")
-        if pending.ret == RESTART:
-            pending.ret = self._run(pending.domid, pending.call, pending.mem)
+        if pending.reply is None:
+            pending.reply = pending.conn.resume()
         if rec.rep is None:
             return None
         del self._pending[rec.c]
-        return self._finish(number, pending.domid, pending.call, pending.mem, pending.ret,
-                            rec.rep)
+        return self._finish(number, pending.conn, pending.call, pending.reply, rec.rep)
 
-    def _finish(self, number, domid, call, mem, ret, expected: bytes) -> Divergence | None:
-        while ret == RESTART:   # this xenemu needs more rounds than the recording did
-            ret = self._run(domid, call, mem)
-        actual = wire.encode_reply(call.req_id, ret, mem.regions())
-        if actual == expected:
+    def _finish(self, number, conn: Connection, call, reply: bytes | None,
+                expected: bytes) -> Divergence | None:
+        while reply is None:    # this xenemu needs more rounds than the recording did
+            reply = conn.resume()
+        if reply == expected:
             return None
-        return self._hypercall_divergence(number, domid, call, expected, actual)
+        return self._hypercall_divergence(number, conn.domid, call, expected, reply)
 
     def _hypercall_divergence(self, number, domid, call, expected: bytes, actual: bytes):
         want = tracetext.recorded_reply(number, expected)
@@ -185,7 +182,11 @@ class Replayer:
     # -- control and protocol errors --------------------------------------------
 
     def _control(self, number: int, rec: ControlRecord) -> Divergence | None:
-        actual = msgpack.unpackb(msgpack.packb(self.control.handle(rec.req), use_bin_type=True),
+        reply, effects = self.engine.control(rec.req)
+        for effect in effects:
+            if isinstance(effect, CloseDomain):
+                self._domain_destroyed(effect.domid)
+        actual = msgpack.unpackb(msgpack.packb(reply, use_bin_type=True),
                                  raw=False, strict_map_key=False)
         expected = rec.rep
         if expected.get("ok") is False and actual.get("ok") is False:
@@ -212,8 +213,7 @@ class Replayer:
             if rec.eof:
                 decoder.close()
         except wire.ProtocolError as e:
-            sent = None if e.code == wire.ERR_TRUNCATED else \
-                wire.encode_error(e.req_id, e.code, e.message)
+            sent = self.engine.protocol_error(rec.d, rec.raw, e)
             if e.code == rec.code and (sent == rec.rep or rec.rep is None):
                 return None
             got = wire.ERROR_NAMES.get(e.code, e.code)

@@ -236,16 +236,23 @@ def summary(snapshot: dict) -> dict:
 
 # -- files -----------------------------------------------------------------------------
 
-def write(path: str | os.PathLike, hv: Hypervisor) -> dict:
-    """Take a snapshot and replace `path` with it atomically: written to
-    .NAME.tmp beside it, synced, then renamed over it, so a crash or a failed
-    write leaves the previous snapshot whole (and at most that temporary
-    file, which the next write reuses). Returns the path, the size in bytes
-    and summary()."""
-    path = Path(path)
-    started = time.perf_counter()
+def encode(hv: Hypervisor, path: str | os.PathLike) -> tuple[bytes, dict]:
+    """The machine now, as a snapshot file's bytes, and what writing them to
+    `path` replies: the path, the size in bytes and summary(). Taken at once
+    (the machine must not change meanwhile); the writing can wait."""
     snap = take(hv)
     data = msgpack.packb(snap, use_bin_type=True)
+    return data, {"path": str(path), "bytes": len(data), **summary(snap)}
+
+
+def write_bytes(path: str | os.PathLike, data: bytes, result: dict) -> None:
+    """Replace `path` with a snapshot's bytes atomically: written to
+    .NAME.tmp beside it, synced, then renamed over it, so a crash or a failed
+    write leaves the previous snapshot whole (and at most that temporary
+    file, which the next write reuses). Blocks on the disk: a daemon calls
+    it off its event loop. `result`: encode()'s, for the log."""
+    path = Path(path)
+    started = time.perf_counter()
     tmp = path.with_name(f".{path.name}.tmp")
     try:
         # Owner-only, as the sockets: a snapshot holds guest memory.
@@ -262,10 +269,8 @@ def write(path: str | os.PathLike, hv: Hypervisor) -> dict:
         _sync_directory(path.parent)
     except OSError as e:
         raise SnapshotError(f"cannot write a snapshot to {path}: {e.strerror or e}") from None
-    result = {"path": str(path), "bytes": len(data), **summary(snap)}
     log.info("xenemu: snapshot written to %s in %.2f s: %s", path,
              time.perf_counter() - started, _describe(result))
-    return result
 
 
 def _sync_directory(directory: Path) -> None:

@@ -13,8 +13,8 @@ Structs with ranges; the reader checks every object against them (through
 xenemu.schema) and yields typed records. Every object has a bound on its
 size, so that a small compressed file cannot make a reader hold gigabytes.
 
-Nothing here runs a hypercall: the daemon feeds the writer, xenemu.replay
-consumes what the reader yields.
+Nothing here runs a hypercall: the writer serialises xenemu.engine's
+events, xenemu.replay feeds what the reader yields to an engine.
 """
 
 from __future__ import annotations
@@ -63,9 +63,6 @@ RECORDED_CONTROL = frozenset({
     "domain_create", "domain_destroy", "device_assign", "device_deassign",
     "p2m_set", "p2m_get", "mem_write", "mem_read", "dma", "faults", "fail_nth",
 })
-
-# Reply keys the daemon adds (socket paths): not the machine's, not recorded.
-DAEMON_REPLY_KEYS = frozenset({"socket"})
 
 # -- sizes ------------------------------------------------------------------------------
 # What the daemon can write bounds what a reader accepts. A record holds at
@@ -204,8 +201,9 @@ def make_header(machine: MachineConfig, meta: dict | None = None,
 class TraceWriter:
     """Appends records to a binary stream, one write each: the daemon's recorder.
 
-    Times come from the machine's EventClock, which the event has just
-    sampled, so the trace holds exactly the time the machine saw.
+    The records are the engine's events, which hold the time the machine's
+    EventClock gave the event, so the trace holds exactly the time the
+    machine saw.
 
     Recording must never cost a guest its answer: a write that fails stops
     the recording (`error` says why, later records are dropped), the stream
@@ -214,11 +212,9 @@ class TraceWriter:
     called once.
     """
 
-    def __init__(self, stream, clock, header: dict, on_error=None):
+    def __init__(self, stream, header: dict, on_error=None):
         self._stream = stream
-        self._clock = clock
         self._pack = msgpack.Packer(use_bin_type=True).pack
-        self._next_cont = 0
         self._whole = 0          # bytes of whole records written
         self._on_error = on_error
         self.records = 0
@@ -226,7 +222,7 @@ class TraceWriter:
         self._write(header, count=False)
 
     @classmethod
-    def create(cls, path: Path, clock, machine: MachineConfig, meta: dict | None = None,
+    def create(cls, path: Path, machine: MachineConfig, meta: dict | None = None,
                snapshot: dict | None = None, on_error=None):
         """A new trace at `path`, readable by its owner only (it holds guest
         memory: DMA data, mem_write): created 0600, and a regular file it
@@ -247,7 +243,7 @@ class TraceWriter:
             raise
         # Unbuffered: each record is one write(2), and a failed one leaves no
         # bytes behind in a buffer that closing would try to write again.
-        return cls(open(fd, "wb", buffering=0), clock, header, on_error)
+        return cls(open(fd, "wb", buffering=0), header, on_error)
 
     def _write(self, obj: dict, count: bool = True) -> None:
         if self.error is not None:
@@ -273,29 +269,20 @@ class TraceWriter:
         if self._on_error:
             self._on_error(self.records, error)
 
-    def hypercall(self, domid: int, raw: bytes, reply: bytes) -> None:
-        self._write({"k": HYPERCALL, "t": self._clock.now, "d": domid, "req": raw, "rep": reply})
-
-    def begin(self, domid: int, raw: bytes) -> int:
-        """The first round of a call that continues: returns its id for round()."""
-        self._next_cont += 1
-        self._write({"k": HYPERCALL, "t": self._clock.now, "d": domid, "req": raw, "rep": None,
-                     "c": self._next_cont})
-        return self._next_cont
-
-    def round(self, cont: int, reply: bytes | None) -> None:
-        self._write({"k": ROUND, "t": self._clock.now, "c": cont, "rep": reply})
-
-    def control(self, req: dict, reply: dict) -> None:
-        if req.get("op") not in RECORDED_CONTROL:
-            return
-        reply = {k: v for k, v in reply.items() if k not in DAEMON_REPLY_KEYS}
-        self._write({"k": CONTROL, "t": self._clock.now, "req": req, "rep": reply})
-
-    def protocol_error(self, domid: int, raw: bytes, eof: bool, code: int,
-                       reply: bytes | None) -> None:
-        self._write({"k": PROTOCOL, "t": self._clock.tick(), "d": domid, "raw": raw, "eof": eof,
-                     "code": code, "rep": reply})
+    def write(self, rec: Record) -> None:
+        """Serialise one of the engine's events (xenemu.engine), as abi/TRACE.md says."""
+        if isinstance(rec, HypercallRecord):
+            obj = {"k": HYPERCALL, "t": rec.t, "d": rec.d, "req": rec.req, "rep": rec.rep}
+            if rec.rep is None:
+                obj["c"] = rec.c
+        elif isinstance(rec, RoundRecord):
+            obj = {"k": ROUND, "t": rec.t, "c": rec.c, "rep": rec.rep}
+        elif isinstance(rec, ControlRecord):
+            obj = {"k": CONTROL, "t": rec.t, "req": rec.req, "rep": rec.rep}
+        else:
+            obj = {"k": PROTOCOL, "t": rec.t, "d": rec.d, "raw": rec.raw, "eof": rec.eof,
+                   "code": rec.code, "rep": rec.rep}
+        self._write(obj)
 
     def close(self) -> None:
         try:

@@ -16,12 +16,13 @@ hypothesis search (tests/test_fuzz.py).
 from __future__ import annotations
 
 from xenemu import abi, wire
-from xenemu.control import Control
+from xenemu.engine import Engine
 from xenemu.errno import XenErrno as E
 from xenemu.hypercalls.iommu_op_v1 import IOMMU_OP
 from xenemu.hypervisor import Hypervisor
 from xenemu.machine import DomainConfig, MachineConfig, parse_sbdf
 from xenemu.p2m import P2mType
+from xenemu.tracetext import decode_reply
 
 # -- frames ----------------------------------------------------------------------
 
@@ -117,36 +118,36 @@ class _Clock:
 def hypercalls(data: bytes) -> None:
     clock = _Clock()
     hv = Hypervisor(small_machine(), clock=clock)
-    control = Control(hv)
+    engine = Engine(hv)
     for pos in range(0, len(data) - STEP + 1, STEP):
         sel, dom, raw = data[pos], data[pos + 1], bytearray(data[pos + 2:pos + STEP])
         clock.now += (dom & 0x0F) / 1000
         kind = sel & 7
         if kind < 5:
-            _iommu_op(hv, sel, dom, raw)
+            _iommu_op(engine, sel, dom, raw)
         elif kind == 5:
-            _dma(control, dom, raw)
+            _dma(engine, dom, raw)
         elif kind == 6:
             gfn = int.from_bytes(raw[:4], "little") % (D0_PAGES + 16)
             ptype = list(P2mType)[raw[4] % len(P2mType)]
-            control.handle({"op": "p2m_set", "domid": dom & 1, "gfn": gfn, "type": ptype.value})
+            engine.control({"op": "p2m_set", "domid": dom & 1, "gfn": gfn, "type": ptype.value})
         elif raw[3] & 3 == 3:
             # fail-nth: a table page or page reference fails soon. (A failed
             # flush leaves stale IOTLB entries by design: tests/test_fail_nth.py.)
-            control.handle({"op": "fail_nth", "nth": raw[4] % 48 + 1,
+            engine.control({"op": "fail_nth", "nth": raw[4] % 48 + 1,
                             "sites": [("table", "ref")[raw[5] & 1]] if raw[5] & 2
                             else ["table", "ref"]})
         else:
             sbdf = DEVICES[raw[0] % len(DEVICES)]
             if raw[1] & 1:
-                control.handle({"op": "device_deassign", "sbdf": sbdf})
+                engine.control({"op": "device_deassign", "sbdf": sbdf})
             else:
-                control.handle({"op": "device_assign", "sbdf": sbdf, "domid": raw[2] & 1})
+                engine.control({"op": "device_assign", "sbdf": sbdf, "domid": raw[2] & 1})
     problems = hv.check_invariants()
     assert not problems, problems
 
 
-def _iommu_op(hv: Hypervisor, sel: int, dom: int, raw: bytearray) -> None:
+def _iommu_op(engine: Engine, sel: int, dom: int, raw: bytearray) -> None:
     # Steer most inputs to the numbers that reach deep paths; the high bits
     # of the selector let some through untouched.
     if not sel & 0x80:
@@ -163,7 +164,7 @@ def _iommu_op(hv: Hypervisor, sel: int, dom: int, raw: bytearray) -> None:
     call = wire.Call(1, abi.HYPERVISOR_iommu_op, (GADDR, 0, 0, 0, 0),
                      (wire.Region(GADDR, region),))
     domid = dom >> 7
-    reply = hv.complete(domid, call)
+    reply = decode_reply(engine.complete(domid, call))
     subop = int.from_bytes(raw[:2], "little")
     allowed = ALLOWED.get(subop, {-E.EINVAL}) | {-E.EPERM, -E.EFAULT}
     assert reply.ret in allowed, (IOMMU_OP.subop_name(subop), reply.ret)
@@ -188,7 +189,7 @@ def _only_outputs_changed(subop: int, before: bytes, after: bytes, ret: int) -> 
         assert x == y or i in outputs, f"{IOMMU_OP.subop_name(subop)} changed byte {i} (ret {ret})"
 
 
-def _dma(control: Control, dom: int, raw: bytearray) -> None:
+def _dma(engine: Engine, dom: int, raw: bytearray) -> None:
     sbdf = DEVICES[raw[0] % len(DEVICES)]
     addr = int.from_bytes(raw[1:9], "little")
     if not dom & 0x80:
@@ -198,7 +199,7 @@ def _dma(control: Control, dom: int, raw: bytearray) -> None:
         req |= {"write": True, "data": bytes(raw[10:10 + raw[10] % 22])}
     else:
         req |= {"length": int.from_bytes(raw[10:12], "little") % 9000}
-    reply = control.handle(req)
+    reply, _ = engine.control(req)
     assert reply["ok"] or "no device" in reply["error"], reply
 
 
