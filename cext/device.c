@@ -137,3 +137,53 @@ void hw_faults_clear(struct hw_iommu *io)
     io->nfaults = 0;
     io->fault_overflow = 0;
 }
+
+/* Whether the IOMMU records a fault of this kind at this address (see
+ * xlate: WIDTH first, then the interrupt window, then the tables). */
+static int possible(const struct hw_iommu *io, const struct hw_fault_rec *r)
+{
+    int width = r->addr > io->max_iova;
+    int intr = !width && r->addr >= HW_INTR_FIRST && r->addr <= HW_INTR_LAST;
+    int tables = !width && !intr;
+    if (r->write > 1)
+        return 0;
+    switch (r->kind) {
+    case HW_FAULT_BLOCKED:
+        return 1;
+    case HW_FAULT_WIDTH:
+        return width;
+    case HW_FAULT_INTR:
+        return intr;
+    case HW_FAULT_NOT_PRESENT:
+        return tables;
+    case HW_FAULT_READ:
+        return tables && !r->write;
+    case HW_FAULT_WRITE:
+        return tables && r->write;
+    default:
+        return 0;
+    }
+}
+
+int hw_faults_load(struct hw_iommu *io, const struct hw_fault_rec *recs,
+                   uint32_t n, int overflow, uint32_t *bad)
+{
+    *bad = n;
+    if (n > io->fault_cap)
+        return HW_E_NOSPC;
+    if (overflow && n < io->fault_cap)
+        return HW_E_INVAL;
+    for (uint32_t i = 0; i < n; i++) {
+        *bad = i;
+        if (!find(io, recs[i].sbdf))
+            return HW_E_NODEV;
+        if (!possible(io, &recs[i]))
+            return HW_E_INVAL;
+    }
+    if (n)
+        memcpy(io->faults, recs, n * sizeof(*recs));
+    io->nfaults = n;
+    io->fault_overflow = overflow != 0;
+    *bad = 0;
+    return HW_OK;
+}

@@ -418,6 +418,16 @@ int hw_dma(struct hw_iommu *io, uint32_t sbdf, uint64_t addr, void *buf,
 uint32_t hw_faults_read(const struct hw_iommu *io, struct hw_fault_rec *out,
                         uint32_t cap, int *overflow);
 void hw_faults_clear(struct hw_iommu *io);
+/* Replace the log with n records and the overflow flag, as a restored
+ * machine's log was (no DMA, no IOTLB or counter change). All or nothing:
+ * each record must be a fault this IOMMU records, by a registered device
+ * (HW_E_NODEV) of a kind its address allows (HW_E_INVAL: WIDTH above
+ * max_iova, INTR in the interrupt window, NOT_PRESENT / READ (a read) /
+ * WRITE (a write) elsewhere, BLOCKED anywhere); *bad is the index of the
+ * first refused. The log as a whole: more records than it holds is
+ * HW_E_NOSPC and overflow with room left HW_E_INVAL, both with *bad = n. */
+int hw_faults_load(struct hw_iommu *io, const struct hw_fault_rec *recs,
+                   uint32_t n, int overflow, uint32_t *bad);
 
 /* END cffi public */
 

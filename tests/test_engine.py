@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from xenemu import abi, snapshot
-from xenemu.hypercalls import iommu_op_v1
+from xenemu import abi, iommu_contexts, snapshot
 from xenemu.engine import CloseDomain, Engine, OpenDomainSocket, WriteSnapshot
 from xenemu.errno import XenErrno as E
 from xenemu.hypervisor import Hypervisor
@@ -28,7 +27,7 @@ def engine(**kw) -> Engine:
 
 
 def test_a_continuing_call_returns_and_is_called_again(monkeypatch):
-    monkeypatch.setattr(iommu_op_v1, "TEARDOWN_SLICE", 64)
+    monkeypatch.setattr(iommu_contexts, "TEARDOWN_SLICE", 64)
     eng = engine(record=True)
     d0, other = eng.connection(0), eng.connection(0)
     d0.receive_data(frame(abi.encode_op(abi.IOMMUOP_alloc_context), 1) +
@@ -60,7 +59,7 @@ def test_a_continuing_call_returns_and_is_called_again(monkeypatch):
 
 
 def test_a_call_continuing_when_its_domain_is_destroyed_is_left_unanswered(monkeypatch):
-    monkeypatch.setattr(iommu_op_v1, "TEARDOWN_SLICE", 64)
+    monkeypatch.setattr(iommu_contexts, "TEARDOWN_SLICE", 64)
     eng = engine()
     eng.control({"op": "domain_create", "domid": 5, "hardware": True, "memory_mib": 4})
     conn = eng.connection(5)

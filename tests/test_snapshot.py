@@ -470,7 +470,13 @@ BROKEN = {
     "p2m": (lambda s: edited(s, lambda e: d0(e).update(p2m=[[1, 2, "lava"]])),
             "domains[0].p2m[0][2]: invalid enum value 'lava'"),
     "fault": (lambda s: edited(s, lambda e: e["faults"]["records"][0].__setitem__(2, "READ")),
+              "faults.records[0]: READ at 0x4000000000000 is not a fault the IOMMU records: "
               "the fault log cannot be made again as recorded"),
+    "fault-device": (lambda s: edited(s, lambda e: e["faults"]["records"][3].__setitem__(
+        0, "0000:00:09.0")), "faults.records[3]: 0000:00:09.0: no such device"),
+    "fault-overflow": (lambda s: edited(s, lambda e: e["faults"].update(
+        records=e["faults"]["records"][:10])),
+        "faults: 10 records and the overflow flag: the fault log cannot be made again"),
     "field": (lambda s: edited(s, lambda e: d0(e).pop("memory")),
               "domains[0]: object missing required field memory"),
     # Issue 12: these ended in tracebacks.
@@ -534,6 +540,9 @@ def test_the_saved_snapshot_itself_restores(tmp_path, saved):
         assert faults["overflow"] and faults["faults"] == [
             {"sbdf": "0000:00:05.0", "addr": (1 << 50) + i, "kind": "WIDTH", "write": False}
             for i in range(256)]
+        # The log was loaded as it was, not made again by DMA through a
+        # scratch context: the IOMMU has counted nothing since the restore.
+        assert set(d.ctl("counters")["iotlb"].values()) == {0}, d.ctl("counters")
     finally:
         assert d.stop() == 0
     assert_replays(d.trace)

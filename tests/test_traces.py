@@ -26,7 +26,7 @@ import pytest
 import scenarios
 from support import ROOT, DaemonProcess, assert_replays
 from xenemu import abi, cli, wire
-from xenemu.hypercalls import iommu_op_v1
+from xenemu import iommu_contexts
 from xenemu.client import XenemuClient, XenemuError
 from xenemu.errno import XenErrno as E
 from xenemu.replay import Replayer
@@ -324,7 +324,7 @@ def test_replay_is_deterministic_across_runs():
 def test_a_xenemu_that_slices_teardown_differently_still_matches(monkeypatch):
     # Only guest-visible bytes are compared: continuations are xenemu's business.
     for slice_ in (1 << 12, 1 << 20):
-        monkeypatch.setattr(iommu_op_v1, "TEARDOWN_SLICE", slice_)
+        monkeypatch.setattr(iommu_contexts, "TEARDOWN_SLICE", slice_)
         assert_replays(ROOT / "tests" / "traces" / "continued-free.xt")
 
 

@@ -59,6 +59,17 @@ class XenErrno(enum.IntEnum):
     ECONNREFUSED = 111
 
 
+class XenError(Exception):
+    """An operation of the Xen model fails with -errno, as Xen's functions
+    return one; `why` says why in words (the log line's, or the control
+    reply's, reason)."""
+
+    def __init__(self, errno: XenErrno, why: str = ""):
+        super().__init__(why)
+        self.errno = errno
+        self.why = why
+
+
 def result_name(ret: int) -> str:
     """'0', '-EADDRINUSE', or the bare number for values Xen does not name."""
     if ret >= 0:

@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import logging
 import time
-from array import array
 from functools import partial
 
 from . import hw, hypercalls
-from .domain import Context, Domain
-from .errno import XenErrno
-from .hw.common import MAX_POOLS, InjectSite
+from .domain import Domain
+from .errno import XenErrno, XenError
+from .hw.common import InjectSite
+from .iommu_contexts import IommuContexts
 from .machine import DomainConfig, MachineConfig, format_sbdf
 from .p2m import P2m, P2mType
 
@@ -30,14 +30,6 @@ log = logging.getLogger("xenemu.hypervisor")
 
 RESTART = -XenErrno.ERESTART
 PAGES_PER_MIB = 256
-
-# Context 0's page tables are bounded too (Xen's are not: see the README's
-# divergences), else a guest mapping far-apart dfns there would take table
-# pages until the machine's memory is gone, ~3 per 4 KiB page. Its limit is
-# what its 1:1 map took at creation plus the domain's table_pages, or this
-# many when table_pages is 0: "no limit" is for its PV-IOMMU contexts.
-DEFAULT_CONTEXT_SPARE_TABLES = 1 << 16
-POOLS_PER_DOMAIN = 2    # one for its PV-IOMMU contexts, one for context 0
 
 
 class MachineError(Exception):
@@ -82,12 +74,9 @@ class Hypervisor:
         self.machine = hw_impl.Machine(config.memory_mib << 20)
         self.iommu = hw_impl.Iommu(self.machine, width=config.address_width,
                                    iotlb_entries=config.iotlb_entries, check=config.check_iotlb)
-        # DomIO's quarantine context: nothing mapped, so a quarantined device's DMA faults.
-        self.quarantine = self.iommu.alloc_context()
+        # Every use of the IOMMU's contexts goes through the context layer.
+        self.contexts = IommuContexts(self.machine, self.iommu)
         self.domains: dict[int, Domain] = {}
-        self.quarantined: set[int] = set()
-        # Table-page budgets, POOLS_PER_DOMAIN IOMMU pools per domain (pool 0: no limit).
-        self._free_pools = list(range(MAX_POOLS - 1, 0, -1))
         self.injecting = False  # armed and not fired yet: note_injection after each event
         self.hypercalls = {number: partial(call.execute, self)
                            for number, call in hypercalls.ABIS.items()}
@@ -112,6 +101,11 @@ class Hypervisor:
             log.info("fail-nth: injected a %s failure (event %d) in %s", f.fired.name, f.seen,
                      where)
 
+    @property
+    def quarantined(self) -> set[int]:
+        """Devices of no domain, in DomIO's quarantine (read it, don't change it)."""
+        return self.contexts.quarantined
+
     # -- domains -----------------------------------------------------------
 
     def create_domain(self, cfg: DomainConfig) -> Domain:
@@ -119,7 +113,7 @@ class Hypervisor:
             raise MachineError(f"d{cfg.domid} exists already")
         for sbdf in cfg.devices:
             self._check_assignable(sbdf)
-        if len(self._free_pools) < POOLS_PER_DOMAIN:
+        if not self.contexts.can_init_domain():
             raise MachineError("no page-table budget left for another domain")
         nr_pages = cfg.memory_mib * PAGES_PER_MIB
         try:
@@ -129,33 +123,15 @@ class Hypervisor:
                                f"({cfg.memory_mib} MiB)") from None
         self.machine.set_m2p(mfns, 0)
         p2m = P2m(mfns, self.clock, self.config.page_in_delay_ms / 1000)
-        pool, default_pool = self._free_pools.pop(), self._free_pools.pop()
-        try:
-            default = Context(0, self.iommu.alloc_context())
-        except hw.HwError as e:
-            self._free_pools += [default_pool, pool]
-            self.machine.free(mfns)
-            raise MachineError(f"no default context for d{cfg.domid}: {e}") from None
         d = Domain(domid=cfg.domid, name=cfg.name or f"d{cfg.domid}", hardware=cfg.hardware,
-                   iommu_enabled=cfg.iommu, p2m=p2m,
-                   contexts=[default] + [None] * cfg.contexts,
-                   opaque_default=cfg.opaque_default, table_pool=pool,
-                   default_pool=default_pool)
-        self.iommu.set_pool_limit(d.table_pool, cfg.table_pages)
-        self.iommu.set_context_pool(default.hw, d.default_pool)   # no limit yet: fits
-        p2m.on_became_ram = lambda gfn, d=d: self._paged_in(d, gfn)
-        st = self.identity_map(d, default, 0, nr_pages)
-        if st == hw.Status.OK:
-            # Pages of its 1:1 map never need a table again (unmap leaves tables
-            # in place), so the spare is what the guest may map elsewhere.
-            identity_tables = self.iommu.pool_usage(d.default_pool)[0]
-            self.iommu.set_pool_limit(d.default_pool, identity_tables +
-                                      (cfg.table_pages or DEFAULT_CONTEXT_SPARE_TABLES))
-        else:
-            self._release_domain(d)
-            why = {hw.Status.NOMEM: "no machine memory left for I/O page tables",
-                   hw.Status.INJECTED: "a page reference failed (injected)"}.get(st, st.name)
-            raise MachineError(f"d{cfg.domid}'s default context could not map its memory: {why}")
+                   iommu_enabled=cfg.iommu, p2m=p2m, contexts=[None] * (1 + cfg.contexts),
+                   opaque_default=cfg.opaque_default)
+        try:
+            self.contexts.init_domain(d, cfg.table_pages)
+        except XenError as e:
+            self.machine.free(mfns)
+            raise MachineError(e.why) from None
+        p2m.on_became_ram = partial(self.contexts.paged_in, d)
         self.domains[d.domid] = d
         for sbdf in cfg.devices:
             self.assign_device(sbdf, d.domid)
@@ -173,65 +149,15 @@ class Hypervisor:
         log.info("d%d: destroyed", domid)
 
     def _release_domain(self, d: Domain) -> None:
-        """Free d's contexts (dropping their references), memory and budget."""
-        for ctx in d.contexts:
-            if ctx is not None:
-                self.teardown_context(d, ctx, budget=None)
+        """Free d's contexts (dropping their references), budgets and memory."""
+        self.contexts.destroy_domain(d)
         self.machine.free(d.p2m.mfns)
-        for pool in (d.default_pool, d.table_pool):
-            self.iommu.set_pool_limit(pool, 0)
-            self._free_pools.append(pool)
 
     def _domain(self, domid: int) -> Domain:
         d = self.domains.get(domid)
         if d is None:
             raise MachineError(f"d{domid} does not exist")
         return d
-
-    def identity_map(self, d: Domain, ctx: Context, gfn: int, n: int) -> hw.Status:
-        """Map d's RAM gfns in [gfn, gfn + n) 1:1 into ctx, one reference per page.
-
-        Used for the default context, for pages that become RAM again, and for
-        a cloned context. Returns the IOMMU's status if it stopped early."""
-        for start, count in _ram_runs_within(d.p2m, gfn, n):
-            done, st = self.iommu.map_referenced(ctx.hw, start, d.p2m.mfns[start:start + count],
-                                                 hw.PERM_RW)
-            if done != count:
-                return hw.Status(st)
-        return hw.Status.OK
-
-    def _identity_map_page(self, d: Domain, gfn: int) -> hw.Status:
-        """Context 0 maps a page that became RAM again at dfn == gfn; a dfn
-        the guest took over there (PRESENT) is left to the guest."""
-        st = self.identity_map(d, d.contexts[0], gfn, 1)
-        return hw.Status.OK if st == hw.Status.PRESENT else st
-
-    def _paged_in(self, d: Domain, gfn: int) -> bool:
-        """A page-in completes; False (it waits) if context 0 could not map it."""
-        st = self._identity_map_page(d, gfn)
-        if st != hw.Status.OK:
-            log.warning("d%d: page-in of gfn %#x waits: the default context could not map it (%s)",
-                        d.domid, gfn, st.name)
-            return False
-        return True
-
-    def _identity_unmap(self, d: Domain, gfn: int) -> None:
-        done, _, mfns = self.iommu.unmap(d.contexts[0].hw, gfn, 1)
-        self.machine.put_refs(mfns)
-
-    def teardown_context(self, d: Domain, ctx: Context, budget: int | None) -> bool:
-        """Tear ctx down by slices of `budget` leaf slots (None: all at once),
-        dropping the page references its mappings held. True when finished."""
-        ctx.dying = True
-        slice_ = budget or (1 << 20)
-        while True:
-            mfns, finished = self.iommu.teardown(ctx.hw, slice_)
-            self.machine.put_refs(mfns)
-            if finished:
-                d.contexts[ctx.ctx_no] = None
-                return True
-            if budget is not None:
-                return False
 
     # -- devices -----------------------------------------------------------
 
@@ -250,28 +176,14 @@ class Hypervisor:
         """Give a device (new, or from quarantine) to a domain's default context."""
         d = self._domain(domid)
         self._check_assignable(sbdf)
-        if sbdf not in self.quarantined:
-            self.iommu.add_device(sbdf)
-        self.quarantined.discard(sbdf)
-        self.iommu.attach(sbdf, d.contexts[0].hw)
-        d.contexts[0].devices.add(sbdf)
-        d.devices[sbdf] = 0
+        self.contexts.assign_device(d, sbdf)
 
     def deassign_device(self, sbdf: int) -> None:
         """Take a device from its domain into quarantine, where its DMA faults."""
         d = self.owner_of(sbdf)
         if d is None:
             raise MachineError(f"{format_sbdf(sbdf)} is not assigned to any domain")
-        self.iommu.attach(sbdf, self.quarantine)
-        d.contexts[d.devices.pop(sbdf)].devices.discard(sbdf)
-        self.quarantined.add(sbdf)
-
-    def move_device(self, d: Domain, sbdf: int, target: Context) -> None:
-        """Switch a device's context entry in one store (no blocked window)."""
-        self.iommu.attach(sbdf, target.hw)
-        d.contexts[d.devices[sbdf]].devices.discard(sbdf)
-        target.devices.add(sbdf)
-        d.devices[sbdf] = target.ctx_no
+        self.contexts.deassign_device(d, sbdf)
 
     def dma(self, sbdf: int, addr: int, *, data: bytes | None = None,
             length: int = 0) -> tuple[int, bytes, hw.FaultRecord | None]:
@@ -295,20 +207,13 @@ class Hypervisor:
         was = d.p2m.type_of(gfn)
         was_ram = was is P2mType.RAM
         if was_ram and type_ is not P2mType.RAM:
-            mfn = d.p2m.mfns[gfn]
-            # Context 0 maps dfn == gfn unless the guest remapped that dfn.
-            identity = self.iommu.lookup(d.contexts[0].hw, gfn)
-            identity = identity is not None and identity[0] == mfn
-            extra = self.machine.refcounts(array("Q", [mfn]))[0] - identity
-            if extra > 0:
-                # Xen refuses to page out or share a page with extra references.
-                raise MachineError(f"gfn {gfn:#x} is mapped in {extra} other place(s): "
-                                   f"PV-IOMMU contexts, or context 0 at another dfn")
-            if identity:
-                self._identity_unmap(d, gfn)
+            try:
+                self.contexts.page_out(d, gfn)
+            except XenError as e:
+                raise MachineError(e.why) from None
         d.p2m.set_type(gfn, type_)
         if not was_ram and type_ is P2mType.RAM:
-            st = self._identity_map_page(d, gfn)
+            st = self.contexts.page_in(d, gfn)
             if st != hw.Status.OK:
                 # A page-in under way lost its timer with the type: paged out again.
                 was = P2mType.PAGED_OUT if was is P2mType.PAGING_IN else was
@@ -334,51 +239,5 @@ class Hypervisor:
 
     def check_invariants(self) -> list[str]:
         """What is inconsistent, as readable sentences; empty when all holds.
-
-        As iommufd's self-test does: every mapping holds one page reference
-        (so a domain's references equal its contexts' mappings and drop to
-        zero with them), every device is attached where its domain says, and
-        no IOTLB entry went stale (check mode counts them).
-        """
-        problems = []
-        for d in self.domains.values():
-            mapped = 0
-            for ctx in d.contexts:
-                if ctx is None:
-                    continue
-                mapped += self.iommu.context_info(ctx.hw).mapped
-                for sbdf in ctx.devices:
-                    if d.devices.get(sbdf) != ctx.ctx_no:
-                        problems.append(f"d{d.domid}: {format_sbdf(sbdf)} listed in context "
-                                        f"{ctx.ctx_no} but recorded in {d.devices.get(sbdf)}")
-            refs = sum(self.machine.refcounts(d.p2m.mfns))
-            if refs != mapped:
-                problems.append(f"d{d.domid}: {refs} page references for {mapped} mappings")
-            for sbdf, ctx_no in d.devices.items():
-                ctx = d.context(ctx_no)
-                if ctx is None or self.iommu.device_context(sbdf) != ctx.hw:
-                    problems.append(f"d{d.domid}: {format_sbdf(sbdf)} is not attached to "
-                                    f"context {ctx_no}")
-        for sbdf in self.quarantined:
-            if self.iommu.device_context(sbdf) != self.quarantine:
-                problems.append(f"{format_sbdf(sbdf)} escaped quarantine")
-        if self.iommu.context_info(self.quarantine).mapped:
-            problems.append("the quarantine context has mappings")
-        stale = self.iommu.counters().stale
-        if stale:
-            problems.append(f"{stale} stale IOTLB hit(s)")
-        cached = self.iommu.stale_iotlb_entries()
-        if cached:
-            problems.append(f"{cached} IOTLB entr{'y' if cached == 1 else 'ies'} disagree with "
-                            f"the page tables (an invalidation was missed or failed)")
-        return problems
-
-
-def _ram_runs_within(p2m: P2m, gfn: int, n: int):
-    """Runs of RAM gfns inside [gfn, gfn + n)."""
-    end = gfn + n
-    for start, count in p2m.ram_runs():
-        lo, hi = max(start, gfn), min(start + count, end)
-        if lo < hi:
-            yield lo, hi - lo
-
+        See IommuContexts.check: page references, devices, the IOTLB."""
+        return self.contexts.check(self.domains.values())

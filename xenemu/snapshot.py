@@ -7,15 +7,15 @@ and every allocated context with its mappings as runs (dfn, gfn, count,
 perm) and its devices; then the quarantined devices and the fault log.
 `take()` reads all of it through the interfaces the control plane uses, and
 changes nothing. `restore()` builds a fresh Hypervisor from the
-configuration and replays the state through the Hypervisor and Iommu calls
-the hypercalls use (one page reference per mapping, as map_pages takes),
-then refuses the result unless the invariant check holds.
+configuration and replays the state through the context layer the
+hypercalls use (xenemu.iommu_contexts: one page reference per mapping, as
+map_pages takes), loads the fault log into the IOMMU as it was, then
+refuses the result unless the invariant check holds.
 
 Not kept, because no guest call returns them: machine frame numbers (a
 restored machine allocates its own; lookup_page and dump report gfns through
 the M2P), hardware context ids, the IOTLB's entries (it starts cold) and its
-counters (they count from the restore, whose rebuilding of the fault log
-makes DMA of its own). Kept as far as they can be read back: table pages
+counters (they count from the restore). Kept as far as they can be read back: table pages
 (a restored context has those its mappings need, not those an unmap left
 empty), and a context being freed, kept as dying and without the mappings
 its teardown has not reached: the hardware refuses to read a dying
@@ -41,11 +41,13 @@ import msgspec
 
 from . import __version__, abi, hw
 from .domain import Context, Domain
+from .errno import XenError
 from .hypervisor import PAGES_PER_MIB, Hypervisor, MachineError
+from .iommu_contexts import SCAN
 from .machine import (MAX_DEVICES, MAX_DOMAINS, ConfigError, DomainConfig, MachineConfig,
                       MachineFile, Sbdf, format_sbdf, machine_from_file, machine_to_dict)
 from .p2m import P2mType
-from .runs import mapping_runs, progressions
+from .runs import progressions
 from .schema import U16, U64, DomId, InputError, convert
 
 log = logging.getLogger("xenemu.snapshot")
@@ -53,7 +55,6 @@ log = logging.getLogger("xenemu.snapshot")
 FORMAT = 1
 HEADER_KEY = "xenemu_snapshot"   # its value is the format version
 
-SCAN = 1 << 18           # entries of a context read per lookup_run
 BATCH = 256              # pages of guest memory read at a time (1 MiB)
 PAGE = hw.PAGE_SIZE
 _ZERO_PAGE = bytes(PAGE)
@@ -64,7 +65,7 @@ _ZERO_BATCH = bytes(BATCH * PAGE)
 # table_pages budget is 0 (no limit): a one-page mapping costs up to three
 # table pages (12 KiB) for ~17 bytes of file, so a file must not choose how
 # many it makes. (Context 0 has its own bound, the same whether restored or
-# served: hypervisor.DEFAULT_CONTEXT_SPARE_TABLES.)
+# served: iommu_contexts.DEFAULT_CONTEXT_SPARE_TABLES.)
 RESTORE_TABLE_PAGES = 1 << 16
 
 
@@ -171,7 +172,7 @@ def _machine_now(hv: Hypervisor) -> MachineConfig:
         DomainConfig(domid=d.domid, name=d.name, hardware=d.hardware, iommu=d.iommu_enabled,
                      memory_mib=d.p2m.nr_pages // PAGES_PER_MIB, contexts=d.nr_contexts,
                      devices=tuple(sorted(d.devices)), opaque_default=d.opaque_default,
-                     table_pages=hv.iommu.pool_usage(d.table_pool)[1])
+                     table_pages=hv.contexts.table_budget(d)[1])
         for d in hv.domains.values()))
 
 
@@ -184,43 +185,17 @@ def _take_domain(hv: Hypervisor, d: Domain) -> dict:
         "memory": _memory(hv.machine, d.p2m.mfns),
         "contexts": [{"ctx_no": ctx.ctx_no, "dying": ctx.dying,
                       "devices": [format_sbdf(s) for s in sorted(ctx.devices)],
-                      "mappings": [] if ctx.dying else mappings(hv, ctx.hw)}
+                      "mappings": [] if ctx.dying else mappings(hv, ctx)}
                      for ctx in d.contexts if ctx is not None],
     }
 
 
-def mappings(hv: Hypervisor, hw_ctx: int) -> list[list[int]]:
-    """A context's mappings as runs [dfn, gfn, count, perm], dfn order.
-
-    Read SCAN entries at a time, each read starting at the next mapped dfn
-    (the hardware skips empty tables whole), until every mapping the
-    context counts is found: the cost follows the mappings, not the width."""
-    io = hv.iommu
-    left = io.context_info(hw_ctx).mapped
-    last = io.max_iova_addr >> hw.PAGE_SHIFT
-    runs: list[list[int]] = []
-    dfn = 0
-    while left and (dfn := io.next_mapped(hw_ctx, dfn)) is not None:
-        n = min(SCAN, last - dfn + 1)
-        mfns, perms = io.lookup_run(hw_ctx, dfn, n)
-        for off, gfn, count, perm in mapping_runs(hv.machine.m2p(mfns), perms):
-            _add_run(runs, dfn + off, gfn, count, perm)
-            left -= count
-        dfn += n
-    if left:
-        raise SnapshotError(f"context {hw_ctx}: {left} mappings were not found by the scan")
+def mappings(hv: Hypervisor, ctx: Context) -> list[list[int]]:
+    """A context's mappings as runs [dfn, gfn, count, perm], dfn order."""
+    runs, missed = hv.contexts.mapping_runs(ctx)
+    if missed:
+        raise SnapshotError(f"context {ctx.ctx_no}: {missed} mappings were not found by the scan")
     return runs
-
-
-def _add_run(runs: list, dfn: int, gfn: int, count: int, perm: int) -> None:
-    """Append a run, joining it to the previous one where it continues it
-    (a run cut by the edge of a SCAN window)."""
-    if runs:
-        d, g, n, p = runs[-1]
-        if d + n == dfn and g + n == gfn and p == perm:
-            runs[-1][2] += count
-            return
-    runs.append([dfn, gfn, count, perm])
 
 
 def _memory(machine, mfns: array) -> list[list]:
@@ -384,9 +359,7 @@ def _restore(snap: SnapshotFile, config: MachineConfig, clock) -> Hypervisor:
         if hv.owner_of(sbdf) is not None or sbdf in hv.quarantined:
             raise SnapshotError(f"quarantined[{j}]: {format_sbdf(sbdf)} is assigned to a domain "
                                 f"or listed twice")
-        hv.iommu.add_device(sbdf)
-        hv.iommu.attach(sbdf, hv.quarantine)
-        hv.quarantined.add(sbdf)
+        hv.contexts.quarantine_device(sbdf)
     _restore_faults(hv, snap.faults)
     return hv
 
@@ -394,7 +367,7 @@ def _restore(snap: SnapshotFile, config: MachineConfig, clock) -> Hypervisor:
 def _restore_p2m(hv: Hypervisor, d: Domain, entry: DomainState, where: str) -> None:
     """Each run in a few calls: the default context's 1:1 pages there are
     unmapped in slices of SCAN pages, the p2m takes the run whole."""
-    ctx0 = d.contexts[0].hw
+    ctx0 = d.contexts[0]
     end = 0
     for k, run in enumerate(entry.p2m):
         here = f"{where}.p2m[{k}]"
@@ -404,8 +377,7 @@ def _restore_p2m(hv: Hypervisor, d: Domain, entry: DomainState, where: str) -> N
         end = run.gfn + run.count
         for gfn in range(run.gfn, end, SCAN):
             n = min(SCAN, end - gfn)
-            done, _, mfns = hv.iommu.unmap(ctx0, gfn, n)
-            hv.machine.put_refs(mfns)
+            done = hv.contexts.unmap(ctx0, gfn, n)
             if done != n:
                 raise SnapshotError(f"{here}: gfn {gfn + done:#x} was not mapped 1:1")
         d.p2m.set_run(run.gfn, run.count, P2mType(run.type))
@@ -432,10 +404,10 @@ def _restore_memory(hv: Hypervisor, d: Domain, runs: list[MemoryRun], where: str
 def _restore_contexts(hv: Hypervisor, d: Domain, contexts: list[ContextState],
                       where: str) -> None:
     placed: set[int] = set()
-    budget = hv.iommu.pool_usage(d.table_pool)[1]
+    budget = hv.contexts.table_budget(d)[1]
     if not budget:
         # "No limit" is the configuration's to give, not a file's to use.
-        hv.iommu.set_pool_limit(d.table_pool, RESTORE_TABLE_PAGES)
+        hv.contexts.set_table_budget(d, RESTORE_TABLE_PAGES)
     for j, entry in enumerate(contexts):
         ctx_no = entry.ctx_no
         here = f"{where}.contexts[{j}]"
@@ -445,14 +417,13 @@ def _restore_contexts(hv: Hypervisor, d: Domain, contexts: list[ContextState],
             ctx = d.contexts[0]
             _restore_default_context(hv, d, ctx, entry.mappings, here)
         else:
-            if d.context(ctx_no) is not None or not 0 < ctx_no <= d.nr_contexts:
-                raise SnapshotError(f"{here}: ctx_no {ctx_no} is not a free slot of a pool "
-                                    f"of {d.nr_contexts}")
             # In its own slot, its tables counted against the domain's budget,
             # as alloc_context does.
-            ctx = d.contexts[ctx_no] = Context(ctx_no, hv.iommu.alloc_context())
-            hv.iommu.set_context_pool(ctx.hw, d.table_pool)
-            _map(hv, d, ctx, entry.mappings, d.table_pool, here)
+            try:
+                ctx = hv.contexts.alloc(d, ctx_no)
+            except XenError as e:
+                raise SnapshotError(f"{here}: {e.why}") from None
+            _map(hv, d, ctx, entry.mappings, here)
         ctx.dying = entry.dying
         if ctx.dying and ctx_no == 0:
             raise SnapshotError(f"{here}: the default context is never freed")
@@ -461,9 +432,9 @@ def _restore_contexts(hv: Hypervisor, d: Domain, contexts: list[ContextState],
                 raise SnapshotError(f"{here}.devices[{k}]: {format_sbdf(sbdf)} is not "
                                     f"d{d.domid}'s, is listed twice, or is in a dying context")
             placed.add(sbdf)
-            hv.move_device(d, sbdf, ctx)
+            hv.contexts.reattach(d, sbdf, ctx)
     if not budget:
-        hv.iommu.set_pool_limit(d.table_pool, 0)
+        hv.contexts.set_table_budget(d, 0)
     if placed != set(d.devices):
         raise SnapshotError(f"{where}: its devices are not each in one of its contexts")
 
@@ -474,21 +445,18 @@ def _restore_default_context(hv: Hypervisor, d: Domain, ctx: Context, runs: list
     unmapped there since. If it differs, its mappings are replaced by the
     file's, within the page tables its own pool allows (its 1:1 map's and
     the domain's spare, as when it is served)."""
-    current = mappings(hv, ctx.hw)
+    current = mappings(hv, ctx)
     wanted = [[m.dfn, m.gfn, m.count, m.perm] for m in runs]
     if current == wanted:
         return
     for dfn, _, count, _ in current:
-        _, _, mfns = hv.iommu.unmap(ctx.hw, dfn, count)
-        hv.machine.put_refs(mfns)
-    _map(hv, d, ctx, runs, d.default_pool, where)
+        hv.contexts.unmap(ctx, dfn, count)
+    _map(hv, d, ctx, runs, where)
 
 
-def _map(hv: Hypervisor, d: Domain, ctx: Context, runs: list[Mapping], pool: int,
-         where: str) -> None:
-    """Map each run with one page reference per page, in one call each
-    (`pool`: the one ctx's page tables count against)."""
-    last = hv.iommu.max_iova_addr >> hw.PAGE_SHIFT
+def _map(hv: Hypervisor, d: Domain, ctx: Context, runs: list[Mapping], where: str) -> None:
+    """Map each run with one page reference per page, in one call each."""
+    last = hv.contexts.last_dfn
     for k, run in enumerate(runs):
         here = f"{where}.mappings[{k}]"
         if run.dfn + run.count - 1 > last:
@@ -496,58 +464,31 @@ def _map(hv: Hypervisor, d: Domain, ctx: Context, runs: list[Mapping], pool: int
                                 f"{hv.config.address_width}-bit address width")
         _check_gfns(d, run.gfn, run.count, here)
         mfns = d.p2m.mfns[run.gfn:run.gfn + run.count]
-        done, st = hv.iommu.map_referenced(ctx.hw, run.dfn, mfns, run.perm)
+        done, st = hv.contexts.map(ctx, run.dfn, mfns, run.perm)
         if done != run.count:
-            why = hw.Status(st).name
+            why = st.name
             if st == hw.Status.NOMEM:
-                used, limit = hv.iommu.pool_usage(pool)
-                why = ("more page tables than the domain's budget allows" if limit and
-                       used >= limit else "no machine memory left for page tables")
+                why = ("more page tables than the domain's budget allows"
+                       if hv.contexts.budget_spent(d, ctx) else
+                       "no machine memory left for page tables")
             raise SnapshotError(f"{here}: stopped at dfn {run.dfn + done:#x} ({why})")
 
 
 def _restore_faults(hv: Hypervisor, faults: FaultLog) -> None:
-    """Make each logged fault happen again, in order: the log has no other way in.
-
-    The device is pointed for one DMA at a scratch context arranged to fault
-    the same way at the same address (a page mapped without the permission
-    the access needs, or nothing), or at no context for BLOCKED, then put
-    back. A full log with its overflow flag gets one fault more."""
-    records = faults.records
-    if not records and not faults.overflow:
-        return
-    scratch = hv.iommu.alloc_context()
-    frame = hv.machine.alloc(1, owner=hw.OWNER_NONE)
+    """The IOMMU's fault log, loaded as it was (no DMA made to refill it);
+    the IOMMU refuses a record it would not have made."""
+    records = [(r.sbdf, r.addr, hw.Fault[r.kind], r.write) for r in faults.records]
     try:
-        for k, rec in enumerate(records + (records[:1] if faults.overflow else [])):
-            _refault(hv, scratch, frame, rec, f"faults.records[{k % max(len(records), 1)}]")
-    finally:
-        while not hv.iommu.teardown(scratch, SCAN)[1]:
-            pass
-        hv.machine.free(frame)
-    recs, got_overflow = hv.iommu.faults()
-    wanted = [[format_sbdf(r.sbdf), r.addr, r.kind, r.write] for r in records]
-    if [_fault(r) for r in recs] != wanted or got_overflow != faults.overflow:
-        raise SnapshotError("the fault log cannot be made again as recorded")
-
-
-def _refault(hv: Hypervisor, scratch: int, frame: array, rec: FaultRecord, where: str) -> None:
-    sbdf, addr, kind = rec.sbdf, rec.addr, hw.Fault[rec.kind]
-    if hv.owner_of(sbdf) is None and sbdf not in hv.quarantined:
-        raise SnapshotError(f"{where}: {format_sbdf(sbdf)}: no such device")
-    dfn = addr >> hw.PAGE_SHIFT
-    wrong_perm = {hw.Fault.WRITE: hw.PERM_R, hw.Fault.READ: hw.PERM_W}.get(kind)
-    if wrong_perm:
-        hv.iommu.map(scratch, dfn, frame, wrong_perm)
-    home = hv.iommu.device_context(sbdf)
-    hv.iommu.attach(sbdf, None if kind is hw.Fault.BLOCKED else scratch)
-    if rec.write:
-        hv.iommu.dma_write(sbdf, addr, b"\0")
-    else:
-        hv.iommu.dma_read(sbdf, addr, 1)
-    hv.iommu.attach(sbdf, home)
-    if wrong_perm:
-        hv.iommu.unmap(scratch, dfn, 1)
+        hv.iommu.load_faults(records, faults.overflow)
+    except hw.HwError as e:
+        if e.status == hw.Status.NODEV:
+            raise SnapshotError(f"faults.records[{e.index}]: "
+                                f"{format_sbdf(records[e.index][0])}: no such device") from None
+        what = (f"faults.records[{e.index}]: {faults.records[e.index].kind} at "
+                f"{faults.records[e.index].addr:#x} is not a fault the IOMMU records"
+                if e.index < len(records) else
+                f"faults: {len(records)} records{' and the overflow flag' * faults.overflow}")
+        raise SnapshotError(f"{what}: the fault log cannot be made again as recorded") from None
 
 
 def _check_gfns(d: Domain, gfn: int, count: int, where: str) -> None:

@@ -8,6 +8,17 @@ from xenemu.hw import PERM_R, PERM_RW, PERM_W, Fault, FaultRecord, HwError, \
 
 DEV = sbdf(0, 3, 0)
 
+# (addr, write, kind) of a DMA by DEV through the `ctx` fixture's context as
+# test_every_fault_kind maps it: one of each kind that a translation makes.
+EVERY_FAULT = [
+    (0x5000, False, Fault.NOT_PRESENT),
+    (0x1000, True, Fault.WRITE),
+    (0x2000, False, Fault.READ),
+    (1 << 39, False, Fault.WIDTH),
+    (0xFEE00000, True, Fault.INTR),
+    (0xFEEFF000, False, Fault.INTR),
+]
+
 
 @pytest.fixture
 def ctx(iommu):
@@ -65,14 +76,7 @@ def test_dma_stops_at_first_fault(machine, iommu, ctx):
     assert not overflow
 
 
-@pytest.mark.parametrize("addr,write,kind", [
-    (0x5000, False, Fault.NOT_PRESENT),
-    (0x1000, True, Fault.WRITE),
-    (0x2000, False, Fault.READ),
-    (1 << 39, False, Fault.WIDTH),
-    (0xFEE00000, True, Fault.INTR),
-    (0xFEEFF000, False, Fault.INTR),
-])
+@pytest.mark.parametrize("addr,write,kind", EVERY_FAULT)
 def test_every_fault_kind(iommu, ctx, addr, write, kind):
     iommu.map(ctx, 1, range(1, 2), PERM_R)
     iommu.map(ctx, 2, range(2, 3), PERM_W)
@@ -136,3 +140,53 @@ def test_dma_check_mode_stale(machine, iommu, ctx):
         iommu.dma_read(DEV, 0, 1)
     assert e.value.status == Status.STALE
     assert iommu.faults() == ([], False)
+
+
+# --- loading a fault log (a restored machine's) ---------------------------------
+
+@pytest.mark.parametrize("addr,write,kind", EVERY_FAULT)
+def test_a_loaded_fault_log_reads_back_as_the_dma_made_it(iommu, ctx, addr, write, kind):
+    """Every fault a DMA records (test_every_fault_kind's) loads as it is,
+    after what the log held, without touching the IOTLB or the counters."""
+    iommu.dma_read(DEV, 0x7000, 1)
+    before = iommu.counters()
+    rec = FaultRecord(DEV, addr, kind, write)
+    iommu.load_faults([rec, rec._replace(kind=Fault.BLOCKED)], False)
+    assert iommu.faults() == ([rec, rec._replace(kind=Fault.BLOCKED)], False)
+    assert iommu.counters() == before
+    iommu.load_faults([], False)
+    assert iommu.faults() == ([], False)
+
+
+def test_a_full_loaded_log_keeps_its_overflow_flag(iommu, ctx):
+    recs = [FaultRecord(DEV, i << 12, Fault.NOT_PRESENT, False) for i in range(8)]
+    iommu.load_faults(recs, True)
+    assert iommu.faults() == (recs, True)
+    iommu.dma_read(DEV, 0x9000, 1)       # full: dropped, as a DMA's would be
+    assert iommu.faults() == (recs, True)
+
+
+@pytest.mark.parametrize("records,overflow,status,index", [
+    ([(DEV, 1 << 39, Fault.READ, False)], False, Status.INVAL, 0),      # above the width
+    ([(DEV, 0x1000, Fault.WIDTH, False)], False, Status.INVAL, 0),      # below it
+    ([(DEV, 0x1000, Fault.INTR, True)], False, Status.INVAL, 0),        # not the window
+    ([(DEV, 0xFEE00000, Fault.NOT_PRESENT, True)], False, Status.INVAL, 0),
+    ([(DEV, 0, Fault.BLOCKED, False), (DEV, 0x1000, Fault.READ, True)], False,
+     Status.INVAL, 1),                                                  # a write
+    ([(DEV, 0x1000, Fault.WRITE, False)], False, Status.INVAL, 0),      # a read
+    ([(DEV, 0x1000, Fault.NONE, False)], False, Status.INVAL, 0),
+    ([(DEV, 0x1000, 7, False)], False, Status.INVAL, 0),
+    ([(DEV, 0x1000, Fault.NOT_PRESENT, 2)], False, Status.INVAL, 0),
+    ([(DEV, 0, Fault.BLOCKED, False), (DEV + 1, 0, Fault.BLOCKED, False)], False,
+     Status.NODEV, 1),
+    ([(DEV, 0, Fault.BLOCKED, False)], True, Status.INVAL, 1),          # room left
+    ([(DEV, 0, Fault.BLOCKED, False)] * 9, True, Status.NOSPC, 9),      # more than it holds
+])
+def test_a_fault_log_the_iommu_cannot_make_is_refused_whole(iommu, ctx, records, overflow,
+                                                            status, index):
+    iommu.dma_read(DEV, 0x7000, 1)
+    kept = iommu.faults()
+    with pytest.raises(HwError) as e:
+        iommu.load_faults(records, overflow)
+    assert (e.value.status, e.value.index) == (status, index)
+    assert iommu.faults() == kept

@@ -51,6 +51,10 @@ ops = st.one_of(
               st.lists(st.integers(0, GUEST + 2), max_size=8)),
     st.tuples(st.just("inject"), st.integers(0, 8), st.integers(0, 6)),
     st.tuples(st.just("check"), st.booleans()),
+    st.tuples(st.just("load_faults"),
+              st.lists(st.tuples(st.sampled_from(DEVS + (0x400,)), addrs,
+                                 st.integers(0, 7), st.integers(0, 2)), max_size=5),
+              st.booleans()),
 )
 
 
@@ -129,6 +133,8 @@ class Rig:
                     self.guest[i] if i < GUEST else FRAMES + i for i in op[1]]))
             if kind == "inject":
                 return self.m.inject(op[1], op[2])
+            if kind == "load_faults":
+                return io.load_faults([(d, self.addr(a), k, w) for d, a, k, w in op[1]], op[2])
             if kind == "check":
                 io.check = op[1]
                 return None

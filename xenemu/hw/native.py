@@ -387,3 +387,19 @@ class Iommu:
 
     def clear_faults(self) -> None:
         lib.hw_faults_clear(self._io)
+
+    def load_faults(self, records, overflow: bool) -> None:
+        """Replace the fault log with `records` (FaultRecords, oldest
+        first) and the overflow flag, without any DMA: all or nothing.
+        HwError(NODEV, i): record i's device is not registered; (INVAL, i):
+        record i is not a fault this IOMMU makes there; (NOSPC or INVAL,
+        len(records)): more records than the log holds, or overflow set
+        with room left."""
+        n = len(records)
+        recs = ffi.new("struct hw_fault_rec[]", max(n, 1))
+        for r, (sbdf, addr, kind, write) in zip(recs, records):
+            r.sbdf, r.addr, r.kind, r.write = sbdf, addr, kind, write
+        bad = ffi.new("uint32_t *")
+        st = lib.hw_faults_load(self._io, recs, n, int(overflow), bad)
+        if st:
+            raise HwError(st, bad[0])

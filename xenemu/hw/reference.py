@@ -796,5 +796,32 @@ class Iommu:
         self._faults.clear()
         self._overflow = False
 
+    def load_faults(self, records, overflow: bool) -> None:
+        n = len(records)
+        if n > self._fault_cap:
+            raise HwError(Status.NOSPC, n)
+        if overflow and n < self._fault_cap:
+            raise HwError(Status.INVAL, n)
+        for i, (sbdf, addr, kind, write) in enumerate(records):
+            try:
+                self._find(sbdf)
+            except HwError:
+                raise HwError(Status.NODEV, i) from None
+            if not self._fault_possible(addr, kind, write):
+                raise HwError(Status.INVAL, i)
+        self._faults = [FaultRecord(s, a, Fault(k), bool(w)) for s, a, k, w in records]
+        self._overflow = bool(overflow)
+
+    def _fault_possible(self, addr: int, kind: int, write: int) -> bool:
+        """Whether the IOMMU records this kind at this address (as _xlate
+        decides: WIDTH first, then the interrupt window, then the tables)."""
+        width = addr > self.max_iova_addr
+        intr = not width and INTR_FIRST <= addr <= INTR_LAST
+        tables = not width and not intr
+        possible = {Fault.BLOCKED: True, Fault.WIDTH: width, Fault.INTR: intr,
+                    Fault.NOT_PRESENT: tables, Fault.READ: tables and not write,
+                    Fault.WRITE: tables and write == 1}
+        return write in (0, 1) and bool(possible.get(kind, False))
+
 
 __all__ = ["Machine", "Iommu"]

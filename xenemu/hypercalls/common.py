@@ -25,20 +25,17 @@ from typing import Any, Callable
 
 from construct import Construct, Container
 
-from ..errno import XenErrno, result_name
+from ..errno import XenErrno, XenError, result_name
 from ..packing import struct_of
 
 HYPERVISOR_memory_op = 12
 HYPERVISOR_iommu_op = 43
 
 
-class HypercallError(Exception):
-    """A sub-op fails with -errno; `why` is the reason its log line gives."""
-
-    def __init__(self, errno: XenErrno, why: str = ""):
-        super().__init__(why)
-        self.errno = errno
-        self.why = why
+class HypercallError(XenError):
+    """A sub-op fails with -errno; `why` is the reason its log line gives.
+    (A XenError from the Xen model below, e.g. the context layer, fails it
+    the same way.)"""
 
 
 # A client helper's parameter: a name, or (name, default).
@@ -115,7 +112,7 @@ class Hypercall:
             if row is None:
                 raise HypercallError(XenErrno.EINVAL, f"unknown sub-op {number}")
             return row.handler(hv, d, op), ""
-        except HypercallError as e:
+        except XenError as e:
             return -e.errno, e.why
 
     def log_text(self, op, ret: int, why: str) -> str:

@@ -21,7 +21,6 @@ A new sub-op: its constant and view below, one handler, one row in SUBOPS.
 from __future__ import annotations
 
 import logging
-from array import array
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -145,9 +144,6 @@ PVIOMMU_MAX_PAGES = 256
 ALLOC_OP_FLAGS_MASK = 0
 FREE_OP_FLAGS_MASK = IOMMU_TEARDOWN_REATTACH_DEFAULT
 
-# Leaf slots free_context tears down before it lets others in (-ERESTART).
-TEARDOWN_SLICE = 1 << 16
-
 # Why the IOMMU stopped a map or unmap run, as Xen errors.
 MAP_STOP = {
     hw.Status.PRESENT: (XenErrno.EADDRINUSE, "dfn {:#x} already mapped"),
@@ -177,7 +173,7 @@ def noop(hv: Hypervisor, d: Domain, op: Op) -> int:
 def query_cap_op(hv: Hypervisor, d: Domain, op: Op) -> int:
     _, pad0, _, _, pad1 = CAPABILITIES.unpack(op.payload)
     op.payload = CAPABILITIES.pack(d.nr_contexts, pad0, PVIOMMU_MAX_PAGES,
-                                   hv.iommu.max_iova_addr, pad1)
+                                   hv.contexts.max_iova_addr, pad1)
     return 0
 
 
@@ -185,28 +181,7 @@ def alloc_context_op(hv: Hypervisor, d: Domain, op: Op) -> int:
     flags = op.flags & ALLOC_OP_FLAGS_MASK
     if hv.config.honour_clone:
         flags = op.flags & IOMMU_CREATE_clone
-    ctx_no = d.free_slot()
-    if ctx_no is None:
-        raise HypercallError(XenErrno.ENOSPC, f"all {d.nr_contexts} contexts in use")
-    try:
-        hw_ctx = hv.iommu.alloc_context()
-    except hw.HwError as e:
-        raise HypercallError(XenErrno.ENOMEM, f"no hardware context: {e}") from None
-    ctx = d.contexts[ctx_no] = Context(ctx_no, hw_ctx)
-    try:
-        # Its tables, root included, come out of the domain's budget.
-        hv.iommu.set_context_pool(hw_ctx, d.table_pool)
-    except hw.HwError:
-        hv.teardown_context(d, ctx, budget=None)
-        used, limit = hv.iommu.pool_usage(d.table_pool)
-        raise HypercallError(XenErrno.ENOMEM,
-                             f"page-table budget spent ({used} of {limit} pages)") from None
-    if flags & IOMMU_CREATE_clone:
-        st = hv.identity_map(d, ctx, 0, d.p2m.nr_pages)
-        if st != hw.Status.OK:
-            hv.teardown_context(d, ctx, budget=None)
-            raise HypercallError(XenErrno.ENOMEM, f"clone stopped: {st.name}")
-    op.ctx_no = ctx_no
+    op.ctx_no = hv.contexts.alloc(d, clone=bool(flags & IOMMU_CREATE_clone)).ctx_no
     return 0
 
 
@@ -217,13 +192,9 @@ def free_context_op(hv: Hypervisor, d: Domain, op: Op) -> int:
     ctx = d.context(ctx_no)
     if ctx is None:
         raise HypercallError(XenErrno.ENOENT, f"context {ctx_no} not allocated")
-    if ctx.devices and not ctx.dying:
-        if not op.flags & FREE_OP_FLAGS_MASK:
-            raise HypercallError(XenErrno.EBUSY, f"{len(ctx.devices)} device(s) still attached")
-        for sbdf in sorted(ctx.devices):
-            hv.move_device(d, sbdf, d.contexts[0])
     # Always preemptible, as the reference passes IOMMU_TEARDOWN_PREEMPT.
-    if not hv.teardown_context(d, ctx, budget=TEARDOWN_SLICE):
+    reattach = bool(op.flags & FREE_OP_FLAGS_MASK)
+    if not hv.contexts.free(d, ctx, reattach_default=reattach):
         return -XenErrno.ERESTART
     return 0
 
@@ -238,7 +209,7 @@ def reattach_device_op(hv: Hypervisor, d: Domain, op: Op) -> int:
         raise HypercallError(XenErrno.ENOENT, f"context {op.ctx_no} not allocated")
     if target.dying:
         raise HypercallError(XenErrno.EINVAL, f"context {op.ctx_no} is being freed")
-    hv.move_device(d, sbdf, target)
+    hv.contexts.reattach(d, sbdf, target)
     return 0
 
 
@@ -253,12 +224,12 @@ def map_pages_op(hv: Hypervisor, d: Domain, op: Op) -> int:
     # checks the dfn, then maps; the C layer does the last three for the
     # run of pages the p2m allows.
     backed, err, why = d.p2m.first_non_ram(gfn, nr_pages)
-    done, st = hv.iommu.map_referenced(ctx.hw, dfn, d.p2m.mfns[gfn:gfn + backed], perm)
+    done, st = hv.contexts.map(ctx, dfn, d.p2m.mfns[gfn:gfn + backed], perm)
     if done < backed:
-        err, reason = MAP_STOP[hw.Status(st)]
+        err, reason = MAP_STOP[st]
         why = reason.format(dfn + done)
     op.payload = MAP_PAGES.pack(gfn, dfn, nr_pages, done)
-    _flush(hv, ctx, dfn, nr_pages)
+    hv.contexts.iotlb_flush(ctx, dfn, nr_pages)
     if err is not None:
         raise HypercallError(err, why)
     return 0
@@ -268,10 +239,9 @@ def unmap_pages_op(hv: Hypervisor, d: Domain, op: Op) -> int:
     dfn, nr_pages, _, pad = UNMAP_PAGES.unpack(op.payload)
     ctx = _run_context(d, op.ctx_no, nr_pages)
     # The IOTLB is flushed once over the whole range below, as Xen does.
-    done, _, mfns = hv.iommu.unmap(ctx.hw, dfn, nr_pages, flush=False)
-    hv.machine.put_refs(mfns)
+    done = hv.contexts.unmap(ctx, dfn, nr_pages, flush=False)
     op.payload = UNMAP_PAGES.pack(dfn, nr_pages, done, pad)
-    _flush(hv, ctx, dfn, nr_pages)
+    hv.contexts.iotlb_flush(ctx, dfn, nr_pages)
     if done < nr_pages:
         raise HypercallError(XenErrno.ENOENT, f"no mapping at dfn {dfn + done:#x}")
     return 0
@@ -280,28 +250,11 @@ def unmap_pages_op(hv: Hypervisor, d: Domain, op: Op) -> int:
 def lookup_page_op(hv: Hypervisor, d: Domain, op: Op) -> int:
     _, dfn, pad = LOOKUP_PAGE.unpack(op.payload)
     ctx = _usable_context(d, op.ctx_no)
-    found = None
-    if dfn <= hv.iommu.max_iova_addr >> hw.PAGE_SHIFT:
-        found = hv.iommu.lookup(ctx.hw, dfn)
-    if found is None:
+    gfn = hv.contexts.lookup_gfn(ctx, dfn)
+    if gfn is None:
         raise HypercallError(XenErrno.ENOENT, f"no mapping at dfn {dfn:#x}")
-    gfn = hv.machine.m2p(array("Q", [found[0]]))[0]
     op.payload = LOOKUP_PAGE.pack(gfn, dfn, pad)
     return 0
-
-
-def _flush(hv: Hypervisor, ctx: Context, dfn: int, nr_pages: int) -> None:
-    """iommu_iotlb_flush over the requested range (clipped to the width).
-
-    A failed flush leaves the sub-op's status alone: the reference only
-    prints "Flush operation failed". The IOTLB keeps what it cached."""
-    last = hv.iommu.max_iova_addr >> hw.PAGE_SHIFT
-    if nr_pages and dfn <= last:
-        try:
-            hv.iommu.invalidate_pages(ctx.hw, dfn, min(nr_pages, last - dfn + 1))
-        except hw.HwError as e:
-            log.warning(PREFIX + "Flush operation failed (%d): ctx %d dfn %#x nr_pages %d (%s)",
-                        -XenErrno.ETIMEDOUT, ctx.ctx_no, dfn, nr_pages, e.status.name)
 
 
 def _run_context(d: Domain, ctx_no: int, nr_pages: int) -> Context:

@@ -1,0 +1,373 @@
+"""The Xen model's IOMMU context layer: the one Xen-side user of the
+hardware's contexts, as Xen's xen/drivers/passthrough/iommu.c and the
+context code of the PV-IOMMU series are for the vendor IOMMU driver.
+
+Everything a domain's IOMMU contexts go through is here: a domain's
+contexts at its creation and destruction (context 0 mapping its RAM 1:1,
+the pool of PV-IOMMU contexts, two page-table budgets each: `default_pool`
+for context 0, `table_pool` for the others), a PV-IOMMU context's alloc and
+free (the teardown in slices behind free_context's -ERESTART), mapping with
+one page reference per page and the IOTLB flush, unmapping, device moves
+(assign, reattach, deassign into quarantine), the 1:1 map's upkeep when the
+p2m changes, and the invariant check over all of it. The hypercall handlers,
+the Hypervisor's machine-level operations and snapshot restore call these;
+none of them drives a hardware context itself.
+
+Failures a caller reports are XenError(errno, why); the hardware's HwError
+stays inside, except where a caller (snapshot restore) is the one to word it.
+"""
+
+from __future__ import annotations
+
+import logging
+from array import array
+
+from . import hw
+from .domain import Context, Domain
+from .errno import XenErrno, XenError
+from .hw.common import MAX_POOLS
+from .machine import format_sbdf
+from .p2m import P2m
+from .runs import mapping_runs
+
+log = logging.getLogger("xenemu.hypervisor")
+flush_log = logging.getLogger("xenemu.pv_iommu")
+
+# Leaf slots a preemptible teardown (free_context) does before it lets
+# others in: the hypercall returns -ERESTART and is called again.
+TEARDOWN_SLICE = 1 << 16
+
+# Context 0's page tables are bounded too (Xen's are not: see the README's
+# divergences), else a guest mapping far-apart dfns there would take table
+# pages until the machine's memory is gone, ~3 per 4 KiB page. Its limit is
+# what its 1:1 map took at creation plus the domain's table_pages, or this
+# many when table_pages is 0: "no limit" is for its PV-IOMMU contexts.
+DEFAULT_CONTEXT_SPARE_TABLES = 1 << 16
+POOLS_PER_DOMAIN = 2    # one for its PV-IOMMU contexts, one for context 0
+
+SCAN = 1 << 18          # entries of a context read per lookup_run (mapping_runs)
+
+# Why a 1:1 map of context 0 stopped, in words.
+_IDENTITY_STOP = {hw.Status.NOMEM: "no machine memory left for I/O page tables",
+                  hw.Status.INJECTED: "a page reference failed (injected)"}
+
+
+class IommuContexts:
+    """The IOMMU contexts of every domain of a machine, and DomIO's quarantine."""
+
+    def __init__(self, machine, iommu):
+        self.machine = machine
+        self.iommu = iommu
+        # DomIO's quarantine context: nothing mapped, so a quarantined device's DMA faults.
+        self.quarantine = iommu.alloc_context()
+        self.quarantined: set[int] = set()
+        # Table-page budgets, POOLS_PER_DOMAIN IOMMU pools per domain (pool 0: no limit).
+        self._free_pools = list(range(MAX_POOLS - 1, 0, -1))
+        self.max_iova_addr = iommu.max_iova_addr
+        self.last_dfn = iommu.max_iova_addr >> hw.PAGE_SHIFT
+
+    # -- a domain's contexts (iommu_domain_init / iommu_domain_destroy) ----------
+
+    def can_init_domain(self) -> bool:
+        return len(self._free_pools) >= POOLS_PER_DOMAIN
+
+    def init_domain(self, d: Domain, table_pages: int) -> None:
+        """Give d its budgets and context 0, mapping its RAM 1:1. XenError
+        (ENOMEM) if that fails, with nothing of it left behind."""
+        d.table_pool, d.default_pool = self._free_pools.pop(), self._free_pools.pop()
+        try:
+            default = d.contexts[0] = Context(0, self.iommu.alloc_context())
+        except hw.HwError as e:
+            self._free_pools += [d.default_pool, d.table_pool]
+            raise XenError(XenErrno.ENOMEM, f"no default context for d{d.domid}: {e}") from None
+        self.iommu.set_pool_limit(d.table_pool, table_pages)
+        self.iommu.set_context_pool(default.hw, d.default_pool)   # no limit yet: fits
+        st = self.identity_map(d, default, 0, d.p2m.nr_pages)
+        if st != hw.Status.OK:
+            self.destroy_domain(d)
+            raise XenError(XenErrno.ENOMEM, f"d{d.domid}'s default context could not map its "
+                                            f"memory: {_IDENTITY_STOP.get(st, st.name)}")
+        # Pages of its 1:1 map never need a table again (unmap leaves tables
+        # in place), so the spare is what the guest may map elsewhere.
+        identity_tables = self.iommu.pool_usage(d.default_pool)[0]
+        self.iommu.set_pool_limit(d.default_pool, identity_tables +
+                                  (table_pages or DEFAULT_CONTEXT_SPARE_TABLES))
+
+    def destroy_domain(self, d: Domain) -> None:
+        """Free d's contexts (dropping their references) and its budgets;
+        its devices must have left them (deassign_device)."""
+        for ctx in d.contexts:
+            if ctx is not None:
+                self.teardown(d, ctx, budget=None)
+        for pool in (d.default_pool, d.table_pool):
+            self.iommu.set_pool_limit(pool, 0)
+            self._free_pools.append(pool)
+
+    def table_budget(self, d: Domain) -> tuple[int, int]:
+        """(table pages held, limit) of d's PV-IOMMU contexts (0: no limit)."""
+        return self.iommu.pool_usage(d.table_pool)
+
+    def set_table_budget(self, d: Domain, limit: int) -> None:
+        self.iommu.set_pool_limit(d.table_pool, limit)
+
+    def _pool_of(self, d: Domain, ctx: Context) -> int:
+        return d.default_pool if ctx.ctx_no == 0 else d.table_pool
+
+    # -- PV-IOMMU contexts ---------------------------------------------------------
+
+    def alloc(self, d: Domain, ctx_no: int | None = None, clone: bool = False) -> Context:
+        """A new context in slot ctx_no (None: the lowest free one, as
+        iommu_context_alloc), its tables counted against d's budget; with
+        `clone`, d's RAM mapped 1:1. XenError ENOSPC / ENOMEM."""
+        if ctx_no is None:
+            ctx_no = d.free_slot()
+            if ctx_no is None:
+                raise XenError(XenErrno.ENOSPC, f"all {d.nr_contexts} contexts in use")
+        elif d.context(ctx_no) is not None or not 0 < ctx_no <= d.nr_contexts:
+            raise XenError(XenErrno.EEXIST, f"ctx_no {ctx_no} is not a free slot of a pool "
+                                            f"of {d.nr_contexts}")
+        try:
+            hw_ctx = self.iommu.alloc_context()
+        except hw.HwError as e:
+            raise XenError(XenErrno.ENOMEM, f"no hardware context: {e}") from None
+        ctx = d.contexts[ctx_no] = Context(ctx_no, hw_ctx)
+        try:
+            # Its tables, root included, come out of the domain's budget.
+            self.iommu.set_context_pool(hw_ctx, d.table_pool)
+        except hw.HwError:
+            self.teardown(d, ctx, budget=None)
+            used, limit = self.iommu.pool_usage(d.table_pool)
+            raise XenError(XenErrno.ENOMEM,
+                           f"page-table budget spent ({used} of {limit} pages)") from None
+        if clone:
+            st = self.identity_map(d, ctx, 0, d.p2m.nr_pages)
+            if st != hw.Status.OK:
+                self.teardown(d, ctx, budget=None)
+                raise XenError(XenErrno.ENOMEM, f"clone stopped: {st.name}")
+        return ctx
+
+    def free(self, d: Domain, ctx: Context, reattach_default: bool) -> bool:
+        """Free a PV-IOMMU context, preemptibly: its devices go back to
+        context 0 if `reattach_default` (else XenError EBUSY), then one
+        slice of its teardown. True when it is gone; False: call again."""
+        if ctx.devices and not ctx.dying:
+            if not reattach_default:
+                raise XenError(XenErrno.EBUSY, f"{len(ctx.devices)} device(s) still attached")
+            for sbdf in sorted(ctx.devices):
+                self.reattach(d, sbdf, d.contexts[0])
+        return self.teardown(d, ctx, budget=TEARDOWN_SLICE)
+
+    def teardown(self, d: Domain, ctx: Context, budget: int | None) -> bool:
+        """Tear ctx down by slices of `budget` leaf slots (None: all at once),
+        dropping the page references its mappings held. True when finished."""
+        ctx.dying = True
+        slice_ = budget or (1 << 20)
+        while True:
+            mfns, finished = self.iommu.teardown(ctx.hw, slice_)
+            self.machine.put_refs(mfns)
+            if finished:
+                d.contexts[ctx.ctx_no] = None
+                return True
+            if budget is not None:
+                return False
+
+    # -- mappings --------------------------------------------------------------------
+
+    def map(self, ctx: Context, dfn: int, mfns, perm: int) -> tuple[int, hw.Status]:
+        """Map dfn.. -> mfns with one page reference each, as Xen's get_page
+        then iommu_map page by page: (pages mapped, why it stopped). The
+        IOTLB needs no flush for it (nothing not-present is cached)."""
+        done, st = self.iommu.map_referenced(ctx.hw, dfn, mfns, perm)
+        return done, hw.Status(st)
+
+    def unmap(self, ctx: Context, dfn: int, n: int, flush: bool = True) -> int:
+        """Unmap n pages from dfn up to the first hole, dropping their page
+        references: the pages done. Without `flush` the caller flushes
+        (iotlb_flush), once over its whole range, as Xen defers it."""
+        done, _, mfns = self.iommu.unmap(ctx.hw, dfn, n, flush=flush)
+        self.machine.put_refs(mfns)
+        return done
+
+    def iotlb_flush(self, ctx: Context, dfn: int, nr_pages: int) -> None:
+        """iommu_iotlb_flush over [dfn, dfn + nr_pages) (clipped to the width).
+
+        A failed flush changes no status: the reference only prints "Flush
+        operation failed", and the IOTLB keeps what it cached."""
+        if nr_pages and dfn <= self.last_dfn:
+            try:
+                self.iommu.invalidate_pages(ctx.hw, dfn, min(nr_pages, self.last_dfn - dfn + 1))
+            except hw.HwError as e:
+                flush_log.warning("[PV-IOMMU] Flush operation failed (%d): ctx %d dfn %#x "
+                                  "nr_pages %d (%s)", -XenErrno.ETIMEDOUT, ctx.ctx_no, dfn,
+                                  nr_pages, e.status.name)
+
+    def lookup_gfn(self, ctx: Context, dfn: int) -> int | None:
+        """The gfn mapped at dfn (through the M2P), or None."""
+        if dfn > self.last_dfn:
+            return None
+        found = self.iommu.lookup(ctx.hw, dfn)
+        if found is None:
+            return None
+        return self.machine.m2p(array("Q", [found[0]]))[0]
+
+    def mapping_runs(self, ctx: Context) -> tuple[list[list[int]], int]:
+        """ctx's mappings as runs [dfn, gfn, count, perm] in dfn order, and
+        how many mappings it counts that the scan did not find (0).
+
+        Read SCAN entries at a time, each read starting at the next mapped
+        dfn (the hardware skips empty tables whole), until every mapping the
+        context counts is found: the cost follows the mappings, not the width."""
+        io = self.iommu
+        left = io.context_info(ctx.hw).mapped
+        runs: list[list[int]] = []
+        dfn = 0
+        while left and (dfn := io.next_mapped(ctx.hw, dfn)) is not None:
+            n = min(SCAN, self.last_dfn - dfn + 1)
+            mfns, perms = io.lookup_run(ctx.hw, dfn, n)
+            for off, gfn, count, perm in mapping_runs(self.machine.m2p(mfns), perms):
+                _add_run(runs, dfn + off, gfn, count, perm)
+                left -= count
+            dfn += n
+        return runs, left
+
+    def budget_spent(self, d: Domain, ctx: Context) -> bool:
+        """Whether ctx's pool has used up a limit it has."""
+        used, limit = self.iommu.pool_usage(self._pool_of(d, ctx))
+        return bool(limit) and used >= limit
+
+    # -- context 0's 1:1 map and the p2m --------------------------------------------
+
+    def identity_map(self, d: Domain, ctx: Context, gfn: int, n: int) -> hw.Status:
+        """Map d's RAM gfns in [gfn, gfn + n) 1:1 into ctx, one reference per page.
+
+        Used for the default context, for pages that become RAM again, and for
+        a cloned context. Returns the IOMMU's status if it stopped early."""
+        for start, count in _ram_runs_within(d.p2m, gfn, n):
+            done, st = self.iommu.map_referenced(ctx.hw, start, d.p2m.mfns[start:start + count],
+                                                 hw.PERM_RW)
+            if done != count:
+                return hw.Status(st)
+        return hw.Status.OK
+
+    def page_in(self, d: Domain, gfn: int) -> hw.Status:
+        """Context 0 maps a page that became RAM again at dfn == gfn; a dfn
+        the guest took over there (PRESENT) is left to the guest."""
+        st = self.identity_map(d, d.contexts[0], gfn, 1)
+        return hw.Status.OK if st == hw.Status.PRESENT else st
+
+    def paged_in(self, d: Domain, gfn: int) -> bool:
+        """A page-in completes; False (it waits) if context 0 could not map it."""
+        st = self.page_in(d, gfn)
+        if st != hw.Status.OK:
+            log.warning("d%d: page-in of gfn %#x waits: the default context could not map it (%s)",
+                        d.domid, gfn, st.name)
+            return False
+        return True
+
+    def page_out(self, d: Domain, gfn: int) -> None:
+        """A RAM gfn stops being RAM: context 0's 1:1 page goes. XenError
+        EBUSY if the page has other references, as Xen refuses to page out
+        or share a page with extra references."""
+        mfn = d.p2m.mfns[gfn]
+        # Context 0 maps dfn == gfn unless the guest remapped that dfn.
+        identity = self.iommu.lookup(d.contexts[0].hw, gfn)
+        identity = identity is not None and identity[0] == mfn
+        extra = self.machine.refcounts(array("Q", [mfn]))[0] - identity
+        if extra > 0:
+            raise XenError(XenErrno.EBUSY, f"gfn {gfn:#x} is mapped in {extra} other place(s): "
+                                           f"PV-IOMMU contexts, or context 0 at another dfn")
+        if identity:
+            self.unmap(d.contexts[0], gfn, 1)
+
+    # -- devices ------------------------------------------------------------------------
+
+    def assign_device(self, d: Domain, sbdf: int) -> None:
+        """A device (new, or from quarantine) goes to d's context 0."""
+        if sbdf not in self.quarantined:
+            self.iommu.add_device(sbdf)
+        self.quarantined.discard(sbdf)
+        self.iommu.attach(sbdf, d.contexts[0].hw)
+        d.contexts[0].devices.add(sbdf)
+        d.devices[sbdf] = 0
+
+    def deassign_device(self, d: Domain, sbdf: int) -> None:
+        """A device of d goes into quarantine, where its DMA faults."""
+        self.iommu.attach(sbdf, self.quarantine)
+        d.contexts[d.devices.pop(sbdf)].devices.discard(sbdf)
+        self.quarantined.add(sbdf)
+
+    def quarantine_device(self, sbdf: int) -> None:
+        """A device of no domain, registered straight into quarantine."""
+        self.iommu.add_device(sbdf)
+        self.iommu.attach(sbdf, self.quarantine)
+        self.quarantined.add(sbdf)
+
+    def reattach(self, d: Domain, sbdf: int, target: Context) -> None:
+        """Switch a device's context entry in one store (no blocked window)."""
+        self.iommu.attach(sbdf, target.hw)
+        d.contexts[d.devices[sbdf]].devices.discard(sbdf)
+        target.devices.add(sbdf)
+        d.devices[sbdf] = target.ctx_no
+
+    # -- invariants ------------------------------------------------------------------
+
+    def check(self, domains) -> list[str]:
+        """What is inconsistent, as readable sentences; empty when all holds.
+
+        As iommufd's self-test does: every mapping holds one page reference
+        (so a domain's references equal its contexts' mappings and drop to
+        zero with them), every device is attached where its domain says, and
+        no IOTLB entry went stale (check mode counts them).
+        """
+        problems = []
+        for d in domains:
+            mapped = 0
+            for ctx in d.contexts:
+                if ctx is None:
+                    continue
+                mapped += self.iommu.context_info(ctx.hw).mapped
+                for sbdf in ctx.devices:
+                    if d.devices.get(sbdf) != ctx.ctx_no:
+                        problems.append(f"d{d.domid}: {format_sbdf(sbdf)} listed in context "
+                                        f"{ctx.ctx_no} but recorded in {d.devices.get(sbdf)}")
+            refs = sum(self.machine.refcounts(d.p2m.mfns))
+            if refs != mapped:
+                problems.append(f"d{d.domid}: {refs} page references for {mapped} mappings")
+            for sbdf, ctx_no in d.devices.items():
+                ctx = d.context(ctx_no)
+                if ctx is None or self.iommu.device_context(sbdf) != ctx.hw:
+                    problems.append(f"d{d.domid}: {format_sbdf(sbdf)} is not attached to "
+                                    f"context {ctx_no}")
+        for sbdf in self.quarantined:
+            if self.iommu.device_context(sbdf) != self.quarantine:
+                problems.append(f"{format_sbdf(sbdf)} escaped quarantine")
+        if self.iommu.context_info(self.quarantine).mapped:
+            problems.append("the quarantine context has mappings")
+        stale = self.iommu.counters().stale
+        if stale:
+            problems.append(f"{stale} stale IOTLB hit(s)")
+        cached = self.iommu.stale_iotlb_entries()
+        if cached:
+            problems.append(f"{cached} IOTLB entr{'y' if cached == 1 else 'ies'} disagree with "
+                            f"the page tables (an invalidation was missed or failed)")
+        return problems
+
+
+def _ram_runs_within(p2m: P2m, gfn: int, n: int):
+    """Runs of RAM gfns inside [gfn, gfn + n)."""
+    end = gfn + n
+    for start, count in p2m.ram_runs():
+        lo, hi = max(start, gfn), min(start + count, end)
+        if lo < hi:
+            yield lo, hi - lo
+
+
+def _add_run(runs: list, dfn: int, gfn: int, count: int, perm: int) -> None:
+    """Append a run, joining it to the previous one where it continues it
+    (a run cut by the edge of a SCAN window)."""
+    if runs:
+        d, g, n, p = runs[-1]
+        if d + n == dfn and g + n == gfn and p == perm:
+            runs[-1][2] += count
+            return
+    runs.append([dfn, gfn, count, perm])
