@@ -30,6 +30,7 @@ from .. import hw
 from ..domain import Context, Domain
 from ..errno import XenErrno
 from ..packing import struct_of
+from ..pci import format_device, pack_sbdf
 from .common import HYPERVISOR_iommu_op, Hypercall, HypercallError, SubOp
 
 if TYPE_CHECKING:
@@ -201,7 +202,7 @@ def free_context_op(hv: Hypervisor, d: Domain, op: Op) -> int:
 
 def reattach_device_op(hv: Hypervisor, d: Domain, op: Op) -> int:
     dev = ReattachDevice.parse(op.payload).dev
-    sbdf = dev.seg << 16 | dev.bus << 8 | dev.devfn
+    sbdf = pack_sbdf(dev.seg, dev.bus, dev.devfn)
     if sbdf not in d.devices:
         raise HypercallError(XenErrno.ENOENT, "device not assigned to this domain")
     target = d.context(op.ctx_no)
@@ -308,10 +309,6 @@ SUBOPS = (
           params=("ctx_no", "dfn")),
 )
 
-def format_dev(dev) -> str:
-    return f"{dev.seg:04x}:{dev.bus:02x}:{dev.devfn >> 3:02x}.{dev.devfn & 7}"
-
-
 IOMMU_OP = Hypercall(
     number=HYPERVISOR_iommu_op, name="iommu_op", revision=PV_IOMMU_REVISION,
     subops={row.number: row for row in SUBOPS},
@@ -320,7 +317,7 @@ IOMMU_OP = Hypercall(
     handle_arg=0, size=OP_SIZE, subop_field="subop_id",
     log=log, log_prefix=PREFIX, gate=can_use_iommu,
     hex_fields=frozenset({"flags", "gfn", "dfn", "max_iova_addr"}),
-    formatters={"dev": format_dev},
+    formatters={"dev": format_device},
 )
 
 # Union member name (as in the C header) -> its view, from the rows.
