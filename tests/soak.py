@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from support import DaemonProcess  # noqa: E402
 from xenemu.client import XenemuClient  # noqa: E402
 from xenemu.ctl import ControlClient  # noqa: E402
+from xenemu.pci import parse_sbdf, unpack_sbdf  # noqa: E402
 
 
 @dataclass
@@ -57,11 +58,7 @@ def worker(d: DaemonProcess, domid: int, sock: str, device: str | None, index: i
            deadline: float, result: SoakResult, lock: threading.Lock) -> None:
     rng = random.Random(domid * 100 + index)
     calls = dmas = 0
-    devfn = None
-    if device:
-        bus, dev_fn = device.split(":")[1:]
-        dev, fn = dev_fn.split(".")
-        devfn = (int(bus, 16), int(dev, 16) << 3 | int(fn))
+    bus_devfn = unpack_sbdf(parse_sbdf(device))[1:] if device else None
     # Each worker its own buffers, in ranges small enough that the warm-up
     # touches them all: guest memory and table pages are backed on first
     # touch, so growth after that would be a leak.
@@ -78,15 +75,15 @@ def worker(d: DaemonProcess, domid: int, sock: str, device: str | None, index: i
                 k = rng.randrange(n)
                 assert xen.lookup_page(ctx, dfn + k).op.lookup_page.gfn == gfn + k
                 calls += 2
-                if devfn:
-                    assert xen.reattach_device(ctx, bus=devfn[0], devfn=devfn[1]).ret == 0
+                if bus_devfn:
+                    assert xen.reattach_device(ctx, bus=bus_devfn[0], devfn=bus_devfn[1]).ret == 0
                     data = rng.randbytes(32)
                     out = ctl.call("dma", sbdf=device, addr=((dfn + k) << 12) + 64,
                                    write=True, data=data)
                     assert out["done"] == 32 and not out["faulted"], out
                     got = ctl.call("mem_read", domid=domid, gfn=gfn + k, offset=64, length=32)
                     assert got["data"] == data
-                    assert xen.reattach_device(0, bus=devfn[0], devfn=devfn[1]).ret == 0
+                    assert xen.reattach_device(0, bus=bus_devfn[0], devfn=bus_devfn[1]).ret == 0
                     calls += 2
                     dmas += 1
                 assert xen.unmap_pages(ctx, dfn, n).ret == 0

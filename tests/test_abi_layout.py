@@ -62,7 +62,7 @@ def _python_bytes(struct: str, field: str, size: int) -> bytes:
         if field in ("subop_id", "ctx_no", "flags"):
             kw = dict(subop_id=0, ctx_no=0, flags=0, payload=bytes(24))
             kw[field] = m
-            return abi.OpHead.build(kw)
+            return abi.PvIommuOp.build(kw)
         view, _, name = field.partition(".")
         if name.startswith("dev."):
             return abi.encode_op(0, 0, 0, view, dev={name[4:]: m})

@@ -20,7 +20,7 @@ from xenemu.wire import FrameDecoder, encode_call, encode_reply
 
 FIXED = {
     "header": wire.HeaderLayout, "region": wire.RegionDescriptor, "call": wire.CallFixed,
-    "reply": wire.ReplyFixed, "op": abi.OpHead, "map_pages": abi.MapPages,
+    "reply": wire.ReplyFixed, "op": abi.PvIommuOp, "map_pages": abi.MapPages,
     "unmap_pages": abi.UnmapPages, "lookup_page": abi.LookupPage, "cap": abi.Capabilities,
     "reattach_device": abi.ReattachDevice,
 }
@@ -47,9 +47,9 @@ def test_struct_twin_reads_and_writes_as_the_layout(name, data):
 
 
 def test_the_hot_path_uses_twins_of_the_documented_layouts():
-    assert (abi.OP_HEAD.format, abi.MAP_PAGES.format, abi.UNMAP_PAGES.format,
+    assert (abi.PV_IOMMU_OP.format, abi.MAP_PAGES.format, abi.UNMAP_PAGES.format,
             abi.LOOKUP_PAGE.format, abi.CAPABILITIES.format) == \
-        tuple(struct_of(layout).format for layout in (abi.OpHead, abi.MapPages, abi.UnmapPages,
+        tuple(struct_of(layout).format for layout in (abi.PvIommuOp, abi.MapPages, abi.UnmapPages,
                                                       abi.LookupPage, abi.Capabilities))
 
 

@@ -98,7 +98,7 @@ def is_subop(rec, subop: int, ret: int | None = None) -> bool:
     if rec["k"] != "hc" or rec["rep"] is None:
         return False
     call = decode_call(rec["req"])
-    head = abi.OpHead.parse(call.regions[0].data) if call.regions else None
+    head = abi.PvIommuOp.parse(call.regions[0].data) if call.regions else None
     reply = decode_reply(rec["rep"])
     return head is not None and len(call.regions[0].data) == abi.OP_SIZE \
         and head.subop_id == subop and (ret is None or reply.ret == ret)

@@ -11,7 +11,7 @@ from .hypercalls.iommu_op_v1 import (  # noqa: F401
     IOMMU_OP_writeable, IOMMU_TEARDOWN_PREEMPT, IOMMU_TEARDOWN_REATTACH_DEFAULT,
     IOMMUOP_alloc_context, IOMMUOP_free_context, IOMMUOP_lookup_page, IOMMUOP_map_pages,
     IOMMUOP_noop, IOMMUOP_query_capabilities, IOMMUOP_reattach_device, IOMMUOP_unmap_pages,
-    LOOKUP_PAGE, MAP_PAGES, OP_HEAD, OP_SIZE, PAYLOAD_SIZE, PV_IOMMU_REVISION, UNMAP_PAGES,
-    VIEWS, Capabilities, LookupPage, MapPages, OpHead, PciDevice, ReattachDevice, UnmapPages,
+    LOOKUP_PAGE, MAP_PAGES, PV_IOMMU_OP, OP_SIZE, PAYLOAD_SIZE, PV_IOMMU_REVISION, UNMAP_PAGES,
+    VIEWS, Capabilities, LookupPage, MapPages, PvIommuOp, PciDevice, ReattachDevice, UnmapPages,
     decode_op, encode_op,
 )

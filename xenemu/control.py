@@ -20,7 +20,8 @@ import msgspec
 from . import hw
 from .hw.common import InjectSite
 from .hypervisor import Hypervisor, MachineError
-from .machine import DomainFile, MiB, Sbdf, domain_from_file, format_sbdf
+from .machine import DomainFile, MiB, domain_from_file
+from .pci import Sbdf, format_sbdf
 from .p2m import P2mType
 from .schema import U16, U64, DomId, InputError, Text, convert
 from .snapshot import SnapshotError

@@ -23,8 +23,9 @@ from .domain import Domain
 from .errno import XenErrno, XenError
 from .hw.common import InjectSite
 from .iommu_contexts import IommuContexts
-from .machine import DomainConfig, MachineConfig, format_sbdf
+from .machine import DomainConfig, MachineConfig
 from .p2m import P2m, P2mType
+from .pci import format_sbdf
 
 log = logging.getLogger("xenemu.hypervisor")
 

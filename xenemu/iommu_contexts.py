@@ -26,8 +26,8 @@ from . import hw
 from .domain import Context, Domain
 from .errno import XenErrno, XenError
 from .hw.common import MAX_POOLS
-from .machine import format_sbdf
 from .p2m import P2m
+from .pci import format_sbdf
 from .runs import mapping_runs
 
 log = logging.getLogger("xenemu.hypervisor")

@@ -4,7 +4,7 @@ The machine file (TOML), and the `machine` a trace header or a snapshot
 carries, are one document, declared once below as msgspec Structs with the
 range of every field (MachineFile, DomainFile) and read through
 xenemu.schema's gate. What the rest of xenemu holds is the MachineConfig
-and DomainConfig dataclasses (PCI addresses as numbers); their defaults are
+and DomainConfig dataclasses (PCI addresses as packed sbdf numbers, xenemu.pci); their defaults are
 the file's defaults. `default_machine()` is the machine `xenemu serve`
 starts with no configuration; `load_machine()` reads any other. The README
 documents both.
@@ -20,10 +20,10 @@ from typing import Annotated, Literal
 
 import msgspec
 
+from .hw.common import PAGE_SHIFT
+from .pci import Sbdf, format_sbdf, parse_sbdf
 from .schema import DomId, InputError, NonNegative, U16, convert
 
-PAGE_SHIFT = 12
-PAGE_SIZE = 1 << PAGE_SHIFT
 PAGES_PER_MIB = 1 << 20 >> PAGE_SHIFT
 
 # The largest machine a file may declare. Declared memory is reserved
@@ -46,39 +46,6 @@ Name = Annotated[str, msgspec.Meta(max_length=MAX_NAME, pattern=r"^[^\x00-\x1f\x
 
 class ConfigError(InputError):
     """A machine that cannot be built: one line naming the file and the field."""
-
-
-def parse_sbdf(text: str) -> int:
-    """'0000:00:02.0' or '00:02.0' -> seg << 16 | bus << 8 | devfn."""
-    try:
-        parts = text.split(":")
-        if len(parts) == 2:
-            parts = ["0"] + parts
-        seg, bus, devfunc = parts
-        dev, func = devfunc.split(".")
-        seg, bus, dev, func = int(seg, 16), int(bus, 16), int(dev, 16), int(func, 16)
-    except (ValueError, AttributeError):
-        raise ConfigError(f"bad PCI address {text!r:.40}: expected SSSS:BB:DD.F") from None
-    if not (0 <= seg <= 0xFFFF and 0 <= bus <= 0xFF and 0 <= dev <= 0x1F and 0 <= func <= 7):
-        raise ConfigError(f"bad PCI address {text!r}: field out of range")
-    return seg << 16 | bus << 8 | dev << 3 | func
-
-
-class Sbdf(int):
-    """A PCI address, given as text ("SSSS:BB:DD.F" or "BB:DD.F") in every input."""
-
-    @classmethod
-    def from_input(cls, value) -> "Sbdf":
-        if type(value) is not str:
-            raise ValueError(f"expected str, got {type(value).__name__}")
-        try:
-            return cls(parse_sbdf(value))
-        except ConfigError as e:
-            raise ValueError(str(e)) from None
-
-
-def format_sbdf(sbdf: int) -> str:
-    return f"{sbdf >> 16:04x}:{sbdf >> 8 & 0xFF:02x}:{sbdf >> 3 & 0x1F:02x}.{sbdf & 7}"
 
 
 @dataclass(frozen=True)

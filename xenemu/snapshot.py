@@ -45,8 +45,9 @@ from .errno import XenError
 from .hypervisor import PAGES_PER_MIB, Hypervisor, MachineError
 from .iommu_contexts import SCAN
 from .machine import (MAX_DEVICES, MAX_DOMAINS, ConfigError, DomainConfig, MachineConfig,
-                      MachineFile, Sbdf, format_sbdf, machine_from_file, machine_to_dict)
+                      MachineFile, machine_from_file, machine_to_dict)
 from .p2m import P2mType
+from .pci import Sbdf, format_sbdf
 from .runs import progressions
 from .schema import U16, U64, DomId, InputError, convert
 

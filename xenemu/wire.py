@@ -115,9 +115,10 @@ ErrorFrame = Struct(
 _BODY_SIZE = {FRAME_CALL: CALL_SIZE, FRAME_REPLY: REPLY_SIZE, FRAME_ERROR: ERROR_SIZE}
 
 # The layouts above say what the bytes are; CALL and REPLY frames, every
-# hypercall's, are read and written through their struct twins (decoding a
-# call went from ~22 us to ~3 us; tests/test_packing.py proves them
-# identical). ERROR frames, rare, go through construct.
+# hypercall's, are read and written through their struct twins, because
+# construct's parse of a frame would cost more than the hypercall it carries
+# (tests/test_packing.py proves the two identical; the README's Performance
+# section has the numbers). ERROR frames, rare, go through construct.
 _HEADER = struct_of(HeaderLayout)
 _CALL_FIXED = struct_of(CallFixed)      # header fields, op, args[5]
 _REPLY_FIXED = struct_of(ReplyFixed)    # header fields, ret

@@ -20,7 +20,8 @@ from xenemu.engine import Engine
 from xenemu.errno import XenErrno as E
 from xenemu.hypercalls.iommu_op_v1 import IOMMU_OP
 from xenemu.hypervisor import Hypervisor
-from xenemu.machine import DomainConfig, MachineConfig, parse_sbdf
+from xenemu.machine import DomainConfig, MachineConfig
+from xenemu.pci import parse_sbdf
 from xenemu.p2m import P2mType
 from xenemu.tracetext import decode_reply
 

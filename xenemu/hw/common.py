@@ -8,6 +8,8 @@ from __future__ import annotations
 import enum
 from typing import NamedTuple
 
+from ..pci import pack_sbdf as sbdf  # noqa: F401 (a device id, as the hardware takes it)
+
 PAGE_SHIFT = 12
 PAGE_SIZE = 1 << PAGE_SHIFT
 
@@ -124,13 +126,6 @@ class ContextInfo(NamedTuple):
 
 
 GFN_INVALID = (1 << 64) - 1  #: M2P entry of a frame not in use
-
-
-def sbdf(seg: int, bus: int, devfn: int) -> int:
-    """PCI segment/bus/devfn as the one uint32 the hardware uses."""
-    if not (0 <= seg <= 0xFFFF and 0 <= bus <= 0xFF and 0 <= devfn <= 0xFF):
-        raise ValueError("segment, bus or devfn out of range")
-    return seg << 16 | bus << 8 | devfn
 
 
 def levels_for(width: int) -> int:

@@ -19,14 +19,12 @@ from __future__ import annotations
 
 import inspect
 import logging
-import struct
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from construct import Construct, Container
 
 from ..errno import XenErrno, XenError, result_name
-from ..packing import struct_of
 
 HYPERVISOR_memory_op = 12
 HYPERVISOR_iommu_op = 43
@@ -55,11 +53,6 @@ class SubOp:
     outputs_on_error: bool = False    # outputs are partial results a failure reports too
     pages: str | None = None          # the output counting pages done (`trace stats`)
     params: tuple[Param, ...] = ()    # the client helper's parameters, in order
-    twin: struct.Struct | None = field(init=False, default=None)   # layout's struct twin
-
-    def __post_init__(self):
-        if self.layout is not None:
-            object.__setattr__(self, "twin", struct_of(self.layout))
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ from .. import hw
 from ..domain import Context, Domain
 from ..errno import XenErrno
 from ..packing import struct_of
+from ..pci import format_device, pack_sbdf
 from .common import HYPERVISOR_iommu_op, Hypercall, HypercallError, SubOp
 
 if TYPE_CHECKING:
@@ -62,7 +63,14 @@ IOMMU_TEARDOWN_PREEMPT = 1 << 1            # internal to Xen (always set by free
 OP_SIZE = 32
 PAYLOAD_SIZE = 24
 
-OpHead = Struct(
+# struct pv_iommu_op has four shapes here, one per kind of user:
+#   PvIommuOp     the layout (construct): the head and the union as 24 raw
+#                 bytes; what the C header is checked against and encode_op builds
+#   PV_IOMMU_OP   its struct.Struct twin (below), for the hot path
+#   Op            what a handler gets: the head's fields and the raw union,
+#                 read and rewritten through its sub-op's view
+#   decode_op()   what a reader gets (clients, tests): every view of the union
+PvIommuOp = Struct(
     "subop_id" / Int16ul,
     "ctx_no" / Int16ul,
     "flags" / Int32ul,
@@ -111,7 +119,7 @@ Capabilities = Struct(
 
 # What every hypercall parses and builds goes through struct twins of the
 # layouts above (xenemu.packing), field for field in the same order.
-OP_HEAD = struct_of(OpHead)             # subop_id, ctx_no, flags, payload
+PV_IOMMU_OP = struct_of(PvIommuOp)      # subop_id, ctx_no, flags, payload
 MAP_PAGES = struct_of(MapPages)         # gfn, dfn, nr_pages, mapped
 UNMAP_PAGES = struct_of(UnmapPages)     # dfn, nr_pages, unmapped, _pad
 LOOKUP_PAGE = struct_of(LookupPage)     # gfn, dfn, _pad
@@ -130,10 +138,10 @@ class Op:
 
     @classmethod
     def unpack(cls, raw: bytes) -> Op:
-        return cls(*OP_HEAD.unpack(raw))
+        return cls(*PV_IOMMU_OP.unpack(raw))
 
     def pack(self) -> bytes:
-        return OP_HEAD.pack(self.subop_id, self.ctx_no, self.flags, self.payload)
+        return PV_IOMMU_OP.pack(self.subop_id, self.ctx_no, self.flags, self.payload)
 
 
 # -- the handlers (Xen's pv-iommu.c) ------------------------------------------
@@ -201,7 +209,7 @@ def free_context_op(hv: Hypervisor, d: Domain, op: Op) -> int:
 
 def reattach_device_op(hv: Hypervisor, d: Domain, op: Op) -> int:
     dev = ReattachDevice.parse(op.payload).dev
-    sbdf = dev.seg << 16 | dev.bus << 8 | dev.devfn
+    sbdf = pack_sbdf(dev.seg, dev.bus, dev.devfn)
     if sbdf not in d.devices:
         raise HypercallError(XenErrno.ENOENT, "device not assigned to this domain")
     target = d.context(op.ctx_no)
@@ -308,10 +316,6 @@ SUBOPS = (
           params=("ctx_no", "dfn")),
 )
 
-def format_dev(dev) -> str:
-    return f"{dev.seg:04x}:{dev.bus:02x}:{dev.devfn >> 3:02x}.{dev.devfn & 7}"
-
-
 IOMMU_OP = Hypercall(
     number=HYPERVISOR_iommu_op, name="iommu_op", revision=PV_IOMMU_REVISION,
     subops={row.number: row for row in SUBOPS},
@@ -320,7 +324,7 @@ IOMMU_OP = Hypercall(
     handle_arg=0, size=OP_SIZE, subop_field="subop_id",
     log=log, log_prefix=PREFIX, gate=can_use_iommu,
     hex_fields=frozenset({"flags", "gfn", "dfn", "max_iova_addr"}),
-    formatters={"dev": format_dev},
+    formatters={"dev": format_device},
 )
 
 # Union member name (as in the C header) -> its view, from the rows.
@@ -352,7 +356,7 @@ def encode_op(subop_id: int, ctx_no: int = 0, flags: int = 0, view: str | None =
         payload = layout.build(values)
     elif fields:
         raise TypeError("fields given without naming the union member (view=...)")
-    return OpHead.build(dict(subop_id=subop_id, ctx_no=ctx_no, flags=flags, payload=payload))
+    return PvIommuOp.build(dict(subop_id=subop_id, ctx_no=ctx_no, flags=flags, payload=payload))
 
 
 def encode_subop(row: SubOp, ctx_no: int = 0, flags: int = 0, **params) -> bytes:
@@ -379,7 +383,7 @@ def decode_op(raw: bytes) -> Container:
     """
     if len(raw) != OP_SIZE:
         raise ValueError(f"pv_iommu_op is {OP_SIZE} bytes, got {len(raw)}")
-    head = OpHead.parse(raw)
+    head = PvIommuOp.parse(raw)
     op = Container(subop_id=head.subop_id, ctx_no=head.ctx_no, flags=head.flags)
     for name, layout in VIEWS.items():
         op[name] = layout.parse(head.payload)

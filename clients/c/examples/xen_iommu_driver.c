@@ -9,10 +9,13 @@
  * (device, gfn and dfn in hex, pages in decimal). 600 pages need three
  * map calls of at most max_nr_pages (256) each.
  *
- * The xen_iommu_* functions below issue HYPERVISOR_iommu_op() exactly as the
- * driver's callbacks do (probe, domain_alloc_paging, attach_dev, map_pages,
- * unmap_pages, iova_to_phys, release_device, domain_free); main() runs them
- * in the order a DMA user causes them and checks every answer:
+ * The xen_iommu_* functions below, each named after the Linux driver's
+ * function it stands for, issue HYPERVISOR_iommu_op() exactly as those do
+ * (init, the probe; domain_alloc_paging, attach_dev, map_pages, unmap_pages,
+ * iova_to_phys, release_device, free). The step_* functions, one per part of
+ * the driver's life, run them in the order a DMA user causes them and check
+ * every answer; a prototype puts its own code in a xen_iommu_* function and
+ * keeps the checks:
  *
  *   probe            query_capabilities: 0, max_ctx_no > 0, max_nr_pages > 0
  *   alloc_context    alloc_context, flags 0: 0; the id is read from op.ctx_no
@@ -89,15 +92,15 @@ static struct pv_iommu_op caps;
 
 /* ---- the driver ------------------------------------------------------- */
 
-/* probe: -ENOSYS means no PV-IOMMU, max_ctx_no == 0 means unsupported. */
-static long xen_iommu_probe(void)
+/* Linux xen_iommu_init(), the probe: -ENOSYS means no PV-IOMMU, max_ctx_no == 0 unsupported. */
+static long xen_iommu_init(void)
 {
     memset(&caps, 0, sizeof(caps));
     caps.subop_id = IOMMUOP_query_capabilities;
     return HYPERVISOR_iommu_op(&caps);
 }
 
-/* domain_alloc_paging: a new context, flags 0; its id comes back in ctx_no. */
+/* Linux xen_iommu_domain_alloc_paging(): a new context, flags 0; its id comes back in ctx_no. */
 static long xen_iommu_domain_alloc_paging(uint16_t *ctx_no)
 {
     struct pv_iommu_op op;
@@ -112,7 +115,7 @@ static long xen_iommu_domain_alloc_paging(uint16_t *ctx_no)
     return ret;
 }
 
-/* attach_dev (and release_device with ctx_no 0): the return code is passed up. */
+/* Linux xen_iommu_attach_dev() (and release_device with ctx_no 0): the return code is passed up. */
 static long xen_iommu_attach_dev(uint16_t ctx_no, const struct physdev_pci_device *dev)
 {
     struct pv_iommu_op op;
@@ -124,13 +127,20 @@ static long xen_iommu_attach_dev(uint16_t ctx_no, const struct physdev_pci_devic
     return HYPERVISOR_iommu_op(&op);
 }
 
+/* Linux xen_iommu_release_device(): the device back to the default context. */
 static long xen_iommu_release_device(const struct physdev_pci_device *dev)
 {
     return xen_iommu_attach_dev(IOMMU_DEFAULT_CONTEXT, dev);
 }
 
+/* The pages of one map or unmap call: what is left, at most max_nr_pages. */
+static uint32_t chunk_pages(uint64_t left)
+{
+    return left < caps.cap.max_nr_pages ? (uint32_t)left : caps.cap.max_nr_pages;
+}
+
 /*
- * map_pages: chunks of at most max_nr_pages; `mapped` is added to the count
+ * Linux xen_iommu_map_pages(): chunks of at most max_nr_pages; `mapped` is added to the count
  * after every call, and the first error ends the loop and is returned.
  */
 static long xen_iommu_map_pages(uint16_t ctx_no, uint64_t iova, uint64_t paddr, uint64_t pgcount,
@@ -143,8 +153,7 @@ static long xen_iommu_map_pages(uint16_t ctx_no, uint64_t iova, uint64_t paddr, 
     *mapped = 0;
     *calls = 0;
     while (done < pgcount) {
-        uint64_t left = pgcount - done;
-        uint32_t nr = left < caps.cap.max_nr_pages ? (uint32_t)left : caps.cap.max_nr_pages;
+        uint32_t nr = chunk_pages(pgcount - done);
 
         memset(&op, 0, sizeof(op));
         op.subop_id = IOMMUOP_map_pages;
@@ -164,7 +173,7 @@ static long xen_iommu_map_pages(uint16_t ctx_no, uint64_t iova, uint64_t paddr, 
 }
 
 /*
- * unmap_pages: the same chunks. Linux requires unmap never to fail, so an
+ * Linux xen_iommu_unmap_pages(): the same chunks. Linux requires unmap never to fail, so an
  * error is warned about and the next chunk is still unmapped. Returns the
  * number of pages unmapped; *errors counts the calls that failed and
  * *first_err holds the first failure's code (0 if none).
@@ -180,8 +189,7 @@ static uint64_t xen_iommu_unmap_pages(uint16_t ctx_no, uint64_t iova, uint64_t p
     *errors = 0;
     *first_err = 0;
     while (done < pgcount) {
-        uint64_t left = pgcount - done;
-        uint32_t nr = left < caps.cap.max_nr_pages ? (uint32_t)left : caps.cap.max_nr_pages;
+        uint32_t nr = chunk_pages(pgcount - done);
 
         memset(&op, 0, sizeof(op));
         op.subop_id = IOMMUOP_unmap_pages;
@@ -204,7 +212,7 @@ static uint64_t xen_iommu_unmap_pages(uint16_t ctx_no, uint64_t iova, uint64_t p
     return unmapped;
 }
 
-/* iova_to_phys: lookup_page with dfn = iova >> 12; an error reads as 0. */
+/* Linux xen_iommu_iova_to_phys(): lookup_page with dfn = iova >> 12; an error reads as 0. */
 static uint64_t xen_iommu_iova_to_phys(uint16_t ctx_no, uint64_t iova, long *ret)
 {
     struct pv_iommu_op op;
@@ -219,8 +227,8 @@ static uint64_t xen_iommu_iova_to_phys(uint16_t ctx_no, uint64_t iova, long *ret
     return (op.lookup_page.gfn << XEN_PAGE_SHIFT) | (iova & (XEN_PAGE_SIZE - 1));
 }
 
-/* domain_free: free_context with flags 0 (devices must have been moved away). */
-static long xen_iommu_domain_free(uint16_t ctx_no, uint32_t flags)
+/* Linux xen_iommu_free(), the domain's free: free_context (with flags 0, no device attached). */
+static long xen_iommu_free(uint16_t ctx_no, uint32_t flags)
 {
     struct pv_iommu_op op;
 
@@ -299,15 +307,70 @@ static void usage(void)
                     "  device, gfn and dfn in hex; defaults 0000:00:03.0, 600, 0x1000, 0x40000\n");
 }
 
+
 /* ---- the run ------------------------------------------------------------- */
 
+/*
+ * What the run has built and learnt. Each step below is one part of the
+ * Linux driver's life, calls the xen_iommu_* function above that stands for
+ * it, prints its line and checks the answer: it returns 0 when the
+ * expectation held, else the exit code (fail() has cleaned up by then).
+ */
 struct run {
     struct physdev_pci_device dev;
     char device[16];
     uint64_t pages, gfn, dfn;
+    uint64_t last_dfn;              /* dfn + pages - 1 */
+    uint64_t chunk;                 /* pages in one map call: min(pages, max_nr_pages) */
+    unsigned int want_calls;        /* map or unmap calls for the buffer */
     uint16_t ctx_no;
     int have_ctx, attached;
 };
+
+/* Options: exit with `*code` when this returns 0 (help, or bad arguments). */
+static int parse_args(int argc, char **argv, struct run *r, int *code)
+{
+    int i;
+
+    for (i = 1; i < argc; i++) {
+        const char *opt = argv[i], *val;
+        int bad;
+
+        if (!strcmp(opt, "-h") || !strcmp(opt, "--help")) {
+            usage();
+            *code = EXIT_OK;
+            return 0;
+        }
+        if (i + 1 >= argc) {
+            usage();
+            *code = EXIT_USAGE;
+            return 0;
+        }
+        val = argv[++i];
+        if (!strcmp(opt, "--device"))
+            bad = parse_sbdf(val, &r->dev);
+        else if (!strcmp(opt, "--pages"))
+            bad = parse_u64(val, 10, &r->pages) || r->pages == 0 || r->pages > UINT32_MAX;
+        else if (!strcmp(opt, "--gfn"))
+            bad = parse_u64(val, 16, &r->gfn);
+        else if (!strcmp(opt, "--dfn"))
+            bad = parse_u64(val, 16, &r->dfn);
+        else
+            bad = 1;
+        if (bad) {
+            fprintf(stderr, "xen_iommu_driver: bad argument: %s %s\n", opt, val);
+            usage();
+            *code = EXIT_USAGE;
+            return 0;
+        }
+    }
+    if (r->gfn > UINT64_MAX - r->pages || r->dfn > (UINT64_MAX >> XEN_PAGE_SHIFT) - r->pages) {
+        fprintf(stderr, "xen_iommu_driver: buffer wraps around\n");
+        *code = EXIT_USAGE;
+        return 0;
+    }
+    return 1;
+}
 
 /* Undo what is still set up, then report the failed step. */
 static int fail(struct run *r, const char *step, const char *reason, int code)
@@ -318,11 +381,90 @@ static int fail(struct run *r, const char *step, const char *reason, int code)
         if (r->attached)
             ret = xen_iommu_release_device(&r->dev);
         if (ret == 0)
-            ret = xen_iommu_domain_free(r->ctx_no, IOMMU_TEARDOWN_REATTACH_DEFAULT);
+            ret = xen_iommu_free(r->ctx_no, IOMMU_TEARDOWN_REATTACH_DEFAULT);
         printf("step=cleanup ret=%ld ctx=%u\n", ret, (unsigned)r->ctx_no);
     }
     printf("result=fail step=%s reason=%s\n", step, reason);
     return code;
+}
+
+/*
+ * Linux: xen_iommu_init(), the driver's probe. Without PV-IOMMU (-ENOSYS),
+ * or with one that offers no context, the driver does not register.
+ */
+static int step_probe(struct run *r)
+{
+    long ret = xen_iommu_init();
+
+    printf("step=probe ret=%ld max_ctx_no=%u max_nr_pages=%" PRIu32 " max_iova_addr=0x%" PRIx64 "\n",
+           ret, (unsigned)caps.cap.max_ctx_no, caps.cap.max_nr_pages, caps.cap.max_iova_addr);
+    if (ret == -XEN_ENOSYS) {
+        fprintf(stderr, "xen_iommu_driver: no PV-IOMMU (query_capabilities: -ENOSYS)%s%s\n",
+                *xenemu_last_error() ? ": " : "", xenemu_last_error());
+        return fail(r, "probe", "no-pv-iommu", EXIT_NO_PV_IOMMU);
+    }
+    if (ret) {
+        fprintf(stderr, "xen_iommu_driver: query_capabilities failed (%ld)\n", ret);
+        return fail(r, "probe", "error", EXIT_PROBE_ERROR);
+    }
+    if (caps.cap.max_ctx_no == 0 || caps.cap.max_nr_pages == 0) {
+        fprintf(stderr, "xen_iommu_driver: PV-IOMMU unsupported (max_ctx_no=%u max_nr_pages=%" PRIu32 ")\n",
+                (unsigned)caps.cap.max_ctx_no, caps.cap.max_nr_pages);
+        return fail(r, "probe", "unsupported", EXIT_UNSUPPORTED);
+    }
+    /* The aperture the driver gives its domains ends at max_iova_addr. */
+    r->last_dfn = r->dfn + r->pages - 1;
+    if (r->last_dfn > caps.cap.max_iova_addr >> XEN_PAGE_SHIFT) {
+        fprintf(stderr, "xen_iommu_driver: dfn 0x%" PRIx64 " is past the aperture (max_iova_addr 0x%"
+                PRIx64 ")\n", r->last_dfn, caps.cap.max_iova_addr);
+        return fail(r, "probe", "outside-aperture", EXIT_STEP_FAILED);
+    }
+    r->chunk = chunk_pages(r->pages);
+    r->want_calls = (unsigned int)((r->pages + caps.cap.max_nr_pages - 1) / caps.cap.max_nr_pages);
+    return 0;
+}
+
+/* Linux: xen_iommu_domain_alloc_paging(), a DMA domain is one context. */
+static int step_domain_alloc(struct run *r)
+{
+    long ret = xen_iommu_domain_alloc_paging(&r->ctx_no);
+
+    printf("step=alloc_context ret=%ld ctx=%u\n", ret, (unsigned)r->ctx_no);
+    if (ret)
+        return fail(r, "alloc_context", "error", EXIT_STEP_FAILED);
+    r->have_ctx = 1;
+    if (r->ctx_no == IOMMU_DEFAULT_CONTEXT || r->ctx_no > caps.cap.max_ctx_no)
+        return fail(r, "alloc_context", "bad-ctx", EXIT_STEP_FAILED);
+    return 0;
+}
+
+/* Linux: xen_iommu_attach_dev(), the device's DMA now goes through the context. */
+static int step_attach(struct run *r)
+{
+    long ret = xen_iommu_attach_dev(r->ctx_no, &r->dev);
+
+    printf("step=attach ret=%ld ctx=%u device=%s\n", ret, (unsigned)r->ctx_no, r->device);
+    if (ret)
+        return fail(r, "attach", "error", EXIT_STEP_FAILED);
+    r->attached = 1;
+    return 0;
+}
+
+/* Linux: xen_iommu_map_pages(), the buffer in chunks of max_nr_pages. */
+static int step_map(struct run *r)
+{
+    uint64_t mapped;
+    unsigned int calls;
+    long ret = xen_iommu_map_pages(r->ctx_no, r->dfn << XEN_PAGE_SHIFT, r->gfn << XEN_PAGE_SHIFT,
+                                   r->pages, &mapped, &calls);
+
+    printf("step=map ret=%ld mapped=%" PRIu64 " calls=%u gfn=0x%" PRIx64 " dfn=0x%" PRIx64
+           " pages=%" PRIu64 "\n", ret, mapped, calls, r->gfn, r->dfn, r->pages);
+    if (ret)
+        return fail(r, "map", "error", EXIT_STEP_FAILED);
+    if (mapped != r->pages || calls != r->want_calls)
+        return fail(r, "map", "count", EXIT_STEP_FAILED);
+    return 0;
 }
 
 /* One lookup of the buffer's page `off`: must give back gfn + off. */
@@ -335,16 +477,116 @@ static int check_lookup(struct run *r, const char *step, uint64_t off)
 
     printf("step=%s ret=%ld dfn=0x%" PRIx64 " gfn=0x%" PRIx64 " want=0x%" PRIx64 "\n",
            step, ret, r->dfn + off, gfn, want);
-    return ret == 0 && gfn == want;
+    if (ret == 0 && gfn == want)
+        return 0;
+    return fail(r, step, "mismatch", EXIT_STEP_FAILED);
 }
+
+/*
+ * Linux: xen_iommu_iova_to_phys() of the buffer's first, middle and last
+ * page, then of a page next to it, which must not be mapped.
+ */
+static int step_lookup(struct run *r)
+{
+    uint64_t hole, phys;
+    long ret;
+    int code;
+
+    if ((code = check_lookup(r, "lookup_first", 0)) ||
+        (code = check_lookup(r, "lookup_middle", r->pages / 2)) ||
+        (code = check_lookup(r, "lookup_last", r->pages - 1)))
+        return code;
+    hole = r->last_dfn + 1 <= caps.cap.max_iova_addr >> XEN_PAGE_SHIFT ? r->last_dfn + 1 : r->dfn - 1;
+    phys = xen_iommu_iova_to_phys(r->ctx_no, hole << XEN_PAGE_SHIFT, &ret);
+    printf("step=lookup_unmapped ret=%ld dfn=0x%" PRIx64 " gfn=0x%" PRIx64 "\n",
+           ret, hole, phys >> XEN_PAGE_SHIFT);
+    if (ret != -XEN_ENOENT || phys != 0)
+        return fail(r, "lookup_unmapped", "want-enoent", EXIT_STEP_FAILED);
+    return 0;
+}
+
+/*
+ * The errors a driver must expect: xen_iommu_map_pages() over pages already
+ * mapped (-EADDRINUSE, nothing mapped), and xen_iommu_free() of a context a
+ * device is still attached to (-EBUSY).
+ */
+static int step_error_paths(struct run *r)
+{
+    uint64_t mapped;
+    unsigned int calls;
+    long ret = xen_iommu_map_pages(r->ctx_no, r->dfn << XEN_PAGE_SHIFT, r->gfn << XEN_PAGE_SHIFT,
+                                   r->chunk, &mapped, &calls);
+
+    printf("step=remap ret=%ld mapped=%" PRIu64 " calls=%u\n", ret, mapped, calls);
+    if (ret != -XEN_EADDRINUSE || mapped != 0 || calls != 1)
+        return fail(r, "remap", "want-eaddrinuse", EXIT_STEP_FAILED);
+
+    ret = xen_iommu_free(r->ctx_no, 0);
+    printf("step=free_busy ret=%ld ctx=%u\n", ret, (unsigned)r->ctx_no);
+    if (ret == 0)
+        r->have_ctx = r->attached = 0;   /* gone after all: nothing left to clean up */
+    if (ret != -XEN_EBUSY)
+        return fail(r, "free_busy", "want-ebusy", EXIT_STEP_FAILED);
+    return 0;
+}
+
+/* Linux: xen_iommu_unmap_pages(), the same chunks; a failed one is warned about. */
+static int step_unmap(struct run *r)
+{
+    unsigned int calls, errors;
+    long first_err;
+    uint64_t unmapped = xen_iommu_unmap_pages(r->ctx_no, r->dfn << XEN_PAGE_SHIFT, r->pages,
+                                              &calls, &errors, &first_err);
+
+    printf("step=unmap ret=%ld unmapped=%" PRIu64 " calls=%u errors=%u\n",
+           first_err, unmapped, calls, errors);
+    if (errors)
+        return fail(r, "unmap", "error", EXIT_STEP_FAILED);
+    if (unmapped != r->pages || calls != r->want_calls)
+        return fail(r, "unmap", "count", EXIT_STEP_FAILED);
+    return 0;
+}
+
+/* Linux: xen_iommu_release_device(), the device back to context 0. */
+static int step_release(struct run *r)
+{
+    long ret = xen_iommu_release_device(&r->dev);
+
+    printf("step=release ret=%ld ctx=%u device=%s\n", ret, (unsigned)IOMMU_DEFAULT_CONTEXT, r->device);
+    if (ret)
+        return fail(r, "release", "error", EXIT_STEP_FAILED);
+    r->attached = 0;
+    return 0;
+}
+
+/* Linux: xen_iommu_free(), then once more: the id is gone. */
+static int step_domain_free(struct run *r)
+{
+    long ret = xen_iommu_free(r->ctx_no, 0);
+
+    printf("step=free_context ret=%ld ctx=%u\n", ret, (unsigned)r->ctx_no);
+    if (ret)
+        return fail(r, "free_context", "error", EXIT_STEP_FAILED);
+    r->have_ctx = 0;
+
+    ret = xen_iommu_free(r->ctx_no, 0);
+    printf("step=free_again ret=%ld ctx=%u\n", ret, (unsigned)r->ctx_no);
+    if (ret != -XEN_ENOENT)
+        return fail(r, "free_again", "want-enoent", EXIT_STEP_FAILED);
+    return 0;
+}
+
+/* The steps in the order a DMA user of the device causes them. */
+static int (*const steps[])(struct run *) = {
+    step_probe, step_domain_alloc, step_attach, step_map, step_lookup,
+    step_error_paths, step_unmap, step_release, step_domain_free,
+};
 
 int main(int argc, char **argv)
 {
     struct run r;
-    uint64_t mapped, unmapped, last_dfn, hole, chunk;
-    unsigned int calls, want_calls, errors;
-    long ret, first_err;
-    int i;
+    size_t i;
+    int code;
 
     setvbuf(stdout, NULL, _IOLBF, 0);
     memset(&r, 0, sizeof(r));
@@ -352,156 +594,14 @@ int main(int argc, char **argv)
     r.gfn = 0x1000;
     r.dfn = 0x40000;
     parse_sbdf("0000:00:03.0", &r.dev);
-
-    for (i = 1; i < argc; i++) {
-        const char *opt = argv[i], *val;
-        int bad;
-
-        if (!strcmp(opt, "-h") || !strcmp(opt, "--help")) {
-            usage();
-            return EXIT_OK;
-        }
-        if (i + 1 >= argc) {
-            usage();
-            return EXIT_USAGE;
-        }
-        val = argv[++i];
-        if (!strcmp(opt, "--device"))
-            bad = parse_sbdf(val, &r.dev);
-        else if (!strcmp(opt, "--pages"))
-            bad = parse_u64(val, 10, &r.pages) || r.pages == 0 || r.pages > UINT32_MAX;
-        else if (!strcmp(opt, "--gfn"))
-            bad = parse_u64(val, 16, &r.gfn);
-        else if (!strcmp(opt, "--dfn"))
-            bad = parse_u64(val, 16, &r.dfn);
-        else
-            bad = 1;
-        if (bad) {
-            fprintf(stderr, "xen_iommu_driver: bad argument: %s %s\n", opt, val);
-            usage();
-            return EXIT_USAGE;
-        }
-    }
-    if (r.gfn > UINT64_MAX - r.pages || r.dfn > (UINT64_MAX >> XEN_PAGE_SHIFT) - r.pages) {
-        fprintf(stderr, "xen_iommu_driver: buffer wraps around\n");
-        return EXIT_USAGE;
-    }
+    if (!parse_args(argc, argv, &r, &code))
+        return code;
     snprintf(r.device, sizeof(r.device), "%04x:%02x:%02x.%u", (unsigned)r.dev.seg, (unsigned)r.dev.bus,
-            (unsigned)(r.dev.devfn >> 3), (unsigned)(r.dev.devfn & 7));
+             (unsigned)(r.dev.devfn >> 3), (unsigned)(r.dev.devfn & 7));
 
-    /* 1. probe */
-    ret = xen_iommu_probe();
-    printf("step=probe ret=%ld max_ctx_no=%u max_nr_pages=%" PRIu32 " max_iova_addr=0x%" PRIx64 "\n",
-           ret, (unsigned)caps.cap.max_ctx_no, caps.cap.max_nr_pages, caps.cap.max_iova_addr);
-    if (ret == -XEN_ENOSYS) {
-        fprintf(stderr, "xen_iommu_driver: no PV-IOMMU (query_capabilities: -ENOSYS)%s%s\n",
-                *xenemu_last_error() ? ": " : "", xenemu_last_error());
-        return fail(&r, "probe", "no-pv-iommu", EXIT_NO_PV_IOMMU);
-    }
-    if (ret) {
-        fprintf(stderr, "xen_iommu_driver: query_capabilities failed (%ld)\n", ret);
-        return fail(&r, "probe", "error", EXIT_PROBE_ERROR);
-    }
-    if (caps.cap.max_ctx_no == 0 || caps.cap.max_nr_pages == 0) {
-        fprintf(stderr, "xen_iommu_driver: PV-IOMMU unsupported (max_ctx_no=%u max_nr_pages=%" PRIu32 ")\n",
-                (unsigned)caps.cap.max_ctx_no, caps.cap.max_nr_pages);
-        return fail(&r, "probe", "unsupported", EXIT_UNSUPPORTED);
-    }
-    last_dfn = r.dfn + r.pages - 1;
-    if (last_dfn > caps.cap.max_iova_addr >> XEN_PAGE_SHIFT) {
-        fprintf(stderr, "xen_iommu_driver: dfn 0x%" PRIx64 " is past the aperture (max_iova_addr 0x%"
-                PRIx64 ")\n", last_dfn, caps.cap.max_iova_addr);
-        return fail(&r, "probe", "outside-aperture", EXIT_STEP_FAILED);
-    }
-    chunk = r.pages < caps.cap.max_nr_pages ? r.pages : caps.cap.max_nr_pages;
-    want_calls = (unsigned int)((r.pages + caps.cap.max_nr_pages - 1) / caps.cap.max_nr_pages);
-
-    /* 2. paging domain */
-    ret = xen_iommu_domain_alloc_paging(&r.ctx_no);
-    printf("step=alloc_context ret=%ld ctx=%u\n", ret, (unsigned)r.ctx_no);
-    if (ret)
-        return fail(&r, "alloc_context", "error", EXIT_STEP_FAILED);
-    r.have_ctx = 1;
-    if (r.ctx_no == IOMMU_DEFAULT_CONTEXT || r.ctx_no > caps.cap.max_ctx_no)
-        return fail(&r, "alloc_context", "bad-ctx", EXIT_STEP_FAILED);
-
-    /* 3. attach_dev */
-    ret = xen_iommu_attach_dev(r.ctx_no, &r.dev);
-    printf("step=attach ret=%ld ctx=%u device=%s\n", ret, (unsigned)r.ctx_no, r.device);
-    if (ret)
-        return fail(&r, "attach", "error", EXIT_STEP_FAILED);
-    r.attached = 1;
-
-    /* 4. map */
-    ret = xen_iommu_map_pages(r.ctx_no, r.dfn << XEN_PAGE_SHIFT, r.gfn << XEN_PAGE_SHIFT, r.pages,
-                              &mapped, &calls);
-    printf("step=map ret=%ld mapped=%" PRIu64 " calls=%u gfn=0x%" PRIx64 " dfn=0x%" PRIx64
-           " pages=%" PRIu64 "\n", ret, mapped, calls, r.gfn, r.dfn, r.pages);
-    if (ret)
-        return fail(&r, "map", "error", EXIT_STEP_FAILED);
-    if (mapped != r.pages || calls != want_calls)
-        return fail(&r, "map", "count", EXIT_STEP_FAILED);
-
-    /* 5. iova_to_phys */
-    if (!check_lookup(&r, "lookup_first", 0))
-        return fail(&r, "lookup_first", "mismatch", EXIT_STEP_FAILED);
-    if (!check_lookup(&r, "lookup_middle", r.pages / 2))
-        return fail(&r, "lookup_middle", "mismatch", EXIT_STEP_FAILED);
-    if (!check_lookup(&r, "lookup_last", r.pages - 1))
-        return fail(&r, "lookup_last", "mismatch", EXIT_STEP_FAILED);
-    hole = last_dfn + 1 <= caps.cap.max_iova_addr >> XEN_PAGE_SHIFT ? last_dfn + 1 : r.dfn - 1;
-    {
-        uint64_t phys = xen_iommu_iova_to_phys(r.ctx_no, hole << XEN_PAGE_SHIFT, &ret);
-
-        printf("step=lookup_unmapped ret=%ld dfn=0x%" PRIx64 " gfn=0x%" PRIx64 "\n",
-               ret, hole, phys >> XEN_PAGE_SHIFT);
-        if (ret != -XEN_ENOENT || phys != 0)
-            return fail(&r, "lookup_unmapped", "want-enoent", EXIT_STEP_FAILED);
-    }
-
-    /* 6. error paths: the first chunk again, and freeing a context in use */
-    ret = xen_iommu_map_pages(r.ctx_no, r.dfn << XEN_PAGE_SHIFT, r.gfn << XEN_PAGE_SHIFT, chunk,
-                              &mapped, &calls);
-    printf("step=remap ret=%ld mapped=%" PRIu64 " calls=%u\n", ret, mapped, calls);
-    if (ret != -XEN_EADDRINUSE || mapped != 0 || calls != 1)
-        return fail(&r, "remap", "want-eaddrinuse", EXIT_STEP_FAILED);
-
-    ret = xen_iommu_domain_free(r.ctx_no, 0);
-    printf("step=free_busy ret=%ld ctx=%u\n", ret, (unsigned)r.ctx_no);
-    if (ret == 0)
-        r.have_ctx = r.attached = 0;   /* gone after all: nothing left to clean up */
-    if (ret != -XEN_EBUSY)
-        return fail(&r, "free_busy", "want-ebusy", EXIT_STEP_FAILED);
-
-    /* 7. unmap */
-    unmapped = xen_iommu_unmap_pages(r.ctx_no, r.dfn << XEN_PAGE_SHIFT, r.pages, &calls, &errors,
-                                     &first_err);
-    printf("step=unmap ret=%ld unmapped=%" PRIu64 " calls=%u errors=%u\n",
-           first_err, unmapped, calls, errors);
-    if (errors)
-        return fail(&r, "unmap", "error", EXIT_STEP_FAILED);
-    if (unmapped != r.pages || calls != want_calls)
-        return fail(&r, "unmap", "count", EXIT_STEP_FAILED);
-
-    /* 8. release the device */
-    ret = xen_iommu_release_device(&r.dev);
-    printf("step=release ret=%ld ctx=%u device=%s\n", ret, (unsigned)IOMMU_DEFAULT_CONTEXT, r.device);
-    if (ret)
-        return fail(&r, "release", "error", EXIT_STEP_FAILED);
-    r.attached = 0;
-
-    /* 9. domain free, then once more */
-    ret = xen_iommu_domain_free(r.ctx_no, 0);
-    printf("step=free_context ret=%ld ctx=%u\n", ret, (unsigned)r.ctx_no);
-    if (ret)
-        return fail(&r, "free_context", "error", EXIT_STEP_FAILED);
-    r.have_ctx = 0;
-
-    ret = xen_iommu_domain_free(r.ctx_no, 0);
-    printf("step=free_again ret=%ld ctx=%u\n", ret, (unsigned)r.ctx_no);
-    if (ret != -XEN_ENOENT)
-        return fail(&r, "free_again", "want-enoent", EXIT_STEP_FAILED);
-
+    for (i = 0; i < sizeof(steps) / sizeof(steps[0]); i++)
+        if ((code = steps[i](&r)) != 0)
+            return code;
     printf("result=ok\n");
     return EXIT_OK;
 }
