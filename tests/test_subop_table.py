@@ -12,9 +12,10 @@ import dataclasses
 import inspect
 import logging
 
-from xenemu import hypercalls, tracetext, wire
-from xenemu.trace import HypercallRecord
-from xenemu.tracecli import Describer
+from xenemu import hypercalls, wire
+from xenemu.trace import text as tracetext
+from xenemu.trace.records import HypercallRecord
+from xenemu.trace.text import Describer
 from xenemu.errno import XenErrno as E
 from xenemu.engine import Engine
 from xenemu.hypercalls.common import HypercallError, SubOp, client_helpers
