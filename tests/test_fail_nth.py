@@ -204,7 +204,7 @@ def test_fail_nth_arguments(local):
             local.ctl("fail_nth", **bad)
     assert local.ctl("fail_nth", nth=2, sites=["ref", "table"])["sites"] == ["table", "ref"]
     assert local.ctl("fail_nth", nth=0) == {"sites": [], "remaining": 0, "seen": 0,
-                                             "fired": None}
+                                            "fired": None}
 
 
 def test_a_page_becoming_ram_again_is_refused_whole_when_its_reference_fails(local):
