@@ -165,7 +165,6 @@ class TraceError(Exception):
     """The trace cannot be read: not a trace, a newer format, a corrupt record."""
 
 
-
 @dataclass
 class Continuation:
     """A continued call between its rounds, as a trace shows it."""
@@ -184,9 +183,8 @@ class Continuations:
     def __init__(self):
         self._open: dict[int, Continuation] = {}
 
-    def begin(self, number: int, rec: HypercallRecord, call, state=None) -> Continuation:
-        cont = self._open[rec.c] = Continuation(number, rec.d, call, state=state)
-        return cont
+    def begin(self, number: int, rec: HypercallRecord, call, state=None) -> None:
+        self._open[rec.c] = Continuation(number, rec.d, call, state=state)
 
     def round(self, rec: RoundRecord) -> Continuation | None:
         """The continuation `rec` is a round of, its rounds counted (and
