@@ -29,7 +29,8 @@ from .. import wire
 from ..engine import CloseDomain, Connection, Engine
 from ..hw import PAGE_SHIFT
 from ..hypervisor import Hypervisor, MachineError
-from ..machine import MachineConfig, format_sbdf
+from ..machine import MachineConfig
+from ..pci import format_sbdf
 from ..snapshot import SnapshotError, restore as restore_snapshot
 from . import text as tracetext
 from .reader import TraceReader, located
