@@ -13,7 +13,7 @@ from xenemu.engine import Engine
 from xenemu.hw import reference
 from xenemu.hypervisor import Hypervisor
 from xenemu.machine import DomainConfig, MachineConfig
-from xenemu.tracetext import decode_reply
+from xenemu.trace.text import decode_reply
 from xenemu.wire import Call, Region
 
 from .util import medians, row

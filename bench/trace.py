@@ -12,8 +12,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from xenemu.trace import HypercallRecord, RoundRecord, TraceReader
-from xenemu.tracecli import replay_file
+from xenemu.trace.reader import TraceReader
+from xenemu.trace.records import HypercallRecord, RoundRecord
+from xenemu.trace.replay import replay_file
 from xenemu.wire import HDR_SIZE
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -114,7 +114,7 @@ def read_until_closed(s) -> list:
 
 def assert_replays(trace: Path, *, truncated_ok: bool = False):
     """Replay a trace in process: every record must match the recording."""
-    from xenemu.tracecli import replay_file
+    from xenemu.trace.replay import replay_file
     r = replay_file(trace)
     details = "\n\n".join([d.report for d in r.divergences] + r.problems + [r.error or ""])
     assert r.ok, f"{trace}: replay failed:\n{details}"

@@ -12,7 +12,7 @@ from xenemu.errno import XenErrno as E
 from xenemu.hypervisor import Hypervisor
 from xenemu.machine import DomainConfig, MachineConfig
 from xenemu.p2m import P2mType
-from xenemu.tracetext import decode_reply
+from xenemu.trace.text import decode_reply
 from xenemu.wire import Call, Region
 
 GADDR = 0x1000

@@ -7,6 +7,9 @@ machine's memory was gone. Now context 0 has a pool of its own: what its 1:1
 map took at creation plus the domain's table_pages budget; beyond it map_pages
 stops with -ENOMEM and `mapped` = the pages before the one needing a table,
 as at a PV-IOMMU context's budget.
+
+The budget's semantics are tested in process (the `local` fixture); the
+daemon's memory and a machine file at the domain bound through its sockets.
 """
 
 from __future__ import annotations
@@ -26,20 +29,21 @@ PAGES = 16 * 256        # the test domain's RAM: gfns 0..0xFFF, 1:1 in context 0
 IDENTITY_TABLES = 1 + 1 + PAGES // LEAF   # root, one mid-level, 8 leaves
 
 
-def default_tables(daemon, domid: int) -> dict:
-    info = next(d for d in daemon.ctl("info")["domains"] if d["domid"] == domid)
+def default_tables(machine, domid: int) -> dict:
+    """`machine`: the daemon or the in-process machine (both have ctl)."""
+    info = next(d for d in machine.ctl("info")["domains"] if d["domid"] == domid)
     return info["default_table_pages"]
 
 
-def test_default_context_tables_stop_at_the_budget_and_stay_usable(daemon):
-    created = daemon.ctl("domain_create", domid=9, hardware=True, memory_mib=16, contexts=4,
-                         table_pages=6)
+def test_default_context_tables_stop_at_the_budget_and_stay_usable(local):
+    created = local.ctl("domain_create", domid=9, hardware=True, memory_mib=16, contexts=4,
+                        table_pages=6)
     assert created["domain"]["default_table_pages"] == {
         "used": IDENTITY_TABLES, "limit": IDENTITY_TABLES + 6}
     # A new GiB costs a mid-level and a leaf table, a run into the next leaf one more.
     far = [GIB, GIB + LEAF - 2, 2 * GIB, 2 * GIB + LEAF - 2]      # 2 + 1 + 2 + 1 tables
     edge = 2 * GIB + 2 * LEAF - 2
-    with XenemuClient(created["socket"]) as d9:
+    with local.client(9) as d9:
         for i, dfn in enumerate(far):
             assert d9.map_pages(0, gfn=4 * i, dfn=dfn, nr_pages=4).ret == 0
         # 6 spent: the run maps up to the page needing a new leaf, then -ENOMEM.
@@ -47,19 +51,19 @@ def test_default_context_tables_stop_at_the_budget_and_stay_usable(daemon):
         assert (res.ret, res.op.map_pages.mapped) == (-E.ENOMEM, 2)
         res = d9.map_pages(0, gfn=20, dfn=3 * GIB, nr_pages=1)
         assert (res.ret, res.op.map_pages.mapped) == (-E.ENOMEM, 0)
-        assert default_tables(daemon, 9) == {"used": IDENTITY_TABLES + 6,
-                                             "limit": IDENTITY_TABLES + 6}
+        assert default_tables(local, 9) == {"used": IDENTITY_TABLES + 6,
+                                            "limit": IDENTITY_TABLES + 6}
         # Its PV-IOMMU contexts' budget is a separate one, and so is d0's context 0.
         ctx = d9.alloc_context().op.ctx_no
         assert d9.map_pages(ctx, gfn=20, dfn=3 * GIB, nr_pages=1).ret == 0
         assert d9.unmap_pages(ctx, 3 * GIB, 1).ret == 0
         assert d9.free_context(ctx).ret == 0
-        with XenemuClient(daemon.socket(0)) as d0:
+        with local.client(0) as d0:
             assert d0.map_pages(0, gfn=0, dfn=5 * GIB, nr_pages=1).ret == 0
             assert d0.unmap_pages(0, 5 * GIB, 1).ret == 0
         # The 1:1 map never needs a table again: a page-out and page-in still map.
-        daemon.ctl("p2m_set", domid=9, gfn=0x20, type="paged_out")
-        daemon.ctl("p2m_set", domid=9, gfn=0x20, type="ram")
+        local.ctl("p2m_set", domid=9, gfn=0x20, type="paged_out")
+        local.ctl("p2m_set", domid=9, gfn=0x20, type="ram")
         assert d9.lookup_page(0, 0x20).op.lookup_page.gfn == 0x20
         # Unmapped, the tables stay with context 0: the same dfns map again, new ones do not.
         for dfn, n in zip(far + [edge], (4, 4, 4, 4, 2)):
@@ -69,23 +73,23 @@ def test_default_context_tables_stop_at_the_budget_and_stay_usable(daemon):
             assert d9.unmap_pages(0, dfn, 4).ret == 0
         assert d9.map_pages(0, gfn=20, dfn=3 * GIB, nr_pages=1).ret == -E.ENOMEM
     # Destroyed, the domain gives its tables and both pools back: a new d9 has it all.
-    daemon.ctl("domain_destroy", domid=9)
-    created = daemon.ctl("domain_create", domid=9, hardware=True, memory_mib=16, table_pages=6)
+    local.ctl("domain_destroy", domid=9)
+    created = local.ctl("domain_create", domid=9, hardware=True, memory_mib=16, table_pages=6)
     assert created["domain"]["default_table_pages"]["used"] == IDENTITY_TABLES
-    with XenemuClient(created["socket"]) as d9:
+    with local.client(9) as d9:
         assert d9.map_pages(0, gfn=20, dfn=3 * GIB, nr_pages=1).ret == 0
         assert d9.unmap_pages(0, 3 * GIB, 1).ret == 0
-    daemon.ctl("domain_destroy", domid=9)
+    local.ctl("domain_destroy", domid=9)
 
 
-def test_table_pages_zero_still_bounds_context_0(daemon):
+def test_table_pages_zero_still_bounds_context_0(local):
     """table_pages = 0 is "no limit" for the PV-IOMMU contexts only: context
     0 may still build 65536 table pages beyond its 1:1 map, no more."""
-    created = daemon.ctl("domain_create", domid=9, hardware=True, memory_mib=16, table_pages=0)
+    created = local.ctl("domain_create", domid=9, hardware=True, memory_mib=16, table_pages=0)
     assert created["domain"]["table_pages"]["limit"] == 0
     assert created["domain"]["default_table_pages"] == {
         "used": IDENTITY_TABLES, "limit": IDENTITY_TABLES + 65536}
-    daemon.ctl("domain_destroy", domid=9)
+    local.ctl("domain_destroy", domid=9)
 
 
 def test_a_guest_mapping_far_apart_pages_into_context_0_does_not_grow_the_daemon(tmp_path):

@@ -11,8 +11,8 @@ from xenemu.engine import CloseDomain, Engine, OpenDomainSocket, WriteSnapshot
 from xenemu.errno import XenErrno as E
 from xenemu.hypervisor import Hypervisor
 from xenemu.machine import default_machine
-from xenemu.trace import ControlRecord, HypercallRecord, ProtocolRecord, RoundRecord
-from xenemu.tracetext import decode_reply
+from xenemu.trace.records import ControlRecord, HypercallRecord, ProtocolRecord, RoundRecord
+from xenemu.trace.text import decode_reply
 from xenemu.wire import ERR_BAD_MAGIC, ERR_TRUNCATED, Error, FrameDecoder, Region, encode_call
 
 GADDR = 0x1000

@@ -1,4 +1,4 @@
-"""Fault injection through the control socket, walked as iommufd's fail-nth tests do.
+"""Fault injection through control requests, walked as iommufd's fail-nth tests do.
 
 `fail_nth` arms the machine so that the nth page-table allocation, IOTLB
 flush or page reference fails. The walk runs a driver-like scenario for
@@ -8,10 +8,14 @@ the clean run; the step where it fired returns what Xen's code returns for
 that failure (or, for a flush, what it returns anyway: the reference only
 prints "Flush operation failed"); the machine is consistent right after
 it; and once the domain is destroyed, every frame and reference is back.
+
+The tests drive the machine in process (the `local` fixture: the engine the
+daemon drives, the clients' helpers); the sockets add nothing here.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import Counter
 
@@ -40,8 +44,8 @@ ALLOWED = {
 class Session:
     """One run of the scenario on d9; `steps` are (name, outcome) pairs."""
 
-    def __init__(self, daemon, guest: XenemuClient):
-        self.daemon, self.guest = daemon, guest
+    def __init__(self, local, guest: XenemuClient):
+        self.local, self.guest = local, guest
         self.steps: list[tuple[str, object]] = []
 
     def call(self, name: str, result):
@@ -54,7 +58,7 @@ class Session:
         return result
 
     def dma(self, addr: int, **kw):
-        reply = self.daemon.ctl("dma", sbdf=DEV, addr=addr, **kw)
+        reply = self.local.ctl("dma", sbdf=DEV, addr=addr, **kw)
         self.steps.append(("dma", (reply["done"], reply.get("data"), reply.get("fault"))))
 
 
@@ -84,40 +88,40 @@ def scenario(s: Session, stop) -> None:
             return
 
 
-def run(daemon, nth: int):
+def run(local, nth: int):
     """Run the scenario with the nth event failing (0: none). Returns the
     session, the injector's state and the problems `check` saw right after
     the failure."""
-    created = daemon.ctl("domain_create", domid=DOMID, hardware=True, memory_mib=4, contexts=4,
-                         devices=[DEV])
+    local.ctl("domain_create", domid=DOMID, hardware=True, memory_mib=4, contexts=4,
+              devices=[DEV])
     problems = []
-    with XenemuClient(created["socket"]) as guest:
-        s = Session(daemon, guest)
-        daemon.ctl("fail_nth", nth=nth)
+    with local.client(DOMID) as guest:
+        s = Session(local, guest)
+        local.ctl("fail_nth", nth=nth)
 
         def fired():
-            if daemon.ctl("fail_nth")["fired"] is None:
+            if local.ctl("fail_nth")["fired"] is None:
                 return False
-            problems.extend(daemon.ctl("check")["problems"])
+            problems.extend(local.ctl("check")["problems"])
             return True
 
         scenario(s, fired)
-        state = daemon.ctl("fail_nth")
-        daemon.ctl("fail_nth", nth=0)
-    daemon.ctl("domain_destroy", domid=DOMID)
+        state = local.ctl("fail_nth")
+        local.ctl("fail_nth", nth=0)
+    local.ctl("domain_destroy", domid=DOMID)
     return s, state, problems
 
 
-def test_walking_nth_over_a_scenario_every_injected_failure_is_survived(daemon):
-    baseline = daemon.ctl("info")["iommu"]["frames_used"]
-    clean, state, _ = run(daemon, 0)
+def test_walking_nth_over_a_scenario_every_injected_failure_is_survived(local):
+    baseline = local.ctl("info")["iommu"]["frames_used"]
+    clean, state, _ = run(local, 0)
     assert state["fired"] is None
-    assert daemon.ctl("info")["iommu"]["frames_used"] == baseline
+    assert local.ctl("info")["iommu"]["frames_used"] == baseline
     sites = Counter()
     nth = 0
     while True:
         nth += 1
-        s, state, problems = run(daemon, nth)
+        s, state, problems = run(local, nth)
         if state["fired"] is None:
             assert s.steps == clean.steps
             break
@@ -141,8 +145,8 @@ def test_walking_nth_over_a_scenario_every_injected_failure_is_survived(daemon):
         else:
             assert problems == [], (nth, problems)
         # Destroying the domain gave back every frame and reference.
-        assert daemon.ctl("check")["consistent"], nth
-        assert daemon.ctl("info")["iommu"]["frames_used"] == baseline, nth
+        assert local.ctl("check")["consistent"], nth
+        assert local.ctl("info")["iommu"]["frames_used"] == baseline, nth
     # Every event of the scenario failed once: the table pages of context 1
     # (root, 2 for dfn 0x100, 1 past the leaf boundary at 0x200) and of
     # context 2 (root, 2), a reference per page mapped (16 + 8 + 4) and the
@@ -151,83 +155,84 @@ def test_walking_nth_over_a_scenario_every_injected_failure_is_survived(daemon):
     assert nth - 1 == sum(sites.values())
 
 
-def test_a_failed_unmap_flush_leaves_the_unmapped_pages_reachable(daemon):
+def test_a_failed_unmap_flush_leaves_the_unmapped_pages_reachable(local, caplog):
     """The hazard a failed IOTLB flush is: the guest sees success while the
     IOTLB still holds the translation, and `check` names it until the
     context's entries are invalidated. (A DMA through it would reach the
-    page; the daemon's check mode refuses that DMA as a stale hit.)"""
-    created = daemon.ctl("domain_create", domid=DOMID, hardware=True, memory_mib=4, contexts=4,
-                         devices=[DEV])
-    with XenemuClient(created["socket"]) as g:
+    page; the local's check mode refuses that DMA as a stale hit.)"""
+    local.ctl("domain_create", domid=DOMID, hardware=True, memory_mib=4, contexts=4,
+              devices=[DEV])
+    with local.client(DOMID) as g:
         assert g.alloc_context().ret == 0
         assert g.map_pages(1, gfn=0x10, dfn=0x100, nr_pages=2).ret == 0
         assert g.reattach_device(1, bus=0, devfn=DEVFN).ret == 0
-        daemon.ctl("dma", sbdf=DEV, addr=0x100 << 12, write=True, data=b"cached")
-        daemon.ctl("fail_nth", nth=1, sites=["flush"])
+        local.ctl("dma", sbdf=DEV, addr=0x100 << 12, write=True, data=b"cached")
+        local.ctl("fail_nth", nth=1, sites=["flush"])
         unmap = g.unmap_pages(1, 0x100, 2)
         assert (unmap.ret, unmap.op.unmap_pages.unmapped) == (0, 2)
-        assert daemon.ctl("fail_nth")["fired"] == "flush"
-        check = daemon.ctl("check")
+        assert local.ctl("fail_nth")["fired"] == "flush"
+        check = local.ctl("check")
         assert check["problems"] == ["1 IOTLB entry disagree with the page tables "
                                      "(an invalidation was missed or failed)"]
-        assert "Flush operation failed (-110)" in daemon.log()
+        assert "Flush operation failed (-110)" in caplog.text
         # Freeing the context invalidates all its entries.
         assert g.free_context(1, abi.IOMMU_TEARDOWN_REATTACH_DEFAULT).ret == 0
-    assert daemon.ctl("check")["consistent"]
-    daemon.ctl("domain_destroy", domid=DOMID)
+    assert local.ctl("check")["consistent"]
+    local.ctl("domain_destroy", domid=DOMID)
 
 
 @pytest.mark.parametrize("site,nth,why", [
     ("table", 2, "no machine memory left for I/O page tables"),
     ("ref", 100, "a page reference failed (injected)"),
 ])
-def test_domain_creation_fails_cleanly_on_an_injected_failure(daemon, site, nth, why):
-    baseline = daemon.ctl("info")["iommu"]["frames_used"]
-    daemon.ctl("fail_nth", nth=nth, sites=[site])
+def test_domain_creation_fails_cleanly_on_an_injected_failure(local, caplog, site, nth, why):
+    caplog.set_level(logging.INFO, logger="xenemu")
+    baseline = local.ctl("info")["iommu"]["frames_used"]
+    local.ctl("fail_nth", nth=nth, sites=[site])
     with pytest.raises(ControlError, match="could not map its memory"):
-        daemon.ctl("domain_create", domid=DOMID, hardware=True, memory_mib=4)
-    assert why in daemon.log()
-    assert daemon.ctl("info")["iommu"]["frames_used"] == baseline
-    assert daemon.ctl("check")["consistent"]
-    assert daemon.ctl("domain_create", domid=DOMID, hardware=True, memory_mib=4)["domain"]
+        local.ctl("domain_create", domid=DOMID, hardware=True, memory_mib=4)
+    assert why in caplog.text
+    assert local.ctl("info")["iommu"]["frames_used"] == baseline
+    assert local.ctl("check")["consistent"]
+    assert local.ctl("domain_create", domid=DOMID, hardware=True, memory_mib=4)["domain"]
 
 
-def test_fail_nth_arguments(daemon):
+def test_fail_nth_arguments(local):
     for bad in ({"nth": -1}, {"nth": 1, "sites": []}, {"nth": 1, "sites": ["disk"]},
                 {"nth": "1"}):
         with pytest.raises(ControlError, match="nth|sites"):
-            daemon.ctl("fail_nth", **bad)
-    assert daemon.ctl("fail_nth", nth=2, sites=["ref", "table"])["sites"] == ["table", "ref"]
-    assert daemon.ctl("fail_nth", nth=0) == {"sites": [], "remaining": 0, "seen": 0,
-                                             "fired": None}
+            local.ctl("fail_nth", **bad)
+    assert local.ctl("fail_nth", nth=2, sites=["ref", "table"])["sites"] == ["table", "ref"]
+    assert local.ctl("fail_nth", nth=0) == {"sites": [], "remaining": 0, "seen": 0,
+                                            "fired": None}
 
 
-def test_a_page_becoming_ram_again_is_refused_whole_when_its_reference_fails(daemon):
-    daemon.ctl("p2m_set", domid=0, gfn=0x3000, type="paged_out")
-    daemon.ctl("fail_nth", nth=1, sites=["ref"])
+def test_a_page_becoming_ram_again_is_refused_whole_when_its_reference_fails(local):
+    local.ctl("p2m_set", domid=0, gfn=0x3000, type="paged_out")
+    local.ctl("fail_nth", nth=1, sites=["ref"])
     with pytest.raises(ControlError, match="could not be mapped .* it stays paged_out"):
-        daemon.ctl("p2m_set", domid=0, gfn=0x3000, type="ram")
-    assert daemon.ctl("p2m_get", domid=0, gfn=0x3000)["type"] == "paged_out"
-    assert daemon.ctl("check")["consistent"]
-    daemon.ctl("p2m_set", domid=0, gfn=0x3000, type="ram")
-    assert daemon.ctl("dump", domid=0, ctx_no=0, dfn=0x3000, count=1)["perms"] == b"\x03"
+        local.ctl("p2m_set", domid=0, gfn=0x3000, type="ram")
+    assert local.ctl("p2m_get", domid=0, gfn=0x3000)["type"] == "paged_out"
+    assert local.ctl("check")["consistent"]
+    local.ctl("p2m_set", domid=0, gfn=0x3000, type="ram")
+    assert local.ctl("dump", domid=0, ctx_no=0, dfn=0x3000, count=1)["perms"] == b"\x03"
 
 
-def test_a_page_in_waits_while_the_default_context_cannot_map_it(daemon):
+def test_a_page_in_waits_while_the_default_context_cannot_map_it(local, caplog):
     """The page-in completes at the first look once its delay is over; if
     the default context can't map the page then, it stays paging in and
     completes at the next look."""
-    with XenemuClient(daemon.socket(0)) as g:
-        daemon.ctl("p2m_set", domid=0, gfn=0x3001, type="paged_out")
+    with local.client(0) as g:
+        local.ctl("p2m_set", domid=0, gfn=0x3001, type="paged_out")
         ctx = g.alloc_context().op.ctx_no
         assert g.map_pages(ctx, gfn=0x3001, dfn=0x10, nr_pages=1).ret == -E.EIO
         time.sleep(0.3)                             # past page_in_delay_ms
-        daemon.ctl("fail_nth", nth=1, sites=["ref"])
-        assert daemon.ctl("p2m_get", domid=0, gfn=0x3001)["type"] == "paging_in"
-        assert daemon.ctl("fail_nth")["fired"] == "ref"
-        assert "page-in of gfn 0x3001 waits" in daemon.log()
-        assert daemon.ctl("check")["consistent"]
-        assert daemon.ctl("p2m_get", domid=0, gfn=0x3001)["type"] == "ram"
+        local.ctl("fail_nth", nth=1, sites=["ref"])
+        assert local.ctl("p2m_get", domid=0, gfn=0x3001)["type"] == "paging_in"
+        assert local.ctl("fail_nth")["fired"] == "ref"
+        assert "page-in of gfn 0x3001 waits" in caplog.text
+        assert local.ctl("check")["consistent"]
+        assert local.ctl("p2m_get", domid=0, gfn=0x3001)["type"] == "ram"
         assert g.map_pages(ctx, gfn=0x3001, dfn=0x10, nr_pages=1).ret == 0
         assert g.unmap_pages(ctx, 0x10, 1).ret == 0
         assert g.free_context(ctx).ret == 0

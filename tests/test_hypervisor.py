@@ -1,9 +1,15 @@
-"""Every PV-IOMMU sub-op and error path, through the daemon's sockets, and the
-machine they act on (DMA, faults, p2m types, quarantine) through its control
-socket. The `daemon` fixture checks the invariants after each test."""
+"""Every PV-IOMMU sub-op and error path, and the machine they act on (DMA,
+faults, p2m types, quarantine) through control requests: in process (the
+`local` fixture: the engine the daemon drives, the clients' helpers), and
+through the daemon's sockets where they are what a test is about (a domain's
+socket going away, the control socket, `xenemu ctl`, calls racing DMA on two
+connections). Both fixtures check the invariants and replay the trace after
+each test."""
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import subprocess
 import sys
 import time
@@ -12,10 +18,13 @@ from pathlib import Path
 import pytest
 
 import scenarios
+from support import assert_replays
 from xenemu import abi
 from xenemu.client import XenemuClient
 from xenemu.ctl import ControlError
 from xenemu.errno import XenErrno as E
+from xenemu.inprocess import Local
+from xenemu.machine import load_machine
 
 NIC = "0000:00:03.0"
 NIC_DEVFN = 3 << 3
@@ -23,9 +32,9 @@ GPU = "0000:00:02.0"
 
 
 @pytest.fixture
-def xen(daemon):
-    with XenemuClient(daemon.socket(0)) as client:
-        yield client
+def xen(local):
+    """d0's client, in process."""
+    return local.client(0)
 
 
 def new_ctx(xen) -> int:
@@ -54,22 +63,20 @@ def test_alloc_ignores_the_clone_flag_like_the_reference(xen):
 
 
 def test_clone_is_honoured_when_the_daemon_is_told_to(tmp_path):
-    from support import DaemonProcess
     cfg = tmp_path / "m.toml"
     cfg.write_text("honour_clone = true\n[[domain]]\ndomid = 0\nhardware = true\n"
                    "memory_mib = 8\ncontexts = 2\n")
-    d = DaemonProcess(tmp_path / "d", "--config", str(cfg))
-    try:
-        with XenemuClient(d.socket(0)) as x:
-            res = x.alloc_context(abi.IOMMU_CREATE_clone)
-            assert res.ret == 0
-            look = x.lookup_page(res.op.ctx_no, 0x7FF)
-            assert (look.ret, look.op.lookup_page.gfn) == (0, 0x7FF)
-            assert x.lookup_page(res.op.ctx_no, 0x800).ret == -E.ENOENT   # beyond 8 MiB
-            assert x.free_context(res.op.ctx_no).ret == 0
-        assert d.ctl("check")["consistent"]
-    finally:
-        assert d.stop() == 0
+    trace = tmp_path / "trace.xt"
+    with Local(dataclasses.replace(load_machine(cfg), check_iotlb=True), record=trace) as m:
+        x = m.client(0)
+        res = x.alloc_context(abi.IOMMU_CREATE_clone)
+        assert res.ret == 0
+        look = x.lookup_page(res.op.ctx_no, 0x7FF)
+        assert (look.ret, look.op.lookup_page.gfn) == (0, 0x7FF)
+        assert x.lookup_page(res.op.ctx_no, 0x800).ret == -E.ENOENT   # beyond 8 MiB
+        assert x.free_context(res.op.ctx_no).ret == 0
+        assert m.ctl("check")["consistent"]
+    assert_replays(trace)
 
 
 def test_free_context_errors(xen):
@@ -81,14 +88,14 @@ def test_free_context_errors(xen):
     assert xen.free_context(ctx).ret == -E.ENOENT
 
 
-def test_free_with_devices_is_ebusy_without_the_flag_and_reattaches_with_it(xen, daemon):
+def test_free_with_devices_is_ebusy_without_the_flag_and_reattaches_with_it(xen, local):
     ctx = new_ctx(xen)
     assert xen.reattach_device(ctx, bus=0, devfn=NIC_DEVFN).ret == 0
     assert xen.free_context(ctx).ret == -E.EBUSY
     # Still a normal context after -EBUSY (see the divergences).
     assert xen.map_pages(ctx, 0x10, 0x10, 1).ret == 0
     assert xen.free_context(ctx, abi.IOMMU_TEARDOWN_REATTACH_DEFAULT).ret == 0
-    contexts = daemon.ctl("contexts", domid=0)["contexts"]
+    contexts = local.ctl("contexts", domid=0)["contexts"]
     assert [c["ctx_no"] for c in contexts] == [0]
     assert NIC in contexts[0]["devices"]
 
@@ -179,119 +186,120 @@ def test_dfn_above_the_address_width(xen):
 
 @pytest.mark.parametrize("ptype,err", [("paged_out", E.EIO), ("shared", E.EINVAL),
                                        ("mmio", E.EPERM), ("invalid", E.EPERM)])
-def test_p2m_types_fail_at_their_page(xen, daemon, ptype, err):
-    daemon.ctl("p2m_set", domid=0, gfn=0x503, type=ptype)
+def test_p2m_types_fail_at_their_page(xen, local, caplog, ptype, err):
+    caplog.set_level(logging.DEBUG, logger="xenemu")
+    local.ctl("p2m_set", domid=0, gfn=0x503, type=ptype)
     ctx = new_ctx(xen)
     res = xen.map_pages(ctx, 0x500, 0x900, 8)
     assert (res.ret, res.op.map_pages.mapped) == (-err, 3)
-    assert f"-{err.name}" in daemon.log()
+    assert f"-{err.name}" in caplog.text
     assert xen.unmap_pages(ctx, 0x900, 3).ret == 0
     assert xen.free_context(ctx).ret == 0
-    daemon.ctl("p2m_set", domid=0, gfn=0x503, type="ram")
+    local.ctl("p2m_set", domid=0, gfn=0x503, type="ram")
 
 
-def test_paged_out_gfn_is_paged_in_after_a_delay(xen, daemon):
-    daemon.ctl("p2m_set", domid=0, gfn=0x600, type="paged_out")
+def test_paged_out_gfn_is_paged_in_after_a_delay(xen, local):
+    local.ctl("p2m_set", domid=0, gfn=0x600, type="paged_out")
     ctx = new_ctx(xen)
     asked = time.monotonic()
     assert xen.map_pages(ctx, 0x600, 0x600, 1).ret == -E.EIO
-    now_type = daemon.ctl("p2m_get", domid=0, gfn=0x600)["type"]
+    now_type = local.ctl("p2m_get", domid=0, gfn=0x600)["type"]
     # Paging in, unless a loaded machine let the 10 ms delay pass already.
     assert now_type == "paging_in" or (now_type == "ram" and time.monotonic() - asked >= 0.010)
     deadline = time.monotonic() + 5
     while (ret := xen.map_pages(ctx, 0x600, 0x600, 1).ret) == -E.EIO:
         assert time.monotonic() < deadline
         time.sleep(0.005)
-    assert ret == 0 and daemon.ctl("p2m_get", domid=0, gfn=0x600)["type"] == "ram"
+    assert ret == 0 and local.ctl("p2m_get", domid=0, gfn=0x600)["type"] == "ram"
     assert xen.map_pages(0, 0x600, 0x600, 1).ret == -E.EADDRINUSE   # identity map is back
     assert xen.unmap_pages(ctx, 0x600, 1).ret == 0
     assert xen.free_context(ctx).ret == 0
 
 
-def test_a_mapped_page_cannot_be_paged_out(xen, daemon):
+def test_a_mapped_page_cannot_be_paged_out(xen, local):
     ctx = new_ctx(xen)
     assert xen.map_pages(ctx, 0x700, 0x700, 1).ret == 0
     with pytest.raises(ControlError, match="mapped in 1 other place"):
-        daemon.ctl("p2m_set", domid=0, gfn=0x700, type="paged_out")
+        local.ctl("p2m_set", domid=0, gfn=0x700, type="paged_out")
     assert xen.unmap_pages(ctx, 0x700, 1).ret == 0
     assert xen.free_context(ctx).ret == 0
 
 
-def test_paging_leaves_a_dfn_the_guest_remapped_in_context_0_alone(xen, daemon):
+def test_paging_leaves_a_dfn_the_guest_remapped_in_context_0_alone(xen, local):
     """Context 0 follows the p2m at dfn == gfn only while the guest has not
     taken that dfn over: dfn 0x710 remapped to gfn 0x711 survives gfn 0x710
     paging out and in."""
     assert xen.unmap_pages(0, 0x710, 1).ret == 0
     assert xen.map_pages(0, 0x711, 0x710, 1).ret == 0
-    daemon.ctl("p2m_set", domid=0, gfn=0x710, type="paged_out")
+    local.ctl("p2m_set", domid=0, gfn=0x710, type="paged_out")
     assert xen.lookup_page(0, 0x710).op.lookup_page.gfn == 0x711
-    daemon.ctl("p2m_set", domid=0, gfn=0x710, type="ram")
+    local.ctl("p2m_set", domid=0, gfn=0x710, type="ram")
     assert xen.lookup_page(0, 0x710).op.lookup_page.gfn == 0x711
-    assert daemon.ctl("check")["consistent"]
+    assert local.ctl("check")["consistent"]
     # Put the identity back, as the rest of the session expects.
     assert xen.unmap_pages(0, 0x710, 1).ret == 0
     assert xen.map_pages(0, 0x710, 0x710, 1).ret == 0
     with pytest.raises(ControlError, match="paging_in is entered, not set"):
-        daemon.ctl("p2m_set", domid=0, gfn=0x710, type="paging_in")
+        local.ctl("p2m_set", domid=0, gfn=0x710, type="paging_in")
 
 
 # -- DMA end to end ---------------------------------------------------------------
 
-def test_dma_through_a_context_then_fault_after_unmap(xen, daemon):
+def test_dma_through_a_context_then_fault_after_unmap(xen, local):
     ctx = new_ctx(xen)
     assert xen.map_pages(ctx, gfn=0x2000, dfn=0x10, nr_pages=2).ret == 0
     assert xen.reattach_device(ctx, bus=0, devfn=NIC_DEVFN).ret == 0
     payload = bytes(range(256)) * 20                       # 5120 bytes: crosses a page
-    out = daemon.ctl("dma", sbdf=NIC, addr=0x10 << 12 | 0x100, write=True, data=payload)
+    out = local.ctl("dma", sbdf=NIC, addr=0x10 << 12 | 0x100, write=True, data=payload)
     assert (out["done"], out["faulted"]) == (len(payload), False)
-    got = daemon.ctl("mem_read", domid=0, gfn=0x2000, offset=0x100, length=0xF00)["data"]
+    got = local.ctl("mem_read", domid=0, gfn=0x2000, offset=0x100, length=0xF00)["data"]
     assert got == payload[:0xF00]
-    got = daemon.ctl("mem_read", domid=0, gfn=0x2001, offset=0, length=0x100)["data"]
+    got = local.ctl("mem_read", domid=0, gfn=0x2001, offset=0, length=0x100)["data"]
     assert got == payload[0xF00:0x1000]
     # The device reads what the guest writes.
-    daemon.ctl("mem_write", domid=0, gfn=0x2001, offset=0x800, data=b"from the guest")
-    out = daemon.ctl("dma", sbdf=NIC, addr=(0x11 << 12) + 0x800, length=14)
+    local.ctl("mem_write", domid=0, gfn=0x2001, offset=0x800, data=b"from the guest")
+    out = local.ctl("dma", sbdf=NIC, addr=(0x11 << 12) + 0x800, length=14)
     assert out["data"] == b"from the guest"
 
     assert xen.unmap_pages(ctx, 0x10, 2).ret == 0
-    daemon.ctl("faults", clear=True)
-    out = daemon.ctl("dma", sbdf=NIC, addr=0x10 << 12, write=True, data=b"x" * 8)
+    local.ctl("faults", clear=True)
+    out = local.ctl("dma", sbdf=NIC, addr=0x10 << 12, write=True, data=b"x" * 8)
     assert out["faulted"] and out["done"] == 0
     assert out["fault"] == {"sbdf": NIC, "addr": 0x10 << 12, "kind": "NOT_PRESENT", "write": True}
-    faults = daemon.ctl("faults")["faults"]
+    faults = local.ctl("faults")["faults"]
     assert faults == [out["fault"]]
     assert xen.free_context(ctx, abi.IOMMU_TEARDOWN_REATTACH_DEFAULT).ret == 0
 
 
-def test_read_only_mapping_faults_on_write(xen, daemon):
+def test_read_only_mapping_faults_on_write(xen, local):
     ctx = new_ctx(xen)
     assert xen.map_pages(ctx, 0x30, 0x30, 1, flags=abi.IOMMU_OP_readable).ret == 0
     assert xen.reattach_device(ctx, bus=0, devfn=NIC_DEVFN).ret == 0
-    assert daemon.ctl("dma", sbdf=NIC, addr=0x30 << 12, length=8)["faulted"] is False
-    out = daemon.ctl("dma", sbdf=NIC, addr=0x30 << 12, write=True, data=b"no")
+    assert local.ctl("dma", sbdf=NIC, addr=0x30 << 12, length=8)["faulted"] is False
+    out = local.ctl("dma", sbdf=NIC, addr=0x30 << 12, write=True, data=b"no")
     assert out["fault"]["kind"] == "WRITE"
     assert xen.free_context(ctx, abi.IOMMU_TEARDOWN_REATTACH_DEFAULT).ret == 0
-    daemon.ctl("faults", clear=True)
+    local.ctl("faults", clear=True)
 
 
-def test_a_dma_reports_its_fault_even_when_the_fault_log_is_full(daemon):
+def test_a_dma_reports_its_fault_even_when_the_fault_log_is_full(local):
     """The log keeps the first 256 faults, as VT-d's registers keep a few;
     the DMA request still learns why it stopped."""
-    daemon.ctl("faults", clear=True)
+    local.ctl("faults", clear=True)
     bad = 0x7F << 30                                       # beyond d0's memory: not present
     for i in range(256):
-        daemon.ctl("dma", sbdf=GPU, addr=bad + (i << 12), length=1)
-    out = daemon.ctl("dma", sbdf=GPU, addr=1 << 39, write=True, data=b"x")
+        local.ctl("dma", sbdf=GPU, addr=bad + (i << 12), length=1)
+    out = local.ctl("dma", sbdf=GPU, addr=1 << 39, write=True, data=b"x")
     assert out["fault"] == {"sbdf": GPU, "addr": 1 << 39, "kind": "WIDTH", "write": True}
-    log = daemon.ctl("faults")
+    log = local.ctl("faults")
     assert len(log["faults"]) == 256 and log["overflow"]
     assert out["fault"] not in log["faults"]
-    daemon.ctl("faults", clear=True)
+    local.ctl("faults", clear=True)
 
 
-def test_default_context_dma_reaches_the_whole_domain(daemon):
-    daemon.ctl("dma", sbdf=GPU, addr=0x1234 << 12, write=True, data=b"identity")
-    assert daemon.ctl("mem_read", domid=0, gfn=0x1234, length=8)["data"] == b"identity"
+def test_default_context_dma_reaches_the_whole_domain(local):
+    local.ctl("dma", sbdf=GPU, addr=0x1234 << 12, write=True, data=b"identity")
+    assert local.ctl("mem_read", domid=0, gfn=0x1234, length=8)["data"] == b"identity"
 
 
 def test_dma_under_reattach_between_two_contexts_never_faults(daemon):
@@ -300,12 +308,12 @@ def test_dma_under_reattach_between_two_contexts_never_faults(daemon):
 
 # -- isolation ------------------------------------------------------------------------
 
-def test_non_hardware_domain_gets_eperm_and_changes_nothing(xen, daemon):
+def test_non_hardware_domain_gets_eperm_and_changes_nothing(xen, local):
     ctx = new_ctx(xen)
     assert xen.map_pages(ctx, 0x10, 0x10, 4).ret == 0
-    before = (daemon.ctl("contexts", domid=0), daemon.ctl("dump", domid=0, ctx_no=ctx, count=64),
-              daemon.ctl("contexts", domid=1), daemon.ctl("info"))
-    with XenemuClient(daemon.socket(1)) as guest:
+    before = (local.ctl("contexts", domid=0), local.ctl("dump", domid=0, ctx_no=ctx, count=64),
+              local.ctl("contexts", domid=1), local.ctl("info"))
+    with local.client(1) as guest:
         tries = [guest.alloc_context(), guest.free_context(ctx), guest.free_context(1),
                  guest.reattach_device(ctx, bus=0, devfn=NIC_DEVFN),
                  guest.reattach_device(0, bus=1, devfn=0),
@@ -313,8 +321,8 @@ def test_non_hardware_domain_gets_eperm_and_changes_nothing(xen, daemon):
                  guest.unmap_pages(ctx, 0x10, 4), guest.lookup_page(ctx, 0x10),
                  guest.query_capabilities(), guest.noop()]
     assert [r.ret for r in tries] == [-E.EPERM] * len(tries)
-    after = (daemon.ctl("contexts", domid=0), daemon.ctl("dump", domid=0, ctx_no=ctx, count=64),
-             daemon.ctl("contexts", domid=1), daemon.ctl("info"))
+    after = (local.ctl("contexts", domid=0), local.ctl("dump", domid=0, ctx_no=ctx, count=64),
+             local.ctl("contexts", domid=1), local.ctl("info"))
     assert before == after
     assert xen.free_context(ctx).ret == 0
 
@@ -364,7 +372,8 @@ def test_control_refuses_bad_requests_clearly(daemon):
             daemon.ctl(op, **args)
 
 
-def test_ctl_command_line(xen, daemon):
+def test_ctl_command_line(daemon):
+    xen = XenemuClient(daemon.socket(0))
     ctx = new_ctx(xen)
     assert xen.map_pages(ctx, 0x100, 0x200, 3).ret == 0
 
@@ -383,3 +392,4 @@ def test_ctl_command_line(xen, daemon):
     assert bad.returncode == 1 and "d9 does not exist" in bad.stderr
     assert "dma" in ctl("help").stdout
     assert xen.free_context(ctx).ret == 0
+    xen.close()

@@ -12,9 +12,9 @@ import dataclasses
 import inspect
 import logging
 
-from xenemu import hypercalls, tracetext, wire
-from xenemu.trace import HypercallRecord
-from xenemu.tracecli import Describer
+from xenemu import hypercalls, wire
+from xenemu.trace import text as tracetext
+from xenemu.trace.records import HypercallRecord
 from xenemu.errno import XenErrno as E
 from xenemu.engine import Engine
 from xenemu.hypercalls.common import HypercallError, SubOp, client_helpers
@@ -101,7 +101,7 @@ def test_a_new_subop_is_one_row_and_one_handler(monkeypatch, caplog):
     rec = HypercallRecord(t=0.0, d=0, req=wire.encode_call(call.req_id, call.op, call.args,
                                                             call.regions),
                           rep=wire.encode_reply(reply.req_id, reply.ret, reply.regions))
-    assert Describer(with_text=False).event(1, rec).pages == ("mapped", 2)
+    assert tracetext.Describer(with_text=False).event(1, rec).pages == ("mapped", 2)
 
 
 def test_a_failure_carries_its_reason_to_the_dispatch(monkeypatch):

@@ -28,8 +28,10 @@ from hostile import bomb, load, pack, peak_rss_mib
 from support import ROOT, DaemonProcess, assert_replays
 from xenemu import cli
 from xenemu.machine import default_machine
-from xenemu.replay import Replayer
-from xenemu.trace import MAX_HEADER, MAX_RECORD, TraceError, TraceReader, TraceWriter
+from xenemu.trace.reader import TraceReader
+from xenemu.trace.records import MAX_HEADER, MAX_RECORD, TraceError
+from xenemu.trace.replay import Replayer
+from xenemu.trace.writer import TraceWriter
 
 CORPUS = ROOT / "tests" / "traces"
 SMALL = [CORPUS / n for n in ("linux-driver.xt", "error-paths.xt", "machine-changes.xt")]

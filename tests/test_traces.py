@@ -29,10 +29,9 @@ from xenemu import abi, cli, wire
 from xenemu import iommu_contexts
 from xenemu.client import XenemuClient, XenemuError
 from xenemu.errno import XenErrno as E
-from xenemu.replay import Replayer
-from xenemu.trace import TraceReader
-from xenemu.tracecli import replay_file
-from xenemu.tracetext import decode_call, decode_reply
+from xenemu.trace.reader import TraceReader
+from xenemu.trace.replay import Replayer, replay_file
+from xenemu.trace.text import decode_call, decode_reply
 
 
 # (reattach-under-dma runs in test_hypervisor.py.)

@@ -12,11 +12,13 @@ from pathlib import Path
 
 import trio
 
-from . import snapshot, tracecli
+from . import snapshot
 from .daemon import Daemon, DaemonError, Limits, default_socket_dir
 from .hypervisor import Hypervisor
 from .machine import ConfigError, default_machine, load_machine
-from .trace import TraceError, TraceReader
+from .trace import cli as tracecli
+from .trace.reader import TraceReader
+from .trace.records import TraceError
 
 
 # Exit statuses of `xenemu serve` (its --help says them too).

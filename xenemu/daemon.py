@@ -35,7 +35,7 @@ from .fdlimit import OWN_DESCRIPTORS, open_descriptors, room_for
 from .hypervisor import Hypervisor
 from .membudget import ByteBudget
 from .snapshot import SnapshotError
-from .trace import TraceWriter
+from .trace.writer import TraceWriter
 from .wire import ERR_GONE, ERR_LIMIT, ERR_TIMEOUT, MAX_FRAME, encode_error
 
 log = logging.getLogger("xenemu.daemon")

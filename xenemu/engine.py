@@ -4,8 +4,8 @@ Drivers (the daemon, `xenemu replay`, the in-process client, the benchmarks)
 move bytes; the engine turns them into the machine's answers, as h11's
 Connection does for HTTP. Per event it ticks the machine's clock once, runs
 the event, notes a fault injection that fired, and, when recording, appends
-the trace record the event produced to `Engine.events` (trace.Record
-structs, in the order the machine ran them: a driver drains the list into
+the trace record the event produced to `Engine.events` (trace.records'
+Structs, in the order the machine ran them: a driver drains the list into
 a TraceWriter, or compares it).
 
 A domain's calls arrive on a Connection: its receive buffer (a FrameDecoder)
@@ -33,8 +33,8 @@ from .domain import Domain
 from .errno import XenErrno
 from .guest import GuestMemory
 from .hypervisor import RESTART, Hypervisor, MachineError
-from .trace import (RECORDED_CONTROL, ControlRecord, HypercallRecord,
-                    ProtocolRecord, RoundRecord)
+from .trace.records import (RECORDED_CONTROL, ControlRecord, HypercallRecord,
+                            ProtocolRecord, RoundRecord)
 from .wire import ERR_INTERNAL, ERR_TRUNCATED, Call, FrameDecoder, ProtocolError, encode_error, encode_reply
 
 log = logging.getLogger("xenemu.engine")

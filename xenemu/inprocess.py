@@ -24,7 +24,7 @@ from .ctl import ControlError
 from .engine import Engine
 from .hypervisor import Hypervisor
 from .machine import MachineConfig
-from .trace import TraceWriter
+from .trace.writer import TraceWriter
 from .wire import ERR_GONE, Error, FrameDecoder, ProtocolError, Reply
 
 

@@ -23,7 +23,7 @@ from xenemu.hypervisor import Hypervisor
 from xenemu.machine import DomainConfig, MachineConfig
 from xenemu.pci import parse_sbdf
 from xenemu.p2m import P2mType
-from xenemu.tracetext import decode_reply
+from xenemu.trace.text import decode_reply
 
 # -- frames ----------------------------------------------------------------------
 

@@ -1,15 +1,20 @@
-"""Trace records as text a person reads: one line per event (`xenemu trace
-show`), a request field by field, and two replies side by side (replay's
-divergence report). Pure functions of the recorded bytes.
+"""Trace records as text a person reads: one event per record (what `xenemu
+trace show` prints and `trace stats` counts), a request field by field, and
+two replies side by side (replay's divergence report). Functions of the
+recorded bytes; the sub-ops' rows (xenemu.hypercalls) say how to read them.
 """
 
 from __future__ import annotations
 
-from . import wire
-from .hypercalls import ABIS, hypercall_name
-from .errno import result_name
-from .trace import TraceError
-from .wire import Call, FrameDecoder, Reply
+from dataclasses import dataclass
+
+from .. import wire
+from ..errno import result_name
+from ..hypercalls import ABIS, hypercall_name
+from ..wire import Call, FrameDecoder, Reply
+from .records import (ControlRecord, Continuations, HypercallRecord, Record, RoundRecord,
+                      TraceError)
+
 
 def _decode_one(decoder: FrameDecoder, raw: bytes, what: str):
     decoder.feed(raw)
@@ -157,3 +162,76 @@ def control_result(reply: dict) -> str:
         return f"refused: {reply.get('error', '?')}"
     rest = " ".join(f"{k}={short_value(v)}" for k, v in reply.items() if k != "ok")
     return "ok" + (" " + rest if rest else "")
+
+
+# -- one event per record ------------------------------------------------------
+
+@dataclass
+class Event:
+    """A record made readable: what `show` prints and `stats` counts."""
+    number: int
+    t: float
+    domid: int | None
+    name: str            # sub-op, hypercall, control op, or 'protocol'
+    kind: str            # 'hypercall', 'control', 'protocol'
+    text: str
+    result: str = ""     # '0', '-EINVAL', 'ok', 'refused', 'BAD_MAGIC', '' while continuing
+    failed: bool = False
+    pages: tuple[str, int] | None = None   # (the row's page-count output, count)
+
+
+class Describer:
+    """Turns records into Events, following continued calls across rounds."""
+
+    def __init__(self, with_text: bool = True):
+        self._continuations = Continuations()
+        self._with_text = with_text   # stats needs names and results, not the text
+
+    def event(self, number: int, rec: Record) -> Event:
+        if isinstance(rec, HypercallRecord):
+            call = recorded_call(number, rec.req)
+            if rec.rep is None:
+                self._continuations.begin(number, rec, call)
+                return self._hypercall(number, rec.t, rec.d, call, None,
+                                       f" -> continues (c{rec.c})")
+            return self._hypercall(number, rec.t, rec.d, call, rec.rep, "")
+        if isinstance(rec, RoundRecord):
+            cont = self._continuations.round(rec)
+            if cont is None:
+                return Event(number, rec.t, None, "?", "hypercall",
+                             f"round of unknown continuation c{rec.c}")
+            if rec.rep is None:
+                return self._hypercall(number, rec.t, cont.domid, cont.call, None,
+                                       f" -> continues (c{rec.c}, round {cont.rounds})")
+            return self._hypercall(number, rec.t, cont.domid, cont.call, rec.rep,
+                                   f" (c{rec.c}, {cont.rounds} rounds)")
+        if isinstance(rec, ControlRecord):
+            req, rep = rec.req, rec.rep
+            domid = req.get("domid") if isinstance(req.get("domid"), int) else None
+            ok = bool(rep.get("ok"))
+            return Event(number, rec.t, domid, str(req.get("op")), "control",
+                         f"control {req.get('op')} {control_args(req)} -> "
+                         f"{control_result(rep)}",
+                         "ok" if ok else "refused", not ok)
+        code = wire.ERROR_NAMES.get(rec.code, str(rec.code))
+        how = "stream ended mid-frame" if rec.eof else "ERROR frame sent, connection closed"
+        return Event(number, rec.t, rec.d, "protocol", "protocol",
+                     f"protocol error {code} on {len(rec.raw)} bytes ({how})", code, True)
+
+    def _hypercall(self, number, t, domid, call, rep, suffix) -> Event:
+        name = call_name(call)
+        text = request_text(call) if self._with_text else ""
+        if rep is None:
+            return Event(number, t, domid, name, "hypercall", text + suffix)
+        reply = recorded_reply(number, rep)
+        failed = not isinstance(reply, wire.Reply) or reply.ret < 0
+        result = result_name(reply.ret) if isinstance(reply, wire.Reply) else "ERROR"
+        pages = None
+        if isinstance(reply, wire.Reply):
+            abi, op = described(call, reply.regions)
+            row = abi.row(op) if op is not None else None
+            if row is not None and row.pages:
+                pages = (row.pages, abi.view_fields(op)[row.pages])
+        if self._with_text:
+            text = f"{text} -> {result_text(call, reply)}{suffix}"
+        return Event(number, t, domid, name, "hypercall", text, result, failed, pages)

@@ -12,23 +12,30 @@ Continuations replay round by round where the trace says other events ran
 between rounds, so interleavings are exact. Only guest-visible bytes are
 compared: if this xenemu slices a long operation differently from the one
 that recorded, the call is run to its end and its final reply compared.
+
+`replay_file` reads a trace file and replays it, as `xenemu replay` does.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import msgpack
 
-from . import tracetext, wire
-from .engine import CloseDomain, Connection, Engine
-from .hw import PAGE_SHIFT
-from .hypervisor import Hypervisor, MachineError
-from .machine import MachineConfig, format_sbdf
-from .snapshot import SnapshotError, restore as restore_snapshot
-from .trace import (ControlRecord, HypercallRecord, ProtocolRecord, Record, RoundRecord,
-                    TraceError)
+from .. import wire
+from ..engine import CloseDomain, Connection, Engine
+from ..hw import PAGE_SHIFT
+from ..hypervisor import Hypervisor, MachineError
+from ..machine import MachineConfig
+from ..pci import format_sbdf
+from ..snapshot import SnapshotError, restore as restore_snapshot
+from . import text as tracetext
+from .reader import TraceReader, located
+from .records import (ControlRecord, Continuations, HypercallRecord, ProtocolRecord, Record,
+                      RoundRecord, TraceError)
 
 
 @dataclass
@@ -39,12 +46,10 @@ class Divergence:
 
 
 @dataclass
-class _Pending:
-    """A continued hypercall between its rounds: its engine connection, and
-    its reply if this xenemu finished it in fewer rounds than the recording."""
-    number: int
+class _Running:
+    """A continued hypercall between its recorded rounds: its engine connection,
+    and its reply if this xenemu finished it in fewer rounds than the recording."""
     conn: Connection
-    call: wire.Call
     reply: bytes | None = None
 
 
@@ -64,7 +69,7 @@ class Replayer:
             except (MachineError, ValueError, OverflowError) as e:   # more than the host has
                 raise TraceError(f"the trace's machine cannot be built: {e}") from None
         self.engine = Engine(self.hv)
-        self._pending: dict[int, _Pending] = {}
+        self._continuations = Continuations()
         self.hypercalls = 0
 
     def _restore(self, snap: dict, check_iotlb: bool) -> Hypervisor:
@@ -89,14 +94,11 @@ class Replayer:
             return self._control(number, rec)
         return self._protocol(number, rec)
 
-    def _domain_destroyed(self, domid: int) -> None:
-        """A call that was continuing there ends, as the daemon ends it (GONE)."""
-        self._pending = {c: p for c, p in self._pending.items() if p.conn.domid != domid}
-
     def unfinished(self) -> list[str]:
         """Continued calls the trace never finished (the daemon died mid-call)."""
-        return [f"record {p.number}: d{p.conn.domid} {tracetext.request_text(p.call)} "
-                f"was still continuing when the trace ended" for p in self._pending.values()]
+        return [f"record {c.number}: d{c.domid} {tracetext.request_text(c.call)} "
+                f"was still continuing when the trace ended"
+                for c in self._continuations.unfinished()]
 
     # -- hypercalls ------------------------------------------------------------
 
@@ -110,21 +112,21 @@ class Replayer:
                              f"point") from None
         reply = conn.start(call)
         if rec.rep is None:      # the recording continued here, with other events between rounds
-            self._pending[rec.c] = _Pending(number, conn, call, reply)
+            self._continuations.begin(number, rec, call, _Running(conn, reply))
             return None
         return self._finish(number, conn, call, reply, rec.rep)
 
     def _round(self, number: int, rec: RoundRecord) -> Divergence | None:
-        pending = self._pending.get(rec.c)
-        if pending is None:
+        cont = self._continuations.round(rec)
+        if cont is None:
             raise TraceError(f"record {number}: a round of continuation {rec.c}, "
                              f"which no earlier record began")
-        if pending.reply is None:
-            pending.reply = pending.conn.resume()
+        running = cont.state
+        if running.reply is None:
+            running.reply = running.conn.resume()
         if rec.rep is None:
             return None
-        del self._pending[rec.c]
-        return self._finish(number, pending.conn, pending.call, pending.reply, rec.rep)
+        return self._finish(number, running.conn, cont.call, running.reply, rec.rep)
 
     def _finish(self, number, conn: Connection, call, reply: bytes | None,
                 expected: bytes) -> Divergence | None:
@@ -184,8 +186,8 @@ class Replayer:
     def _control(self, number: int, rec: ControlRecord) -> Divergence | None:
         reply, effects = self.engine.control(rec.req)
         for effect in effects:
-            if isinstance(effect, CloseDomain):
-                self._domain_destroyed(effect.domid)
+            if isinstance(effect, CloseDomain):   # its continuing call ends, as the daemon ends it
+                self._continuations.end_domain(effect.domid)
         actual = msgpack.unpackb(msgpack.packb(reply, use_bin_type=True),
                                  raw=False, strict_map_key=False)
         expected = rec.rep
@@ -225,6 +227,72 @@ class Replayer:
                   f"  bytes: {rec.raw[:64].hex(' ')}{' ...' if len(rec.raw) > 64 else ''}")
         return Divergence(number, f"record {number}: protocol error {want} expected, got {got}",
                           report)
+
+
+@dataclass
+class ReplayResult:
+    path: Path
+    records: int = 0
+    hypercalls: int = 0
+    seconds: float = 0.0
+    divergences: list[Divergence] = field(default_factory=list)
+    count: int = 0                   # divergences seen (all of them, with --keep-going)
+    error: str | None = None         # the trace could not be read
+    notes: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)   # invariant check after the replay
+
+    @property
+    def ok(self) -> bool:
+        return not self.count and not self.error and not self.problems
+
+
+def replay_file(path: Path, *, keep_going: bool = False, check_iotlb: bool = False,
+                progress=None, report=None) -> ReplayResult:
+    """Replay one trace; `report(divergence)` is called on each divergence found,
+    `progress` (cli.Progress) shown as it goes."""
+    result = ReplayResult(path)
+    try:
+        reader = TraceReader(path)
+    except OSError as e:
+        result.error = f"{path}: {e.strerror or e}"
+        return result
+    except TraceError as e:
+        result.error = str(e)
+        return result
+    start = time.perf_counter()
+    try:
+        with reader:
+            replayer = Replayer(reader.machine, reader.header.snapshot, check_iotlb=check_iotlb)
+            start = time.perf_counter()     # the rate is of records, not of building the machine
+            for number, rec in reader:
+                result.records = number
+                divergence = replayer.replay(number, rec)
+                if divergence is not None:
+                    result.count += 1
+                    if len(result.divergences) < 100:
+                        result.divergences.append(divergence)
+                    if report:
+                        report(divergence)
+                    if not keep_going:
+                        break
+                if progress and not number & 255:
+                    progress.update(reader.fraction(), number)
+            else:
+                result.notes += replayer.unfinished()
+                result.problems = replayer.hv.check_invariants()
+            result.hypercalls = replayer.hypercalls
+            if progress:
+                progress.update(reader.fraction(), result.records, force=True)
+    except TraceError as e:
+        result.error = located(path, e)
+    finally:
+        result.seconds = time.perf_counter() - start
+        if progress:
+            progress.done()
+    note = reader.cut_off_note()
+    if note:
+        result.notes.append(note)
+    return result
 
 
 def _covers(actual, expected) -> bool:

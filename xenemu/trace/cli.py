@@ -12,14 +12,12 @@ import sys
 import time
 import xml.etree.ElementTree as ET
 from collections import Counter, defaultdict
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import tracetext, wire
-from .errno import result_name
-from .replay import Divergence, Replayer
-from .trace import (ControlRecord, HypercallRecord, Record, RoundRecord, TraceError,
-                    TraceReader)
+from . import text
+from .reader import TraceReader, located
+from .records import TraceError
+from .replay import ReplayResult, replay_file
 
 
 def add_commands(sub) -> None:
@@ -55,83 +53,8 @@ def add_commands(sub) -> None:
     stats.set_defaults(func=stats_command)
 
 
-# -- one event per record ------------------------------------------------------
-
-@dataclass
-class Event:
-    """A record made readable: what `show` prints and `stats` counts."""
-    number: int
-    t: float
-    domid: int | None
-    name: str            # sub-op, hypercall, control op, or 'protocol'
-    kind: str            # 'hypercall', 'control', 'protocol'
-    text: str
-    result: str = ""     # '0', '-EINVAL', 'ok', 'refused', 'BAD_MAGIC', '' while continuing
-    failed: bool = False
-    pages: tuple[str, int] | None = None   # (the row's page-count output, count)
-
-
-class Describer:
-    """Turns records into Events, following continued calls across rounds."""
-
-    def __init__(self, with_text: bool = True):
-        self._continuing: dict[int, tuple[int, wire.Call, int]] = {}
-        self._with_text = with_text   # stats needs names and results, not the text
-
-    def event(self, number: int, rec: Record) -> Event:
-        if isinstance(rec, HypercallRecord):
-            call = tracetext.recorded_call(number, rec.req)
-            if rec.rep is None:
-                self._continuing[rec.c] = (rec.d, call, 1)
-                return self._hypercall(number, rec.t, rec.d, call, None,
-                                       f" -> continues (c{rec.c})")
-            return self._hypercall(number, rec.t, rec.d, call, rec.rep, "")
-        if isinstance(rec, RoundRecord):
-            domid, call, rounds = self._continuing.get(rec.c, (None, None, 0))
-            if call is None:
-                return Event(number, rec.t, None, "?", "hypercall",
-                             f"round of unknown continuation c{rec.c}")
-            if rec.rep is None:
-                self._continuing[rec.c] = (domid, call, rounds + 1)
-                return self._hypercall(number, rec.t, domid, call, None,
-                                       f" -> continues (c{rec.c}, round {rounds + 1})")
-            del self._continuing[rec.c]
-            return self._hypercall(number, rec.t, domid, call, rec.rep,
-                                   f" (c{rec.c}, {rounds + 1} rounds)")
-        if isinstance(rec, ControlRecord):
-            req, rep = rec.req, rec.rep
-            domid = req.get("domid") if isinstance(req.get("domid"), int) else None
-            ok = bool(rep.get("ok"))
-            return Event(number, rec.t, domid, str(req.get("op")), "control",
-                         f"control {req.get('op')} {tracetext.control_args(req)} -> "
-                         f"{tracetext.control_result(rep)}",
-                         "ok" if ok else "refused", not ok)
-        code = wire.ERROR_NAMES.get(rec.code, str(rec.code))
-        how = "stream ended mid-frame" if rec.eof else "ERROR frame sent, connection closed"
-        return Event(number, rec.t, rec.d, "protocol", "protocol",
-                     f"protocol error {code} on {len(rec.raw)} bytes ({how})", code, True)
-
-    def _hypercall(self, number, t, domid, call, rep, suffix) -> Event:
-        name = tracetext.call_name(call)
-        text = tracetext.request_text(call) if self._with_text else ""
-        if rep is None:
-            return Event(number, t, domid, name, "hypercall", text + suffix)
-        reply = tracetext.recorded_reply(number, rep)
-        failed = not isinstance(reply, wire.Reply) or reply.ret < 0
-        result = result_name(reply.ret) if isinstance(reply, wire.Reply) else "ERROR"
-        pages = None
-        if isinstance(reply, wire.Reply):
-            abi, op = tracetext.described(call, reply.regions)
-            row = abi.row(op) if op is not None else None
-            if row is not None and row.pages:
-                pages = (row.pages, abi.view_fields(op)[row.pages])
-        if self._with_text:
-            text = f"{text} -> {tracetext.result_text(call, reply)}{suffix}"
-        return Event(number, t, domid, name, "hypercall", text, result, failed, pages)
-
-
 def _events(reader: TraceReader, with_text: bool = True):
-    describer = Describer(with_text)
+    describer = text.Describer(with_text)
     for number, rec in reader:
         yield describer.event(number, rec)
 
@@ -143,22 +66,6 @@ def _open(path: Path) -> TraceReader | None:
         print(f"xenemu: {path}: {e.strerror or e}", file=sys.stderr)
     except TraceError as e:
         print(f"xenemu: {located(path, e)}", file=sys.stderr)
-    return None
-
-
-def located(path: Path, error: TraceError) -> str:
-    """The error, naming the file: the reader's errors do, those found in a
-    record's contents (a request that is not a frame) do not."""
-    text = str(error)
-    return text if text.startswith(f"{path}:") else f"{path}: {text}"
-
-
-def _tail_note(reader: TraceReader) -> str | None:
-    if reader.truncated > 0:
-        return (f"{reader.path}: the last record is cut off ({reader.truncated} bytes ignored): "
-                f"the recording daemon stopped mid-write")
-    if reader.truncated < 0:
-        return f"{reader.path}: the compressed stream is cut off after its last whole record"
     return None
 
 
@@ -183,7 +90,7 @@ def show_command(args) -> int:
     except TraceError as e:
         print(f"xenemu: {located(args.trace, e)}", file=sys.stderr)
         return 2
-    note = _tail_note(reader)
+    note = reader.cut_off_note()
     if note:
         print(f"xenemu: {note}", file=sys.stderr)
     return 0
@@ -212,7 +119,7 @@ def stats_command(args) -> int:
         print(f"xenemu: {located(args.trace, e)}", file=sys.stderr)
         return 2
     h = reader.header
-    meta = {k: tracetext.short_value(v) for k, v in h.meta.items()}
+    meta = {k: text.short_value(v) for k, v in h.meta.items()}
     print(f"{args.trace}: {records:,} records over {last - (first or 0):.3f} s; format "
           f"{h.xenemu_trace}, PV-IOMMU revision {h.abi.pv_iommu_revision}, "
           f"wire {h.abi.wire_version}; recorded by xenemu {meta.get('xenemu')} on "
@@ -230,30 +137,13 @@ def stats_command(args) -> int:
             print(f"  {name:<{width}}  {sum(counts.values()):>9,}   {detail}")
     if pages:
         print("pages: " + ", ".join(f"{k} {v:,}" for k, v in sorted(pages.items())))
-    note = _tail_note(reader)
+    note = reader.cut_off_note()
     if note:
         print(f"note: {note}")
     return 0
 
 
 # -- replay -------------------------------------------------------------------------
-
-@dataclass
-class ReplayResult:
-    path: Path
-    records: int = 0
-    hypercalls: int = 0
-    seconds: float = 0.0
-    divergences: list[Divergence] = field(default_factory=list)
-    count: int = 0                   # divergences seen (all of them, with --keep-going)
-    error: str | None = None         # the trace could not be read
-    notes: list[str] = field(default_factory=list)
-    problems: list[str] = field(default_factory=list)   # invariant check after the replay
-
-    @property
-    def ok(self) -> bool:
-        return not self.count and not self.error and not self.problems
-
 
 class Progress:
     """A one-line progress bar on a terminal, redrawn at most 10 times a second."""
@@ -280,55 +170,6 @@ class Progress:
         self._stream.flush()
 
 
-def replay_file(path: Path, *, keep_going: bool = False, check_iotlb: bool = False,
-                progress_stream=None, report=None) -> ReplayResult:
-    """Replay one trace; `report(divergence)` is called on each divergence found."""
-    result = ReplayResult(path)
-    try:
-        reader = TraceReader(path)
-    except OSError as e:
-        result.error = f"{path}: {e.strerror or e}"
-        return result
-    except TraceError as e:
-        result.error = str(e)
-        return result
-    progress = Progress(progress_stream, path.name) if progress_stream else None
-    start = time.perf_counter()
-    try:
-        with reader:
-            replayer = Replayer(reader.machine, reader.header.snapshot, check_iotlb=check_iotlb)
-            start = time.perf_counter()     # the rate is of records, not of building the machine
-            for number, rec in reader:
-                result.records = number
-                divergence = replayer.replay(number, rec)
-                if divergence is not None:
-                    result.count += 1
-                    if len(result.divergences) < 100:
-                        result.divergences.append(divergence)
-                    if report:
-                        report(divergence)
-                    if not keep_going:
-                        break
-                if progress and not number & 255:
-                    progress.update(reader.fraction(), number)
-            else:
-                result.notes += replayer.unfinished()
-                result.problems = replayer.hv.check_invariants()
-            result.hypercalls = replayer.hypercalls
-            if progress:
-                progress.update(reader.fraction(), result.records, force=True)
-    except TraceError as e:
-        result.error = located(path, e)
-    finally:
-        result.seconds = time.perf_counter() - start
-        if progress:
-            progress.done()
-    note = _tail_note(reader)
-    if note:
-        result.notes.append(note)
-    return result
-
-
 def _summary(r: ReplayResult) -> str:
     rate = f" ({r.hypercalls / r.seconds:,.0f} hypercalls/s)" if r.seconds and r.hypercalls else ""
     head = f"{r.path}: {r.records:,} records, {r.hypercalls:,} hypercalls in {r.seconds:.2f} s{rate}"
@@ -347,7 +188,7 @@ def replay_command(args) -> int:
     results = []
     for path in args.traces:
         r = replay_file(path, keep_going=args.keep_going, check_iotlb=args.check_iotlb,
-                        progress_stream=sys.stderr if show_progress else None,
+                        progress=Progress(sys.stderr, path.name) if show_progress else None,
                         report=lambda d: print(d.report + "\n", flush=True))
         results.append(r)
         for note in r.notes:
