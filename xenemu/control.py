@@ -266,8 +266,8 @@ class Control:
         for ctx in self._domain(args.domid).contexts:
             if ctx is None:
                 continue
-            info = self.hv.iommu.context_info(ctx.hw)
-            out.append({"ctx_no": ctx.ctx_no, "hw_id": ctx.hw, "dying": ctx.dying,
+            info = self.hv.iommu.context_info(ctx.hw_id)
+            out.append({"ctx_no": ctx.ctx_no, "hw_id": ctx.hw_id, "dying": ctx.dying,
                         "devices": [format_sbdf(s) for s in sorted(ctx.devices)],
                         "mapped": info.mapped, "table_pages": info.tables,
                         "iotlb": info.counters._asdict()})
@@ -280,7 +280,7 @@ class Control:
         if ctx is None:
             raise RequestError("context not allocated")
         dfn, count = args.dfn, args.count
-        mfns, perms = self.hv.iommu.lookup_run(ctx.hw, dfn, count)
+        mfns, perms = self.hv.iommu.lookup_run(ctx.hw_id, dfn, count)
         # Report guest frames, as lookup_page does: mfn -> gfn through the M2P
         # (meaningless where perm is 0, i.e. nothing is mapped).
         gfns = self.hv.machine.m2p(mfns)

@@ -17,7 +17,7 @@ from .p2m import P2m
 @dataclass
 class Context:
     ctx_no: int
-    hw: int                                   # hardware context id (VT-d domain id)
+    hw_id: int                                # hardware context id (VT-d domain id)
     devices: set[int] = field(default_factory=set)
     dying: bool = False                       # free_context's teardown is under way
 

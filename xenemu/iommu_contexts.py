@@ -81,7 +81,7 @@ class IommuContexts:
             self._free_pools += [d.default_pool, d.table_pool]
             raise XenError(XenErrno.ENOMEM, f"no default context for d{d.domid}: {e}") from None
         self.iommu.set_pool_limit(d.table_pool, table_pages)
-        self.iommu.set_context_pool(default.hw, d.default_pool)   # no limit yet: fits
+        self.iommu.set_context_pool(default.hw_id, d.default_pool)   # no limit yet: fits
         st = self.identity_map(d, default, 0, d.p2m.nr_pages)
         if st != hw.Status.OK:
             self.destroy_domain(d)
@@ -163,7 +163,7 @@ class IommuContexts:
         ctx.dying = True
         slice_ = budget or (1 << 20)
         while True:
-            mfns, finished = self.iommu.teardown(ctx.hw, slice_)
+            mfns, finished = self.iommu.teardown(ctx.hw_id, slice_)
             self.machine.put_refs(mfns)
             if finished:
                 d.contexts[ctx.ctx_no] = None
@@ -177,14 +177,14 @@ class IommuContexts:
         """Map dfn.. -> mfns with one page reference each, as Xen's get_page
         then iommu_map page by page: (pages mapped, why it stopped). The
         IOTLB needs no flush for it (nothing not-present is cached)."""
-        done, st = self.iommu.map_referenced(ctx.hw, dfn, mfns, perm)
+        done, st = self.iommu.map_referenced(ctx.hw_id, dfn, mfns, perm)
         return done, hw.Status(st)
 
     def unmap(self, ctx: Context, dfn: int, n: int, flush: bool = True) -> int:
         """Unmap n pages from dfn up to the first hole, dropping their page
         references: the pages done. Without `flush` the caller flushes
         (iotlb_flush), once over its whole range, as Xen defers it."""
-        done, _, mfns = self.iommu.unmap(ctx.hw, dfn, n, flush=flush)
+        done, _, mfns = self.iommu.unmap(ctx.hw_id, dfn, n, flush=flush)
         self.machine.put_refs(mfns)
         return done
 
@@ -195,7 +195,7 @@ class IommuContexts:
         operation failed", and the IOTLB keeps what it cached."""
         if nr_pages and dfn <= self.last_dfn:
             try:
-                self.iommu.invalidate_pages(ctx.hw, dfn, min(nr_pages, self.last_dfn - dfn + 1))
+                self.iommu.invalidate_pages(ctx.hw_id, dfn, min(nr_pages, self.last_dfn - dfn + 1))
             except hw.HwError as e:
                 flush_log.warning("[PV-IOMMU] Flush operation failed (%d): ctx %d dfn %#x "
                                   "nr_pages %d (%s)", -XenErrno.ETIMEDOUT, ctx.ctx_no, dfn,
@@ -205,7 +205,7 @@ class IommuContexts:
         """The gfn mapped at dfn (through the M2P), or None."""
         if dfn > self.last_dfn:
             return None
-        found = self.iommu.lookup(ctx.hw, dfn)
+        found = self.iommu.lookup(ctx.hw_id, dfn)
         if found is None:
             return None
         return self.machine.m2p(array("Q", [found[0]]))[0]
@@ -218,12 +218,12 @@ class IommuContexts:
         dfn (the hardware skips empty tables whole), until every mapping the
         context counts is found: the cost follows the mappings, not the width."""
         io = self.iommu
-        left = io.context_info(ctx.hw).mapped
+        left = io.context_info(ctx.hw_id).mapped
         runs: list[list[int]] = []
         dfn = 0
-        while left and (dfn := io.next_mapped(ctx.hw, dfn)) is not None:
+        while left and (dfn := io.next_mapped(ctx.hw_id, dfn)) is not None:
             n = min(SCAN, self.last_dfn - dfn + 1)
-            mfns, perms = io.lookup_run(ctx.hw, dfn, n)
+            mfns, perms = io.lookup_run(ctx.hw_id, dfn, n)
             for off, gfn, count, perm in mapping_runs(self.machine.m2p(mfns), perms):
                 _add_run(runs, dfn + off, gfn, count, perm)
                 left -= count
@@ -243,7 +243,7 @@ class IommuContexts:
         Used for the default context, for pages that become RAM again, and for
         a cloned context. Returns the IOMMU's status if it stopped early."""
         for start, count in _ram_runs_within(d.p2m, gfn, n):
-            done, st = self.iommu.map_referenced(ctx.hw, start, d.p2m.mfns[start:start + count],
+            done, st = self.iommu.map_referenced(ctx.hw_id, start, d.p2m.mfns[start:start + count],
                                                  hw.PERM_RW)
             if done != count:
                 return hw.Status(st)
@@ -270,7 +270,7 @@ class IommuContexts:
         or share a page with extra references."""
         mfn = d.p2m.mfns[gfn]
         # Context 0 maps dfn == gfn unless the guest remapped that dfn.
-        identity = self.iommu.lookup(d.contexts[0].hw, gfn)
+        identity = self.iommu.lookup(d.contexts[0].hw_id, gfn)
         identity = identity is not None and identity[0] == mfn
         extra = self.machine.refcounts(array("Q", [mfn]))[0] - identity
         if extra > 0:
@@ -286,7 +286,7 @@ class IommuContexts:
         if sbdf not in self.quarantined:
             self.iommu.add_device(sbdf)
         self.quarantined.discard(sbdf)
-        self.iommu.attach(sbdf, d.contexts[0].hw)
+        self.iommu.attach(sbdf, d.contexts[0].hw_id)
         d.contexts[0].devices.add(sbdf)
         d.devices[sbdf] = 0
 
@@ -304,7 +304,7 @@ class IommuContexts:
 
     def reattach(self, d: Domain, sbdf: int, target: Context) -> None:
         """Switch a device's context entry in one store (no blocked window)."""
-        self.iommu.attach(sbdf, target.hw)
+        self.iommu.attach(sbdf, target.hw_id)
         d.contexts[d.devices[sbdf]].devices.discard(sbdf)
         target.devices.add(sbdf)
         d.devices[sbdf] = target.ctx_no
@@ -325,7 +325,7 @@ class IommuContexts:
             for ctx in d.contexts:
                 if ctx is None:
                     continue
-                mapped += self.iommu.context_info(ctx.hw).mapped
+                mapped += self.iommu.context_info(ctx.hw_id).mapped
                 for sbdf in ctx.devices:
                     if d.devices.get(sbdf) != ctx.ctx_no:
                         problems.append(f"d{d.domid}: {format_sbdf(sbdf)} listed in context "
@@ -335,7 +335,7 @@ class IommuContexts:
                 problems.append(f"d{d.domid}: {refs} page references for {mapped} mappings")
             for sbdf, ctx_no in d.devices.items():
                 ctx = d.context(ctx_no)
-                if ctx is None or self.iommu.device_context(sbdf) != ctx.hw:
+                if ctx is None or self.iommu.device_context(sbdf) != ctx.hw_id:
                     problems.append(f"d{d.domid}: {format_sbdf(sbdf)} is not attached to "
                                     f"context {ctx_no}")
         for sbdf in self.quarantined:

@@ -165,7 +165,7 @@ class Replayer:
             allocated = [c.ctx_no for c in d.contexts if c is not None]
             return [f"d{domid} context {op.ctx_no}: not allocated "
                     f"(allocated: {allocated}, pool of {d.nr_contexts})"]
-        info = self.hv.iommu.context_info(ctx.hw)
+        info = self.hv.iommu.context_info(ctx.hw_id)
         devices = ", ".join(format_sbdf(s) for s in sorted(ctx.devices)) or "none"
         out = [f"d{domid} context {op.ctx_no}: {'dying, ' if ctx.dying else ''}"
                f"{info.mapped} pages mapped, {info.tables} table pages, devices: {devices}"]
@@ -173,7 +173,7 @@ class Replayer:
         if "dfn" in fields:     # the sub-op names device frames: show the first few
             count = min(fields.get("nr_pages", 1) or 1, 8)
             if fields["dfn"] + count <= self.hv.iommu.max_iova_addr >> PAGE_SHIFT:
-                mfns, perms = self.hv.iommu.lookup_run(ctx.hw, fields["dfn"], count)
+                mfns, perms = self.hv.iommu.lookup_run(ctx.hw_id, fields["dfn"], count)
                 gfns = self.hv.machine.m2p(mfns)
                 for i in range(count):
                     what = (f"gfn {gfns[i]:#x} {'r' if perms[i] & 1 else '-'}"
