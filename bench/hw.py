@@ -31,7 +31,7 @@ def _rate(n: int, seconds: float) -> float:
 
 
 def _rig(impl, frames: int):
-    m = impl.Machine(frames * 4096)
+    m = impl.Memory(frames * 4096)
     io = impl.Iommu(m, width=39)
     return m, io, io.alloc_context()
 

@@ -34,7 +34,7 @@ def op(hv, raw, domid=0):
 
 
 def refs(hv, domid) -> int:
-    return sum(hv.machine.refcounts(hv.domains[domid].p2m.mfns))
+    return sum(hv.memory.refcounts(hv.domains[domid].p2m.mfns))
 
 
 def test_freeing_a_large_context_is_cut_into_continuations():
@@ -73,10 +73,10 @@ def test_references_follow_mappings_and_vanish_with_the_domain():
     _, o = op(hv, abi.encode_op(abi.IOMMUOP_alloc_context), domid=3)
     assert op(hv, abi.encode_op(abi.IOMMUOP_map_pages, o.ctx_no, 1, "map_pages", gfn=0, dfn=0,
                                 nr_pages=256), domid=3)[0] == 0
-    assert hv.machine.refcounts(d3.p2m.mfns[:1])[0] == 2
-    used = hv.machine.used
+    assert hv.memory.refcounts(d3.p2m.mfns[:1])[0] == 2
+    used = hv.memory.used
     hv.destroy_domain(3)
-    assert hv.machine.used < used - d3.p2m.nr_pages     # memory and table pages returned
+    assert hv.memory.used < used - d3.p2m.nr_pages     # memory and table pages returned
     assert hv.check_invariants() == []
 
 
@@ -98,7 +98,7 @@ def test_page_in_completes_on_the_injected_clock():
 
 def test_invariant_check_notices_a_leaked_reference():
     hv = machine()
-    hv.machine.get_refs(array("Q", hv.domains[3].p2m.mfns[:1]))
+    hv.memory.get_refs(array("Q", hv.domains[3].p2m.mfns[:1]))
     assert hv.check_invariants() == ["d3: 4097 page references for 4096 mappings"]
 
 

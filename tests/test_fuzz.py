@@ -55,8 +55,8 @@ def test_hypercalls_target_notices_a_broken_invariant(monkeypatch):
     """The target is not a test that cannot fail: a hypervisor that forgets
     to drop a page reference on unmap is caught."""
     from xenemu.hw import native
-    real = native.Machine.put_refs
-    monkeypatch.setattr(native.Machine, "put_refs", lambda self, mfns: real(self, mfns[1:]))
+    real = native.Memory.put_refs
+    monkeypatch.setattr(native.Memory, "put_refs", lambda self, mfns: real(self, mfns[1:]))
     program = bytearray()
     ctx_alloc = abi.encode_op(abi.IOMMUOP_alloc_context)
     mapping = abi.encode_op(abi.IOMMUOP_map_pages, 1, 3, "map_pages", gfn=5, dfn=5, nr_pages=2)

@@ -169,8 +169,8 @@ class Control:
             "iommu": {"address_width": self.hv.config.address_width,
                       "max_iova_addr": io.max_iova_addr,
                       "iotlb_entries": self.hv.config.iotlb_entries,
-                      "machine_frames": self.hv.machine.nframes,
-                      "frames_used": self.hv.machine.used},
+                      "machine_frames": self.hv.memory.nframes,
+                      "frames_used": self.hv.memory.used},
             "domains": [self._domain_info(d) for d in self.hv.domains.values()],
             "quarantined": [format_sbdf(s) for s in sorted(self.hv.quarantined)],
         }
@@ -283,7 +283,7 @@ class Control:
         mfns, perms = self.hv.iommu.lookup_run(ctx.hw_id, dfn, count)
         # Report guest frames, as lookup_page does: mfn -> gfn through the M2P
         # (meaningless where perm is 0, i.e. nothing is mapped).
-        gfns = self.hv.machine.m2p(mfns)
+        gfns = self.hv.memory.m2p(mfns)
         return {"dfn": dfn, "gfns": gfns.tobytes(), "perms": perms.tobytes()}
 
     def op_counters(self, args: Args) -> dict:
@@ -298,7 +298,7 @@ class Control:
             for name in args.sites:
                 sites |= INJECT_SITES[name]
             self.hv.arm_injection(sites, args.nth)
-        f = self.hv.machine.injection()
+        f = self.hv.memory.injection()
         return {"sites": [n for n, bit in INJECT_SITES.items() if f.sites & bit],
                 "remaining": f.remaining, "seen": f.seen,
                 "fired": f.fired.name.lower() if f.fired else None}

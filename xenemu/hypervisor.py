@@ -72,11 +72,11 @@ class Hypervisor:
         xenemu.hw.reference (pure Python, the benchmark's baseline)."""
         self.config = config
         self.clock = EventClock(clock)
-        self.machine = hw_impl.Machine(config.memory_mib << 20)
-        self.iommu = hw_impl.Iommu(self.machine, width=config.address_width,
+        self.memory = hw_impl.Memory(config.memory_mib << 20)
+        self.iommu = hw_impl.Iommu(self.memory, width=config.address_width,
                                    iotlb_entries=config.iotlb_entries, check=config.check_iotlb)
         # Every use of the IOMMU's contexts goes through the context layer.
-        self.contexts = IommuContexts(self.machine, self.iommu)
+        self.contexts = IommuContexts(self.memory, self.iommu)
         self.domains: dict[int, Domain] = {}
         self.injecting = False  # armed and not fired yet: note_injection after each event
         self.hypercalls = {number: partial(call.execute, self)
@@ -89,14 +89,14 @@ class Hypervisor:
     def arm_injection(self, sites: int, nth: int) -> None:
         """The nth event at one of `sites` (hw.common.InjectSite) fails,
         once; 0 disarms (see the fail_nth control op)."""
-        self.machine.inject(sites, nth)
+        self.memory.inject(sites, nth)
         self.injecting = nth > 0
         log.info("fail-nth: %s", f"event {nth} at {InjectSite(sites).name} will fail"
                  if nth else "disarmed")
 
     def note_injection(self, where: str) -> None:
         """Log the injected failure once it has happened (in `where`)."""
-        f = self.machine.injection()
+        f = self.memory.injection()
         if f.fired:
             self.injecting = False
             log.info("fail-nth: injected a %s failure (event %d) in %s", f.fired.name, f.seen,
@@ -118,11 +118,11 @@ class Hypervisor:
             raise MachineError("no page-table budget left for another domain")
         nr_pages = cfg.memory_mib * PAGES_PER_MIB
         try:
-            mfns = self.machine.alloc(nr_pages, owner=cfg.domid)
+            mfns = self.memory.alloc(nr_pages, owner=cfg.domid)
         except hw.HwError:
             raise MachineError(f"not enough machine memory for d{cfg.domid} "
                                f"({cfg.memory_mib} MiB)") from None
-        self.machine.set_m2p(mfns, 0)
+        self.memory.set_m2p(mfns, 0)
         p2m = P2m(mfns, self.clock, self.config.page_in_delay_ms / 1000)
         d = Domain(domid=cfg.domid, name=cfg.name or f"d{cfg.domid}", hardware=cfg.hardware,
                    iommu_enabled=cfg.iommu, p2m=p2m, contexts=[None] * (1 + cfg.contexts),
@@ -130,7 +130,7 @@ class Hypervisor:
         try:
             self.contexts.init_domain(d, cfg.table_pages)
         except XenError as e:
-            self.machine.free(mfns)
+            self.memory.free(mfns)
             raise MachineError(e.why) from None
         p2m.on_became_ram = partial(self.contexts.paged_in, d)
         self.domains[d.domid] = d
@@ -152,7 +152,7 @@ class Hypervisor:
     def _release_domain(self, d: Domain) -> None:
         """Free d's contexts (dropping their references), budgets and memory."""
         self.contexts.destroy_domain(d)
-        self.machine.free(d.p2m.mfns)
+        self.memory.free(d.p2m.mfns)
 
     def _domain(self, domid: int) -> Domain:
         d = self.domains.get(domid)
@@ -231,10 +231,10 @@ class Hypervisor:
         return (d.p2m.mfns[gfn] << hw.PAGE_SHIFT) + offset
 
     def read_guest(self, domid: int, gfn: int, offset: int, length: int) -> bytes:
-        return self.machine.read(self._guest_span(domid, gfn, offset, length), length)
+        return self.memory.read(self._guest_span(domid, gfn, offset, length), length)
 
     def write_guest(self, domid: int, gfn: int, offset: int, data: bytes) -> None:
-        self.machine.write(self._guest_span(domid, gfn, offset, len(data)), data)
+        self.memory.write(self._guest_span(domid, gfn, offset, len(data)), data)
 
     # -- invariants ------------------------------------------------------------
 

@@ -55,8 +55,8 @@ _IDENTITY_STOP = {hw.Status.NOMEM: "no machine memory left for I/O page tables",
 class IommuContexts:
     """The IOMMU contexts of every domain of a machine, and DomIO's quarantine."""
 
-    def __init__(self, machine, iommu):
-        self.machine = machine
+    def __init__(self, memory, iommu):
+        self.memory = memory
         self.iommu = iommu
         # DomIO's quarantine context: nothing mapped, so a quarantined device's DMA faults.
         self.quarantine = iommu.alloc_context()
@@ -164,7 +164,7 @@ class IommuContexts:
         slice_ = budget or (1 << 20)
         while True:
             mfns, finished = self.iommu.teardown(ctx.hw_id, slice_)
-            self.machine.put_refs(mfns)
+            self.memory.put_refs(mfns)
             if finished:
                 d.contexts[ctx.ctx_no] = None
                 return True
@@ -185,7 +185,7 @@ class IommuContexts:
         references: the pages done. Without `flush` the caller flushes
         (iotlb_flush), once over its whole range, as Xen defers it."""
         done, _, mfns = self.iommu.unmap(ctx.hw_id, dfn, n, flush=flush)
-        self.machine.put_refs(mfns)
+        self.memory.put_refs(mfns)
         return done
 
     def iotlb_flush(self, ctx: Context, dfn: int, nr_pages: int) -> None:
@@ -208,7 +208,7 @@ class IommuContexts:
         found = self.iommu.lookup(ctx.hw_id, dfn)
         if found is None:
             return None
-        return self.machine.m2p(array("Q", [found[0]]))[0]
+        return self.memory.m2p(array("Q", [found[0]]))[0]
 
     def mapping_runs(self, ctx: Context) -> tuple[list[list[int]], int]:
         """ctx's mappings as runs [dfn, gfn, count, perm] in dfn order, and
@@ -224,7 +224,7 @@ class IommuContexts:
         while left and (dfn := io.next_mapped(ctx.hw_id, dfn)) is not None:
             n = min(SCAN, self.last_dfn - dfn + 1)
             mfns, perms = io.lookup_run(ctx.hw_id, dfn, n)
-            for off, gfn, count, perm in mapping_runs(self.machine.m2p(mfns), perms):
+            for off, gfn, count, perm in mapping_runs(self.memory.m2p(mfns), perms):
                 _add_run(runs, dfn + off, gfn, count, perm)
                 left -= count
             dfn += n
@@ -272,7 +272,7 @@ class IommuContexts:
         # Context 0 maps dfn == gfn unless the guest remapped that dfn.
         identity = self.iommu.lookup(d.contexts[0].hw_id, gfn)
         identity = identity is not None and identity[0] == mfn
-        extra = self.machine.refcounts(array("Q", [mfn]))[0] - identity
+        extra = self.memory.refcounts(array("Q", [mfn]))[0] - identity
         if extra > 0:
             raise XenError(XenErrno.EBUSY, f"gfn {gfn:#x} is mapped in {extra} other place(s): "
                                            f"PV-IOMMU contexts, or context 0 at another dfn")
@@ -330,7 +330,7 @@ class IommuContexts:
                     if d.devices.get(sbdf) != ctx.ctx_no:
                         problems.append(f"d{d.domid}: {format_sbdf(sbdf)} listed in context "
                                         f"{ctx.ctx_no} but recorded in {d.devices.get(sbdf)}")
-            refs = sum(self.machine.refcounts(d.p2m.mfns))
+            refs = sum(self.memory.refcounts(d.p2m.mfns))
             if refs != mapped:
                 problems.append(f"d{d.domid}: {refs} page references for {mapped} mappings")
             for sbdf, ctx_no in d.devices.items():

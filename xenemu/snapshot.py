@@ -183,7 +183,7 @@ def _take_domain(hv: Hypervisor, d: Domain) -> dict:
         "domid": d.domid,
         "p2m": [[gfn, count, t.value] for gfn, count, t in runs],
         "page_ins": [[gfn, due] for gfn, due in sorted(page_ins.items())],
-        "memory": _memory(hv.machine, d.p2m.mfns),
+        "memory": _memory(hv.memory, d.p2m.mfns),
         "contexts": [{"ctx_no": ctx.ctx_no, "dying": ctx.dying,
                       "devices": [format_sbdf(s) for s in sorted(ctx.devices)],
                       "mappings": [] if ctx.dying else mappings(hv, ctx)}
@@ -399,7 +399,7 @@ def _restore_memory(hv: Hypervisor, d: Domain, runs: list[MemoryRun], where: str
         mfns = d.p2m.mfns[run.gfn:run.gfn + count]
         view = memoryview(run.data)
         for off, n in progressions(mfns):
-            hv.machine.write(mfns[off] << hw.PAGE_SHIFT, view[off * PAGE:(off + n) * PAGE])
+            hv.memory.write(mfns[off] << hw.PAGE_SHIFT, view[off * PAGE:(off + n) * PAGE])
 
 
 def _restore_contexts(hv: Hypervisor, d: Domain, contexts: list[ContextState],

@@ -13,11 +13,11 @@ def hw_impl(request):
 
 
 @pytest.fixture
-def machine(hw_impl):
-    return hw_impl.Machine(64 << 20)
+def memory(hw_impl):
+    return hw_impl.Memory(64 << 20)
 
 
 @pytest.fixture
-def iommu(hw_impl, machine):
-    return hw_impl.Iommu(machine, width=39, iotlb_entries=64, iotlb_ways=4,
+def iommu(hw_impl, memory):
+    return hw_impl.Iommu(memory, width=39, iotlb_entries=64, iotlb_ways=4,
                          fault_log=8)

@@ -44,8 +44,8 @@ def test_registration(iommu):
         iommu.device_context(DEV)
 
 
-def test_device_table_full(hw_impl, machine):
-    io = hw_impl.Iommu(machine, max_devices=2)
+def test_device_table_full(hw_impl, memory):
+    io = hw_impl.Iommu(memory, max_devices=2)
     io.add_device(1)
     io.add_device(2)
     with pytest.raises(HwError) as e:
@@ -55,18 +55,18 @@ def test_device_table_full(hw_impl, machine):
     io.add_device(3)
 
 
-def test_dma_moves_bytes_across_pages(machine, iommu, ctx):
-    f = machine.alloc(2, owner=1)
+def test_dma_moves_bytes_across_pages(memory, iommu, ctx):
+    f = memory.alloc(2, owner=1)
     iommu.map(ctx, 10, array("Q", [f[1], f[0]]), PERM_RW)
     data = bytes(range(256)) * 20  # 5120 bytes from offset 3000 of dfn 10
     assert iommu.dma_write(DEV, 10 << 12 | 3000, data) == len(data)
-    assert machine.read(f[1] << 12 | 3000, 1096) == data[:1096]
-    assert machine.read(f[0] << 12, 4024) == data[1096:]
+    assert memory.read(f[1] << 12 | 3000, 1096) == data[:1096]
+    assert memory.read(f[0] << 12, 4024) == data[1096:]
     assert iommu.dma_read(DEV, 10 << 12 | 3000, len(data)) == data
     assert iommu.faults() == ([], False)
 
 
-def test_dma_stops_at_first_fault(machine, iommu, ctx):
+def test_dma_stops_at_first_fault(memory, iommu, ctx):
     iommu.map(ctx, 0, range(5, 6), PERM_RW)
     assert iommu.dma_write(DEV, 4000, b"x" * 200) == 96
     assert iommu.dma_read(DEV, 4000, 200) == b"x" * 96
@@ -99,12 +99,12 @@ def test_blocked_device_faults(iommu, ctx):
     assert [r.kind for r in iommu.faults()[0]] == [Fault.BLOCKED] * 2
 
 
-def test_reattach_switches_translation_in_one_step(machine, iommu, ctx):
+def test_reattach_switches_translation_in_one_step(memory, iommu, ctx):
     other = iommu.alloc_context()
     iommu.map(ctx, 0, range(10, 11), PERM_RW)
     iommu.map(other, 0, range(20, 21), PERM_RW)
-    machine.write(10 << 12, b"old")
-    machine.write(20 << 12, b"new")
+    memory.write(10 << 12, b"old")
+    memory.write(20 << 12, b"new")
     assert iommu.dma_read(DEV, 0, 3) == b"old"
     iommu.attach(DEV, other)
     assert iommu.device_context(DEV) == other
@@ -131,7 +131,7 @@ def test_fault_log_overflow_and_clear(iommu, ctx):
     assert iommu.faults()[0][0].addr == 0x9000
 
 
-def test_dma_check_mode_stale(machine, iommu, ctx):
+def test_dma_check_mode_stale(memory, iommu, ctx):
     iommu.map(ctx, 0, range(1, 2), PERM_RW)
     iommu.dma_read(DEV, 0, 1)
     iommu.unmap(ctx, 0, 1, flush=False)
@@ -142,7 +142,7 @@ def test_dma_check_mode_stale(machine, iommu, ctx):
     assert iommu.faults() == ([], False)
 
 
-# --- loading a fault log (a restored machine's) ---------------------------------
+# --- loading a fault log (a restored memory's) ---------------------------------
 
 @pytest.mark.parametrize("addr,write,kind", EVERY_FAULT)
 def test_a_loaded_fault_log_reads_back_as_the_dma_made_it(iommu, ctx, addr, write, kind):

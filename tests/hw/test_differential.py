@@ -71,7 +71,7 @@ def plain(x):
 
 class Rig:
     def __init__(self, impl, width):
-        self.m = impl.Machine(FRAMES * 4096)
+        self.m = impl.Memory(FRAMES * 4096)
         self.io = impl.Iommu(self.m, width=width, max_contexts=4,
                              max_devices=3, iotlb_entries=16, iotlb_ways=2,
                              fault_log=4)

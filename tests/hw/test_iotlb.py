@@ -36,8 +36,8 @@ def test_permission_faults_use_cached_entry(iommu):
     assert iommu.context_info(ctx).counters.misses == 2
 
 
-def test_width_and_interrupt_window_bypass_the_iotlb(hw_impl, machine):
-    io = hw_impl.Iommu(machine, width=39)
+def test_width_and_interrupt_window_bypass_the_iotlb(hw_impl, memory):
+    io = hw_impl.Iommu(memory, width=39)
     ctx = io.alloc_context()
     io.map(ctx, 0xFEE00, range(1, 2), PERM_RW)  # mapped, still interrupts
     a = array("Q", [0xFEE00000, 0xFEEFFFFF, 1 << 39, (1 << 64) - 1])
@@ -104,13 +104,13 @@ def test_deferred_flush_is_stale_until_invalidated(iommu):
     assert iommu.translate(ctx, addrs(4))[1][0] == Fault.NOT_PRESENT
 
 
-def test_raw_table_write_is_caught_by_check_mode(machine, iommu):
+def test_raw_table_write_is_caught_by_check_mode(memory, iommu):
     ctx = iommu.alloc_context()
-    f = machine.alloc(1, owner=1)
+    f = memory.alloc(1, owner=1)
     iommu.map(ctx, 0, f, PERM_RW)
     iommu.translate(ctx, addrs(0))
-    leaf = machine.used - 1  # the leaf table page was allocated last
-    machine.write(leaf << 12, bytes(8))  # clear the PTE behind the IOTLB
+    leaf = memory.used - 1  # the leaf table page was allocated last
+    memory.write(leaf << 12, bytes(8))  # clear the PTE behind the IOTLB
     iommu.check = True
     with pytest.raises(StaleIotlbError):
         iommu.translate(ctx, addrs(0))
@@ -149,8 +149,8 @@ def test_large_invalidation_scans_whole_cache(iommu):
     assert iommu.counters().hits == 1
 
 
-def test_capacity_is_bounded(hw_impl, machine):
-    io = hw_impl.Iommu(machine, iotlb_entries=8, iotlb_ways=2)
+def test_capacity_is_bounded(hw_impl, memory):
+    io = hw_impl.Iommu(memory, iotlb_entries=8, iotlb_ways=2)
     ctx = io.alloc_context()
     io.map(ctx, 0, range(1, 101), PERM_R)
     io.translate(ctx, addrs(*range(100)))
@@ -183,10 +183,10 @@ def test_check_mode_passes_on_coherent_use(iommu):
     assert iommu.counters().hits == 16
 
 
-def test_round_robin_replacement(hw_impl, machine):
+def test_round_robin_replacement(hw_impl, memory):
     """A full set evicts its ways in turn (both implementations alike)."""
     from xenemu.hw.reference import _Iotlb
-    io = hw_impl.Iommu(machine, iotlb_entries=16, iotlb_ways=2)
+    io = hw_impl.Iommu(memory, iotlb_entries=16, iotlb_ways=2)
     ctx = io.alloc_context()
     io.map(ctx, 0, range(1, 201), PERM_R)
     same_set = [d for d in range(200) if _Iotlb(16, 2).set_of(ctx, d) == 0]

@@ -1,6 +1,6 @@
 """Simulated hardware under xenemu: machine memory and a VT-d-like IOMMU.
 
-    m = Machine(4 << 30)                 # lazily backed machine memory
+    m = Memory(4 << 30)                 # lazily backed machine memory
     io = Iommu(m, width=39)              # 3-level tables, max_iova_addr 2**39-1
     mfns = m.alloc(256, owner=1)         # array('Q') of frame numbers
     ctx = io.alloc_context()
@@ -20,11 +20,11 @@ from .common import (
     PERM_RW, PERM_W, ContextInfo, Counters, Fault, FaultRecord, HwError,
     StaleIotlbError, Status, sbdf,
 )
-from .native import Iommu, Machine
+from .native import Iommu, Memory
 
 __all__ = [
     "GFN_INVALID", "INTR_FIRST", "INTR_LAST", "OWNER_NONE", "PAGE_SHIFT", "PAGE_SIZE",
     "PERM_R", "PERM_RW", "PERM_W", "ContextInfo", "Counters", "Fault",
-    "FaultRecord", "HwError", "Iommu", "Machine", "StaleIotlbError",
+    "FaultRecord", "HwError", "Iommu", "Memory", "StaleIotlbError",
     "Status", "sbdf",
 ]

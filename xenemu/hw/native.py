@@ -1,4 +1,4 @@
-"""The simulated hardware in C (cext/, through cffi): `Machine` and `Iommu`.
+"""The simulated hardware in C (cext/, through cffi): `Memory` and `Iommu`.
 
 Both classes are thin: each method is one C call for the whole operation or
 batch, runs of frame numbers travel as uint64 buffers (array('Q')), and no
@@ -37,7 +37,7 @@ def _u64(mfns, ranges: bool = False):
     return p, len(p), 0
 
 
-class Machine:
+class Memory:
     """Machine memory of `size` bytes (4 KiB frames, lazily backed), its
     O(1) frame allocator and per-frame refcount (uint32) and owner (uint16;
     OWNER_NONE = free or hypervisor-owned)."""
@@ -146,22 +146,22 @@ class Machine:
 
 
 class Iommu:
-    """A VT-d-like IOMMU over `machine`: contexts with 3-level (width 39)
+    """A VT-d-like IOMMU over `memory`: contexts with 3-level (width 39)
     or 4-level (width 48) second-level page tables, a set-associative
     IOTLB of `iotlb_entries` in `iotlb_ways`-way sets, PCI devices and a
     fault log of `fault_log` records."""
 
-    def __init__(self, machine: Machine, width: int = 39,
+    def __init__(self, memory: Memory, width: int = 39,
                  max_contexts: int = 1024, max_devices: int = 256,
                  iotlb_entries: int = 1024, iotlb_ways: int = 4,
                  fault_log: int = 256, check: bool = False):
-        io = lib.hw_iommu_create(machine._m, width, max_contexts,
+        io = lib.hw_iommu_create(memory._m, width, max_contexts,
                                  max_devices, iotlb_entries, iotlb_ways,
                                  fault_log)
         if io == ffi.NULL:
             raise ValueError("bad IOMMU parameters")
-        self.machine = machine
-        # The C IOMMU holds the C machine itself (see hw_machine_put).
+        self.memory = memory
+        # The C IOMMU holds the C memory itself (see hw_machine_put).
         self._io = ffi.gc(io, lib.hw_iommu_destroy)
         self.width = width
         self.levels = io.levels

@@ -43,8 +43,8 @@ def _run(mfns, ranges: bool = False):
     return memoryview(mfns).cast("B").cast("Q")
 
 
-class Machine:
-    """See xenemu.hw.native.Machine."""
+class Memory:
+    """See xenemu.hw.native.Memory."""
 
     def __init__(self, size: int = 4 << 30):
         if size <= 0 or size % PAGE_SIZE or size // PAGE_SIZE > _MAX_FRAMES:
@@ -314,7 +314,7 @@ class _Iotlb:
 class Iommu:
     """See xenemu.hw.native.Iommu."""
 
-    def __init__(self, machine: Machine, width: int = 39,
+    def __init__(self, memory: Memory, width: int = 39,
                  max_contexts: int = 1024, max_devices: int = 256,
                  iotlb_entries: int = 1024, iotlb_ways: int = 4,
                  fault_log: int = 256, check: bool = False):
@@ -322,7 +322,7 @@ class Iommu:
                 or not 0 < max_devices <= MAX_DEVICES
                 or not 0 < fault_log <= MAX_FAULTS):
             raise ValueError("bad IOMMU parameters")
-        self.machine = machine
+        self.memory = memory
         self.width = width
         self.levels = levels_for(width)
         self.max_iova_addr = (1 << width) - 1
@@ -344,16 +344,16 @@ class Iommu:
 
     # --- page-table memory ---------------------------------------------
     def _pte(self, table: int, index: int) -> int:
-        return _PTE.unpack_from(self.machine.mem,
+        return _PTE.unpack_from(self.memory.mem,
                                 (table << PAGE_SHIFT) + 8 * index)[0]
 
     def _set_pte(self, table: int, index: int, value: int) -> None:
-        _PTE.pack_into(self.machine.mem, (table << PAGE_SHIFT) + 8 * index,
+        _PTE.pack_into(self.memory.mem, (table << PAGE_SHIFT) + 8 * index,
                        value)
 
     def _present(self, pte: int) -> bool:
         return bool(pte & PERM_RW) and (pte & _ADDR) >> PAGE_SHIFT < \
-            self.machine.nframes
+            self.memory.nframes
 
     @staticmethod
     def _index(dfn: int, level: int) -> int:
@@ -370,7 +370,7 @@ class Iommu:
                     raise HwError(Status.NOTPRESENT)
                 self._charge(c)
                 try:
-                    fresh = self.machine._take_table()
+                    fresh = self.memory._take_table()
                 except HwError:
                     self._release_table(c)
                     raise
@@ -404,7 +404,7 @@ class Iommu:
     def alloc_context(self) -> int:
         if not self._ctx_free and len(self._ctx) == self._max_ctx:
             raise HwError(Status.NOSPC)
-        root = self.machine._take_table()
+        root = self.memory._take_table()
         if self._ctx_free:
             ctx = self._ctx_free.pop()
             self._ctx[ctx] = _Context(root)
@@ -489,7 +489,7 @@ class Iommu:
                     child = (pte & _ADDR) >> PAGE_SHIFT
                     if not clear(child, level - 1, d):
                         return False
-                    self.machine._release(child)
+                    self.memory._release(child)
                     self._release_table(c)
                     self._set_pte(mfn, i, 0)
                 i += 1
@@ -497,7 +497,7 @@ class Iommu:
 
         if not clear(c.root, self.levels, 0):
             return out, False
-        self.machine._release(c.root)
+        self.memory._release(c.root)
         self._release_table(c)
         c.state = _FREE
         self._ctx_free.append(ctx)
@@ -533,20 +533,20 @@ class Iommu:
             d = dfn + done
             if d > self._max_dfn:
                 return done, Status.RANGE
-            if mfn >= self.machine.nframes:
+            if mfn >= self.memory.nframes:
                 return done, Status.BADFRAME
             if ref:
-                st = self.machine.take_refs(range(mfn, mfn + 1))[1]
+                st = self.memory.take_refs(range(mfn, mfn + 1))[1]
                 if st:
                     return done, st
             if leaf < 0 or d & 511 == 0:
                 try:
                     leaf = self._leaf_table(c, d, True)
                 except HwError as e:
-                    self.machine._ref[mfn] -= ref
+                    self.memory._ref[mfn] -= ref
                     return done, e.status
             if self._present(self._pte(leaf, d & 511)):
-                self.machine._ref[mfn] -= ref
+                self.memory._ref[mfn] -= ref
                 return done, Status.PRESENT
             self._set_pte(leaf, d & 511, mfn << PAGE_SHIFT | perm)
             c.mapped += 1
@@ -679,7 +679,7 @@ class Iommu:
     # --- IOTLB invalidation ----------------------------------------------
     def invalidate_pages(self, ctx: int, dfn: int, n: int) -> None:
         c = self._get(ctx)
-        if self.machine._inject_fail(InjectSite.FLUSH):
+        if self.memory._inject_fail(InjectSite.FLUSH):
             raise HwError(Status.INJECTED)
         self._tlb.drop_range(ctx, dfn, n)
         c.cnt[_INVAL] += 1
@@ -687,7 +687,7 @@ class Iommu:
 
     def invalidate_context(self, ctx: int) -> None:
         c = self._get(ctx)
-        if self.machine._inject_fail(InjectSite.FLUSH):
+        if self.memory._inject_fail(InjectSite.FLUSH):
             raise HwError(Status.INJECTED)
         self._inval_ctx(ctx, c)
 
@@ -750,7 +750,7 @@ class Iommu:
     def _dma(self, sbdf: int, addr: int, n: int, write: bool, data=None):
         """Moves bytes page by page; returns (bytes done, chunks read)."""
         i = self._find(sbdf)
-        mem = self.machine.mem
+        mem = self.memory.mem
         done = 0
         chunks = []
         self.dma_fault = None
@@ -824,4 +824,4 @@ class Iommu:
         return write in (0, 1) and bool(possible.get(kind, False))
 
 
-__all__ = ["Machine", "Iommu"]
+__all__ = ["Memory", "Iommu"]

@@ -174,7 +174,7 @@ class Replayer:
             count = min(fields.get("nr_pages", 1) or 1, 8)
             if fields["dfn"] + count <= self.hv.iommu.max_iova_addr >> PAGE_SHIFT:
                 mfns, perms = self.hv.iommu.lookup_run(ctx.hw_id, fields["dfn"], count)
-                gfns = self.hv.machine.m2p(mfns)
+                gfns = self.hv.memory.m2p(mfns)
                 for i in range(count):
                     what = (f"gfn {gfns[i]:#x} {'r' if perms[i] & 1 else '-'}"
                             f"{'w' if perms[i] & 2 else '-'}" if perms[i] else "not mapped")
