@@ -79,8 +79,9 @@ class Hypervisor:
         self.contexts = IommuContexts(self.memory, self.iommu)
         self.domains: dict[int, Domain] = {}
         self.injecting = False  # armed and not fired yet: note_injection after each event
-        self.hypercalls = {number: partial(call.execute, self)
-                           for number, call in hypercalls.ABIS.items()}
+        # One hypervisor build serves one ABI: the machine's revision.
+        self.hypercalls = {number: partial(call.execute, self) for number, call in
+                           hypercalls.abis(config.pv_iommu_revision).items()}
         for dom in config.domains:
             self.create_domain(dom)
 
@@ -132,6 +133,9 @@ class Hypervisor:
         except XenError as e:
             self.memory.free(mfns)
             raise MachineError(e.why) from None
+        if cfg.pv_iommu_init is not None:     # as a toolstack's init would
+            max_ctx_no, arena_order = cfg.pv_iommu_init
+            self.contexts.pviommu_init(d, max_ctx_no, arena_order)
         p2m.on_became_ram = partial(self.contexts.paged_in, d)
         self.domains[d.domid] = d
         for sbdf in cfg.devices:
