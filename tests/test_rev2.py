@@ -315,6 +315,17 @@ def test_daemon_serves_revision_2(tmp_path):
     stats = subprocess.run([sys.executable, "-m", "xenemu.cli", "trace", "stats", str(d.trace)],
                            capture_output=True, text=True, check=True).stdout
     assert "PV-IOMMU revision 2" in stats and "map_pages" in stats
+    assert "pages: mapped 5,000, unmapped 5,000" in stats, stats
+
+
+def test_domains_created_on_the_control_socket_start_uninitialised(m):
+    m.ctl("domain_create", domid=7, memory_mib=16)                 # contexts: not used
+    assert m.client(7).query_capabilities().op.max_ctx_no == 0
+    m.ctl("domain_create", domid=8, memory_mib=16,
+          pv_iommu_init={"max_ctx_no": 3, "arena_order": 4})
+    xen = m.client(8)
+    assert xen.query_capabilities().op.max_ctx_no == 3
+    assert xen.init(3, 4).raw[:2] == b"\x01\x00"                   # -EACCES, then alloc
 
 
 def test_abi_revision_is_for_the_default_machine_only(tmp_path):

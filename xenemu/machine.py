@@ -100,7 +100,7 @@ class PvIommuInitFile(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """Revision 2: the domain starts initialised as a toolstack's init would
     leave it (a pool of max_ctx_no contexts, an arena of 2^arena_order pages)."""
     max_ctx_no: Annotated[int, msgspec.Meta(ge=0, le=0xFFFE)]
-    arena_order: Annotated[int, msgspec.Meta(ge=0, le=MAX_ARENA_ORDER)]
+    arena_order: Annotated[int, msgspec.Meta(ge=1, le=MAX_ARENA_ORDER)]
 
 
 class DomainFile(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

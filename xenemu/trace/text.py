@@ -234,7 +234,12 @@ class Describer:
             abi, op = described(call, reply.regions, revision)
             row = abi.row(op) if op is not None else None
             if row is not None and row.pages:
-                pages = (row.pages, abi.view_fields(op)[row.pages])
+                count = abi.view_fields(op)[row.pages]
+                if abi.subop_arg is not None:
+                    # Revision 2's counts accumulate on the guest's own value.
+                    _, sent = described(call, call.regions, revision)
+                    count -= abi.view_fields(sent)[row.pages] if sent is not None else 0
+                pages = (row.pages, count)
         if self._with_text:
             text = f"{text} -> {result_text(call, reply, revision)}{suffix}"
         return Event(number, t, domid, name, "hypercall", text, result, failed, pages)
