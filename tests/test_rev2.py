@@ -175,6 +175,15 @@ def test_every_subop_and_return_path(m):
     inner = v2.encode(v2.SUBOPS_BY_NUMBER[v2.IOMMU_unmap_pages], ctx_no=2, dfn=0x500,
                       nr_pages=3)
     assert d0.remote_cmd(1, v2.IOMMU_unmap_pages, inner).inner_op.unmapped == 3
+    # A long run through remote_cmd continues: each round re-reads the
+    # inner struct as the last one rewrote it.
+    inner = v2.encode(v2.SUBOPS_BY_NUMBER[v2.IOMMU_map_pages], ctx_no=2, gfn=0x100,
+                      dfn=0x600, nr_pages=200, map_flags=3)
+    r = d0.remote_cmd(1, v2.IOMMU_map_pages, inner)
+    k = PER_ROUND * (199 // PER_ROUND)
+    assert (r.name, r.inner_op.mapped, r.inner_op.dfn, r.inner_op.nr_pages) == \
+        ("0", 200, 0x600 + k, 200 - k)
+    assert d1.unmap_pages(2, 0x600, 200).op.unmapped == 200
     assert d1.free_context(2).name == "0"
 
 
@@ -326,6 +335,12 @@ def test_domains_created_on_the_control_socket_start_uninitialised(m):
     xen = m.client(8)
     assert xen.query_capabilities().op.max_ctx_no == 3
     assert xen.init(3, 4).raw[:2] == b"\x01\x00"                   # -EACCES, then alloc
+    # An arena too large: -ENOMEM inside, and init is spent for ever.
+    m.ctl("domain_create", domid=9, memory_mib=16)
+    xen = m.client(9)
+    assert xen.init(4, 25).name == "-ENOSPC"
+    assert xen.init(4, 4).name == "-ENOSPC"
+    assert xen.query_capabilities().op.max_ctx_no == 0
 
 
 def test_abi_revision_is_for_the_default_machine_only(tmp_path):

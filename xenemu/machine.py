@@ -81,7 +81,7 @@ class MachineConfig:
     page_in_delay_ms: int = 10      # a paged-out gfn becomes RAM this long after a map asks for it
     check_iotlb: bool = False       # verify every IOTLB hit against the page tables
     pv_iommu_revision: int = 1      # the PV-IOMMU ABI hypercall 43 serves: 1 or 2 (Xen RFC v4-v7)
-    rev2_pages_per_round: int = REV2_PAGES_PER_ROUND   # revision 2: map/unmap preempt after this many pages
+    rev2_pages_per_round: int = REV2_PAGES_PER_ROUND   # revision 2: map/unmap's pages a round
     domains: tuple[DomainConfig, ...] = field(default_factory=tuple)
 
     def __post_init__(self):

@@ -118,7 +118,8 @@ class P2m:
             raise ValueError(f"gfn {gfn:#x} is not paging in")
         self._page_in_done[gfn] = due
 
-    def first_non_ram(self, gfn: int, n: int, page_in: bool = True) -> tuple[int, XenErrno | None, str]:
+    def first_non_ram(self, gfn: int, n: int,
+                      page_in: bool = True) -> tuple[int, XenErrno | None, str]:
         """How many pages from gfn are RAM, and the error for the first that is not.
 
         Returns (k, errno, why); errno is None when all n are RAM. A paged-out

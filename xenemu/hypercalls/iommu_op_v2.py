@@ -87,10 +87,10 @@ Capabilities = Struct(                      # 24
     "max_pasid" / Int32ul,                  # 16
     "max_ctx_no" / Int16ul,                 # 20
     "pad0" / Int16ul,                       # 22: never assigned by Xen (stack bytes); 0 here
-)
-Init = Struct("max_ctx_no" / Int32ul, "arena_order" / Int32ul)                   # 8
-Alloc = Struct("ctx_no" / Int16ul, "_pad" / Bytes(2), "alloc_flags" / Int32ul)   # 8
-Free = Struct("ctx_no" / Int16ul, "_pad" / Bytes(2), "free_flags" / Int32ul)     # 8
+).compile()
+Init = Struct("max_ctx_no" / Int32ul, "arena_order" / Int32ul).compile()                   # 8
+Alloc = Struct("ctx_no" / Int16ul, "_pad" / Bytes(2), "alloc_flags" / Int32ul).compile()   # 8
+Free = Struct("ctx_no" / Int16ul, "_pad" / Bytes(2), "free_flags" / Int32ul).compile()     # 8
 MapPages = Struct(                          # 40
     "ctx_no" / Int16ul, "_pad" / Bytes(6),
     "gfn" / Int64ul,                        # 8
@@ -99,7 +99,7 @@ MapPages = Struct(                          # 40
     "pgsize" / Int32ul,                     # 28: never read
     "nr_pages" / Int32ul,                   # 32
     "mapped" / Int32ul,                     # 36
-)
+).compile()
 UnmapPages = Struct(                        # 32
     "ctx_no" / Int16ul, "_pad" / Bytes(6),
     "dfn" / Int64ul,                        # 8
@@ -107,16 +107,16 @@ UnmapPages = Struct(                        # 32
     "nr_pages" / Int32ul,                   # 20
     "unmapped" / Int32ul,                   # 24
     "_pad1" / Bytes(4),
-)
+).compile()
 ReattachDevice = Struct(                    # 12
-    "ctx_no" / Int16ul, "dev" / PciDevice, "_pad" / Bytes(2), "pasid" / Int32ul)
+    "ctx_no" / Int16ul, "dev" / PciDevice, "_pad" / Bytes(2), "pasid" / Int32ul).compile()
 RemoteCmd = Struct(                         # 16
-    "domid" / Int16ul, "subop" / Int16ul, "_pad" / Bytes(4), "arg" / Int64ul)
+    "domid" / Int16ul, "subop" / Int16ul, "_pad" / Bytes(4), "arg" / Int64ul).compile()
 AllocNested = Struct("ctx_no" / Int16ul, "_pad" / Bytes(6), "pgtable_gfn" / Int64ul,
-                     "nested_flags" / Int64ul)                                   # 24
+                     "nested_flags" / Int64ul).compile()                                   # 24
 AttachPasid = Struct("ctx_no" / Int16ul, "dev" / PciDevice, "_pad" / Bytes(2),
-                     "pasid" / Int32ul)                                          # 12
-DetachPasid = Struct("dev" / PciDevice, "pasid" / Int32ul)                      # 8
+                     "pasid" / Int32ul).compile()                                          # 12
+DetachPasid = Struct("dev" / PciDevice, "pasid" / Int32ul).compile()                      # 8
 
 SIZES = {"capabilities": 24, "init": 8, "alloc": 8, "free": 8, "map_pages": 40,
          "unmap_pages": 32, "reattach_device": 12, "remote_cmd": 16}
