@@ -368,3 +368,21 @@ def test_unused_region_bytes_are_kept(m):
     reply = xen.hypercall(43, (v2.IOMMU_query_capabilities, gaddr + 8), (Region(gaddr, blob),))
     data = reply.regions[0].data
     assert reply.ret == 0 and data[:8] == b"\x11" * 8 and data[32:] == b"\x22" * 8
+
+
+def test_trace_whose_header_and_machine_disagree_on_the_revision_is_refused(tmp_path):
+    import msgpack
+    from xenemu.trace.reader import TraceReader
+    from xenemu.trace.records import TraceError
+    trace = tmp_path / "t.xt"
+    with checked_local(machine(), trace) as m:
+        assert m.client(1).noop().ok
+    unpacker = msgpack.Unpacker(raw=False, strict_map_key=False)
+    unpacker.feed(trace.read_bytes())
+    objects = list(unpacker)
+    objects[0]["abi"]["pv_iommu_revision"] = 1
+    bad = tmp_path / "bad.xt"
+    bad.write_bytes(b"".join(msgpack.packb(o, use_bin_type=True) for o in objects))
+    with pytest.raises(TraceError, match="abi.pv_iommu_revision: 1, but the machine is of "
+                                         "revision 2"):
+        TraceReader(bad)

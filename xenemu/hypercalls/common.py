@@ -9,6 +9,11 @@ line, `xenemu trace show`, replay's divergence report, `trace stats`' page
 counts and the Python client's helpers read these rows, so a new sub-op is
 one row and one handler in its ABI module.
 
+Revision 1 has one struct with the sub-op inside it (`subop_field`);
+revision 2 has the sub-op in an argument register (`subop_arg`) and a struct
+per sub-op (the row's `size`, `reads`, `copy_back`): `execute_subop` is its
+entry, `describe` reads either kind of recorded call.
+
 A handler validates, acts, fills the outputs and returns a status >= 0, or
 raises HypercallError(errno, why): the failure carries its reason to the log
 line. A handler may change the struct before it raises (partial counts of a
