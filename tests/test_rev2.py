@@ -386,3 +386,15 @@ def test_trace_whose_header_and_machine_disagree_on_the_revision_is_refused(tmp_
     with pytest.raises(TraceError, match="abi.pv_iommu_revision: 1, but the machine is of "
                                          "revision 2"):
         TraceReader(bad)
+
+
+def test_rev2_driver_scenario_records_and_replays(tmp_path):
+    """The corpus's rev2-driver scenario, recorded afresh and replayed."""
+    import scenarios
+    d = DaemonProcess(tmp_path, *scenarios.rev2_driver_session.SERVE_ARGS)
+    try:
+        scenarios.rev2_driver_session(d)
+        assert d.ctl("check")["consistent"]
+    finally:
+        assert d.stop() == 0
+    assert_replays(d.trace)
