@@ -398,3 +398,27 @@ def test_rev2_driver_scenario_records_and_replays(tmp_path):
     finally:
         assert d.stop() == 0
     assert_replays(d.trace)
+
+
+async def test_trio_client_speaks_revision_2(tmp_path):
+    import trio
+    from xenemu.client import open_trio_client
+    d = DaemonProcess(tmp_path, "--abi-revision", "2")
+    try:
+        async with open_trio_client(d.socket(1), revision=2) as xen:
+            assert (await xen.init(8, 6)).raw[:2] == b"\x01\x00"
+            results = {}
+
+            async def query(i):
+                results[i] = await xen.query_capabilities()
+            async with trio.open_nursery() as nursery:
+                for i in range(4):
+                    nursery.start_soon(query, i)
+            assert {r.op.max_ctx_no for r in results.values()} == {8}
+            r = await xen.map_pages(1, 0, 0x100, 5000)
+            assert (r.name, r.op.mapped) == ("0", 5000)
+            assert (await xen.unmap_pages(1, 0x100, 5000)).op.unmapped == 5000
+            assert (await xen.free_context(1)).ok
+    finally:
+        assert d.stop() == 0
+    assert_replays(d.trace)
