@@ -354,10 +354,51 @@ def test_abi_revision_is_for_the_default_machine_only(tmp_path):
     assert p.returncode == 2 and p.stderr.count("\n") == 1 and "--abi-revision" in p.stderr
 
 
-def test_snapshot_of_revision_2_is_refused_cleanly(m, tmp_path):
-    from xenemu.snapshot import SnapshotError
-    with pytest.raises(SnapshotError, match="revision 2 machine are not supported yet"):
-        m.engine.snapshot(str(tmp_path / "x.snap"))
+def test_a_revision_2_snapshot_restores_init_state_and_dying_contexts(tmp_path):
+    path = tmp_path / "rev2.xs"
+    first = DaemonProcess(tmp_path / "first", "--abi-revision", "2")
+    try:
+        with RevisionTwoClient(first.socket(1)) as xen:
+            assert xen.init(6, 3).ok                             # context 1
+            assert xen.reattach_device(1, 0, 1, 0).ok
+            assert xen.free_context(1).name == "-EBUSY"          # dying, with its device
+            assert xen.alloc_context().op.ctx_no == 2
+            assert xen.map_pages(2, 0x10, 0x100, 3).ok
+        with RevisionTwoClient(first.socket(0)) as dom0:
+            assert dom0.init(0, 4).name == "-ENOSPC"             # init spent, no pool
+        assert first.ctl("snapshot", path=str(path))["contexts"] == 1 + 3    # d0: 0; d1: 0-2
+    finally:
+        assert first.stop() == 0
+    assert_replays(first.trace)
+    # The revision check follows the machine's revision.
+    import msgpack
+    from xenemu import snapshot
+    snap = snapshot.read(path)
+    assert snap["abi"]["pv_iommu_revision"] == snap["machine"]["pv_iommu_revision"] == 2
+    snap["abi"]["pv_iommu_revision"] = 1
+    with pytest.raises(snapshot.SnapshotError,
+                       match=r"revision 1 \(abi\), but its machine says revision 2"):
+        snapshot.check(msgpack.unpackb(msgpack.packb(snap)))
+    again = DaemonProcess(tmp_path / "again", "--restore", str(path))
+    try:
+        with RevisionTwoClient(again.socket(1)) as xen:
+            assert xen.query_capabilities().op.max_ctx_no == 6
+            assert xen.init(6, 3).raw[:2] == b"\x03\x00"         # -EACCES inside, then alloc
+            assert xen.reattach_device(0, 0, 1, 0).ok            # out of the dying context
+            assert xen.reattach_device(1, 0, 1, 0).name == "-EINVAL"
+            assert xen.free_context(1).ok
+            assert xen.map_pages(2, 0x10, 0x101, 1).name == "-EADDRINUSE"
+            assert xen.unmap_pages(2, 0x100, 3).op.unmapped == 3
+            # The arena is what init gave: 2^3 pages (5 in use: two roots, 3 tables).
+            assert xen.map_pages(2, 0, 1 << 30, 1).ok           # 3 more tables
+            assert xen.map_pages(2, 0, 1 << 34, 1).name == "-ENOMEM"
+            assert xen.unmap_pages(2, 1 << 30, 1).ok
+        with RevisionTwoClient(again.socket(0)) as dom0:
+            assert dom0.init(4, 4).name == "-ENOSPC"
+            assert dom0.query_capabilities().op.max_ctx_no == 0
+    finally:
+        assert again.stop() == 0
+    assert_replays(again.trace)
 
 
 def test_unused_region_bytes_are_kept(m):
