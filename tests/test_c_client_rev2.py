@@ -18,6 +18,7 @@ from xenemu.wire import Region
 
 HYPERVISOR_iommu_op = 43
 BOGUS = 0x10            # the runner's unmapped address: reading it would crash the runner
+WRAP = (1 << 64) - 4    # the runner's address where a struct would wrap past 2^64
 UNTOUCHED = 0xEE        # the runner's fill past each struct
 
 
@@ -39,7 +40,8 @@ def remote(subop: int, domid: int = 1) -> bytes:
     return pack("pv_iommu_remote_cmd", domid=domid, subop=subop)
 
 
-# (subop, arg, inner): arg and inner as rev2_runner takes them (bytes, "null", "bogus", "self")
+# (subop, arg, inner): arg and inner as rev2_runner takes them (bytes, "null", "bogus", "wrap",
+# "self")
 CASES = [
     (0, "bogus", None),
     (1, pack("pv_iommu_capabilities", max_iova_addr=0x1111, pad0=0x2222), None),
@@ -60,6 +62,8 @@ CASES = [
     (8, remote(0), "bogus"),
     (8, remote(99), "bogus"),
     (8, "null", None),
+    (6, "wrap", None),             # no such guest memory: sent without a region (-EFAULT)
+    (8, remote(6), "wrap"),
     (9, "bogus", None), (10, "bogus", None), (11, "bogus", None), (12, "bogus", None),
     (13, "bogus", None), (0xFFFFFFFF, "bogus", None),
 ]
@@ -99,7 +103,7 @@ def expected_regions(subop, arg, inner, out) -> tuple[list[Region], bytes, bytes
     addr = int(out[1])
     if subop != 8:
         return [Region(addr, arg)], arg, b""
-    inner_addr = {"null": 0, "bogus": BOGUS, "self": addr}.get(inner)
+    inner_addr = {"null": 0, "bogus": BOGUS, "wrap": WRAP, "self": addr}.get(inner)
     if inner_addr is None:
         inner_addr = int(out[3])
     sent = arg[:8] + inner_addr.to_bytes(8, "little")
@@ -125,7 +129,8 @@ def test_every_sub_op_is_framed_as_v7_reads_it(tmp_path, runner, how):
     for call, (subop, arg, inner), out in zip(fake.calls, CASES, outs):
         where = f"sub-op {subop} arg {_word(arg)[:16]} inner {_word(inner)}"
         regions, sent, inner_sent = expected_regions(subop, arg, inner, out)
-        handle = {"null": 0, "bogus": BOGUS}.get(arg) if not isinstance(arg, bytes) else int(out[1])
+        handle = {"null": 0, "bogus": BOGUS, "wrap": WRAP}.get(arg) if not isinstance(arg, bytes) \
+            else int(out[1])
         assert call.op == HYPERVISOR_iommu_op, where
         assert call.args == (subop, handle, 0, 0, 0), where
         assert list(call.regions) == regions, where

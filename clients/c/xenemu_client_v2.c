@@ -42,6 +42,16 @@ static uint32_t size_of_arg(unsigned int subop)
 }
 
 /*
+ * Whether len bytes at p are a region to send: not for a null handle, nor for
+ * memory that would run past the top of the address space (no guest has it:
+ * Xen's copy fails with -EFAULT, and so does the daemon without the region).
+ */
+static int is_region(const void *p, uint32_t len)
+{
+    return p && len && (uintptr_t)p <= UINTPTR_MAX - len;
+}
+
+/*
  * remote_cmd's inner struct: in the caller's memory, read and written there by
  * the inner sub-op. A nested remote_cmd is refused (-EINVAL) before its arg is
  * read, so it has none. Guest memory has one content per address, and the
@@ -54,7 +64,7 @@ static unsigned int add_inner_region(const struct pv_iommu_remote_cmd *cmd, stru
     uintptr_t outer = (uintptr_t)bufs[0].ptr, inner = (uintptr_t)cmd->arg.p;
     uintptr_t start, end;
 
-    if (!len || !cmd->arg.p)
+    if (!is_region(cmd->arg.p, len))
         return 1;
     if (inner >= outer + bufs[0].len || outer >= inner + len) {
         bufs[1].ptr = cmd->arg.p;
@@ -74,7 +84,7 @@ long xenemu_iommu_op2(struct xenemu_conn *conn, unsigned int subop, void *arg)
     struct xenemu_buf bufs[2];
     unsigned int nr_bufs = 0;
 
-    if (arg && size_of_arg(subop)) {
+    if (is_region(arg, size_of_arg(subop))) {
         bufs[0].ptr = arg;
         bufs[0].len = size_of_arg(subop);
         nr_bufs = subop == IOMMU_remote_cmd ? add_inner_region(arg, bufs) : 1;

@@ -7,10 +7,11 @@
  *        how:   self (HYPERVISOR_iommu_op: the thread's $XENEMU_SOCKET connection),
  *               thread (the same from a new thread), conn (xenemu_iommu_op2 on one
  *               connection the runner opens with xenemu_connect($XENEMU_SOCKET))
- *        arg:   hex of the struct's bytes, "null", or "bogus" (an address that
- *               is not mapped: the client must not read it)
+ *        arg:   hex of the struct's bytes, "null", "bogus" (an address that
+ *               is not mapped: the client must not read it), or "wrap" (an
+ *               address where a struct would run past the top of memory)
  *        inner: for remote_cmd, where its arg handle points: hex of the inner
- *               struct, "null", "bogus", or "self" (the remote_cmd itself)
+ *               struct, "null", "bogus", "wrap", or "self" (the remote_cmd itself)
  *   out: "<ret> <arg address> <arg hex after> [<inner address> <inner hex after>]"
  *        ("-" for memory not printed)
  * Exit 3 when the daemon cannot be reached (the client's reason on stderr).
@@ -25,6 +26,7 @@
 
 #define BUF_SIZE 64
 #define BOGUS ((void *)(uintptr_t)0x10)     /* page 0: never mapped */
+#define WRAP ((void *)(UINTPTR_MAX - 3))     /* a struct there would run past 2^64 */
 
 /* Linux's prototype, checked by the compiler. */
 static long (*const linux_hypercall)(unsigned int, void *) = HYPERVISOR_iommu_op;
@@ -74,6 +76,8 @@ static size_t set_inner(const char *inner, struct pv_iommu_remote_cmd *cmd)
         set_xen_guest_handle(cmd->arg, NULL);
     else if (!strcmp(inner, "bogus"))
         set_xen_guest_handle(cmd->arg, BOGUS);
+    else if (!strcmp(inner, "wrap"))
+        set_xen_guest_handle(cmd->arg, WRAP);
     else if (!strcmp(inner, "self"))
         set_xen_guest_handle(cmd->arg, cmd);
     else {
@@ -110,6 +114,8 @@ int main(void)
             c.arg = NULL;
         else if (!strcmp(arg, "bogus"))
             c.arg = BOGUS;
+        else if (!strcmp(arg, "wrap"))
+            c.arg = WRAP;
         else {
             n = from_hex(arg, outer_mem.b);
             c.arg = outer_mem.b;
