@@ -185,3 +185,12 @@ def test_without_a_daemon_the_call_is_enosys_with_a_reason(tmp_path, runner):
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 3
     assert "connect" in result.stderr
+
+
+def test_a_revision_1_machine_reads_a_revision_2_call_as_revision_1(daemon, runner):
+    """The machine decides the revision: revision 1 takes args[0] (the subop) for
+    the struct's address, where no region lies: -EFAULT, and the program goes on."""
+    init = pack("pv_iommu_init", max_ctx_no=128, arena_order=12)
+    outs = run(runner, daemon.socket(0), [f"self 2 {init.hex()}", "self 1 " + bytes(24).hex()])
+    assert [int(out[0]) for out in outs] == [-14, -14]
+    assert bytes.fromhex(outs[0][2]) == init          # nothing written back
