@@ -28,7 +28,7 @@ $(STAMP): pyproject.toml setup.py $(HW_SOURCES)
 	touch $@
 
 # --- C client library and examples -------------------------------------
-CLIENT_HDRS := $(wildcard abi/xen/*.h abi/xenemu/*.h) clients/c/xenemu_client.h
+CLIENT_HDRS := $(wildcard abi/xen/*.h abi/rev2/xen/*.h abi/xenemu/*.h) clients/c/xenemu_client.h
 LIB         := $(BUILD)/libxenemu.a
 EXAMPLES    := $(BUILD)/query_caps $(BUILD)/xen_iommu_driver
 
@@ -40,7 +40,13 @@ $(BUILD)/xenemu_client.o: clients/c/xenemu_client.c $(CLIENT_HDRS)
 	@mkdir -p $(BUILD)
 	$(CC) $(CFLAGS) $(WARN) -pthread -D_POSIX_C_SOURCE=200809L -Iabi -Iclients/c -c $< -o $@
 
-$(LIB): $(BUILD)/xenemu_client.o
+# Revision 2's entry points see the revision-2 header (-Iabi/rev2 first); the
+# transport they share with revision 1 is xenemu_client.o's.
+$(BUILD)/xenemu_client_v2.o: clients/c/xenemu_client_v2.c $(CLIENT_HDRS)
+	@mkdir -p $(BUILD)
+	$(CC) $(CFLAGS) $(WARN) -pthread -D_POSIX_C_SOURCE=200809L -Iabi/rev2 -Iabi -Iclients/c -c $< -o $@
+
+$(LIB): $(BUILD)/xenemu_client.o $(BUILD)/xenemu_client_v2.o
 	rm -f $@
 	ar rcs $@ $^
 

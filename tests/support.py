@@ -124,11 +124,17 @@ def assert_replays(trace: Path, *, truncated_ok: bool = False):
     return r
 
 
-def compile_c(src: Path, out: Path, *extra: str, std: str = "-std=c99") -> Path:
+def abi_includes(revision: int = 1) -> list[str]:
+    """The include path of a program built against an ABI revision's headers."""
+    rev2 = [f"-I{ROOT / 'abi' / 'rev2'}"] if revision == 2 else []
+    return [*rev2, f"-I{ROOT / 'abi'}", f"-I{ROOT / 'clients' / 'c'}"]
+
+
+def compile_c(src: Path, out: Path, *extra: str, std: str = "-std=c99",
+              abi_revision: int = 1) -> Path:
     """Compile (and link with -pthread, as libxenemu.a needs) one C program."""
     cmd = ["gcc", std, "-Wall", "-Wextra", "-Werror", "-pedantic", "-D_POSIX_C_SOURCE=200809L",
-           "-pthread", f"-I{ROOT / 'abi'}", f"-I{ROOT / 'clients' / 'c'}", str(src), *extra,
-           "-o", str(out)]
+           "-pthread", *abi_includes(abi_revision), str(src), *extra, "-o", str(out)]
     subprocess.run(cmd, check=True, capture_output=True, text=True)
     return out
 

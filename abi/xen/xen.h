@@ -37,4 +37,10 @@
 
 typedef uint16_t domid_t;
 
+/*
+ * Handles for primitive types (upstream defines these in public/xen.h too).
+ * XEN_GUEST_HANDLE(void) is the untyped handle of revision 2's remote_cmd.
+ */
+DEFINE_XEN_GUEST_HANDLE(void);
+
 #endif /* __XEN_PUBLIC_XEN_H__ */

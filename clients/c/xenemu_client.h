@@ -2,8 +2,10 @@
 /*
  * xenemu_client.h - issue Xen hypercalls to the xenemu daemon from userspace.
  *
- * Guest-driver code calls HYPERVISOR_iommu_op(&op) as it would in a kernel;
- * here the call travels to the daemon over the Unix socket named by the
+ * Guest-driver code calls HYPERVISOR_iommu_op(&op) as it would in a kernel
+ * (revision 1, -Iabi), or HYPERVISOR_iommu_op(subop, &arg) (revision 2: build
+ * with -Iabi/rev2 -Iabi, which picks abi/rev2/xen/pv-iommu.h); one library
+ * serves both. Here the call travels to the daemon over the Unix socket named by the
  * environment variable XENEMU_SOCKET (connected on first use), and the
  * struct comes back as Xen wrote it. Harnesses that act as several domains
  * open one connection per domain socket with xenemu_connect() and use the
@@ -74,11 +76,40 @@ struct xenemu_conn *xenemu_default_conn(void);
 long xenemu_hypercall(struct xenemu_conn *conn, uint64_t op, const uint64_t args[XENEMU_NR_ARGS],
                       const struct xenemu_buf *bufs, unsigned int nr_bufs);
 
-/* __HYPERVISOR_iommu_op on a given connection. */
+/*
+ * __HYPERVISOR_iommu_op of revision 2 (Xen RFC v4-v7, abi/rev2/xen/pv-iommu.h)
+ * on a given connection: subop in the first argument register, arg (the
+ * struct that sub-op names, or NULL) in the second. The client sends the
+ * struct the sub-op's number names, plus, for IOMMU_remote_cmd, the struct
+ * its arg handle points to (the inner sub-op's), and copies both back. arg
+ * is not read for sub-ops Xen does not read it for (noop, 9-12, unknown
+ * ones), so any value may be passed there, as to Xen. Declared whichever
+ * header a program includes: a harness may speak either revision.
+ */
+long xenemu_iommu_op2(struct xenemu_conn *conn, unsigned int subop, void *arg);
+
+/* The same on the calling thread's connection, xenemu_default_conn(). */
+long xenemu_iommu_op2_default(unsigned int subop, void *arg);
+
+#if defined(XENEMU_PV_IOMMU_REVISION) && XENEMU_PV_IOMMU_REVISION == 2
+/*
+ * Built against revision 2 (-Iabi/rev2 -Iabi): Linux's prototype, as its
+ * asm/xen/hypercall.h defines it, a static inline function too. The two
+ * revisions' HYPERVISOR_iommu_op differ in type, so the library cannot export
+ * both under that name: revision 1 keeps the symbol, revision 2 is this
+ * inline wrapper around xenemu_iommu_op2_default().
+ */
+static inline long HYPERVISOR_iommu_op(unsigned int subop, void *arg)
+{
+    return xenemu_iommu_op2_default(subop, arg);
+}
+#else
+/* __HYPERVISOR_iommu_op (revision 1) on a given connection. */
 long xenemu_iommu_op(struct xenemu_conn *conn, struct pv_iommu_op *op);
 
-/* __HYPERVISOR_iommu_op as a guest kernel calls it. */
+/* __HYPERVISOR_iommu_op (revision 1) as a guest kernel calls it. */
 long HYPERVISOR_iommu_op(struct pv_iommu_op *op);
+#endif
 
 /*
  * Why the calling thread's last failed call failed at the transport level
