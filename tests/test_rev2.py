@@ -463,3 +463,22 @@ async def test_trio_client_speaks_revision_2(tmp_path):
     finally:
         assert d.stop() == 0
     assert_replays(d.trace)
+
+
+def test_c_client_built_against_revision_2_drives_the_daemon(tmp_path, c_build):
+    """The C client's revision-2 entry point (another part of the issue)
+    against this daemon: what a driver built with -Iabi/rev2 sees."""
+    import os
+    import subprocess
+    from support import ROOT, compile_c
+    exe = compile_c(ROOT / "tests" / "c" / "rev2_daemon_driver.c", tmp_path / "driver",
+                    str(c_build / "libxenemu.a"), abi_revision=2)
+    d = DaemonProcess(tmp_path, "--abi-revision", "2")
+    try:
+        out = subprocess.run([str(exe)], capture_output=True, text=True, timeout=120,
+                             env={**os.environ, "XENEMU_SOCKET": d.socket(1)})
+        assert (out.returncode, out.stdout) == (0, "ok\n"), out.stdout + out.stderr
+        assert d.ctl("check")["consistent"]
+    finally:
+        assert d.stop() == 0
+    assert_replays(d.trace)
