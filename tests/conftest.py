@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from support import BUILD, ROOT, DaemonProcess, assert_replays
+from support import BUILD, ROOT, DaemonProcess, assert_replays, checked_local
 
 
 @pytest.fixture
@@ -27,15 +27,9 @@ def daemon(tmp_path):
 def local(tmp_path):
     """The default machine (as `xenemu serve --check-iotlb` builds it), driven
     in process through its engine (xenemu.inprocess): no daemon, no socket."""
-    import dataclasses
-    from xenemu.inprocess import Local
     from xenemu.machine import default_machine
-    trace = tmp_path / "trace.xt"
-    with Local(dataclasses.replace(default_machine(), check_iotlb=True), record=trace) as m:
+    with checked_local(default_machine(), tmp_path / "trace.xt") as m:
         yield m
-        problems = m.hv.check_invariants()
-    assert not problems, problems
-    assert_replays(trace)
 
 
 @pytest.fixture(scope="session")

@@ -215,8 +215,47 @@ def map_unmap_session(d, build=None, hypercalls: int = 110_000, seed: int = 5) -
         assert [r.ret for r in results[-4:]] == [0, 0, 0, 0]
 
 
+def rev2_driver_session(d, build=None) -> None:
+    """A revision-2 daemon (`serve --abi-revision 2`, SERVE_ARGS): the Linux
+    v3 driver's sequence on guest1, a run long enough to continue, PV dom0's
+    one-page calls accumulating `mapped`, remote_cmd and the paths that fail."""
+    from xenemu.client import RevisionTwoClient
+    from xenemu.hypercalls import iommu_op_v2 as v2
+    with RevisionTwoClient(d.socket(1)) as xen:
+        assert xen.query_capabilities().op.max_ctx_no == 0
+        assert xen.init(128, 12).raw[:2] == b"\x01\x00"         # context 1 taken
+        assert xen.query_capabilities().op.max_ctx_no == 128
+        ctx = xen.alloc_context().op.ctx_no
+        assert ctx == 2
+        assert xen.reattach_device(ctx, 0, 1, 0).ok
+        r = xen.map_pages(ctx, 0x10, 0x10000, 10_000)          # three rounds
+        assert (r.ret, r.op.mapped, r.op.nr_pages) == (0, 10_000, 10_000 - 8192)
+        assert xen.map_pages(ctx, 0x10, 0x10005, 1).name == "-EADDRINUSE"
+        assert xen.map_pages(0, 0x10, 0x10005, 1).name == "-EINVAL"
+        assert xen.iommu_op_subop(9, bytes(8)).name == "-EOPNOTSUPP"
+        assert xen.free_context(ctx).name == "-EBUSY"          # dying now
+        assert xen.unmap_pages(ctx, 0x10000, 10_000).op.unmapped == 10_000
+        assert xen.reattach_device(0, 0, 1, 0).ok
+        assert xen.free_context(ctx).ok
+    with RevisionTwoClient(d.socket(0)) as dom0:
+        r = dom0.remote_cmd(1, v2.IOMMU_query_capabilities, bytes(24))
+        assert r.ok and r.inner_op.max_ctx_no == 128
+        assert dom0.init(4, 8).ok
+        raw = v2.encode(v2.SUBOPS_BY_NUMBER[v2.IOMMU_map_pages], ctx_no=1, map_flags=3)
+        for i in range(4):                                     # PV: one page a call
+            s = v2.decode(v2.IOMMU_map_pages, raw)
+            s.gfn, s.dfn, s.nr_pages = 0x100 + i, 0x200 + i, 1
+            raw = dom0.iommu_op_subop(v2.IOMMU_map_pages, v2.MapPages.build(s)).raw
+        assert v2.decode(v2.IOMMU_map_pages, raw).mapped == 4
+        assert dom0.free_context(1).ok
+
+
+rev2_driver_session.SERVE_ARGS = ("--abi-revision", "2")
+
+
 # name -> (scenario, arguments for the committed corpus)
 CORPUS = {
+    "rev2-driver": (rev2_driver_session, {}),
     "linux-driver": (linux_driver_session, {}),
     "error-paths": (error_paths, {}),
     "reattach-under-dma": (reattach_under_dma, {}),

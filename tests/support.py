@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -149,3 +150,16 @@ def disjoint_regions(max_size: int, max_len: int):
                      max_size=max_size)
     return spans.map(lambda rs: [Region(i * slot + off, data) for i, (off, data) in enumerate(rs)]
                      ).flatmap(st.permutations)
+
+
+@contextmanager
+def checked_local(config, trace: Path):
+    """`config` driven in process (xenemu.inprocess.Local), recorded to
+    `trace`; afterwards its invariants hold and the trace replays."""
+    import dataclasses
+    from xenemu.inprocess import Local
+    with Local(dataclasses.replace(config, check_iotlb=True), record=trace) as m:
+        yield m
+        problems = m.hv.check_invariants()
+    assert not problems, problems
+    assert_replays(trace)

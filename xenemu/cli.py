@@ -28,6 +28,10 @@ EXIT_LOST = 3             # served, but the trace stopped early or the shutdown 
 
 
 def _serve(args) -> int:
+    if args.abi_revision and (args.config or args.machine_of or args.restore):
+        print("xenemu: --abi-revision chooses the embedded default machine's revision; a machine "
+              "file, trace or snapshot carries its own (pv_iommu_revision)", file=sys.stderr)
+        return EXIT_BAD_INPUT
     for option, path, replaced in (("--record", args.record, False),
                                    ("--snapshot", args.snapshot, True)):
         problem = path is not None and _unwritable(path, replaced)
@@ -45,7 +49,8 @@ def _serve(args) -> int:
                 with TraceReader(args.machine_of) as reader:
                     config = reader.machine
             else:
-                config = load_machine(args.config) if args.config else default_machine()
+                config = load_machine(args.config) if args.config else \
+                    default_machine(args.abi_revision or 1)
             if args.check_iotlb:
                 config = dataclasses.replace(config, check_iotlb=True)
             hv = Hypervisor(config)
@@ -180,6 +185,10 @@ def build_parser() -> argparse.ArgumentParser:
     machine.add_argument("--restore", type=Path, metavar="FILE",
                          help="start from a snapshot (instead of --config): its domains, "
                               "contexts, mappings, devices, memory, p2m and fault log")
+    serve.add_argument("--abi-revision", type=int, choices=(1, 2), metavar="{1,2}",
+                       help="the PV-IOMMU ABI of the embedded default machine: 1 (default, "
+                            "the source patch's) or 2 (Xen RFC v4-v7's do_iommu_op(subop, "
+                            "arg)); a machine file says pv_iommu_revision itself")
     serve.add_argument("--socket-dir", type=Path, default=default_socket_dir(),
                        help="directory for the sockets (default: $XENEMU_DIR or /tmp/xenemu-UID)")
     serve.add_argument("--check-iotlb", action="store_true",

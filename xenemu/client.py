@@ -8,6 +8,9 @@
         res = await xen.map_pages(ctx_no=1, gfn=0x100, dfn=0x100, nr_pages=4)
         res.ret, res.op.map_pages.mapped
 
+A revision-2 machine's clients are RevisionTwoClient and
+open_trio_client(path, revision=2): their helpers return a SubopResult.
+
 Every helper returns an OpResult: the hypercall's return value and the
 pv_iommu_op as the hypervisor wrote it back (all union views decoded, raw
 bytes kept). Protocol failures raise XenemuError; Xen errors never raise,
@@ -26,6 +29,7 @@ from typing import Any
 import trio
 
 from . import abi
+from .hypercalls import iommu_op_v2
 from .hypercalls.common import client_helpers
 from .hypercalls.iommu_op_v1 import IOMMU_OP, encode_subop
 from .errno import result_name
@@ -121,8 +125,8 @@ class SubOps(client_helpers(IOMMU_OP, encode_subop)):
         raise NotImplementedError
 
 
-class XenemuClient(SubOps, BlockingConnection):
-    """Blocking client: one connection, the domain its socket belongs to."""
+class BlockingClient(BlockingConnection):
+    """A blocking connection's frames: one connection, the domain its socket belongs to."""
 
     def __init__(self, path: str | os.PathLike | None = None, timeout: float | None = 30.0):
         self._sock = connect_unix(socket_path(path), timeout)
@@ -159,6 +163,10 @@ class XenemuClient(SubOps, BlockingConnection):
             raise XenemuError(f"reply to request {reply.req_id}, expected {req_id}")
         return reply
 
+
+class XenemuClient(SubOps, BlockingClient):
+    """Blocking client of a revision-1 machine, a helper per sub-op."""
+
     def iommu_op(self, raw: bytes) -> OpResult:
         return _op_result(self.hypercall(abi.HYPERVISOR_iommu_op, (OP_GADDR,),
                                          (Region(OP_GADDR, raw),)))
@@ -182,8 +190,8 @@ class XenemuClient(SubOps, BlockingConnection):
         return [by_id[i] for i in ids]
 
 
-class TrioXenemuClient(SubOps):
-    """trio client: any number of tasks may call it at once, each waits for its reply."""
+class TrioClient:
+    """trio frames: any number of tasks may call it at once, each waits for its reply."""
 
     def __init__(self, stream: trio.SocketStream):
         self._stream = stream
@@ -207,10 +215,6 @@ class TrioXenemuClient(SubOps):
         if isinstance(slot[1], XenemuError):
             raise slot[1]
         return slot[1]
-
-    async def iommu_op(self, raw: bytes) -> OpResult:
-        return _op_result(await self.hypercall(abi.HYPERVISOR_iommu_op, (OP_GADDR,),
-                                               (Region(OP_GADDR, raw),)))
 
     async def _read_replies(self) -> None:
         decoder = FrameDecoder.for_client()
@@ -244,11 +248,109 @@ class TrioXenemuClient(SubOps):
         self._waiting.clear()
 
 
+class TrioXenemuClient(SubOps, TrioClient):
+    """trio client of a revision-1 machine, a helper per sub-op."""
+
+    async def iommu_op(self, raw: bytes) -> OpResult:
+        return _op_result(await self.hypercall(abi.HYPERVISOR_iommu_op, (OP_GADDR,),
+                                               (Region(OP_GADDR, raw),)))
+
+
+# -- revision 2: do_iommu_op(subop, arg), one struct per sub-op ----------------------------
+
+# Where remote_cmd's inner struct nominally lives: its `arg`, a second region.
+INNER_GADDR = OP_GADDR + 0x1000
+
+
+@dataclass(frozen=True, slots=True)
+class SubopResult:
+    """A revision-2 call's return value and its struct as written back
+    (b"" for a sub-op without one); remote_cmd's inner struct in `inner`."""
+    ret: int
+    subop: int
+    raw: bytes
+    inner: bytes = b""
+    inner_subop: int | None = None
+
+    @property
+    def op(self) -> Any:
+        return iommu_op_v2.decode(self.subop, self.raw) if self.raw else None
+
+    @property
+    def inner_op(self) -> Any:
+        return iommu_op_v2.decode(self.inner_subop, self.inner) if self.inner else None
+
+    @property
+    def ok(self) -> bool:
+        return self.ret == 0
+
+    @property
+    def name(self) -> str:
+        return result_name(self.ret)
+
+
+def subop_frame(subop: int, raw: bytes, inner: bytes = b"") -> tuple[tuple, tuple]:
+    """(args, regions) of a revision-2 call, as the C client builds them:
+    (subop, handle), the struct at the handle (a null handle and no region
+    for none), remote_cmd's inner struct as a second region."""
+    regions = (Region(OP_GADDR, raw),) if raw else ()
+    if inner:
+        regions += (Region(INNER_GADDR, inner),)
+    return (subop, OP_GADDR if raw else 0), regions
+
+
+def subop_result(subop: int, reply: Reply, inner_subop: int | None) -> SubopResult:
+    back = {r.gaddr: r.data for r in reply.regions}
+    return SubopResult(reply.ret, subop, back.get(OP_GADDR, b""), back.get(INNER_GADDR, b""),
+                       inner_subop)
+
+
+class RevisionTwo(client_helpers(iommu_op_v2.IOMMU_OP, iommu_op_v2.encode)):
+    """One helper per revision-2 sub-op, generated from its row
+    (xen.map_pages(ctx_no, gfn, dfn, nr_pages, map_flags=RW, pgsize=4096,
+    mapped=0), ...); subclasses supply iommu_op_subop(subop, raw, inner)."""
+
+    revision = 2
+
+    def remote_cmd(self, domid: int, subop: int, inner: bytes = b"", arg: int | None = None):
+        """remote_cmd on domid: `inner` is the sub-op's struct, sent as a
+        second region that `arg` points to (a null arg without one)."""
+        row = iommu_op_v2.SUBOPS_BY_NUMBER[iommu_op_v2.IOMMU_remote_cmd]
+        if arg is None:
+            arg = INNER_GADDR if inner else 0
+        raw = iommu_op_v2.encode(row, domid=domid, subop=subop, arg=arg)
+        return self.iommu_op_subop(row.number, raw, inner, subop)
+
+    def iommu_op_subop(self, subop: int, raw: bytes, inner: bytes = b"",
+                       inner_subop: int | None = None):
+        raise NotImplementedError
+
+
+class RevisionTwoClient(RevisionTwo, BlockingClient):
+    """Blocking client of a revision-2 machine."""
+
+    def iommu_op_subop(self, subop: int, raw: bytes, inner: bytes = b"",
+                       inner_subop: int | None = None) -> SubopResult:
+        args, regions = subop_frame(subop, raw, inner)
+        return subop_result(subop, self.hypercall(abi.HYPERVISOR_iommu_op, args, regions),
+                            inner_subop)
+
+
+class TrioRevisionTwoClient(RevisionTwo, TrioClient):
+    """trio client of a revision-2 machine."""
+
+    async def iommu_op_subop(self, subop: int, raw: bytes, inner: bytes = b"",
+                             inner_subop: int | None = None) -> SubopResult:
+        args, regions = subop_frame(subop, raw, inner)
+        return subop_result(subop, await self.hypercall(abi.HYPERVISOR_iommu_op, args, regions),
+                            inner_subop)
+
+
 @asynccontextmanager
-async def open_trio_client(path: str | os.PathLike | None = None):
+async def open_trio_client(path: str | os.PathLike | None = None, revision: int = 1):
     stream = await trio.open_unix_socket(socket_path(path))
     async with stream:
-        client = TrioXenemuClient(stream)
+        client = (TrioRevisionTwoClient if revision == 2 else TrioXenemuClient)(stream)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(client._read_replies)
             try:

@@ -34,6 +34,7 @@ class Domain:
     opaque_default: bool = False               # context 0 shared with the CPU's tables
     table_pool: int = 0                        # the IOMMU pool its contexts' tables count against
     default_pool: int = 0                      # the IOMMU pool context 0's tables count against
+    pv_initialized: bool = False               # revision 2: init ran (sticky, even if it failed)
 
     @property
     def nr_contexts(self) -> int:

@@ -79,8 +79,9 @@ class Hypervisor:
         self.contexts = IommuContexts(self.memory, self.iommu)
         self.domains: dict[int, Domain] = {}
         self.injecting = False  # armed and not fired yet: note_injection after each event
-        self.hypercalls = {number: partial(call.execute, self)
-                           for number, call in hypercalls.ABIS.items()}
+        # One hypervisor build serves one ABI: the machine's revision.
+        self.hypercalls = {number: partial(call.execute, self) for number, call in
+                           hypercalls.abis(config.pv_iommu_revision).items()}
         for dom in config.domains:
             self.create_domain(dom)
 
@@ -116,6 +117,11 @@ class Hypervisor:
             self._check_assignable(sbdf)
         if not self.contexts.can_init_domain():
             raise MachineError("no page-table budget left for another domain")
+        rev2 = self.config.pv_iommu_revision == 2
+        if cfg.pv_iommu_init is not None and not rev2:
+            raise MachineError("pv_iommu_init: only a machine of PV-IOMMU revision 2 has init")
+        # Revision 2 sizes a domain's pool by init alone: `contexts` is not used.
+        pool = 0 if rev2 else cfg.contexts
         nr_pages = cfg.memory_mib * PAGES_PER_MIB
         try:
             mfns = self.memory.alloc(nr_pages, owner=cfg.domid)
@@ -125,19 +131,22 @@ class Hypervisor:
         self.memory.set_m2p(mfns, 0)
         p2m = P2m(mfns, self.clock, self.config.page_in_delay_ms / 1000)
         d = Domain(domid=cfg.domid, name=cfg.name or f"d{cfg.domid}", hardware=cfg.hardware,
-                   iommu_enabled=cfg.iommu, p2m=p2m, contexts=[None] * (1 + cfg.contexts),
+                   iommu_enabled=cfg.iommu, p2m=p2m, contexts=[None] * (1 + pool),
                    opaque_default=cfg.opaque_default)
         try:
             self.contexts.init_domain(d, cfg.table_pages)
         except XenError as e:
             self.memory.free(mfns)
             raise MachineError(e.why) from None
+        if cfg.pv_iommu_init is not None:     # as a toolstack's init would
+            max_ctx_no, arena_order = cfg.pv_iommu_init
+            self.contexts.pviommu_init(d, max_ctx_no, arena_order)
         p2m.on_became_ram = partial(self.contexts.paged_in, d)
         self.domains[d.domid] = d
         for sbdf in cfg.devices:
             self.assign_device(sbdf, d.domid)
         log.info("d%d: created (%d MiB, %d contexts, %d devices)", d.domid, cfg.memory_mib,
-                 cfg.contexts, len(cfg.devices))
+                 d.nr_contexts, len(cfg.devices))
         return d
 
     def destroy_domain(self, domid: int) -> None:

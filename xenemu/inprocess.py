@@ -19,7 +19,7 @@ from pathlib import Path
 
 import msgpack
 
-from .client import XenemuClient, XenemuError
+from .client import RevisionTwoClient, XenemuClient, XenemuError
 from .ctl import ControlError
 from .engine import Engine
 from .hypervisor import Hypervisor
@@ -36,7 +36,10 @@ class Local:
         self.engine = Engine(self.hv, record=record is not None)
         self.writer = TraceWriter.create(record, config) if record is not None else None
 
-    def client(self, domid: int) -> InProcessClient:
+    def client(self, domid: int) -> InProcessClient | InProcessClientV2:
+        """A client of the machine's revision (its helpers are that ABI's)."""
+        if self.hv.config.pv_iommu_revision == 2:
+            return InProcessClientV2(self, domid)
         return InProcessClient(self, domid)
 
     def request(self, op: str, **args) -> dict:
@@ -74,8 +77,8 @@ class Local:
         self.close()
 
 
-class InProcessClient(XenemuClient):
-    """XenemuClient's helpers over an engine Connection of `domid` (its
+class InProcessTransport:
+    """A blocking client's frames over an engine Connection of `domid` (its
     present incarnation): what a socket would carry, without one."""
 
     def __init__(self, local: Local, domid: int):
@@ -109,3 +112,11 @@ class InProcessClient(XenemuClient):
 
     def close(self) -> None:
         pass
+
+
+class InProcessClient(InProcessTransport, XenemuClient):
+    """XenemuClient's helpers (revision 1), in process."""
+
+
+class InProcessClientV2(InProcessTransport, RevisionTwoClient):
+    """RevisionTwoClient's helpers, in process."""

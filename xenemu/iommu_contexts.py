@@ -26,6 +26,7 @@ from . import hw
 from .domain import Context, Domain
 from .errno import XenErrno, XenError
 from .hw.common import MAX_POOLS
+from .machine import MAX_ARENA_ORDER
 from .p2m import P2m
 from .pci import format_sbdf
 from .runs import mapping_runs
@@ -146,12 +147,33 @@ class IommuContexts:
                 raise XenError(XenErrno.ENOMEM, f"clone stopped: {st.name}")
         return ctx
 
-    def free(self, d: Domain, ctx: Context, reattach_default: bool) -> bool:
+    def pviommu_init(self, d: Domain, nr_contexts: int, arena_order: int) -> None:
+        """Revision 2's init (iommu_domain_pviommu_init): d gets a pool of
+        nr_contexts contexts (ids 1..nr_contexts, none allocated) whose page
+        tables come from an arena of 2^arena_order pages: the domain's
+        table_pool with that limit. Once only: XenError EACCES after any
+        earlier attempt, as the flag is set before anything can fail (and a
+        failure leaves it set: Xen's TODO), ENOMEM for an arena too large."""
+        if d.pv_initialized:
+            raise XenError(XenErrno.EACCES, "PV-IOMMU already initialised")
+        d.pv_initialized = True
+        if arena_order > MAX_ARENA_ORDER:
+            raise XenError(XenErrno.ENOMEM, f"no arena of 2^{arena_order} pages "
+                                            f"(at most 2^{MAX_ARENA_ORDER}); init stays spent")
+        d.contexts.extend([None] * nr_contexts)
+        self.iommu.set_pool_limit(d.table_pool, 1 << arena_order if arena_order else 0)
+
+    def free(self, d: Domain, ctx: Context, reattach_default: bool,
+             busy_leaves_dying: bool = False) -> bool:
         """Free a PV-IOMMU context, preemptibly: its devices go back to
-        context 0 if `reattach_default` (else XenError EBUSY), then one
-        slice of its teardown. True when it is gone; False: call again."""
-        if ctx.devices and not ctx.dying:
+        context 0 if `reattach_default` (else XenError EBUSY, and with
+        `busy_leaves_dying` the context stays dying as Xen v7's teardown
+        leaves it), then one slice of its teardown. True when it is gone;
+        False: call again. (A teardown under way has no devices: they left
+        on its first round, and reattach refuses a dying context.)"""
+        if ctx.devices:
             if not reattach_default:
+                ctx.dying = ctx.dying or busy_leaves_dying
                 raise XenError(XenErrno.EBUSY, f"{len(ctx.devices)} device(s) still attached")
             for sbdf in sorted(ctx.devices):
                 self.reattach(d, sbdf, d.contexts[0])

@@ -40,6 +40,13 @@ MAX_NAME = 64
 # Hardware IOTLB sizes: a power of two of 4-way sets (cext/iotlb.c).
 MIN_IOTLB, MAX_IOTLB = 4, 1 << 20
 
+# Revision 2's map and unmap have no page limit: a long run is preempted
+# (-ERESTART, others served, the call re-run) every this many pages. Xen
+# never preempts a round before its second page, hence the floor of 2.
+REV2_PAGES_PER_ROUND = 4096
+MAX_PAGES_PER_ROUND = 1 << 24
+MAX_ARENA_ORDER = 24        # 2^24 table pages: beyond MAX_TABLE_PAGES means nothing
+
 MiB = Annotated[int, msgspec.Meta(ge=1, le=MAX_MEMORY_MIB)]
 Name = Annotated[str, msgspec.Meta(max_length=MAX_NAME, pattern=r"^[^\x00-\x1f\x7f]*$")]
 
@@ -59,6 +66,9 @@ class DomainConfig:
     devices: tuple[int, ...] = ()   # PCI devices assigned at start (sbdf)
     opaque_default: bool = False    # context 0 shared with the CPU's tables: PV-IOMMU can't touch it
     table_pages: int = 1 << 16      # page-table budget of its PV-IOMMU contexts (0: no limit), as Xen's arena
+    # Revision 2: the (max_ctx_no, arena_order) a toolstack's init gave it at
+    # creation; None leaves it uninitialised (max_ctx_no 0) until its own init.
+    pv_iommu_init: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -70,6 +80,8 @@ class MachineConfig:
     honour_clone: bool = False      # alloc_context honours IOMMU_CREATE_clone (reference code ignores it)
     page_in_delay_ms: int = 10      # a paged-out gfn becomes RAM this long after a map asks for it
     check_iotlb: bool = False       # verify every IOTLB hit against the page tables
+    pv_iommu_revision: int = 1      # the PV-IOMMU ABI hypercall 43 serves: 1 or 2 (Xen RFC v4-v7)
+    rev2_pages_per_round: int = REV2_PAGES_PER_ROUND   # revision 2: map/unmap's pages a round
     domains: tuple[DomainConfig, ...] = field(default_factory=tuple)
 
     def __post_init__(self):
@@ -84,6 +96,13 @@ class MachineConfig:
 _D, _M = DomainConfig, MachineConfig    # the defaults come from the in-memory types
 
 
+class PvIommuInitFile(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Revision 2: the domain starts initialised as a toolstack's init would
+    leave it (a pool of max_ctx_no contexts, an arena of 2^arena_order pages)."""
+    max_ctx_no: Annotated[int, msgspec.Meta(ge=0, le=0xFFFE)]
+    arena_order: Annotated[int, msgspec.Meta(ge=1, le=MAX_ARENA_ORDER)]
+
+
 class DomainFile(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     domid: DomId
     name: Name = _D.name
@@ -94,6 +113,7 @@ class DomainFile(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     devices: Annotated[list[Sbdf], msgspec.Meta(max_length=MAX_DEVICES)] = []
     opaque_default: bool = _D.opaque_default
     table_pages: Annotated[int, msgspec.Meta(ge=0, le=MAX_TABLE_PAGES)] = _D.table_pages
+    pv_iommu_init: PvIommuInitFile | None = None
 
 
 class MachineFile(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -105,6 +125,9 @@ class MachineFile(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     page_in_delay_ms: Annotated[NonNegative, msgspec.Meta(le=MAX_PAGE_IN_DELAY_MS)] = \
         _M.page_in_delay_ms
     check_iotlb: bool = _M.check_iotlb
+    pv_iommu_revision: Literal[1, 2] = _M.pv_iommu_revision
+    rev2_pages_per_round: Annotated[int, msgspec.Meta(ge=2, le=MAX_PAGES_PER_ROUND)] = \
+        _M.rev2_pages_per_round
     domain: Annotated[list[DomainFile], msgspec.Meta(max_length=MAX_DOMAINS)] = []
 
 
@@ -128,6 +151,10 @@ def machine_problem(config: MachineConfig) -> tuple[str, str] | None:
         return "iotlb_entries", f"expected a power of two in [{MIN_IOTLB}, {MAX_IOTLB}]"
     if not 1 <= config.memory_mib <= MAX_MEMORY_MIB:
         return "memory_mib", f"expected 1 to {MAX_MEMORY_MIB} (64 GiB)"
+    if config.pv_iommu_revision not in (1, 2):
+        return "pv_iommu_revision", "expected 1 or 2"
+    if not 2 <= config.rev2_pages_per_round <= MAX_PAGES_PER_ROUND:
+        return "rev2_pages_per_round", f"expected 2 to {MAX_PAGES_PER_ROUND}"
     seen: dict[int, int] = {}
     owners: dict[int, int] = {}
     levels = 3 if config.address_width == 39 else 4
@@ -144,6 +171,16 @@ def machine_problem(config: MachineConfig) -> tuple[str, str] | None:
             return f"domain[{i}].table_pages", f"expected 0 (no limit) to {MAX_TABLE_PAGES}"
         if not 1 <= d.memory_mib <= MAX_MEMORY_MIB:
             return f"domain[{i}].memory_mib", f"expected 1 to {MAX_MEMORY_MIB}"
+        if d.pv_iommu_init is not None and config.pv_iommu_revision != 2:
+            return f"domain[{i}].pv_iommu_init", "only a machine of pv_iommu_revision 2 has init"
+        if config.pv_iommu_revision == 2 and d.contexts:
+            return (f"domain[{i}].contexts", "revision 2 sizes the pool by init: use "
+                    "pv_iommu_init = {max_ctx_no = N, arena_order = K}")
+        if d.pv_iommu_init is not None:
+            n, order = d.pv_iommu_init
+            if not 0 <= n <= 0xFFFE or not 1 <= order <= MAX_ARENA_ORDER:
+                return (f"domain[{i}].pv_iommu_init",
+                        f"expected max_ctx_no 0 to 65534 and arena_order 1 to {MAX_ARENA_ORDER}")
         for j, sbdf in enumerate(d.devices):
             if sbdf in owners:
                 return (f"domain[{i}].devices[{j}]",
@@ -158,18 +195,25 @@ def machine_problem(config: MachineConfig) -> tuple[str, str] | None:
     return None
 
 
-def default_machine() -> MachineConfig:
+def default_machine(revision: int = 1) -> MachineConfig:
     """The embedded machine: enough for the Linux xen-iommu driver's probe.
 
     dom0 is the hardware domain with 1 GiB, a pool of 128 contexts (what the
     driver's revision-2 init asks for) and four devices; dom1 is an ordinary
     guest with a device of its own, which PV-IOMMU must refuse (-EPERM).
+
+    Revision 2: the same domains, uninitialised (the driver's init sizes the
+    pool), on VT-d's 48-bit address width (max_iova_addr 2^48-1); every
+    IOMMU-enabled domain may use PV-IOMMU on itself.
     """
-    return MachineConfig(domains=(
-        DomainConfig(domid=0, name="dom0", hardware=True, memory_mib=1024, contexts=128,
+    rev2 = revision == 2
+    return MachineConfig(pv_iommu_revision=revision, address_width=48 if rev2 else 39, domains=(
+        DomainConfig(domid=0, name="dom0", hardware=True, memory_mib=1024,
+                     contexts=0 if rev2 else 128,
                      devices=tuple(parse_sbdf(s) for s in
                                    ("0000:00:02.0", "0000:00:03.0", "0000:00:04.0", "0000:00:05.0"))),
-        DomainConfig(domid=1, name="guest1", hardware=False, memory_mib=256, contexts=8,
+        DomainConfig(domid=1, name="guest1", hardware=False, memory_mib=256,
+                     contexts=0 if rev2 else 8,
                      devices=(parse_sbdf("0000:01:00.0"),)),
     ))
 
@@ -190,12 +234,21 @@ def machine_to_dict(config: MachineConfig) -> dict:
     domains = data.pop("domains")
     for dom in domains:
         dom["devices"] = [format_sbdf(s) for s in dom["devices"]]
+        init = dom.pop("pv_iommu_init")
+        if init is not None:
+            dom["pv_iommu_init"] = {"max_ctx_no": init[0], "arena_order": init[1]}
+    if config.pv_iommu_revision == 1:
+        # Revision-1 headers stay as they were (committed traces replay byte for byte).
+        del data["pv_iommu_revision"], data["rev2_pages_per_round"]
     return {**data, "domain": domains}
 
 
 def domain_from_file(dom: DomainFile) -> DomainConfig:
     """The in-memory domain of a checked DomainFile."""
-    return DomainConfig(**{**msgspec.structs.asdict(dom), "devices": tuple(dom.devices)})
+    init = dom.pv_iommu_init
+    return DomainConfig(**{**msgspec.structs.asdict(dom), "devices": tuple(dom.devices),
+                           "pv_iommu_init": None if init is None else
+                           (init.max_ctx_no, init.arena_order)})
 
 
 def machine_from_dict(data, where: str = "config") -> MachineConfig:

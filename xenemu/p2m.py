@@ -118,11 +118,13 @@ class P2m:
             raise ValueError(f"gfn {gfn:#x} is not paging in")
         self._page_in_done[gfn] = due
 
-    def first_non_ram(self, gfn: int, n: int) -> tuple[int, XenErrno | None, str]:
+    def first_non_ram(self, gfn: int, n: int,
+                      page_in: bool = True) -> tuple[int, XenErrno | None, str]:
         """How many pages from gfn are RAM, and the error for the first that is not.
 
         Returns (k, errno, why); errno is None when all n are RAM. A paged-out
-        gfn met here starts its page-in, as p2m_mem_paging_populate does.
+        gfn met here starts its page-in, as p2m_mem_paging_populate does,
+        unless not `page_in` (revision 2's get_paged_frame asks for none).
         """
         limit = max(0, min(n, self.nr_pages - gfn)) if gfn < self.nr_pages else 0
         while True:
@@ -133,7 +135,7 @@ class P2m:
             if self._settle(g):
                 continue          # became RAM: look again from the same place
             t = self._kinds[i]
-            if t is P2mType.PAGED_OUT:
+            if t is P2mType.PAGED_OUT and page_in:
                 self._start_page_in(g)
             err, why = TYPE_ERROR[t]
             return g - gfn, err, f"{why} (gfn {g:#x})"

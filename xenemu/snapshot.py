@@ -39,7 +39,7 @@ from typing import Annotated, Any, Literal
 import msgpack
 import msgspec
 
-from . import __version__, abi, hw
+from . import __version__, hw
 from .domain import Context, Domain
 from .errno import XenError
 from .hypervisor import PAGES_PER_MIB, Hypervisor, MachineError
@@ -156,7 +156,7 @@ def take(hv: Hypervisor) -> dict:
     recs, overflow = hv.iommu.faults()
     return {
         HEADER_KEY: FORMAT,
-        "abi": {"pv_iommu_revision": abi.PV_IOMMU_REVISION},
+        "abi": {"pv_iommu_revision": hv.config.pv_iommu_revision},
         "machine": machine_to_dict(_machine_now(hv)),
         "time": hv.clock.now,
         "domains": [_take_domain(hv, d) for d in hv.domains.values()],
@@ -169,12 +169,25 @@ def take(hv: Hypervisor) -> dict:
 def _machine_now(hv: Hypervisor) -> MachineConfig:
     """The configuration with the domains as they are now: those created on the
     control socket included, destroyed ones left out, devices where they are."""
+    rev2 = hv.config.pv_iommu_revision == 2
     return dataclasses.replace(hv.config, domains=tuple(
         DomainConfig(domid=d.domid, name=d.name, hardware=d.hardware, iommu=d.iommu_enabled,
-                     memory_mib=d.p2m.nr_pages // PAGES_PER_MIB, contexts=d.nr_contexts,
+                     memory_mib=d.p2m.nr_pages // PAGES_PER_MIB,
+                     contexts=0 if rev2 else d.nr_contexts,
                      devices=tuple(sorted(d.devices)), opaque_default=d.opaque_default,
-                     table_pages=hv.contexts.table_budget(d)[1])
+                     table_pages=hv.contexts.table_budget(d)[1],
+                     pv_iommu_init=_init_now(hv, d) if rev2 else None)
         for d in hv.domains.values()))
+
+
+def _init_now(hv: Hypervisor, d: Domain) -> tuple[int, int] | None:
+    """Revision 2: the init that leaves d as it is now, or None (never
+    initialised). A pool of 0 (init spent without contexts) needs no arena."""
+    if not d.pv_initialized:
+        return None
+    limit = hv.contexts.table_budget(d)[1]
+    order = limit.bit_length() - 1 if d.nr_contexts and limit else 1
+    return d.nr_contexts, max(order, 1)
 
 
 def _take_domain(hv: Hypervisor, d: Domain) -> dict:
@@ -306,9 +319,14 @@ def check(snap, where: str = "snapshot") -> None:
                             f"format {FORMAT}")
     revision = snap.get("abi", {}).get("pv_iommu_revision") if isinstance(snap.get("abi"), dict) \
         else None
-    if revision != abi.PV_IOMMU_REVISION:
+    if revision not in (1, 2):
         raise SnapshotError(f"{where}: a machine of PV-IOMMU revision {revision!r}; this xenemu "
-                            f"implements revision {abi.PV_IOMMU_REVISION}")
+                            f"implements revisions 1 and 2")
+    machine = snap.get("machine")
+    declared = machine.get("pv_iommu_revision", 1) if isinstance(machine, dict) else None
+    if declared != revision:
+        raise SnapshotError(f"{where}: a machine of PV-IOMMU revision {revision!r} (abi), but "
+                            f"its machine says revision {declared!r}")
 
 
 def _describe(counts: dict) -> str:
@@ -429,7 +447,9 @@ def _restore_contexts(hv: Hypervisor, d: Domain, contexts: list[ContextState],
         if ctx.dying and ctx_no == 0:
             raise SnapshotError(f"{here}: the default context is never freed")
         for k, sbdf in enumerate(entry.devices):
-            if sbdf not in d.devices or sbdf in placed or ctx.dying:
+            # (Revision 2's failed free leaves a dying context with its devices.)
+            stuck = ctx.dying and hv.config.pv_iommu_revision == 1
+            if sbdf not in d.devices or sbdf in placed or stuck:
                 raise SnapshotError(f"{here}.devices[{k}]: {format_sbdf(sbdf)} is not "
                                     f"d{d.domid}'s, is listed twice, or is in a dying context")
             placed.add(sbdf)

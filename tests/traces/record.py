@@ -25,7 +25,7 @@ COMPRESS_ABOVE = 256 * 1024
 def record(name: str) -> Path:
     scenario, kwargs = scenarios.CORPUS[name]
     with tempfile.TemporaryDirectory() as tmp:
-        d = DaemonProcess(Path(tmp))
+        d = DaemonProcess(Path(tmp), *getattr(scenario, "SERVE_ARGS", ()))
         try:
             scenario(d, BUILD, **kwargs)
         finally:

@@ -9,6 +9,11 @@ line, `xenemu trace show`, replay's divergence report, `trace stats`' page
 counts and the Python client's helpers read these rows, so a new sub-op is
 one row and one handler in its ABI module.
 
+Revision 1 has one struct with the sub-op inside it (`subop_field`);
+revision 2 has the sub-op in an argument register (`subop_arg`) and a struct
+per sub-op (the row's `size`, `reads`, `copy_back`): `execute_subop` is its
+entry, `describe` reads either kind of recorded call.
+
 A handler validates, acts, fills the outputs and returns a status >= 0, or
 raises HypercallError(errno, why): the failure carries its reason to the log
 line. A handler may change the struct before it raises (partial counts of a
@@ -53,6 +58,26 @@ class SubOp:
     outputs_on_error: bool = False    # outputs are partial results a failure reports too
     pages: str | None = None          # the output counting pages done (`trace stats`)
     params: tuple[Param, ...] = ()    # the client helper's parameters, in order
+    # A sub-op of its own struct (Hypercall.subop_arg set: revision 2):
+    size: int = 0                     # bytes at the handle (0: none, arg untouched)
+    reads: bool = True                # the entry copies them in first (else the handler does)
+    copy_back: bool = True            # the entry copies them back, on every path
+
+
+@dataclass(slots=True)
+class SubopCall:
+    """A sub-op's struct as a handler of a per-sub-op ABI sees it (revision
+    2): its raw bytes (None before they are copied in), which the handler
+    reads and rewrites through its row's layout, and where they came from,
+    for the handler that reaches further (remote_cmd)."""
+    subop: int
+    payload: bytes | None
+    handle: int = 0
+    mem: Any = None
+    nested: bool = False      # run by remote_cmd on its target
+
+    def pack(self) -> bytes:
+        return self.payload
 
 
 @dataclass(frozen=True)
@@ -73,12 +98,19 @@ class Hypercall:
     gate: Callable | None = None   # gate(hv, d) raises HypercallError before any sub-op
     hex_fields: frozenset = frozenset({"flags"})   # shown in hex; counts in decimal
     formatters: dict = field(default_factory=dict)  # field name -> text of its value
+    # Revision 2: the argument register holding the sub-op number; each
+    # sub-op then has a struct of its own at the handle (SubOp.size).
+    subop_arg: int | None = None
+    unknown_errno: int = XenErrno.EINVAL    # what an unknown sub-op gets
 
     # -- the call ------------------------------------------------------------
 
     def execute(self, hv, d, args: tuple[int, ...], mem) -> int:
         """The hypercall entry: copy the struct in, run its sub-op, log, copy
         it back whatever the status (a continuation re-reads it instead)."""
+        if self.subop_arg is not None:
+            number, handle = (_arg(args, self.subop_arg) & 0xFFFFFFFF, _arg(args, self.handle_arg))
+            return self.execute_subop(hv, d, number, handle, mem)
         handle = args[self.handle_arg]
         raw = mem.copy_from_guest(handle, self.size)
         if raw is None:
@@ -95,6 +127,53 @@ class Hypercall:
             return -XenErrno.EFAULT
         return ret
 
+    def execute_subop(self, hv, d, number: int, handle: int, mem, nested: bool = False) -> int:
+        """A per-sub-op ABI's entry (revision 2's do_iommu_subop), also run
+        by remote_cmd on its target (`nested`: the gate is the caller's
+        alone): the row's struct is copied in if it reads one, the handler
+        runs, and the struct goes back on every path, -ERESTART included
+        (the continuation re-reads it as the handler rewrote it)."""
+        row = self.subops.get(number)
+        op = SubopCall(number, None, handle, mem, nested)
+        debug = self.log.isEnabledFor(logging.DEBUG)
+        inputs = None
+        try:
+            if self.gate is not None and not nested:
+                self.gate(hv, d)
+            if row is None:
+                raise HypercallError(self.unknown_errno, f"unknown sub-op {number}")
+            if row.size and row.reads:
+                op.payload = mem.copy_from_guest(handle, row.size)
+                if op.payload is None:
+                    raise HypercallError(XenErrno.EFAULT, f"copy_from_guest of {handle:#x} failed")
+            elif row.size and row.copy_back:
+                op.payload = bytes(row.size)     # written, never read
+            # The log shows the inputs as the guest gave them (init's
+            # fall-through writes over its own).
+            inputs = self.format_fields(op, row.inputs) if debug else ""
+            ret, why = row.handler(hv, d, op), ""
+        except XenError as e:
+            ret, why = -e.errno, e.why
+        if row is not None and row.copy_back and op.payload is not None:
+            if not mem.copy_to_guest(handle, op.payload):
+                ret, why = -XenErrno.EFAULT, f"copy_to_guest of {handle:#x} failed"
+        if ret != -XenErrno.ERESTART and debug:
+            self.log.debug(self.log_prefix + "d%d: %s", d.domid,
+                           self.log_text(op, ret, why, inputs))
+        return ret
+
+    def describe(self, args, regions):
+        """The struct a recorded call names, as handlers see it, or None when
+        the regions miss it."""
+        if self.subop_arg is None:
+            raw = self.find(args, regions)
+            return self.op_type.unpack(raw) if raw is not None else None
+        number, handle = _arg(args, self.subop_arg) & 0xFFFFFFFF, _arg(args, self.handle_arg)
+        row = self.subops.get(number)
+        size = row.size if row is not None else 0
+        raw = _region_bytes(regions, handle, size) if size else b""
+        return SubopCall(number, raw, handle) if raw is not None else None
+
     def run(self, hv, d, op) -> tuple[int, str]:
         """(status, why): the sub-op's dispatch, where failures are caught."""
         try:
@@ -108,10 +187,12 @@ class Hypercall:
         except XenError as e:
             return -e.errno, e.why
 
-    def log_text(self, op, ret: int, why: str) -> str:
-        """'query_capabilities ctx=0 flags=0x0 -> -EPERM (Non-hardware domain)'."""
+    def log_text(self, op, ret: int, why: str, inputs: str | None = None) -> str:
+        """'query_capabilities ctx=0 flags=0x0 -> -EPERM (Non-hardware domain)'.
+        `inputs`: their text as read, if the handler may have changed them."""
         row = self.row(op)
-        inputs = self.format_fields(op, row.inputs if row else ())
+        if inputs is None:
+            inputs = self.format_fields(op, row.inputs if row else ())
         shown = row is not None and (ret >= 0 or row.outputs_on_error)
         outputs = self.format_fields(op, row.outputs) if shown else ""
         reason = f" ({why})" if why and ret < 0 else ""
@@ -130,28 +211,28 @@ class Hypercall:
         """'map_pages ctx=1 flags=0x3': the sub-op and the head's fields."""
         values = {n: getattr(op, n) for n in self.head_names}
         return f"{self.subop_name(getattr(op, self.subop_field))} " + \
-            self.head_text.format(**values)
+            self.head_text.format(**values) if self.head_text else \
+            self.subop_name(getattr(op, self.subop_field))
 
     def find(self, args, regions) -> bytes | None:
         """The struct a recorded call's handle points to, if a region holds it."""
         if len(args) <= self.handle_arg:
             return None
-        gaddr = args[self.handle_arg]
-        for r in regions:
-            off = gaddr - r.gaddr
-            if 0 <= off and off + self.size <= len(r.data):
-                return bytes(r.data[off:off + self.size])
-        return None
+        return _region_bytes(regions, args[self.handle_arg], self.size)
 
     def view_fields(self, op) -> Container | dict:
         row = self.row(op)
-        return row.layout.parse(op.payload) if row is not None and row.layout is not None else {}
+        if row is None or row.layout is None or op.payload is None:
+            return {}
+        return row.layout.parse(op.payload)
 
     def field_values(self, op, names) -> list[tuple[str, str]]:
         """(name, text) of the named fields: head fields or the sub-op's view's."""
         values = self.view_fields(op)
         out = []
         for name in names:
+            if name not in self.head_names and name not in values:
+                continue        # a struct never copied in (-EFAULT)
             value = getattr(op, name) if name in self.head_names else values[name]
             if name in self.formatters:
                 text = self.formatters[name](value)
@@ -171,17 +252,31 @@ class Hypercall:
         return self.field_values(op, names)
 
 
+def _arg(args, i: int) -> int:
+    return args[i] if i < len(args) else 0
+
+
+def _region_bytes(regions, gaddr: int, size: int) -> bytes | None:
+    """`size` bytes at gaddr if one region holds them all."""
+    for r in regions:
+        off = gaddr - r.gaddr
+        if 0 <= off and off + size <= len(r.data):
+            return bytes(r.data[off:off + size])
+    return None
+
+
 def client_helpers(abi: Hypercall, encode: Callable) -> type:
     """A mixin with one method per sub-op, named after it, taking the row's
     params: each builds the struct with `encode(row, **values)` and calls
-    self.<hypercall name>(raw), which the client class supplies."""
+    self.<hypercall name>(raw), or for a per-sub-op ABI (revision 2)
+    self.<hypercall name>_subop(number, raw), which the client class supplies."""
     namespace = {}
     for row in abi.subops.values():
-        namespace[row.name] = _helper(abi.name, row, encode)
+        namespace[row.name] = _helper(abi.name, row, encode, abi.subop_arg is not None)
     return type(f"{abi.name}_v{abi.revision}_helpers", (), namespace)
 
 
-def _helper(call_name: str, row: SubOp, encode: Callable):
+def _helper(call_name: str, row: SubOp, encode: Callable, per_subop: bool = False):
     params = [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
     for p in row.params:
         name, default = (p, inspect.Parameter.empty) if isinstance(p, str) else p
@@ -194,6 +289,8 @@ def _helper(call_name: str, row: SubOp, encode: Callable):
         bound.apply_defaults()
         values = dict(bound.arguments)
         del values["self"]
+        if per_subop:
+            return getattr(self, call_name + "_subop")(row.number, encode(row, **values))
         return getattr(self, call_name)(encode(row, **values))
 
     helper.__name__ = helper.__qualname__ = row.name

@@ -54,7 +54,7 @@ def add_commands(sub) -> None:
 
 
 def _events(reader: TraceReader, with_text: bool = True):
-    describer = text.Describer(with_text)
+    describer = text.Describer(with_text, reader.machine.pv_iommu_revision)
     for number, rec in reader:
         yield describer.event(number, rec)
 

@@ -169,6 +169,10 @@ class TraceReader:
             check_depth(raw, where)
             header = convert(raw, TraceHeader, where)
             machine = machine_from_dict(header.machine, f"{where}: machine")
+            if header.abi.pv_iommu_revision != machine.pv_iommu_revision:
+                raise InputError(f"{where}: abi.pv_iommu_revision: "
+                                 f"{header.abi.pv_iommu_revision}, but the machine is of "
+                                 f"revision {machine.pv_iommu_revision}")
             if header.snapshot is not None:
                 check_snapshot(header.snapshot, f"{where}: snapshot")
         except (InputError, SnapshotError) as e:    # ConfigError is an InputError

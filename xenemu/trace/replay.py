@@ -69,6 +69,7 @@ class Replayer:
             except (MachineError, ValueError, OverflowError) as e:   # more than the host has
                 raise TraceError(f"the trace's machine cannot be built: {e}") from None
         self.engine = Engine(self.hv)
+        self.revision = self.hv.config.pv_iommu_revision   # how its calls read
         self._continuations = Continuations()
         self.hypercalls = 0
 
@@ -96,7 +97,8 @@ class Replayer:
 
     def unfinished(self) -> list[str]:
         """Continued calls the trace never finished (the daemon died mid-call)."""
-        return [f"record {c.number}: d{c.domid} {tracetext.request_text(c.call)} "
+        rev = self.revision
+        return [f"record {c.number}: d{c.domid} {tracetext.request_text(c.call, rev)} "
                 f"was still continuing when the trace ended"
                 for c in self._continuations.unfinished()]
 
@@ -140,36 +142,40 @@ class Replayer:
         want = tracetext.recorded_reply(number, expected)
         got = tracetext.decode_reply(actual)
         lines = [f"divergence at record {number} (t={self._time:.6f} s): "
-                 f"d{domid} {tracetext.request_text(call)}",
-                 f"  expected {tracetext.result_text(call, want)}, "
-                 f"got {tracetext.result_text(call, got)}",
+                 f"d{domid} {tracetext.request_text(call, self.revision)}",
+                 f"  expected {tracetext.result_text(call, want, self.revision)}, "
+                 f"got {tracetext.result_text(call, got, self.revision)}",
                  "  request:"]
-        lines += [f"    {k:<12} {v}" for k, v in tracetext.request_fields(call)]
+        lines += [f"    {k:<12} {v}" for k, v in tracetext.request_fields(call, self.revision)]
         lines.append("  reply:")
-        lines += tracetext.side_by_side(tracetext.reply_fields(call, want),
-                                        tracetext.reply_fields(call, got))
+        lines += tracetext.side_by_side(tracetext.reply_fields(call, want, self.revision),
+                                        tracetext.reply_fields(call, got, self.revision))
         lines.append("  " + tracetext.first_difference(expected, actual))
         lines += ["  context state now:"] + [f"    {s}" for s in self._context_state(domid, call)]
-        summary = (f"record {number}: d{domid} {tracetext.request_text(call)}: expected "
-                   f"{tracetext.result_text(call, want)}, got {tracetext.result_text(call, got)}")
+        rev = self.revision
+        summary = (f"record {number}: d{domid} {tracetext.request_text(call, rev)}: expected "
+                   f"{tracetext.result_text(call, want, rev)}, "
+                   f"got {tracetext.result_text(call, got, rev)}")
         return Divergence(number, summary, "\n".join(lines))
 
     def _context_state(self, domid: int, call: wire.Call) -> list[str]:
         """The state of the context the call names, and of the dfns it touches."""
         d = self.hv.domains.get(domid)
-        abi, op = tracetext.described(call, call.regions)
-        if d is None or op is None or "ctx_no" not in abi.head_names:
+        abi, op = tracetext.described(call, call.regions, self.revision)
+        fields = abi.view_fields(op) if op is not None else {}
+        ctx_no = getattr(op, "ctx_no", None) if op is not None and "ctx_no" in abi.head_names \
+            else fields.get("ctx_no")
+        if d is None or ctx_no is None:
             return ["(not a PV-IOMMU call: no context)"]
-        ctx = d.context(op.ctx_no)
+        ctx = d.context(ctx_no)
         if ctx is None:
             allocated = [c.ctx_no for c in d.contexts if c is not None]
-            return [f"d{domid} context {op.ctx_no}: not allocated "
+            return [f"d{domid} context {ctx_no}: not allocated "
                     f"(allocated: {allocated}, pool of {d.nr_contexts})"]
         info = self.hv.iommu.context_info(ctx.hw_id)
         devices = ", ".join(format_sbdf(s) for s in sorted(ctx.devices)) or "none"
-        out = [f"d{domid} context {op.ctx_no}: {'dying, ' if ctx.dying else ''}"
+        out = [f"d{domid} context {ctx_no}: {'dying, ' if ctx.dying else ''}"
                f"{info.mapped} pages mapped, {info.tables} table pages, devices: {devices}"]
-        fields = abi.view_fields(op)
         if "dfn" in fields:     # the sub-op names device frames: show the first few
             count = min(fields.get("nr_pages", 1) or 1, 8)
             if fields["dfn"] + count <= self.hv.iommu.max_iova_addr >> PAGE_SHIFT:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from .. import wire
 from ..errno import result_name
-from ..hypercalls import ABIS, hypercall_name
+from ..hypercalls import abis, hypercall_name
 from ..wire import Call, FrameDecoder, Reply
 from .records import (ControlRecord, Continuations, HypercallRecord, Record, RoundRecord,
                       TraceError)
@@ -48,23 +48,24 @@ def recorded_reply(number: int, raw: bytes) -> Reply | wire.Error:
         raise TraceError(f"record {number}: rep: not a REPLY frame ({e})") from None
 
 
-def described(call: Call, regions):
+def described(call: Call, regions, revision: int = 1):
     """(the call's ABI, its struct as the regions hold it), or (None, None)
-    for a hypercall without an ABI module or a struct the regions miss."""
-    abi = ABIS.get(call.op)
-    raw = abi.find(call.args, regions) if abi is not None else None
-    return (abi, abi.op_type.unpack(raw)) if raw is not None else (None, None)
+    for a hypercall without an ABI module or a struct the regions miss.
+    `revision`: the PV-IOMMU revision of the machine the call was made on."""
+    abi = abis(revision).get(call.op)
+    op = abi.describe(call.args, regions) if abi is not None else None
+    return (abi, op) if op is not None else (None, None)
 
 
-def call_name(call: Call) -> str:
+def call_name(call: Call, revision: int = 1) -> str:
     """The sub-op's name for a hypercall with sub-ops, else the hypercall's."""
-    abi, op = described(call, call.regions)
+    abi, op = described(call, call.regions, revision)
     return abi.subop_name(getattr(op, abi.subop_field)) if op else hypercall_name(call.op)
 
 
-def request_text(call: Call) -> str:
+def request_text(call: Call, revision: int = 1) -> str:
     """'iommu_op map_pages ctx=1 flags=0x3 gfn=0x10 dfn=0x20 nr_pages=4'."""
-    abi, op = described(call, call.regions)
+    abi, op = described(call, call.regions, revision)
     if op is None:
         args = " ".join(f"{a:#x}" for a in call.args)
         return f"{hypercall_name(call.op)} args {args}"
@@ -72,21 +73,21 @@ def request_text(call: Call) -> str:
     return f"{abi.name} {abi.request_text(op)}" + abi.format_fields(op, row.inputs if row else ())
 
 
-def result_text(call: Call, reply) -> str:
+def result_text(call: Call, reply, revision: int = 1) -> str:
     """'-EADDRINUSE mapped=2': the return value and the sub-op's outputs."""
     if isinstance(reply, wire.Error):
         return f"ERROR {wire.ERROR_NAMES.get(reply.code, reply.code)}: {reply.message}"
-    abi, op = described(call, reply.regions)
+    abi, op = described(call, reply.regions, revision)
     row = abi.row(op) if op else None
     return result_name(reply.ret) + (abi.format_fields(op, row.outputs) if row else "")
 
 
-def request_fields(call: Call) -> list[tuple[str, str]]:
+def request_fields(call: Call, revision: int = 1) -> list[tuple[str, str]]:
     """The request field by field, as a C reader of the frame sees it."""
     rows = [("req_id", str(call.req_id)),
             ("hypercall", f"{hypercall_name(call.op)} ({call.op})")]
     rows += [(f"arg{i}", f"{a:#x}") for i, a in enumerate(call.args) if a]
-    abi, op = described(call, call.regions)
+    abi, op = described(call, call.regions, revision)
     if op is not None:
         number = getattr(op, abi.subop_field)
         rows.append((abi.subop_field, f"{abi.subop_name(number)} ({number})"))
@@ -98,20 +99,20 @@ def request_fields(call: Call) -> list[tuple[str, str]]:
     return rows
 
 
-def reply_fields(call: Call, reply) -> list[tuple[str, str]]:
+def reply_fields(call: Call, reply, revision: int = 1) -> list[tuple[str, str]]:
     """A reply's fields for side by side comparison: ret, every field of the
     written-back struct, and every written-back region's bytes."""
     if isinstance(reply, wire.Error):
         return [("frame", f"ERROR {wire.ERROR_NAMES.get(reply.code, reply.code)}"),
                 ("message", reply.message)]
     rows = [("req_id", str(reply.req_id)), ("ret", result_name(reply.ret))]
-    abi, op = described(call, reply.regions)
+    abi, op = described(call, reply.regions, revision)
     if op is not None:
         rows += abi.all_fields(op)
         # Bytes the decoded fields do not show (the union's unused bytes, other regions).
         rows.append(("op bytes", op.pack().hex()))
     for r in reply.regions:
-        if op is None or r.gaddr != call.args[abi.handle_arg] or len(r.data) != abi.size:
+        if op is None or r.gaddr != call.args[abi.handle_arg] or len(r.data) != len(op.pack()):
             rows.append((f"bytes at {r.gaddr:#x}", short_hex(r.data)))
     return rows
 
@@ -183,9 +184,10 @@ class Event:
 class Describer:
     """Turns records into Events, following continued calls across rounds."""
 
-    def __init__(self, with_text: bool = True):
+    def __init__(self, with_text: bool = True, revision: int = 1):
         self._continuations = Continuations()
         self._with_text = with_text   # stats needs names and results, not the text
+        self._revision = revision     # the PV-IOMMU revision of the trace's machine
 
     def event(self, number: int, rec: Record) -> Event:
         if isinstance(rec, HypercallRecord):
@@ -219,8 +221,9 @@ class Describer:
                      f"protocol error {code} on {len(rec.raw)} bytes ({how})", code, True)
 
     def _hypercall(self, number, t, domid, call, rep, suffix) -> Event:
-        name = call_name(call)
-        text = request_text(call) if self._with_text else ""
+        revision = self._revision
+        name = call_name(call, revision)
+        text = request_text(call, revision) if self._with_text else ""
         if rep is None:
             return Event(number, t, domid, name, "hypercall", text + suffix)
         reply = recorded_reply(number, rep)
@@ -228,10 +231,15 @@ class Describer:
         result = result_name(reply.ret) if isinstance(reply, wire.Reply) else "ERROR"
         pages = None
         if isinstance(reply, wire.Reply):
-            abi, op = described(call, reply.regions)
+            abi, op = described(call, reply.regions, revision)
             row = abi.row(op) if op is not None else None
             if row is not None and row.pages:
-                pages = (row.pages, abi.view_fields(op)[row.pages])
+                count = abi.view_fields(op)[row.pages]
+                if abi.subop_arg is not None:
+                    # Revision 2's counts accumulate on the guest's own value.
+                    _, sent = described(call, call.regions, revision)
+                    count -= abi.view_fields(sent)[row.pages] if sent is not None else 0
+                pages = (row.pages, count)
         if self._with_text:
-            text = f"{text} -> {result_text(call, reply)}{suffix}"
+            text = f"{text} -> {result_text(call, reply, revision)}{suffix}"
         return Event(number, t, domid, name, "hypercall", text, result, failed, pages)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import msgpack
 
-from .. import __version__, abi, wire
+from .. import __version__, wire
 from ..machine import MachineConfig, machine_to_dict
 from .records import (CONTROL, HEADER_KEY, HYPERCALL, MAX_HEADER, PROTOCOL, ROUND,
                       ControlRecord, HypercallRecord, Record, RoundRecord, mib)
@@ -30,7 +30,7 @@ def make_header(machine: MachineConfig, meta: dict | None = None,
     which a replay restores too before the first record."""
     header = {
         HEADER_KEY: 1,
-        "abi": {"pv_iommu_revision": abi.PV_IOMMU_REVISION, "wire_version": wire.VERSION},
+        "abi": {"pv_iommu_revision": machine.pv_iommu_revision, "wire_version": wire.VERSION},
         "machine": machine_to_dict(machine),
         "meta": {"xenemu": __version__, "host": platform.node(),
                  "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **(meta or {})},
