@@ -211,3 +211,9 @@ def test_hazard_free_rev2_trace_passes_fail_on_hazard():
     r = cli("replay", "--fail-on-hazard", "tests/traces/rev2-driver.xt")
     assert r.returncode == 0, r.stdout + r.stderr
     assert "all match" in r.stdout
+
+
+def test_readme_hazard_table_is_the_modules():
+    readme = (ROOT / "README.md").read_text()
+    for h in v2.HAZARDS.values():
+        assert f"| `{h.name}` | {h.xen} | {h.answer} |" in readme, h.name

@@ -171,7 +171,8 @@ HAZARDS = {h.name: h for h in (
            "hd->platform_ops is NULL and dereferenced (crash)",
            "-ENODEV"),
     Hazard("map_neither_read_nor_write",
-           "map_pages_op -> iommu_map with no IOMMUF_readable|writable: VT-d writes a "
+           "map_pages_op -> iommu_map with neither IOMMUF_readable nor IOMMUF_writable: "
+           "VT-d writes a "
            "non-present PTE, counts it mapped and leaks the page reference",
            "-EINVAL, nothing mapped"),
 )}
