@@ -24,7 +24,8 @@ replay --fail-on-hazard` fails on).
 
 `rev2_semantics` (a machine option) picks what is served where the v7 code
 and its header disagree: "v7" (the default) the code, "intended" what the
-header and cover letter say (`INTENDED`).
+header and cover letter say (`intended()`: init with its `break`, a failed
+free changing nothing, a conflict -EINVAL).
 """
 
 from __future__ import annotations
@@ -172,8 +173,7 @@ HAZARDS = {h.name: h for h in (
            "-ENODEV"),
     Hazard("map_neither_read_nor_write",
            "map_pages_op -> iommu_map with neither IOMMUF_readable nor IOMMUF_writable: "
-           "VT-d writes a "
-           "non-present PTE, counts it mapped and leaks the page reference",
+           "VT-d writes a non-present PTE, counts it mapped and leaks the page reference",
            "-EINVAL, nothing mapped"),
 )}
 
