@@ -173,6 +173,8 @@ class Control:
                       "frames_used": self.hv.memory.used},
             "domains": [self._domain_info(d) for d in self.hv.domains.values()],
             "quarantined": [format_sbdf(s) for s in sorted(self.hv.quarantined)],
+            # Calls Xen v7 would have crashed, hung or misled on, by hazard name.
+            "hazards": dict(sorted(self.hv.hazards.items())),
         }
 
     def _domain_info(self, d) -> dict:

@@ -33,7 +33,7 @@ from .domain import Domain
 from .errno import XenErrno
 from .guest import GuestMemory
 from .hypervisor import RESTART, Hypervisor, MachineError
-from .trace.records import (RECORDED_CONTROL, ControlRecord, HypercallRecord,
+from .trace.records import (RECORDED_CONTROL, ControlRecord, HazardRecord, HypercallRecord,
                             ProtocolRecord, RoundRecord)
 from .wire import ERR_INTERNAL, ERR_TRUNCATED, Call, FrameDecoder, ProtocolError, encode_error, encode_reply
 
@@ -111,6 +111,13 @@ class Engine:
         if self.hv.injecting:
             self.hv.note_injection(f"d{d.domid}'s hypercall (returned {ret})")
         return ret
+
+    def _hazards(self) -> None:
+        """The hazards the round just recorded met, as records after its own."""
+        met, self.hv.hazards_met = self.hv.hazards_met, []
+        if self.events is not None:
+            self.events.extend(HazardRecord(self.clock.now, domid, name, why)
+                               for domid, name, why in met)
 
     # -- refused frames -------------------------------------------------------------------
 
@@ -253,6 +260,7 @@ class Connection:
             reply = encode_reply(call.req_id, ret, mem.regions())
             if events is not None:
                 events.append(HypercallRecord(engine.clock.now, self.domid, call.raw, reply))
+            engine._hazards()
             return reply
         self._call, self._mem = call, mem
         if events is not None:
@@ -260,6 +268,7 @@ class Connection:
             self._cont = engine._next_cont
             events.append(HypercallRecord(engine.clock.now, self.domid, call.raw, None,
                                           self._cont))
+        engine._hazards()
         return None
 
     def resume(self) -> bytes | None:
@@ -269,6 +278,7 @@ class Connection:
         reply = None if ret == RESTART else encode_reply(call.req_id, ret, mem.regions())
         if engine.events is not None:
             engine.events.append(RoundRecord(engine.clock.now, self._cont, reply))
+        engine._hazards()
         if reply is not None:
             self._call = self._mem = None
         return reply

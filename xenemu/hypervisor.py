@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from functools import partial
 
 from . import hw, hypercalls
@@ -79,6 +80,11 @@ class Hypervisor:
         self.contexts = IommuContexts(self.memory, self.iommu)
         self.domains: dict[int, Domain] = {}
         self.injecting = False  # armed and not fired yet: note_injection after each event
+        # Calls Xen's code would have crashed, hung or misled on (revision 2's
+        # hazard table): counts by name for `ctl info`, and the ones met since
+        # the engine last looked, which it records after the call's record.
+        self.hazards: Counter[str] = Counter()
+        self.hazards_met: list[tuple[int, str, str]] = []
         # One hypervisor build serves one ABI: the machine's revision.
         self.hypercalls = {number: partial(call.execute, self) for number, call in
                            hypercalls.abis(config.pv_iommu_revision).items()}
@@ -102,6 +108,11 @@ class Hypervisor:
             self.injecting = False
             log.info("fail-nth: injected a %s failure (event %d) in %s", f.fired.name, f.seen,
                      where)
+
+    def note_hazard(self, domid: int, name: str, why: str) -> None:
+        """A call of d`domid` met hazard `name` (xenemu.hypercalls.iommu_op_v2.HAZARDS)."""
+        self.hazards[name] += 1
+        self.hazards_met.append((domid, name, why))
 
     @property
     def quarantined(self) -> set[int]:

@@ -82,6 +82,7 @@ class MachineConfig:
     check_iotlb: bool = False       # verify every IOTLB hit against the page tables
     pv_iommu_revision: int = 1      # the PV-IOMMU ABI hypercall 43 serves: 1 or 2 (Xen RFC v4-v7)
     rev2_pages_per_round: int = REV2_PAGES_PER_ROUND   # revision 2: map/unmap's pages a round
+    rev2_semantics: str = "v7"      # revision 2: "v7" (the code) or "intended" (its header)
     domains: tuple[DomainConfig, ...] = field(default_factory=tuple)
 
     def __post_init__(self):
@@ -128,6 +129,7 @@ class MachineFile(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     pv_iommu_revision: Literal[1, 2] = _M.pv_iommu_revision
     rev2_pages_per_round: Annotated[int, msgspec.Meta(ge=2, le=MAX_PAGES_PER_ROUND)] = \
         _M.rev2_pages_per_round
+    rev2_semantics: Literal["v7", "intended"] = _M.rev2_semantics
     domain: Annotated[list[DomainFile], msgspec.Meta(max_length=MAX_DOMAINS)] = []
 
 
@@ -155,6 +157,10 @@ def machine_problem(config: MachineConfig) -> tuple[str, str] | None:
         return "pv_iommu_revision", "expected 1 or 2"
     if not 2 <= config.rev2_pages_per_round <= MAX_PAGES_PER_ROUND:
         return "rev2_pages_per_round", f"expected 2 to {MAX_PAGES_PER_ROUND}"
+    if config.rev2_semantics not in ("v7", "intended"):
+        return "rev2_semantics", 'expected "v7" or "intended"'
+    if config.rev2_semantics != "v7" and config.pv_iommu_revision != 2:
+        return "rev2_semantics", "only a machine of pv_iommu_revision 2 has it"
     seen: dict[int, int] = {}
     owners: dict[int, int] = {}
     levels = 3 if config.address_width == 39 else 4
@@ -239,7 +245,7 @@ def machine_to_dict(config: MachineConfig) -> dict:
             dom["pv_iommu_init"] = {"max_ctx_no": init[0], "arena_order": init[1]}
     if config.pv_iommu_revision == 1:
         # Revision-1 headers stay as they were (committed traces replay byte for byte).
-        del data["pv_iommu_revision"], data["rev2_pages_per_round"]
+        del data["pv_iommu_revision"], data["rev2_pages_per_round"], data["rev2_semantics"]
     return {**data, "domain": domains}
 
 

@@ -17,14 +17,21 @@ Xen's continuation does (§5.11: gfn/dfn/nr_pages moved by the pages done,
 `mapped`/`unmapped` accumulating on the guest's value) and -ERESTART
 returned to the engine, which re-runs the call after others had a turn.
 
-Where v7 would crash Xen (§9) this module answers as the reference
-suggests; the hazard machinery (warnings, counters, replay
---fail-on-hazard) is not built yet.
+Where v7 would crash, hang or mislead Xen (§9) this module answers as the
+reference suggests and reports the hazard (`HAZARDS`, the one table of them:
+a warning, a count for `ctl info`, a `hazard` trace record that `xenemu
+replay --fail-on-hazard` fails on).
+
+`rev2_semantics` (a machine option) picks what is served where the v7 code
+and its header disagree: "v7" (the default) the code, "intended" what the
+header and cover letter say (`intended()`: init with its `break`, a failed
+free changing nothing, a conflict -EINVAL).
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from construct import Bytes, Int8ul, Int16ul, Int32ul, Int64ul, Struct
@@ -131,6 +138,60 @@ MAP_STOP = {
 }
 
 
+# -- Xen hazards (§9) ------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Hazard:
+    """A call Xen v7's code would crash, hang or mislead Xen on, and what xenemu does."""
+    name: str
+    xen: str        # the Xen code that would fail, and how
+    answer: str     # what xenemu answers instead
+
+
+HAZARDS = {h.name: h for h in (
+    Hazard("init_nb_ctx_zero",
+           "iommu_domain_pviommu_init: BUG_ON(nb_ctx == 0), max_ctx_no + 1 truncated to "
+           "uint16_t (panic)",
+           "-E2BIG inside init as for UINT32_MAX (v7: the fall-through's -ENOSPC), "
+           "nothing changes"),
+    Hazard("init_no_arena",
+           "iommu_arena_allocate_page: BUG_ON(region_start == 0) on the first context's "
+           "page table, arena_order 0 leaving no arena (panic)",
+           "-EINVAL inside init (v7: the fall-through's -ENOSPC), nothing changes, "
+           "a later init works"),
+    Hazard("init_arena_order_shift",
+           "arch_iommu_pviommu_init: 2^arena_order pages with arena_order >= 64, "
+           "an undefined shift (an arena of the wrong size)",
+           "-ENOMEM inside init, the init spent (as any too-large arena)"),
+    Hazard("free_reattach_with_devices",
+           "iommu_context_teardown: list_for_each_entry over ctx->devices while "
+           "iommu_reattach_context moves each entry to context 0 (livelock, list corruption)",
+           "the devices go to context 0, then the context is freed: 0"),
+    Hazard("remote_cmd_iommu_off",
+           "remote_cmd_op -> do_iommu_subop on a target without an IOMMU: "
+           "hd->platform_ops is NULL and dereferenced (crash)",
+           "-ENODEV"),
+    Hazard("map_neither_read_nor_write",
+           "map_pages_op -> iommu_map with neither IOMMUF_readable nor IOMMUF_writable: "
+           "VT-d writes a non-present PTE, counts it mapped and leaks the page reference",
+           "-EINVAL, nothing mapped"),
+)}
+
+
+def hazard(hv: Hypervisor, d: Domain, name: str, why: str) -> None:
+    """Report hazard `name` of HAZARDS met by a call on d: one warning, its
+    count, and a trace record after the call's."""
+    h = HAZARDS[name]
+    log.warning(PREFIX + "d%d: HAZARD: %s: %s; Xen v7 would fail in %s; xenemu answers %s",
+                d.domid, name, why, h.xen, h.answer)
+    hv.note_hazard(d.domid, name, why)
+
+
+def intended(hv: Hypervisor) -> bool:
+    """Serve what the header and cover letter say (rev2_semantics "intended")."""
+    return hv.config.rev2_semantics == "intended"
+
+
 def can_use_iommu_check(hv: Hypervisor, d: Domain) -> None:
     """§2: -ENODEV first, for every sub-op; no hardware-domain check."""
     if not hv.config.iommu or not d.iommu_enabled:
@@ -167,8 +228,12 @@ def capabilities_op(hv: Hypervisor, d: Domain, op: SubopCall) -> int:
 
 def init_op(hv: Hypervisor, d: Domain, op: SubopCall) -> int:
     """§5.3: init, then (no `break` in v7) alloc_context on the same 8 bytes;
-    init's own result only reaches the log."""
+    init's own result only reaches the log. "intended": init's own result,
+    no context taken, the struct untouched (the header; D1's `break`)."""
     init = _view(op, Init)
+    if intended(hv):
+        _init(hv, d, init.max_ctx_no, init.arena_order)
+        return 0
     try:
         _init(hv, d, init.max_ctx_no, init.arena_order)
         outcome = "0"
@@ -183,13 +248,17 @@ def _init(hv: Hypervisor, d: Domain, max_ctx_no: int, arena_order: int) -> None:
         raise HypercallError(XenErrno.E2BIG, "max_ctx_no is UINT32_MAX")
     nb_ctx = (max_ctx_no + 1) & 0xFFFF          # iommu_domain_pviommu_init's uint16_t
     if nb_ctx == 0:
-        # Xen: BUG_ON(nb_ctx == 0), a panic. Answered as UINT32_MAX, state untouched (§9).
-        raise HypercallError(XenErrno.E2BIG, f"max_ctx_no {max_ctx_no} + 1 truncates to 0 "
-                                             f"(Xen v7 would BUG_ON)")
-    if nb_ctx > 1 and arena_order == 0 and not d.pv_initialized:
-        # Xen: no arena, then a panic on the first context's page table (§9).
-        raise HypercallError(XenErrno.EINVAL, "contexts without an arena (arena_order 0: "
-                                              "Xen v7 would BUG_ON at the first context)")
+        why = f"max_ctx_no {max_ctx_no} + 1 truncates to 0"
+        hazard(hv, d, "init_nb_ctx_zero", why)
+        raise HypercallError(XenErrno.E2BIG, why)
+    if d.pv_initialized:
+        raise XenError(XenErrno.EACCES, "PV-IOMMU already initialised")
+    if nb_ctx > 1 and arena_order == 0:
+        why = f"{nb_ctx - 1} contexts without an arena (arena_order 0)"
+        hazard(hv, d, "init_no_arena", why)
+        raise HypercallError(XenErrno.EINVAL, why)
+    if arena_order >= 64:
+        hazard(hv, d, "init_arena_order_shift", f"arena_order {arena_order}")
     hv.contexts.pviommu_init(d, nb_ctx - 1, arena_order)
 
 
@@ -211,7 +280,12 @@ def free_context_op(hv: Hypervisor, d: Domain, op: SubopCall) -> int:
     if ctx is None:
         raise HypercallError(XenErrno.ENOENT, f"context {free.ctx_no} not allocated")
     reattach = bool(free.free_flags & IOMMU_FREE_reattach_default)
-    if not hv.contexts.free(d, ctx, reattach_default=reattach, busy_leaves_dying=True):
+    if reattach and ctx.devices:
+        hazard(hv, d, "free_reattach_with_devices",
+               f"free_context {free.ctx_no} with {len(ctx.devices)} device(s) attached")
+    # "intended": a failed free changes nothing; v7's teardown leaves it dying.
+    if not hv.contexts.free(d, ctx, reattach_default=reattach,
+                            busy_leaves_dying=not intended(hv)):
         return -XenErrno.ERESTART
     return 0
 
@@ -250,8 +324,9 @@ def map_pages_op(hv: Hypervisor, d: Domain, op: SubopCall) -> int:
     perm = ((hw.PERM_R if m.map_flags & IOMMU_MAP_readable else 0)
             | (hw.PERM_W if m.map_flags & IOMMU_MAP_writeable else 0))
     if not perm:
-        # Xen v7 writes a non-present PTE and counts it (§9): refused here, documented.
-        raise HypercallError(XenErrno.EINVAL, "neither readable nor writeable")
+        why = f"map_flags {m.map_flags:#x}: neither readable nor writeable"
+        hazard(hv, d, "map_neither_read_nor_write", why)
+        raise HypercallError(XenErrno.EINVAL, why)
     n = min(m.nr_pages, hv.config.rev2_pages_per_round)
     # get_paged_frame: no page-in, a frameless gfn is -ENOENT.
     backed, err, why = d.p2m.first_non_ram(m.gfn, n, page_in=False)
@@ -261,6 +336,8 @@ def map_pages_op(hv: Hypervisor, d: Domain, op: SubopCall) -> int:
     if done < backed:
         err, reason = MAP_STOP[st]
         why = reason.format(m.dfn + done)
+        if err == XenErrno.EADDRINUSE and intended(hv):
+            err = XenErrno.EINVAL           # the header's answer to a conflict
     hv.contexts.iotlb_flush(ctx, m.dfn, done)
     return _round_end(op, MapPages, m, "mapped", done, n, err, why)
 
@@ -308,8 +385,9 @@ def remote_cmd_op(hv: Hypervisor, d: Domain, op: SubopCall) -> int:
     if target is None:
         raise HypercallError(XenErrno.ENOENT, f"no domain {cmd.domid}")
     if not hv.config.iommu or not target.iommu_enabled:
-        # Xen v7 dereferences the target's NULL platform_ops (§9's choice).
-        raise HypercallError(XenErrno.ENODEV, f"d{cmd.domid} has the IOMMU off")
+        why = f"remote_cmd to d{cmd.domid}, whose IOMMU is off"
+        hazard(hv, d, "remote_cmd_iommu_off", why)
+        raise HypercallError(XenErrno.ENODEV, why)
     ret = IOMMU_OP.execute_subop(hv, target, cmd.subop, cmd.arg, op.mem, nested=True)
     if ret < 0 and ret != -XenErrno.ERESTART:
         raise HypercallError(-ret, f"on d{cmd.domid}")

@@ -1,7 +1,8 @@
 """The trace commands: `xenemu replay`, `xenemu trace show`, `xenemu trace stats`.
 
 Exit status of replay: 0 when every record of every trace matched, 1 when
-some diverged (or the machine's invariant check failed after a replay),
+some diverged (or the machine's invariant check failed after a replay, or
+with --fail-on-hazard a trace holds a hazard record),
 2 when a trace could not be read.
 """
 
@@ -25,7 +26,8 @@ def add_commands(sub) -> None:
         "replay", help="replay traces in process and fail on the first divergence",
         description="Replay each trace through the daemon's core, in process, comparing every "
                     "return value and written-back byte with the recording. Exit status: 0 all "
-                    "matched, 1 a divergence, 2 a trace could not be read.")
+                    "matched, 1 a divergence (or, with --fail-on-hazard, a hazard), 2 a trace could "
+                    "not be read.")
     replay.add_argument("traces", nargs="+", type=Path, metavar="FILE")
     replay.add_argument("--keep-going", action="store_true",
                         help="go on past divergences and count them")
@@ -34,6 +36,9 @@ def add_commands(sub) -> None:
     replay.add_argument("--check-iotlb", action="store_true",
                         help="verify every IOTLB hit against the page tables while replaying")
     replay.add_argument("--quiet", action="store_true", help="print divergences only")
+    replay.add_argument("--fail-on-hazard", action="store_true",
+                        help="also fail (exit 1) on a trace holding a hazard record: a call "
+                             "Xen v7 would have crashed, hung or misled on")
     replay.set_defaults(func=replay_command)
 
     trace = sub.add_parser("trace", help="read traces: show, stats")
@@ -43,7 +48,7 @@ def add_commands(sub) -> None:
     show.add_argument("--domain", type=int, metavar="DOMID", help="only this domain's events")
     show.add_argument("--subop", action="append", metavar="NAME",
                       help="only these sub-ops (map_pages, ...), control ops (dma, ...), "
-                           "'control' or 'protocol'; may be repeated")
+                           "'control', 'protocol' or 'hazard'; may be repeated")
     show.add_argument("--errors", action="store_true",
                       help="only failed hypercalls, refused control requests, protocol errors")
     show.set_defaults(func=show_command)
@@ -125,8 +130,8 @@ def stats_command(args) -> int:
           f"wire {h.abi.wire_version}; recorded by xenemu {meta.get('xenemu')} on "
           f"{meta.get('host')} at {meta.get('created')}")
     titles = {"hypercall": "hypercalls", "control": "control requests",
-              "protocol": "protocol errors"}
-    for kind in ("hypercall", "control", "protocol"):
+              "protocol": "protocol errors", "hazard": "hazards (calls Xen v7 would fail on)"}
+    for kind in titles:
         if not results[kind]:
             continue
         total = sum(sum(c.values()) for c in results[kind].values())
@@ -180,6 +185,8 @@ def _summary(r: ReplayResult) -> str:
         return f"{head}: {r.count} divergence(s), the first at record {first}"
     if r.problems:
         return f"{head}: all matched, but the invariant check failed: {'; '.join(r.problems)}"
+    if r.hazards:
+        return f"{head}: all matched, but {len(r.hazards)} hazard(s) (--fail-on-hazard)"
     return f"{head}: all match"
 
 
@@ -188,11 +195,14 @@ def replay_command(args) -> int:
     results = []
     for path in args.traces:
         r = replay_file(path, keep_going=args.keep_going, check_iotlb=args.check_iotlb,
+                        fail_on_hazard=args.fail_on_hazard,
                         progress=Progress(sys.stderr, path.name) if show_progress else None,
                         report=lambda d: print(d.report + "\n", flush=True))
         results.append(r)
         for note in r.notes:
             print(f"note: {note}")
+        for line in r.hazards:
+            print(line)
         if not args.quiet or not r.ok:
             print(_summary(r), flush=True)
     if args.junit:
@@ -215,7 +225,7 @@ def write_junit(path: Path, results: list[ReplayResult]) -> None:
             ET.SubElement(case, "error", message=r.error).text = r.error
         elif not r.ok:
             fail = ET.SubElement(case, "failure", message=_summary(r))
-            fail.text = "\n\n".join([d.report for d in r.divergences] + r.problems)
+            fail.text = "\n\n".join([d.report for d in r.divergences] + r.problems + r.hazards)
         ET.SubElement(case, "system-out").text = "\n".join([_summary(r), *r.notes])
     root = ET.Element("testsuites")
     root.append(suite)

@@ -1,4 +1,4 @@
-"""Trace records: the file format's header and its four kinds of record (abi/TRACE.md).
+"""Trace records: the file format's header and its five kinds of record (abi/TRACE.md).
 
 A trace is a msgpack stream: one header map, then one map per event, in the
 order the machine ran them. The header and each kind of record are described
@@ -36,6 +36,8 @@ HYPERCALL = "hc"     # a hypercall: t, d (domid), req (CALL frame), rep (REPLY f
 ROUND = "cont"       # a further round of continued call c: t, c, rep (nil until its last)
 CONTROL = "ctl"      # a control request: t, req, rep (maps as on the control socket)
 PROTOCOL = "proto"   # a frame the daemon refused: t, d, raw, eof, code, rep (ERROR frame or nil)
+HAZARD = "hazard"    # the hypercall (or round) just before would have crashed, hung or
+                     # misled Xen v7: t, d (the domain acted on), name, why
 
 # Control operations a trace records: those that change the machine, and
 # those whose answer depends on what guests and devices did (so replay
@@ -118,10 +120,17 @@ class ProtocolRecord(msgspec.Struct, tag=PROTOCOL, tag_field="k", frozen=True):
     rep: Frame | None = None         # the ERROR frame sent; None when eof
 
 
-Record = HypercallRecord | RoundRecord | ControlRecord | ProtocolRecord
+class HazardRecord(msgspec.Struct, tag=HAZARD, tag_field="k", frozen=True):
+    t: Time
+    d: DomId
+    name: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]   # a row of the hazard table
+    why: Annotated[str, msgspec.Meta(max_length=1024)]
+
+
+Record = HypercallRecord | RoundRecord | ControlRecord | ProtocolRecord | HazardRecord
 # By kind: converting to the one type is ten times faster than to the union.
 RECORD_TYPES = {HYPERCALL: HypercallRecord, ROUND: RoundRecord, CONTROL: ControlRecord,
-                PROTOCOL: ProtocolRecord}
+                PROTOCOL: ProtocolRecord, HAZARD: HazardRecord}
 
 
 # Maps and arrays within each other: a snapshot needs 7, a control reply 4.

@@ -34,8 +34,8 @@ from ..pci import format_sbdf
 from ..snapshot import SnapshotError, restore as restore_snapshot
 from . import text as tracetext
 from .reader import TraceReader, located
-from .records import (ControlRecord, Continuations, HypercallRecord, ProtocolRecord, Record,
-                      RoundRecord, TraceError)
+from .records import (ControlRecord, Continuations, HazardRecord, HypercallRecord,
+                      ProtocolRecord, Record, RoundRecord, TraceError)
 
 
 @dataclass
@@ -72,6 +72,8 @@ class Replayer:
         self.revision = self.hv.config.pv_iommu_revision   # how its calls read
         self._continuations = Continuations()
         self.hypercalls = 0
+        self.hazards: list[str] = []     # the trace's hazard records, as report lines
+        self._last_call = ""             # the hypercall record a hazard record follows
 
     def _restore(self, snap: dict, check_iotlb: bool) -> Hypervisor:
         """The machine the recording daemon was restored from. The records'
@@ -93,6 +95,10 @@ class Replayer:
             return self._round(number, rec)
         if isinstance(rec, ControlRecord):
             return self._control(number, rec)
+        if isinstance(rec, HazardRecord):
+            self.hazards.append(f"record {number}: d{rec.d} {tracetext.hazard_text(rec)} "
+                                f"(after {self._last_call})")
+            return None
         return self._protocol(number, rec)
 
     def unfinished(self) -> list[str]:
@@ -107,6 +113,7 @@ class Replayer:
     def _hypercall(self, number: int, rec: HypercallRecord) -> Divergence | None:
         call = tracetext.recorded_call(number, rec.req)
         self.hypercalls += 1
+        self._last_call = f"record {number}: d{rec.d} {tracetext.request_text(call, self.revision)}"
         try:
             conn = self.engine.connection(rec.d)
         except MachineError:
@@ -124,6 +131,8 @@ class Replayer:
             raise TraceError(f"record {number}: a round of continuation {rec.c}, "
                              f"which no earlier record began")
         running = cont.state
+        self._last_call = (f"record {number}: d{cont.domid} "
+                           f"{tracetext.request_text(cont.call, self.revision)}")
         if running.reply is None:
             running.reply = running.conn.resume()
         if rec.rep is None:
@@ -246,16 +255,18 @@ class ReplayResult:
     error: str | None = None         # the trace could not be read
     notes: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)   # invariant check after the replay
+    hazards: list[str] = field(default_factory=list)    # with fail_on_hazard: its hazard records
 
     @property
     def ok(self) -> bool:
-        return not self.count and not self.error and not self.problems
+        return not self.count and not self.error and not self.problems and not self.hazards
 
 
 def replay_file(path: Path, *, keep_going: bool = False, check_iotlb: bool = False,
-                progress=None, report=None) -> ReplayResult:
+                fail_on_hazard: bool = False, progress=None, report=None) -> ReplayResult:
     """Replay one trace; `report(divergence)` is called on each divergence found,
-    `progress` (cli.Progress) shown as it goes."""
+    `progress` (cli.Progress) shown as it goes. `fail_on_hazard`: the trace's
+    hazard records (calls Xen v7 would crash on) fail it too."""
     result = ReplayResult(path)
     try:
         reader = TraceReader(path)
@@ -287,6 +298,8 @@ def replay_file(path: Path, *, keep_going: bool = False, check_iotlb: bool = Fal
                 result.notes += replayer.unfinished()
                 result.problems = replayer.hv.check_invariants()
             result.hypercalls = replayer.hypercalls
+            if fail_on_hazard:
+                result.hazards = replayer.hazards
             if progress:
                 progress.update(reader.fraction(), result.records, force=True)
     except TraceError as e:

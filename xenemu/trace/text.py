@@ -11,9 +11,10 @@ from dataclasses import dataclass
 from .. import wire
 from ..errno import result_name
 from ..hypercalls import abis, hypercall_name
+from ..hypercalls.iommu_op_v2 import HAZARDS
 from ..wire import Call, FrameDecoder, Reply
-from .records import (ControlRecord, Continuations, HypercallRecord, Record, RoundRecord,
-                      TraceError)
+from .records import (ControlRecord, Continuations, HazardRecord, HypercallRecord, Record,
+                      RoundRecord, TraceError)
 
 
 def _decode_one(decoder: FrameDecoder, raw: bytes, what: str):
@@ -165,6 +166,13 @@ def control_result(reply: dict) -> str:
     return "ok" + (" " + rest if rest else "")
 
 
+def hazard_text(rec: HazardRecord) -> str:
+    """A hazard record in one line: what met it, and the Xen code that would fail."""
+    h = HAZARDS.get(rec.name)
+    tail = f"; Xen v7 would fail in {h.xen}; xenemu answered {h.answer}" if h else ""
+    return f"HAZARD {rec.name}: {rec.why}{tail}"
+
+
 # -- one event per record ------------------------------------------------------
 
 @dataclass
@@ -174,7 +182,7 @@ class Event:
     t: float
     domid: int | None
     name: str            # sub-op, hypercall, control op, or 'protocol'
-    kind: str            # 'hypercall', 'control', 'protocol'
+    kind: str            # 'hypercall', 'control', 'protocol', 'hazard'
     text: str
     result: str = ""     # '0', '-EINVAL', 'ok', 'refused', 'BAD_MAGIC', '' while continuing
     failed: bool = False
@@ -207,6 +215,9 @@ class Describer:
                                        f" -> continues (c{rec.c}, round {cont.rounds})")
             return self._hypercall(number, rec.t, cont.domid, cont.call, rec.rep,
                                    f" (c{rec.c}, {cont.rounds} rounds)")
+        if isinstance(rec, HazardRecord):
+            return Event(number, rec.t, rec.d, rec.name, "hazard", hazard_text(rec), "hazard",
+                         True)
         if isinstance(rec, ControlRecord):
             req, rep = rec.req, rec.rep
             domid = req.get("domid") if isinstance(req.get("domid"), int) else None

@@ -20,8 +20,8 @@ import msgpack
 
 from .. import __version__, wire
 from ..machine import MachineConfig, machine_to_dict
-from .records import (CONTROL, HEADER_KEY, HYPERCALL, MAX_HEADER, PROTOCOL, ROUND,
-                      ControlRecord, HypercallRecord, Record, RoundRecord, mib)
+from .records import (CONTROL, HAZARD, HEADER_KEY, HYPERCALL, MAX_HEADER, PROTOCOL, ROUND,
+                      ControlRecord, HazardRecord, HypercallRecord, Record, RoundRecord, mib)
 
 
 def make_header(machine: MachineConfig, meta: dict | None = None,
@@ -121,6 +121,8 @@ class TraceWriter:
             obj = {"k": ROUND, "t": rec.t, "c": rec.c, "rep": rec.rep}
         elif isinstance(rec, ControlRecord):
             obj = {"k": CONTROL, "t": rec.t, "req": rec.req, "rep": rec.rep}
+        elif isinstance(rec, HazardRecord):
+            obj = {"k": HAZARD, "t": rec.t, "d": rec.d, "name": rec.name, "why": rec.why}
         else:
             obj = {"k": PROTOCOL, "t": rec.t, "d": rec.d, "raw": rec.raw, "eof": rec.eof,
                    "code": rec.code, "rep": rec.rep}
