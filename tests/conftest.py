@@ -5,8 +5,14 @@ from __future__ import annotations
 import subprocess
 
 import pytest
+from hypothesis import settings
 
 from support import BUILD, ROOT, DaemonProcess, assert_replays, checked_local
+
+# Property tests check outcomes, never speed: no per-example deadline, which
+# a loaded 2-core CI machine would trip (speed is measured by `make bench`).
+settings.register_profile("xenemu", deadline=None)
+settings.load_profile("xenemu")
 
 
 @pytest.fixture
