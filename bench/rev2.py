@@ -16,10 +16,10 @@ from xenemu.client import RevisionTwoClient, XenemuClient, subop_frame
 from xenemu.hypercalls import iommu_op_v2 as v2
 from xenemu.wire import encode_call
 
+from .scale import rev1_maps
 from .serve import daemon
 from .util import row
 
-DOM0_PAGES = 1 << 18        # revision 1's default dom0: 1 GiB (its gfns wrap around it)
 RUN = 4096                  # revision 2's pages a call
 WINDOW = 128                # calls in flight, as XenemuClient.pipeline keeps them
 ARENA_ORDER = 13            # 8192 table pages: two contexts of 1M pages (~2060 tables each)
@@ -29,9 +29,7 @@ def _rev1_map(pages: int) -> float:
     """Seconds to map `pages` on a revision-1 daemon, 256 pages a call."""
     with daemon() as d, XenemuClient(d.sockets[0]) as xen:
         ctx = xen.alloc_context().op.ctx_no
-        maps = [abi.encode_op(abi.IOMMUOP_map_pages, ctx, 3, "map_pages",
-                              gfn=dfn % DOM0_PAGES, dfn=dfn, nr_pages=256)
-                for dfn in range(0, pages, 256)]
+        maps = rev1_maps(ctx, pages)
         t0 = time.perf_counter()
         if any(r.ret for r in xen.pipeline(maps)):
             raise RuntimeError("a revision-1 map_pages call failed")
