@@ -5,7 +5,8 @@ page limit; the daemon cuts a run into rounds of `rev2_pages_per_round`,
 call (256 rounds), against revision 1's 256-page calls on a revision-1
 daemon, measured in the same run. Calls are pipelined the same way in both
 revisions (up to 128 in flight), so the rows compare the daemon's work per
-page, not round trips.
+page, not round trips. Each map is into a new context (freed afterwards,
+untimed); each row is the median of REPEATS, the measures interleaved.
 """
 import tempfile
 import time
@@ -18,30 +19,33 @@ from xenemu.wire import encode_call
 
 from .scale import rev1_maps
 from .serve import daemon
-from .util import row
+from .util import medians, row
 
 RUN = 4096                  # revision 2's pages a call
 WINDOW = 128                # calls in flight, as XenemuClient.pipeline keeps them
-ARENA_ORDER = 13            # 8192 table pages: two contexts of 1M pages (~2060 tables each)
+ARENA_ORDER = 12            # 4096 table pages: a context of 1M pages takes ~2060
+REPEATS = 5                 # each measure's median of this many, interleaved
 
 
-def _rev1_map(pages: int) -> float:
-    """Seconds to map `pages` on a revision-1 daemon, 256 pages a call."""
-    with daemon() as d, XenemuClient(d.sockets[0]) as xen:
-        ctx = xen.alloc_context().op.ctx_no
-        maps = rev1_maps(ctx, pages)
-        t0 = time.perf_counter()
-        if any(r.ret for r in xen.pipeline(maps)):
-            raise RuntimeError("a revision-1 map_pages call failed")
-        return time.perf_counter() - t0
+def _rev1_map(xen: XenemuClient, pages: int) -> float:
+    """Seconds to map `pages` in a new context of a revision-1 daemon, 256 a call."""
+    ctx = xen.alloc_context().op.ctx_no
+    maps = rev1_maps(ctx, pages)
+    t0 = time.perf_counter()
+    if any(r.ret for r in xen.pipeline(maps)):
+        raise RuntimeError("a revision-1 map_pages call failed")
+    seconds = time.perf_counter() - t0
+    if xen.free_context(ctx).ret:
+        raise RuntimeError("revision-1 free_context failed")
+    return seconds
 
 
-def _pipeline_v2(xen: RevisionTwoClient, structs: list[bytes]) -> list[int]:
-    """The return values of revision-2 map_pages calls, up to WINDOW in flight
+def _pipeline_v2(xen: RevisionTwoClient, structs: list[bytes]) -> list[tuple[int, int]]:
+    """(return value, mapped) of revision-2 map_pages calls, up to WINDOW in flight
     (XenemuClient.pipeline's loop; the request ids come from the client's own
     counter, so its later calls do not reuse them)."""
     ids = [next(xen._ids) for _ in structs]
-    rets: dict[int, int] = {}
+    rets: dict[int, tuple[int, int]] = {}
     sent = 0
     while len(rets) < len(ids):
         ahead = min(len(ids), len(rets) + WINDOW)
@@ -52,7 +56,7 @@ def _pipeline_v2(xen: RevisionTwoClient, structs: list[bytes]) -> list[int]:
                 for i in range(sent, ahead)))
             sent = ahead
         reply = xen.receive_frame()
-        rets[reply.req_id] = reply.ret
+        rets[reply.req_id] = reply.ret, v2.decode(v2.IOMMU_map_pages, reply.regions[0].data).mapped
     return [rets[i] for i in ids]
 
 
@@ -79,36 +83,41 @@ pv_iommu_init = {{ max_ctx_no = 4, arena_order = {ARENA_ORDER} }}
     return path
 
 
-def _rev2_map(pages: int) -> tuple[float, float]:
-    """Seconds to map `pages` on a revision-2 daemon: in RUN-page calls, then in one call."""
-    with tempfile.TemporaryDirectory(prefix="xenemu-bench-") as tmp, \
-            daemon("--config", _rev2_machine(pages, Path(tmp) / "rev2.toml")) as d, \
-            RevisionTwoClient(d.sockets[0]) as xen:
-        runs_ctx, whole_ctx = (xen.alloc_context().op.ctx_no for _ in range(2))
-        structs = [_map_struct(runs_ctx, dfn, RUN) for dfn in range(0, pages, RUN)]
-        t0 = time.perf_counter()
-        if any(_pipeline_v2(xen, structs)):
-            raise RuntimeError(f"a revision-2 map_pages call of {RUN} pages failed")
-        runs_s = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        r = xen.map_pages(whole_ctx, 0, 0, pages)
-        whole_s = time.perf_counter() - t0
-        if not r.ok or r.op.mapped != pages:
-            raise RuntimeError(f"the revision-2 map_pages of {pages} pages failed: {r.name}")
-        mapped = {c["ctx_no"]: c["mapped"] for c in d.ctl("contexts", domid=0)["contexts"]}
-        assert mapped[runs_ctx] == mapped[whole_ctx] == pages, mapped
-        return runs_s, whole_s
+def _rev2_map(xen: RevisionTwoClient, pages: int, run: int) -> float:
+    """Seconds to map `pages` in a new context of a revision-2 daemon, `run` a call."""
+    ctx = xen.alloc_context().op.ctx_no
+    t0 = time.perf_counter()
+    if run == pages:
+        r = xen.map_pages(ctx, 0, 0, pages)
+        failed = not r.ok or r.op.mapped != pages
+    else:
+        answers = _pipeline_v2(xen, [_map_struct(ctx, dfn, run) for dfn in range(0, pages, run)])
+        failed = any(ret or mapped != run for ret, mapped in answers)
+    seconds = time.perf_counter() - t0
+    if failed:
+        raise RuntimeError(f"a revision-2 map_pages call of {run} pages failed")
+    if not xen.free_context(ctx).ok:
+        raise RuntimeError("revision-2 free_context failed")
+    return seconds
 
 
 def run(smoke: bool) -> list[dict]:
     pages = 1 << 14 if smoke else 1 << 20
     label = f"{pages >> 20}M" if pages >= 1 << 20 else f"{pages >> 10}K"
-    rev1 = pages / _rev1_map(pages)
-    runs_s, whole_s = _rev2_map(pages)
+    with tempfile.TemporaryDirectory(prefix="xenemu-bench-") as tmp, \
+            daemon() as d1, XenemuClient(d1.sockets[0]) as rev1, \
+            daemon("--config", _rev2_machine(pages, Path(tmp) / "rev2.toml")) as d2, \
+            RevisionTwoClient(d2.sockets[0]) as rev2:
+        secs = medians(1 if smoke else REPEATS, {
+            "rev1": lambda: _rev1_map(rev1, pages),
+            "runs": lambda: _rev2_map(rev2, pages, RUN),
+            "whole": lambda: _rev2_map(rev2, pages, pages),
+        })
+    ref = pages / secs["rev1"]
     return [
-        row(f"rev 1: map {label} pages via the daemon, 256 a call", rev1, "pages/s"),
-        row(f"rev 2: map {label} pages, {RUN} a call (ref: rev 1)", pages / runs_s, "pages/s",
-            rev1),
-        row(f"rev 2: map {label} pages in one call (ref: rev 1)", pages / whole_s, "pages/s",
-            rev1),
+        row(f"rev 1: map {label} pages via the daemon, 256 a call", ref, "pages/s"),
+        row(f"rev 2: map {label} pages, {RUN} a call (ref: rev 1)", pages / secs["runs"],
+            "pages/s", ref),
+        row(f"rev 2: map {label} pages in one call (ref: rev 1)", pages / secs["whole"],
+            "pages/s", ref),
     ]
