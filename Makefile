@@ -28,9 +28,10 @@ $(STAMP): pyproject.toml setup.py $(HW_SOURCES)
 	touch $@
 
 # --- C client library and examples -------------------------------------
-CLIENT_HDRS := $(wildcard abi/xen/*.h abi/rev2/xen/*.h abi/xenemu/*.h) clients/c/xenemu_client.h
+CLIENT_HDRS := $(wildcard abi/xen/*.h abi/rev2/xen/*.h abi/xenemu/*.h clients/c/examples/*.h) \
+               clients/c/xenemu_client.h
 LIB         := $(BUILD)/libxenemu.a
-EXAMPLES    := $(BUILD)/query_caps $(BUILD)/xen_iommu_driver
+EXAMPLES    := $(BUILD)/query_caps $(BUILD)/xen_iommu_driver $(BUILD)/xen_iommu_driver_v2
 
 clients: $(LIB) $(EXAMPLES)
 
@@ -52,6 +53,10 @@ $(LIB): $(BUILD)/xenemu_client.o $(BUILD)/xenemu_client_v2.o
 
 $(BUILD)/%: clients/c/examples/%.c $(LIB) $(CLIENT_HDRS)
 	$(CC) $(CFLAGS) $(WARN) -pthread -Iabi -Iclients/c $< $(LIB) -o $@
+
+# Revision-2 examples (*_v2.c) see the revision-2 header, as xenemu_client_v2.o does.
+$(BUILD)/%_v2: clients/c/examples/%_v2.c $(LIB) $(CLIENT_HDRS)
+	$(CC) $(CFLAGS) $(WARN) -pthread -Iabi/rev2 -Iabi -Iclients/c $< $(LIB) -o $@
 
 # --- benchmark programs (bench/c): echo server, load generator, and the
 # plain C loop the IOTLB hits are compared with (a shared object bench/hw.py

@@ -14,7 +14,7 @@ from pathlib import Path
 
 # In the order of issue 6's sections.
 SECTIONS = ["bench.roundtrip", "bench.throughput", "bench.core", "bench.hw", "bench.codec",
-            "bench.scale", "bench.trace", "bench.limits"]
+            "bench.scale", "bench.trace", "bench.limits", "bench.rev2"]
 RESULTS = Path(__file__).resolve().parent / "results" / "latest.json"
 
 

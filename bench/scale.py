@@ -26,6 +26,14 @@ def _hardware_bytes(pages: int) -> int:
     return (leaves + -(-leaves // 512) + 1) * 4096
 
 
+def rev1_maps(ctx: int, pages: int) -> list[bytes]:
+    """Revision-1 map_pages ops for dfns 0..pages-1, 256 pages each, read/write,
+    their gfns wrapping around dom0's memory."""
+    return [abi.encode_op(abi.IOMMUOP_map_pages, ctx, 3, "map_pages",
+                          gfn=dfn % DOM0_PAGES, dfn=dfn, nr_pages=256)
+            for dfn in range(0, pages, 256)]
+
+
 def run(smoke: bool) -> list[dict]:
     pages = 1 << 14 if smoke else 1 << 20
     label = f"{pages >> 20}M" if pages >= 1 << 20 else f"{pages >> 10}K"
@@ -34,9 +42,7 @@ def run(smoke: bool) -> list[dict]:
                       contexts=1)["socket"]
         ctx = xen.alloc_context().op.ctx_no
         rss0 = d.rss()
-        maps = [abi.encode_op(abi.IOMMUOP_map_pages, ctx, 3, "map_pages",
-                              gfn=dfn % DOM0_PAGES, dfn=dfn, nr_pages=256)
-                for dfn in range(0, pages, 256)]
+        maps = rev1_maps(ctx, pages)
         t0 = time.perf_counter()
         if any(r.ret for r in xen.pipeline(maps)):
             raise RuntimeError("a map_pages call failed")

@@ -16,5 +16,6 @@ def test_bench_smoke_runs():
                  "map_pages 256, hypercall in process", "hw map, runs of 256",
                  "translate, IOTLB hit (ref: C array loop)", "decode CALL, FrameDecoder",
                  "free_context of 16K pages", "trace replay in process",
-                 "daemon VmHWM, 4 connections", "C client ops, 4 threads sharing"):
+                 "daemon VmHWM, 4 connections", "C client ops, 4 threads sharing",
+                 "rev 2: map 16K pages, 4096 a call (ref: rev 1)"):
         assert name in out.stdout, name

@@ -74,6 +74,7 @@
 #include <string.h>
 
 #include "xenemu_client.h"
+#include "example_args.h"
 
 #define XEN_PAGE_SHIFT 12
 #define XEN_PAGE_SIZE (UINT64_C(1) << XEN_PAGE_SHIFT)
@@ -240,66 +241,6 @@ static long xen_iommu_free(uint16_t ctx_no, uint32_t flags)
 }
 
 /* ---- the command line ---------------------------------------------------- */
-
-static int parse_u64(const char *s, int base, uint64_t *out)
-{
-    char *end;
-    unsigned long long v;
-
-    /* strtoull would accept blanks, a sign and (base 16) a 0x prefix. */
-    if (!*s || *s == ' ' || *s == '\t' || *s == '-' || *s == '+')
-        return -1;
-    if (base == 16 && s[0] == '0' && (s[1] == 'x' || s[1] == 'X'))
-        s += 2;
-    if (!*s)
-        return -1;
-    errno = 0;
-    v = strtoull(s, &end, base);
-    if (*end || errno)
-        return -1;
-    *out = v;
-    return 0;
-}
-
-/* A field of SSSS:BB:DD.F: 1..width hex digits, then `sep`. */
-static const char *parse_hex_field(const char *s, unsigned int width, char sep, unsigned int *out)
-{
-    unsigned int v = 0, n = 0;
-
-    for (; *s && *s != sep; s++, n++) {
-        unsigned int d;
-
-        if (*s >= '0' && *s <= '9')
-            d = (unsigned int)(*s - '0');
-        else if (*s >= 'a' && *s <= 'f')
-            d = (unsigned int)(*s - 'a' + 10);
-        else if (*s >= 'A' && *s <= 'F')
-            d = (unsigned int)(*s - 'A' + 10);
-        else
-            return NULL;
-        v = v * 16 + d;
-        if (n + 1 > width)
-            return NULL;
-    }
-    if (n == 0 || *s != sep)
-        return NULL;
-    *out = v;
-    return sep ? s + 1 : s;
-}
-
-static int parse_sbdf(const char *s, struct physdev_pci_device *dev)
-{
-    unsigned int seg, bus, slot, fn;
-
-    if (!(s = parse_hex_field(s, 4, ':', &seg)) || !(s = parse_hex_field(s, 2, ':', &bus)) ||
-        !(s = parse_hex_field(s, 2, '.', &slot)) || !(s = parse_hex_field(s, 1, '\0', &fn)) ||
-        slot > 0x1f || fn > 7)
-        return -1;
-    dev->seg = (uint16_t)seg;
-    dev->bus = (uint8_t)bus;
-    dev->devfn = (uint8_t)(slot << 3 | fn);
-    return 0;
-}
 
 static void usage(void)
 {
@@ -596,8 +537,7 @@ int main(int argc, char **argv)
     parse_sbdf("0000:00:03.0", &r.dev);
     if (!parse_args(argc, argv, &r, &code))
         return code;
-    snprintf(r.device, sizeof(r.device), "%04x:%02x:%02x.%u", (unsigned)r.dev.seg, (unsigned)r.dev.bus,
-             (unsigned)(r.dev.devfn >> 3), (unsigned)(r.dev.devfn & 7));
+    format_sbdf(&r.dev, r.device, sizeof(r.device));
 
     for (i = 0; i < sizeof(steps) / sizeof(steps[0]); i++)
         if ((code = steps[i](&r)) != 0)

@@ -1,0 +1,190 @@
+"""One table of revision-2 sub-ops and return paths, run through both clients
+(tests/test_rev2_both_clients.py): the C client (tests/c/rev2_runner.c, built
+against abi/rev2) and the Python client (xenemu.client.RevisionTwoClient).
+
+The cases are tests/test_rev2.py's test_every_subop_and_return_path, in its
+order (each depends on the state the ones before left), on the same machine
+(MACHINE_TOML). Reference: ../shared/reference/pv-iommu-rev2.md (§ numbers).
+
+A case is Call(domid, subop, arg, inner, want):
+  arg    the struct's bytes, NULL (a null handle) or NOWHERE (a handle no guest
+         memory lies at: Xen's copy fails with -EFAULT);
+  inner  for remote_cmd, the struct its arg handle points to (bytes or NULL);
+         the handle bytes in `arg` are set by each client;
+  want   the return value's name.
+Ctl(op, args) is a control-socket step between calls (the same in both runs).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from xenemu.hypercalls import iommu_op_v2 as v2
+
+NULL, NOWHERE = "null", "nowhere"
+
+# test_rev2.machine(): the revision-2 default machine, d2 with its IOMMU off,
+# d3 initialised at creation {2 contexts, arena 2^1}, 64 pages a round.
+MACHINE_TOML = """\
+pv_iommu_revision = 2
+address_width = 48
+rev2_pages_per_round = 64
+
+[[domain]]
+domid = 0
+name = "dom0"
+hardware = true
+memory_mib = 1024
+devices = ["0000:00:02.0", "0000:00:03.0", "0000:00:04.0", "0000:00:05.0"]
+
+[[domain]]
+domid = 1
+name = "guest1"
+memory_mib = 256
+devices = ["0000:01:00.0"]
+
+[[domain]]
+domid = 2
+name = "noiommu"
+iommu = false
+memory_mib = 16
+
+[[domain]]
+domid = 3
+name = "inited"
+memory_mib = 16
+pv_iommu_init = { max_ctx_no = 2, arena_order = 1 }
+"""
+
+
+@dataclass(frozen=True)
+class Call:
+    domid: int
+    subop: int
+    arg: bytes | str
+    inner: bytes | str | None = None
+    want: str = "0"
+
+
+@dataclass(frozen=True)
+class Ctl:
+    op: str
+    args: dict
+
+
+def s(number: int, **fields) -> bytes:
+    """Sub-op `number`'s struct with `fields` (a dev's seg, bus, devfn flat)."""
+    return v2.encode(v2.SUBOPS_BY_NUMBER[number], **fields)
+
+
+def init(n: int, order: int) -> bytes:
+    return s(v2.IOMMU_init, max_ctx_no=n, arena_order=order)
+
+
+def alloc(**f) -> bytes:
+    return s(v2.IOMMU_alloc_context, **f)
+
+
+def free(ctx: int, flags: int = 0) -> bytes:
+    return s(v2.IOMMU_free_context, ctx_no=ctx, free_flags=flags)
+
+
+def reattach(ctx: int, seg: int, bus: int, devfn: int, pasid: int = 0) -> bytes:
+    return s(v2.IOMMU_reattach_device, ctx_no=ctx, seg=seg, bus=bus, devfn=devfn, pasid=pasid)
+
+
+def map_(ctx: int, gfn: int, dfn: int, nr: int, **f) -> bytes:
+    return s(v2.IOMMU_map_pages, ctx_no=ctx, gfn=gfn, dfn=dfn, nr_pages=nr,
+             **{"map_flags": 3, **f})
+
+
+def unmap(ctx: int, dfn: int, nr: int, **f) -> bytes:
+    return s(v2.IOMMU_unmap_pages, ctx_no=ctx, dfn=dfn, nr_pages=nr, **f)
+
+
+def remote(domid: int, subop: int) -> bytes:
+    return s(v2.IOMMU_remote_cmd, domid=domid, subop=subop)
+
+
+JUNK8 = bytes(range(0xA0, 0xA8))
+CAPS = bytes(24)
+INIT, ALLOC, FREE, REATTACH, MAP, UNMAP, REMOTE = (
+    v2.IOMMU_init, v2.IOMMU_alloc_context, v2.IOMMU_free_context, v2.IOMMU_reattach_device,
+    v2.IOMMU_map_pages, v2.IOMMU_unmap_pages, v2.IOMMU_remote_cmd)
+QUERY = v2.IOMMU_query_capabilities
+
+CASES = [
+    # §2: the IOMMU off: -ENODEV for everything, the struct untouched.
+    *(Call(2, subop, JUNK8, want="-ENODEV") for subop in (0, 1, 2, 9, 13, 1 << 31)),
+    # noop; 9-12 and unknown sub-ops: -EOPNOTSUPP, arg untouched (§5.10).
+    Call(1, v2.IOMMU_noop, NULL),
+    *(Call(1, subop, JUNK8, want="-EOPNOTSUPP")
+      for subop in (9, 10, 11, 12, 13, 0x7FFFFFFF, 1 << 31, 0xFFFFFFFF)),
+    Call(1, QUERY, NOWHERE, want="-EFAULT"),
+    # §5.2 query before init: written whole, never read.
+    Call(1, QUERY, b"\xff" * 24),
+    # §5.4 alloc before init: -ENOSPC, copied back; map on an unallocated context.
+    Call(1, ALLOC, alloc(alloc_flags=7), want="-ENOSPC"),
+    Call(1, MAP, map_(1, 0x10, 0x100, 4, mapped=3), want="-EINVAL"),
+    # §5.3 init: E2BIG and the truncating sizes, no arena: the fall-through's -ENOSPC.
+    *(Call(1, INIT, init(n, 3), want="-ENOSPC") for n in (0xFFFFFFFF, 0xFFFF, 0x1FFFF)),
+    Call(1, INIT, init(2, 0), want="-ENOSPC"),
+    Call(1, QUERY, CAPS),
+    # The first init takes context 1, written over bytes 0-1; a second allocates again.
+    Call(1, INIT, init(0x20002, 3)),
+    Call(1, QUERY, CAPS),
+    Call(1, INIT, init(5, 9)),
+    Call(1, INIT, init(5, 9), want="-ENOSPC"),
+    # §5.5 free: context 0 -EINVAL, unallocated -ENOENT, never copied back.
+    Call(1, FREE, free(0), want="-EINVAL"),
+    Call(1, FREE, free(7), want="-ENOENT"),
+    Call(1, FREE, free(2)),
+    Call(1, ALLOC, alloc(alloc_flags=v2.IOMMU_ALLOC_identity)),
+    # §5.6 reattach: not d1's device -ENODEV, unallocated -ENOENT, dying -EINVAL.
+    Call(1, REATTACH, reattach(1, 0, 0, 0x10), want="-ENODEV"),
+    Call(1, REATTACH, reattach(9, 0, 1, 0), want="-ENOENT"),
+    Call(1, REATTACH, reattach(1, 0, 1, 0, pasid=77)),
+    Call(1, FREE, free(1), want="-EBUSY"),
+    Call(1, REATTACH, reattach(1, 0, 1, 0)),
+    Call(1, REATTACH, reattach(0, 0, 1, 0)),
+    Call(1, REATTACH, reattach(1, 0, 1, 0), want="-EINVAL"),
+    Call(1, MAP, map_(1, 0x10, 0x10, 2)),
+    Call(1, FREE, free(1)),
+    # §5.7 map: context 0; mapped accumulates; a conflict; no frame; paged out; 0 pages.
+    Call(1, MAP, map_(0, 0x10, 0x10, 1), want="-EINVAL"),
+    Call(1, MAP, map_(2, 0x10, 0x100, 4, mapped=5, pgsize=12345)),
+    Call(1, MAP, map_(2, 0x20, 0xFE, 4), want="-EADDRINUSE"),
+    Call(1, MAP, map_(2, 0xFFFE, 0x1000, 4), want="-ENOENT"),
+    Ctl("p2m_set", {"domid": 1, "gfn": 0x50, "type": "paged_out"}),
+    Call(1, MAP, map_(2, 0x50, 0x2000, 1), want="-ENOENT"),
+    Call(1, MAP, map_(2, 0x50, 0x2000, 1), want="-ENOENT"),
+    Call(1, MAP, map_(2, 0x10, 0x3000, 0, mapped=4)),
+    # §5.8 unmap: context 0; unmapped accumulates, -ENOENT at the first hole.
+    Call(1, UNMAP, unmap(0, 0x100, 1), want="-EINVAL"),
+    Call(1, UNMAP, unmap(2, 0xFE, 8, unmapped=1), want="-ENOENT"),
+    # The arena: d3's 2 pages cannot hold a first 4-level map's tables.
+    Call(3, ALLOC, alloc()),
+    Call(3, MAP, map_(1, 0, 0, 1), want="-ENOMEM"),
+    Call(3, INIT, init(4, 4), want="-ENOMEM"),
+    Call(3, FREE, free(1)),
+    Call(3, INIT, init(4, 4)),
+    # A first init of 0 contexts leaves the domain without a pool for ever.
+    Call(0, INIT, init(0, 4), want="-ENOSPC"),
+    Call(0, INIT, init(4, 4), want="-ENOSPC"),
+    Call(0, QUERY, CAPS),
+    # §5.9 remote_cmd: a guest -EPERM; nested -EINVAL; DOMID_SELF and missing
+    # -ENOENT; IOMMU off -ENODEV (§9's choice); a null inner arg -EFAULT.
+    Call(1, REMOTE, remote(0, QUERY), CAPS, want="-EPERM"),
+    Call(0, REMOTE, remote(1, REMOTE), bytes(16), want="-EINVAL"),
+    Call(0, REMOTE, remote(v2.DOMID_SELF, v2.IOMMU_noop), NULL, want="-ENOENT"),
+    Call(0, REMOTE, remote(9, v2.IOMMU_noop), NULL, want="-ENOENT"),
+    Call(0, REMOTE, remote(2, v2.IOMMU_noop), NULL, want="-ENODEV"),
+    Call(0, REMOTE, remote(1, QUERY), NULL, want="-EFAULT"),
+    Call(0, REMOTE, remote(1, QUERY), CAPS),
+    # On the target: its gfns; a long run continues, re-reading the inner struct.
+    Call(0, REMOTE, remote(1, MAP), map_(2, 0x30, 0x500, 3)),
+    Call(0, REMOTE, remote(1, UNMAP), unmap(2, 0x500, 3)),
+    Call(0, REMOTE, remote(1, MAP), map_(2, 0x100, 0x600, 200)),
+    Call(1, UNMAP, unmap(2, 0x600, 200)),
+    Call(1, FREE, free(2)),
+]
