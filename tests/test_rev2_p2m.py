@@ -151,6 +151,13 @@ def test_foreign_entries_survive_a_snapshot(tmp_path):
         first.ctl("p2m_set", domid=0, gfn=0x100, type="foreign", owner=1, owner_gfn=0x30)
         first.ctl("p2m_set", domid=1, gfn=0x40, type="mmio")
         first.ctl("p2m_set", domid=1, gfn=0x41, type="shared")
+        # A mapping of another domain's frame cannot be saved: refused in one line.
+        with RevisionTwoClient(first.socket(0)) as dom0:
+            assert dom0.init(2, 2).ok
+            assert dom0.map_pages(1, 0x100, 0x20, 1).ok
+            with pytest.raises(ControlError, match=r"foreign: 1 of d1\) cannot be saved"):
+                first.ctl("snapshot", path=str(path))
+            assert dom0.unmap_pages(1, 0x20, 1).ok
         first.ctl("snapshot", path=str(path))
     finally:
         assert first.stop() == 0
@@ -161,9 +168,25 @@ def test_foreign_entries_survive_a_snapshot(tmp_path):
                                                             "owner_gfn": 0x30}
         assert again.ctl("p2m_get", domid=1, gfn=0x41)["type"] == "shared"
         with RevisionTwoClient(again.socket(0)) as dom0:
-            assert dom0.init(2, 2).ok
-            assert dom0.map_pages(1, 0x100, 0x20, 1).ok
+            assert dom0.map_pages(1, 0x100, 0x20, 1).ok      # context 1 restored
         assert again.ctl("check")["consistent"]
     finally:
         assert again.stop() == 0
     assert_replays(again.trace)
+
+
+def test_a_snapshot_whose_foreign_rows_disagree_is_refused(tmp_path):
+    import msgpack
+    from xenemu import snapshot
+    with checked_local(machine(), tmp_path / "p2m.xt") as m:
+        m.ctl("p2m_set", domid=1, gfn=0x10, type="foreign", owner=2, owner_gfn=0x30)
+        good = snapshot.take(m.hv)
+    assert good["domains"][1]["foreign"] == [[0x10, 2, 0x30]]
+    for rows, message in (([], r"1 foreign gfns in the p2m runs, 0 in foreign"),
+                          ([[0x11, 2, 0x30]], r"gfn 0x11 is not a foreign gfn"),
+                          ([[0x10, 2, 1 << 40]], r"d2 has no RAM frame at gfn"),
+                          ([[0x10, 7, 0]], r"d7 has no RAM frame")):
+        bad = msgpack.unpackb(msgpack.packb(good))
+        bad["domains"][1]["foreign"] = rows
+        with pytest.raises(snapshot.SnapshotError, match=message):
+            snapshot.restore(bad)
