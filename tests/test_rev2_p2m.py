@@ -15,6 +15,7 @@ import pytest
 from support import DaemonProcess, assert_replays, checked_local
 from xenemu.client import RevisionTwoClient
 from xenemu.ctl import ControlError
+from xenemu.hypercalls import iommu_op_v2 as v2
 from xenemu.machine import DomainConfig, default_machine
 
 DEV0 = "0000:00:02.0"                    # dom0's
@@ -51,6 +52,11 @@ def test_foreign_frame_is_eperm_for_a_guest_and_the_owners_frame_for_dom0(m):
     # A guest: -EPERM at the foreign page, the pages before it mapped (v7).
     r = d1.map_pages(1, 0xFE, 0x10, 4)
     assert (r.name, r.op.mapped) == ("-EPERM", 2)
+    # Through remote_cmd the target is d1, not the hardware domain: -EPERM too.
+    inner = v2.encode(v2.SUBOPS_BY_NUMBER[v2.IOMMU_map_pages], ctx_no=1, gfn=0x100,
+                      dfn=0x30, nr_pages=1, map_flags=3)
+    r = d0.remote_cmd(1, v2.IOMMU_map_pages, inner)
+    assert (r.name, r.inner_op.mapped) == ("-EPERM", 0)
     # The hardware domain: the owner's frame, its DMA reaches the owner's page.
     r = d0.map_pages(1, 0xFF, 0x20, 2)
     assert (r.name, r.op.mapped) == ("0", 2)
