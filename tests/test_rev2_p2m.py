@@ -9,6 +9,9 @@ afterwards, with the invariant check (support.checked_local)."""
 from __future__ import annotations
 
 import dataclasses
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -153,8 +156,21 @@ def test_revision_1_has_no_foreign_type(tmp_path):
 def test_foreign_entries_survive_a_snapshot(tmp_path):
     path = tmp_path / "p2m.xs"
     first = DaemonProcess(tmp_path / "first", "--abi-revision", "2")
+
+    def ctl(*args):
+        xenemu = Path(sys.executable).parent / "xenemu"     # the installed command
+        return subprocess.run([str(xenemu), "ctl", "--socket", first.control, *args],
+                              capture_output=True, text=True)
+
     try:
-        first.ctl("p2m_set", domid=0, gfn=0x100, type="foreign", owner=1, owner_gfn=0x30)
+        # The command line: set, read back, and a refusal in one line, status 1.
+        assert ctl("p2m_set", "domid=0", "gfn=0x100", "type=foreign", "owner=1",
+                   "owner_gfn=0x30").returncode == 0
+        out = ctl("p2m_get", "domid=0", "gfn=0x100")
+        assert out.returncode == 0 and "foreign" in out.stdout and "48" in out.stdout
+        bad = ctl("p2m_set", "domid=0", "gfn=0x101", "type=foreign", "owner=5", "owner_gfn=0")
+        assert bad.returncode == 1 and bad.stderr.strip().endswith("owner d5 does not exist")
+        assert len(bad.stderr.strip().splitlines()) == 1
         first.ctl("p2m_set", domid=1, gfn=0x40, type="mmio")
         first.ctl("p2m_set", domid=1, gfn=0x41, type="shared")
         # A mapping of another domain's frame cannot be saved: refused in one line.

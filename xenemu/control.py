@@ -220,13 +220,12 @@ class Control:
         if type_ is P2mType.PAGING_IN:
             raise RequestError("paging_in is entered, not set: map a paged_out gfn to start a "
                                "page-in")
-        foreign = args.owner is not None or args.owner_gfn is not None
-        if foreign != (type_ is P2mType.FOREIGN):
-            raise RequestError("owner and owner_gfn go with type=foreign, and it needs both")
-        if foreign:
+        if type_ is P2mType.FOREIGN:
             if args.owner is None or args.owner_gfn is None:
                 raise RequestError("type=foreign needs both owner and owner_gfn")
             self.hv.set_p2m_foreign(args.domid, args.gfn, args.owner, args.owner_gfn)
+        elif args.owner is not None or args.owner_gfn is not None:
+            raise RequestError("owner and owner_gfn go with type=foreign only")
         else:
             self.hv.set_p2m_type(args.domid, args.gfn, type_)
         return {}
