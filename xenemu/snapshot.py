@@ -427,6 +427,8 @@ def _restore_p2m(hv: Hypervisor, d: Domain, entry: DomainState, where: str) -> N
 
 def _restore_foreign(hv: Hypervisor, d: Domain, rows: list[ForeignGfn], where: str) -> None:
     """Every foreign gfn of the p2m runs names its owner's RAM gfn, once."""
+    if rows and hv.config.pv_iommu_revision != 2:
+        raise SnapshotError(f"{where}.foreign: only a revision-2 machine has foreign gfns")
     for k, row in enumerate(rows):
         here = f"{where}.foreign[{k}]"
         if d.p2m.type_of(row.gfn) is not P2mType.FOREIGN or row.gfn in d.p2m.foreign:
