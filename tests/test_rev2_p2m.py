@@ -132,9 +132,11 @@ def test_mmio_maps_and_shared_is_unshared_then_mapped(m):
     d1 = m.client(1)
     assert d1.init(4, 4).ok
     assert d1.reattach_device(1, 0, 1, 0).ok
-    # MMIO (a passthrough BAR): mapped (revision 1: -EPERM).
+    # MMIO (a passthrough BAR): mapped (revision 1: -EPERM), a run of it at once.
     m.ctl("p2m_set", domid=1, gfn=0x40, type="mmio")
-    assert d1.map_pages(1, 0x40, 0x40, 1).ok
+    m.ctl("p2m_set", domid=1, gfn=0x41, type="mmio")
+    assert d1.map_pages(1, 0x3F, 0x3F, 4).op.mapped == 4
+    assert d1.map_pages(1, 0x41, 0x42, 1).name == "-EADDRINUSE"
     # Shared: unshared on map, the page becomes the domain's private RAM with
     # its content, then mapped.
     m.ctl("mem_write", domid=1, gfn=0x51, data=DATA)
@@ -151,7 +153,7 @@ def test_mmio_maps_and_shared_is_unshared_then_mapped(m):
     m.ctl("p2m_set", domid=1, gfn=0x70, type="paged_out")
     assert d1.map_pages(1, 0x70, 0x70, 1).name == "-ENOENT"
     assert m.ctl("p2m_get", domid=1, gfn=0x70) == {"type": "paged_out"}
-    assert d1.unmap_pages(1, 0x40, 1).ok and d1.unmap_pages(1, 0x50, 3).ok
+    assert d1.unmap_pages(1, 0x3F, 4).ok and d1.unmap_pages(1, 0x50, 3).ok
 
 
 def test_revision_1_has_no_foreign_type(tmp_path):

@@ -269,11 +269,11 @@ class Hypervisor:
                     raise MachineError(f"gfn {gfn:#x} of d{owner.domid} is mapped by d{d.domid} "
                                        f"at gfn {g:#x} (foreign): it stays RAM")
 
-    def foreign_frame(self, d: Domain, gfn: int) -> tuple[int, int] | None:
-        """(owner domid, mfn) of a FOREIGN gfn of d; None if the owner is gone."""
+    def foreign_frame(self, d: Domain, gfn: int) -> tuple[int, int]:
+        """(owner domid, mfn) of a FOREIGN gfn of d (an owner's destruction
+        turns the gfns naming it invalid: the owner is there)."""
         owner, owner_gfn = d.p2m.foreign[gfn]
-        o = self.domains.get(owner)
-        return None if o is None else (owner, o.p2m.mfns[owner_gfn])
+        return owner, self.domains[owner].p2m.mfns[owner_gfn]
 
     def unshare(self, d: Domain, gfn: int) -> str | None:
         """mem_sharing's unshare (P2M_UNSHARE): the SHARED gfn becomes private

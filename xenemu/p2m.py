@@ -128,10 +128,9 @@ class P2m:
             raise ValueError(f"gfn {gfn:#x} is not paging in")
         self._page_in_done[gfn] = due
 
-    def set_foreign(self, gfn: int, owner: int, owner_gfn: int) -> None:
-        """gfn becomes the owner's frame at owner_gfn (a grant or foreign map)."""
-        self.set_type(gfn, P2mType.FOREIGN)
-        self.foreign[gfn] = (owner, owner_gfn)
+    def run_end(self, gfn: int) -> int:
+        """The end of the run of one type that holds gfn (not RAM)."""
+        return self._ends[bisect.bisect_right(self._starts, gfn) - 1]
 
     def first_non_ram(self, gfn: int, n: int,
                       page_in: bool = True) -> tuple[int, XenErrno | None, str]:

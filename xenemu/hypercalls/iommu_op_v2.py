@@ -290,20 +290,19 @@ def _map_run(hv: Hypervisor, d: Domain, ctx: Context, gfn: int, dfn: int, n: int
         if kind is P2mType.MMIO:
             # Xen maps an MMIO frame without a reference (it has no page_info);
             # xenemu's MMIO gfn keeps a frame of the domain, and the reference
-            # on it is what lets unmap drop one for every page alike.
-            got, st = hv.contexts.map(ctx, dfn + done, d.p2m.mfns[g:g + 1], perm)
+            # on it is what lets unmap drop one for every page alike. A run at once.
+            k = min(d.p2m.run_end(g) - g, n - done)
+            got, st = hv.contexts.map(ctx, dfn + done, d.p2m.mfns[g:g + k], perm)
         elif kind is P2mType.FOREIGN and d.hardware:
-            frame = hv.foreign_frame(d, g)
-            if frame is None:
-                return done, XenErrno.ENOENT, f"gfn {g:#x}: its owner is gone"
-            got, st = hv.contexts.map_foreign(d, ctx, dfn + done, frame[0], frame[1], perm)
+            k, (owner, mfn) = 1, hv.foreign_frame(d, g)
+            got, st = hv.contexts.map_foreign(d, ctx, dfn + done, owner, mfn, perm)
         elif kind is P2mType.FOREIGN:
             return done, XenErrno.EPERM, f"gfn {g:#x} is d{d.p2m.foreign[g][0]}'s frame " \
                                          f"(only the hardware domain maps foreign pages)"
         else:
             return done, XenErrno.ENOENT, why
         done += got
-        if not got:
+        if got < k:
             err, reason = MAP_STOP[st]
             return done, err, reason.format(dfn + done)
     return done, None, ""
