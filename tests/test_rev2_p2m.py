@@ -93,7 +93,7 @@ def test_foreign_frame_is_eperm_for_a_guest_and_the_owners_frame_for_dom0(m):
     assert d0.map_pages(1, 0x100, 0x20, 1).name == "-ENOENT"
 
 
-def test_foreign_mappings_leave_with_the_mappers_context_and_domain(m):
+def test_foreign_references_leave_with_the_mappers_context(m):
     d0 = m.client(0)
     m.ctl("p2m_set", domid=0, gfn=0x100, type="foreign", owner=2, owner_gfn=0x30)
     assert d0.init(4, 4).ok and d0.alloc_context().op.ctx_no == 2
