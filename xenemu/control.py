@@ -78,6 +78,9 @@ class GfnArgs(DomainArgs, kw_only=True):
 
 class P2mSetArgs(GfnArgs, kw_only=True):
     type: str
+    # type=foreign only (and required there): whose frame, at which of its gfns.
+    owner: DomId | None = None
+    owner_gfn: Gfn | None = None
 
 
 class MemReadArgs(GfnArgs, kw_only=True):
@@ -219,11 +222,23 @@ class Control:
         if type_ is P2mType.PAGING_IN:
             raise RequestError("paging_in is entered, not set: map a paged_out gfn to start a "
                                "page-in")
-        self.hv.set_p2m_type(args.domid, args.gfn, type_)
+        if type_ is P2mType.FOREIGN:
+            if args.owner is None or args.owner_gfn is None:
+                raise RequestError("type=foreign needs both owner and owner_gfn")
+            self.hv.set_p2m_foreign(args.domid, args.gfn, args.owner, args.owner_gfn)
+        elif args.owner is not None or args.owner_gfn is not None:
+            raise RequestError("owner and owner_gfn go with type=foreign only")
+        else:
+            self.hv.set_p2m_type(args.domid, args.gfn, type_)
         return {}
 
     def op_p2m_get(self, args: GfnArgs) -> dict:
-        return {"type": self._domain(args.domid).p2m.type_of(args.gfn).value}
+        p2m = self._domain(args.domid).p2m
+        t = p2m.type_of(args.gfn)
+        if t is P2mType.FOREIGN:
+            owner, owner_gfn = p2m.foreign[args.gfn]
+            return {"type": t.value, "owner": owner, "owner_gfn": owner_gfn}
+        return {"type": t.value}
 
     def _domain(self, domid: int):
         d = self.hv.domains.get(domid)

@@ -163,10 +163,19 @@ class Hypervisor:
     def destroy_domain(self, domid: int) -> None:
         """Quarantine its devices, free every context and its memory."""
         d = self._domain(domid)
+        lent = self.contexts.lent.get(domid, 0)
+        if lent:
+            # Xen would keep it a zombie until those references go: refused here.
+            raise MachineError(f"d{domid}'s frames hold {lent} reference(s) from other domains' "
+                               f"IOMMU mappings (foreign): unmap them first")
         for sbdf in list(d.devices):
             self.deassign_device(sbdf)
         self._release_domain(d)
         del self.domains[domid]
+        # Other domains' foreign maps of its frames go, as its grants are revoked.
+        for other in self.domains.values():
+            for g in [g for g, (o, _) in other.p2m.foreign.items() if o == domid]:
+                other.p2m.set_type(g, P2mType.INVALID)
         log.info("d%d: destroyed", domid)
 
     def _release_domain(self, d: Domain) -> None:
@@ -225,6 +234,8 @@ class Hypervisor:
         d = self._domain(domid)
         if not 0 <= gfn < d.p2m.nr_pages:
             raise MachineError(f"gfn {gfn:#x} is beyond d{domid}'s memory")
+        if type_ is not P2mType.RAM:
+            self._refuse_if_lent(d, gfn)
         was = d.p2m.type_of(gfn)
         was_ram = was is P2mType.RAM
         if was_ram and type_ is not P2mType.RAM:
@@ -241,6 +252,49 @@ class Hypervisor:
                 d.p2m.set_type(gfn, was)
                 raise MachineError(f"gfn {gfn:#x} could not be mapped in d{domid}'s default "
                                    f"context ({st.name}); it stays {was.value}")
+
+    def set_p2m_foreign(self, domid: int, gfn: int, owner: int, owner_gfn: int) -> None:
+        """gfn of domid becomes owner's frame at owner_gfn, as a grant or
+        foreign mapping would make it (revision 2 tells it apart)."""
+        if self.config.pv_iommu_revision != 2:
+            raise MachineError("type=foreign: only a revision-2 machine tells foreign frames "
+                               "apart")
+        if owner == domid:
+            raise MachineError(f"d{domid} cannot map its own frame as foreign")
+        o = self.domains.get(owner)
+        if o is None:
+            raise MachineError(f"owner d{owner} does not exist")
+        if not 0 <= owner_gfn < o.p2m.nr_pages or o.p2m.type_of(owner_gfn) is not P2mType.RAM:
+            raise MachineError(f"owner d{owner} has no RAM frame at gfn {owner_gfn:#x}")
+        if self._domain(domid).p2m.type_of(gfn) is P2mType.FOREIGN:
+            self.set_p2m_type(domid, gfn, P2mType.RAM)    # remapped: one owner at a time
+        self.set_p2m_type(domid, gfn, P2mType.FOREIGN)
+        self.domains[domid].p2m.foreign[gfn] = (owner, owner_gfn)
+
+    def _refuse_if_lent(self, owner: Domain, gfn: int) -> None:
+        """A gfn another domain maps as foreign stays RAM (Xen refuses to
+        page out or share a page with extra references: the mapping holds one)."""
+        for d in self.domains.values():
+            for g, (o, og) in d.p2m.foreign.items():
+                if o == owner.domid and og == gfn:
+                    raise MachineError(f"gfn {gfn:#x} of d{owner.domid} is mapped by d{d.domid} "
+                                       f"at gfn {g:#x} (foreign): it stays RAM")
+
+    def foreign_frame(self, d: Domain, gfn: int) -> tuple[int, int]:
+        """(owner domid, mfn) of a FOREIGN gfn of d (an owner's destruction
+        turns the gfns naming it invalid: the owner is there)."""
+        owner, owner_gfn = d.p2m.foreign[gfn]
+        return owner, self.domains[owner].p2m.mfns[owner_gfn]
+
+    def unshare(self, d: Domain, gfn: int) -> str | None:
+        """mem_sharing's unshare (P2M_UNSHARE): the SHARED gfn becomes private
+        RAM. xenemu keeps a shared gfn's own frame with its content, so the
+        private copy is that frame; context 0 maps it again. Why it failed, or None."""
+        try:
+            self.set_p2m_type(d.domid, gfn, P2mType.RAM)
+        except MachineError as e:
+            return str(e)
+        return None
 
     def _guest_span(self, domid: int, gfn: int, offset: int, length: int) -> int:
         d = self._domain(domid)

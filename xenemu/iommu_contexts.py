@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 from array import array
+from collections import Counter
 
 from . import hw
 from .domain import Context, Domain
@@ -64,6 +65,11 @@ class IommuContexts:
         self.quarantined: set[int] = set()
         # Table-page budgets, POOLS_PER_DOMAIN IOMMU pools per domain (pool 0: no limit).
         self._free_pools = list(range(MAX_POOLS - 1, 0, -1))
+        # References other domains' IOMMU mappings hold on a domain's frames
+        # (revision 2's foreign frames, §6.1), by owner and by mapper: the
+        # invariant check and the owner's destruction need them.
+        self.lent: dict[int, int] = {}                  # owner domid -> references
+        self.borrowed: dict[int, list[int]] = {}        # hw context -> [mapper domid, references]
         self.max_iova_addr = iommu.max_iova_addr
         self.last_dfn = iommu.max_iova_addr >> hw.PAGE_SHIFT
 
@@ -187,6 +193,7 @@ class IommuContexts:
         while True:
             mfns, finished = self.iommu.teardown(ctx.hw_id, slice_)
             self.memory.put_refs(mfns)
+            self._returned(ctx, mfns)
             if finished:
                 d.contexts[ctx.ctx_no] = None
                 return True
@@ -208,7 +215,34 @@ class IommuContexts:
         (iotlb_flush), once over its whole range, as Xen defers it."""
         done, _, mfns = self.iommu.unmap(ctx.hw_id, dfn, n, flush=flush)
         self.memory.put_refs(mfns)
+        self._returned(ctx, mfns)
         return done
+
+    def map_foreign(self, d: Domain, ctx: Context, dfn: int, owner: int, mfn: int,
+                    perm: int) -> tuple[int, hw.Status]:
+        """Map dfn -> another domain's frame (§6.1: the hardware domain's
+        foreign or grant page), the page reference on the owner's frame."""
+        done, st = self.map(ctx, dfn, array("Q", [mfn]), perm)
+        if done:
+            self.borrowed.setdefault(ctx.hw_id, [d.domid, 0])[1] += 1
+            self.lent[owner] = self.lent.get(owner, 0) + 1
+        return done, st
+
+    def _returned(self, ctx: Context, mfns) -> None:
+        """Mappings of ctx went (unmap, teardown): the references on other
+        domains' frames among them leave the foreign accounting."""
+        entry = self.borrowed.get(ctx.hw_id)
+        if entry is None or not len(mfns):
+            return
+        mapper = entry[0]
+        for owner, count in Counter(self.memory.owners(mfns)).items():
+            if owner != mapper:
+                entry[1] -= count
+                self.lent[owner] -= count
+                if not self.lent[owner]:
+                    del self.lent[owner]
+        if not entry[1]:
+            del self.borrowed[ctx.hw_id]
 
     def iotlb_flush(self, ctx: Context, dfn: int, nr_pages: int) -> None:
         """iommu_iotlb_flush over [dfn, dfn + nr_pages) (clipped to the width).
@@ -352,9 +386,17 @@ class IommuContexts:
                     if d.devices.get(sbdf) != ctx.ctx_no:
                         problems.append(f"d{d.domid}: {format_sbdf(sbdf)} listed in context "
                                         f"{ctx.ctx_no} but recorded in {d.devices.get(sbdf)}")
+            # Mappings of other domains' frames hold their references there
+            # (revision 2's foreign frames), and theirs of d's frames here.
+            borrowed = sum(self.borrowed.get(ctx.hw_id, (0, 0))[1]
+                           for ctx in d.contexts if ctx is not None)
+            mapped += self.lent.get(d.domid, 0) - borrowed
             refs = sum(self.memory.refcounts(d.p2m.mfns))
             if refs != mapped:
-                problems.append(f"d{d.domid}: {refs} page references for {mapped} mappings")
+                foreign = (f" (foreign: {self.lent.get(d.domid, 0)} lent, {borrowed} borrowed)"
+                           if borrowed or d.domid in self.lent else "")
+                problems.append(f"d{d.domid}: {refs} page references for {mapped} mappings"
+                                + foreign)
             for sbdf, ctx_no in d.devices.items():
                 ctx = d.context(ctx_no)
                 if ctx is None or self.iommu.device_context(sbdf) != ctx.hw_id:

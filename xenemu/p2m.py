@@ -23,6 +23,9 @@ class P2mType(enum.Enum):
     PAGING_IN = "paging_in"    # page-in under way: still -EIO until it completes
     SHARED = "shared"          # -EINVAL: get_page_from_gfn(P2M_UNSHARE) refuses
     MMIO = "mmio"              # not RAM: -EPERM
+    # Another domain's frame (a grant or foreign mapping), revision 2 only:
+    # the gfn's own frame stays the domain's, unused; P2m.foreign names the owner's.
+    FOREIGN = "foreign"
 
 
 # Why get_paged_frame() fails for each type (seed 001), with the log reason.
@@ -32,6 +35,7 @@ TYPE_ERROR = {
     P2mType.PAGING_IN: (XenErrno.EIO, "gfn being paged in"),
     P2mType.SHARED: (XenErrno.EINVAL, "gfn is shared"),
     P2mType.MMIO: (XenErrno.EPERM, "gfn is MMIO, not RAM"),
+    P2mType.FOREIGN: (XenErrno.EPERM, "gfn is another domain's frame"),
 }
 
 
@@ -45,6 +49,9 @@ class P2m:
         self._ends: list[int] = []
         self._kinds: list[P2mType] = []
         self._page_in_done: dict[int, float] = {}
+        # FOREIGN gfn -> (owner domid, owner's gfn): set one gfn at a time on
+        # the control socket, so at most one entry per gfn of the domain.
+        self.foreign: dict[int, tuple[int, int]] = {}
         self._clock = clock
         self._delay = page_in_delay
         self.on_became_ram = None              # callback(gfn) -> bool: the default context maps it again
@@ -97,6 +104,9 @@ class P2m:
         starts[lo:hi] = [s for s, _, _ in new]
         ends[lo:hi] = [e for _, e, _ in new]
         kinds[lo:hi] = [k for _, _, k in new]
+        if t is not P2mType.FOREIGN and self.foreign:
+            for g in [g for g in self.foreign if gfn <= g < end]:
+                del self.foreign[g]
         if t is P2mType.RAM and self._page_in_done:
             for g in [g for g in self._page_in_done if gfn <= g < end]:
                 del self._page_in_done[g]
@@ -117,6 +127,10 @@ class P2m:
         if not 0 <= gfn < self.nr_pages or self._kind(gfn) is not P2mType.PAGING_IN:
             raise ValueError(f"gfn {gfn:#x} is not paging in")
         self._page_in_done[gfn] = due
+
+    def run_end(self, gfn: int) -> int:
+        """The end of the run of one type that holds gfn (not RAM)."""
+        return self._ends[bisect.bisect_right(self._starts, gfn) - 1]
 
     def first_non_ram(self, gfn: int, n: int,
                       page_in: bool = True) -> tuple[int, XenErrno | None, str]:

@@ -87,7 +87,14 @@ class _Row(msgspec.Struct, array_like=True, forbid_unknown_fields=True, frozen=T
 class P2mRun(_Row):
     gfn: U64
     count: Count
-    type: Literal["invalid", "paged_out", "paging_in", "shared", "mmio"]
+    type: Literal["invalid", "paged_out", "paging_in", "shared", "mmio", "foreign"]
+
+
+class ForeignGfn(_Row):
+    """A foreign p2m run's gfn: whose frame, at which of its gfns (revision 2)."""
+    gfn: U64
+    owner: DomId
+    owner_gfn: U64
 
 
 class PageIn(_Row):
@@ -131,6 +138,7 @@ class DomainState(_Map):
     page_ins: list[PageIn]
     memory: list[MemoryRun]
     contexts: Annotated[list[ContextState], msgspec.Meta(min_length=1, max_length=1 << 16)]
+    foreign: list[ForeignGfn] = []       # absent in files of before it: none
 
 
 class FaultLog(_Map):
@@ -154,6 +162,12 @@ class SnapshotFile(_Map):
 def take(hv: Hypervisor) -> dict:
     """The machine as a guest or a harness can observe it (nothing is changed)."""
     recs, overflow = hv.iommu.faults()
+    if hv.contexts.lent:
+        # A mapping's run is saved as gfns of its own domain: another
+        # domain's frame has none there.
+        lent = ", ".join(f"{n} of d{o}" for o, n in sorted(hv.contexts.lent.items()))
+        raise SnapshotError(f"IOMMU mappings of other domains' frames (foreign: {lent}) "
+                            f"cannot be saved: unmap them first")
     return {
         HEADER_KEY: FORMAT,
         "abi": {"pv_iommu_revision": hv.config.pv_iommu_revision},
@@ -197,6 +211,8 @@ def _take_domain(hv: Hypervisor, d: Domain) -> dict:
         "p2m": [[gfn, count, t.value] for gfn, count, t in runs],
         "page_ins": [[gfn, due] for gfn, due in sorted(page_ins.items())],
         "memory": _memory(hv.memory, d.p2m.mfns),
+        "foreign": [[gfn, owner, owner_gfn]
+                    for gfn, (owner, owner_gfn) in sorted(d.p2m.foreign.items())],
         "contexts": [{"ctx_no": ctx.ctx_no, "dying": ctx.dying,
                       "devices": [format_sbdf(s) for s in sorted(ctx.devices)],
                       "mappings": [] if ctx.dying else mappings(hv, ctx)}
@@ -374,6 +390,8 @@ def _restore(snap: SnapshotFile, config: MachineConfig, clock) -> Hypervisor:
         _restore_p2m(hv, d, entry, here)
         _restore_memory(hv, d, entry.memory, here)
         _restore_contexts(hv, d, entry.contexts, here)
+    for i, entry in enumerate(snap.domains):
+        _restore_foreign(hv, hv.domains[entry.domid], entry.foreign, f"domains[{i}]")
     for j, sbdf in enumerate(snap.quarantined):
         if hv.owner_of(sbdf) is not None or sbdf in hv.quarantined:
             raise SnapshotError(f"quarantined[{j}]: {format_sbdf(sbdf)} is assigned to a domain "
@@ -405,6 +423,27 @@ def _restore_p2m(hv: Hypervisor, d: Domain, entry: DomainState, where: str) -> N
             d.p2m.resume_page_in(item.gfn, item.due)
         except ValueError as e:
             raise SnapshotError(f"{where}.page_ins[{k}]: {e}") from None
+
+
+def _restore_foreign(hv: Hypervisor, d: Domain, rows: list[ForeignGfn], where: str) -> None:
+    """Every foreign gfn of the p2m runs names its owner's RAM gfn, once."""
+    if rows and hv.config.pv_iommu_revision != 2:
+        raise SnapshotError(f"{where}.foreign: only a revision-2 machine has foreign gfns")
+    for k, row in enumerate(rows):
+        here = f"{where}.foreign[{k}]"
+        if d.p2m.type_of(row.gfn) is not P2mType.FOREIGN or row.gfn in d.p2m.foreign:
+            raise SnapshotError(f"{here}: gfn {row.gfn:#x} is not a foreign gfn of the p2m "
+                                f"runs, or is listed twice")
+        o = hv.domains.get(row.owner)
+        if o is None or row.owner == d.domid or not row.owner_gfn < o.p2m.nr_pages \
+                or o.p2m.type_of(row.owner_gfn) is not P2mType.RAM:
+            raise SnapshotError(f"{here}: d{row.owner} has no RAM frame at gfn "
+                                f"{row.owner_gfn:#x} for it")
+        d.p2m.foreign[row.gfn] = (row.owner, row.owner_gfn)
+    named = len(d.p2m.foreign)
+    runs = sum(count for _, count, t in d.p2m.runs() if t is P2mType.FOREIGN)
+    if runs != named:
+        raise SnapshotError(f"{where}: {runs} foreign gfns in the p2m runs, {named} in foreign")
 
 
 def _restore_memory(hv: Hypervisor, d: Domain, runs: list[MemoryRun], where: str) -> None:

@@ -39,6 +39,7 @@ from construct import Bytes, Int8ul, Int16ul, Int32ul, Int64ul, Struct
 from .. import hw
 from ..domain import Context, Domain
 from ..errno import XenErrno, XenError
+from ..p2m import P2mType
 from ..pci import format_device, pack_sbdf
 from .common import HYPERVISOR_iommu_op, Hypercall, HypercallError, SubOp, SubopCall
 
@@ -328,18 +329,60 @@ def map_pages_op(hv: Hypervisor, d: Domain, op: SubopCall) -> int:
         hazard(hv, d, "map_neither_read_nor_write", why)
         raise HypercallError(XenErrno.EINVAL, why)
     n = min(m.nr_pages, hv.config.rev2_pages_per_round)
-    # get_paged_frame: no page-in, a frameless gfn is -ENOENT.
-    backed, err, why = d.p2m.first_non_ram(m.gfn, n, page_in=False)
-    if err is not None:
-        err = XenErrno.ENOENT
-    done, st = hv.contexts.map(ctx, m.dfn, d.p2m.mfns[m.gfn:m.gfn + backed], perm)
-    if done < backed:
-        err, reason = MAP_STOP[st]
-        why = reason.format(m.dfn + done)
-        if err == XenErrno.EADDRINUSE and intended(hv):
-            err = XenErrno.EINVAL           # the header's answer to a conflict
+    done, err, why = _map_run(hv, d, ctx, m.gfn, m.dfn, n, perm)
+    if err == XenErrno.EADDRINUSE and intended(hv):
+        err = XenErrno.EINVAL               # the header's answer to a conflict
     hv.contexts.iotlb_flush(ctx, m.dfn, done)
     return _round_end(op, MapPages, m, "mapped", done, n, err, why)
+
+
+def _map_run(hv: Hypervisor, d: Domain, ctx: Context, gfn: int, dfn: int, n: int,
+             perm: int) -> tuple[int, XenErrno | None, str]:
+    """Map n pages gfn.. -> dfn.. as §5.7 step 3 does page by page, a run of
+    RAM at a time: (pages done, the error that stopped it, why).
+    get_paged_frame (§6.1, v7) on what is not RAM: SHARED is unshared and
+    mapped; MMIO maps its frame; FOREIGN is -EPERM unless d is the hardware
+    domain, which maps the owner's frame with the reference on it; anything
+    frameless (a hole, paged out, paging in) is -ENOENT with no page-in."""
+    done = 0
+    while done < n:
+        backed, err, why = d.p2m.first_non_ram(gfn + done, n - done, page_in=False)
+        got, st = hv.contexts.map(ctx, dfn + done, d.p2m.mfns[gfn + done:gfn + done + backed],
+                                  perm)
+        done += got
+        if got < backed:
+            err, reason = MAP_STOP[st]
+            return done, err, reason.format(dfn + done)
+        if err is None:
+            break
+        g = gfn + done
+        kind = d.p2m.type_of(g)
+        if kind is P2mType.SHARED:
+            failed = hv.unshare(d, g)   # P2M_UNSHARE: private RAM, mapped next time round
+            if failed is None:
+                continue
+            # The page stays dom_cow's: -EPERM (§6.1; the hardware domain's
+            # mapping of dom_cow's frame is not modelled).
+            return done, XenErrno.EPERM, f"gfn {g:#x} could not be unshared: {failed}"
+        if kind is P2mType.MMIO:
+            # Xen maps an MMIO frame without a reference (it has no page_info);
+            # xenemu's MMIO gfn keeps a frame of the domain, and the reference
+            # on it is what lets unmap drop one for every page alike. A run at once.
+            k = min(d.p2m.run_end(g) - g, n - done)
+            got, st = hv.contexts.map(ctx, dfn + done, d.p2m.mfns[g:g + k], perm)
+        elif kind is P2mType.FOREIGN and d.hardware:
+            k, (owner, mfn) = 1, hv.foreign_frame(d, g)
+            got, st = hv.contexts.map_foreign(d, ctx, dfn + done, owner, mfn, perm)
+        elif kind is P2mType.FOREIGN:
+            return done, XenErrno.EPERM, f"gfn {g:#x} is d{d.p2m.foreign[g][0]}'s frame " \
+                                         f"(only the hardware domain maps foreign pages)"
+        else:
+            return done, XenErrno.ENOENT, why
+        done += got
+        if got < k:
+            err, reason = MAP_STOP[st]
+            return done, err, reason.format(dfn + done)
+    return done, None, ""
 
 
 def unmap_pages_op(hv: Hypervisor, d: Domain, op: SubopCall) -> int:
