@@ -293,4 +293,15 @@ CASES = [
          inner_back={"mapped": 200, "dfn": 0x600 + 64 * 3, "nr_pages": 200 - 64 * 3}),
     Call(1, UNMAP, unmap(2, 0x600, 200), back={"unmapped": 200}),
     Call(1, FREE, free(2)),
+    # §6.1 the p2m as v7's get_paged_frame reads it: an MMIO gfn maps; a shared
+    # gfn is unshared, then mapped; another domain's (foreign) frame is -EPERM
+    # for a guest, after the pages before it.
+    Call(1, ALLOC, alloc(), back={"ctx_no": 1}),
+    Ctl("p2m_set", {"domid": 1, "gfn": 0x60, "type": "mmio"}),
+    Ctl("p2m_set", {"domid": 1, "gfn": 0x61, "type": "shared"}),
+    Ctl("p2m_set", {"domid": 1, "gfn": 0x62, "type": "foreign", "owner": 0,
+                    "owner_gfn": 0x700}),
+    Call(1, MAP, map_(1, 0x60, 0x60, 4), want="-EPERM", back={"mapped": 2}),
+    Call(1, UNMAP, unmap(1, 0x60, 2), back={"unmapped": 2}),
+    Call(1, FREE, free(1)),
 ]
