@@ -35,6 +35,7 @@ class Domain:
     table_pool: int = 0                        # the IOMMU pool its contexts' tables count against
     default_pool: int = 0                      # the IOMMU pool context 0's tables count against
     pv_initialized: bool = False               # revision 2: init ran (sticky, even if it failed)
+    no_dma: bool = False                       # revision 2: context 0 maps nothing (dom0-iommu=no-dma)
 
     @property
     def nr_contexts(self) -> int:

@@ -131,6 +131,8 @@ class Hypervisor:
         rev2 = self.config.pv_iommu_revision == 2
         if cfg.pv_iommu_init is not None and not rev2:
             raise MachineError("pv_iommu_init: only a machine of PV-IOMMU revision 2 has init")
+        if cfg.no_dma and not (rev2 and cfg.hardware):
+            raise MachineError("no_dma: only the hardware domain of a revision-2 machine is no-dma")
         # Revision 2 sizes a domain's pool by init alone: `contexts` is not used.
         pool = 0 if rev2 else cfg.contexts
         nr_pages = cfg.memory_mib * PAGES_PER_MIB
@@ -143,7 +145,7 @@ class Hypervisor:
         p2m = P2m(mfns, self.clock, self.config.page_in_delay_ms / 1000)
         d = Domain(domid=cfg.domid, name=cfg.name or f"d{cfg.domid}", hardware=cfg.hardware,
                    iommu_enabled=cfg.iommu, p2m=p2m, contexts=[None] * (1 + pool),
-                   opaque_default=cfg.opaque_default)
+                   opaque_default=cfg.opaque_default, no_dma=cfg.no_dma)
         try:
             self.contexts.init_domain(d, cfg.table_pages)
         except XenError as e:

@@ -79,8 +79,10 @@ class IommuContexts:
         return len(self._free_pools) >= POOLS_PER_DOMAIN
 
     def init_domain(self, d: Domain, table_pages: int) -> None:
-        """Give d its budgets and context 0, mapping its RAM 1:1. XenError
-        (ENOMEM) if that fails, with nothing of it left behind."""
+        """Give d its budgets and context 0, mapping its RAM 1:1 (not for a
+        no-dma domain: its devices' DMA faults until the guest attaches them
+        to a context it mapped). XenError (ENOMEM) if that fails, with nothing
+        of it left behind."""
         d.table_pool, d.default_pool = self._free_pools.pop(), self._free_pools.pop()
         try:
             default = d.contexts[0] = Context(0, self.iommu.alloc_context())
@@ -89,7 +91,7 @@ class IommuContexts:
             raise XenError(XenErrno.ENOMEM, f"no default context for d{d.domid}: {e}") from None
         self.iommu.set_pool_limit(d.table_pool, table_pages)
         self.iommu.set_context_pool(default.hw_id, d.default_pool)   # no limit yet: fits
-        st = self.identity_map(d, default, 0, d.p2m.nr_pages)
+        st = hw.Status.OK if d.no_dma else self.identity_map(d, default, 0, d.p2m.nr_pages)
         if st != hw.Status.OK:
             self.destroy_domain(d)
             raise XenError(XenErrno.ENOMEM, f"d{d.domid}'s default context could not map its "
@@ -307,7 +309,10 @@ class IommuContexts:
 
     def page_in(self, d: Domain, gfn: int) -> hw.Status:
         """Context 0 maps a page that became RAM again at dfn == gfn; a dfn
-        the guest took over there (PRESENT) is left to the guest."""
+        the guest took over there (PRESENT) is left to the guest; a no-dma
+        domain's context 0 maps nothing."""
+        if d.no_dma:
+            return hw.Status.OK
         st = self.identity_map(d, d.contexts[0], gfn, 1)
         return hw.Status.OK if st == hw.Status.PRESENT else st
 

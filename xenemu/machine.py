@@ -69,6 +69,9 @@ class DomainConfig:
     # Revision 2: the (max_ctx_no, arena_order) a toolstack's init gave it at
     # creation; None leaves it uninitialised (max_ctx_no 0) until its own init.
     pv_iommu_init: tuple[int, int] | None = None
+    # Revision 2: the hardware domain booted with dom0-iommu=dma=0 (no-dma):
+    # context 0 maps nothing and query_capabilities lacks default_identity.
+    no_dma: bool = False
 
 
 @dataclass(frozen=True)
@@ -115,6 +118,7 @@ class DomainFile(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     opaque_default: bool = _D.opaque_default
     table_pages: Annotated[int, msgspec.Meta(ge=0, le=MAX_TABLE_PAGES)] = _D.table_pages
     pv_iommu_init: PvIommuInitFile | None = None
+    no_dma: bool = _D.no_dma
 
 
 class MachineFile(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -179,6 +183,9 @@ def machine_problem(config: MachineConfig) -> tuple[str, str] | None:
             return f"domain[{i}].memory_mib", f"expected 1 to {MAX_MEMORY_MIB}"
         if d.pv_iommu_init is not None and config.pv_iommu_revision != 2:
             return f"domain[{i}].pv_iommu_init", "only a machine of pv_iommu_revision 2 has init"
+        if d.no_dma and (config.pv_iommu_revision != 2 or not d.hardware):
+            return (f"domain[{i}].no_dma",
+                    "only the hardware domain of a pv_iommu_revision 2 machine is no-dma")
         if config.pv_iommu_revision == 2 and d.contexts:
             return (f"domain[{i}].contexts", "revision 2 sizes the pool by init: use "
                     "pv_iommu_init = {max_ctx_no = N, arena_order = K}")
@@ -192,7 +199,9 @@ def machine_problem(config: MachineConfig) -> tuple[str, str] | None:
                 return (f"domain[{i}].devices[{j}]",
                         f"{format_sbdf(sbdf)} is assigned to d{owners[sbdf]} already")
             owners[sbdf] = d.domid
-        frames += identity_frames(d.memory_mib * PAGES_PER_MIB, levels)
+        pages = d.memory_mib * PAGES_PER_MIB
+        # A no-dma domain's context 0 has its root table and no 1:1 map.
+        frames += pages + 1 if d.no_dma else identity_frames(pages, levels)
         if frames > config.memory_mib * PAGES_PER_MIB:
             return (f"domain[{i}].memory_mib",
                     f"the domains up to d{d.domid} and their default contexts' page tables need "
@@ -243,6 +252,8 @@ def machine_to_dict(config: MachineConfig) -> dict:
         init = dom.pop("pv_iommu_init")
         if init is not None:
             dom["pv_iommu_init"] = {"max_ctx_no": init[0], "arena_order": init[1]}
+        if not dom["no_dma"]:
+            del dom["no_dma"]       # headers without it stay as they were
     if config.pv_iommu_revision == 1:
         # Revision-1 headers stay as they were (committed traces replay byte for byte).
         del data["pv_iommu_revision"], data["rev2_pages_per_round"], data["rev2_semantics"]

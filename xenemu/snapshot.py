@@ -190,7 +190,7 @@ def _machine_now(hv: Hypervisor) -> MachineConfig:
                      contexts=0 if rev2 else d.nr_contexts,
                      devices=tuple(sorted(d.devices)), opaque_default=d.opaque_default,
                      table_pages=hv.contexts.table_budget(d)[1],
-                     pv_iommu_init=_init_now(hv, d) if rev2 else None)
+                     pv_iommu_init=_init_now(hv, d) if rev2 else None, no_dma=d.no_dma)
         for d in hv.domains.values()))
 
 
@@ -403,7 +403,8 @@ def _restore(snap: SnapshotFile, config: MachineConfig, clock) -> Hypervisor:
 
 def _restore_p2m(hv: Hypervisor, d: Domain, entry: DomainState, where: str) -> None:
     """Each run in a few calls: the default context's 1:1 pages there are
-    unmapped in slices of SCAN pages, the p2m takes the run whole."""
+    unmapped in slices of SCAN pages (a no-dma domain's has none), the p2m
+    takes the run whole."""
     ctx0 = d.contexts[0]
     end = 0
     for k, run in enumerate(entry.p2m):
@@ -412,7 +413,8 @@ def _restore_p2m(hv: Hypervisor, d: Domain, entry: DomainState, where: str) -> N
         if run.gfn < end:
             raise SnapshotError(f"{here}: runs overlap or are out of order")
         end = run.gfn + run.count
-        for gfn in range(run.gfn, end, SCAN):
+        mapped_1to1 = run.gfn if d.no_dma else end
+        for gfn in range(run.gfn, mapped_1to1, SCAN):
             n = min(SCAN, end - gfn)
             done = hv.contexts.unmap(ctx0, gfn, n)
             if done != n:

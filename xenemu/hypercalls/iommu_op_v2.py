@@ -222,7 +222,8 @@ def capabilities_op(hv: Hypervisor, d: Domain, op: SubopCall) -> int:
     """§5.2: written, never read."""
     _write(op, Capabilities, dict(
         max_iova_addr=hv.contexts.max_iova_addr,
-        cap_flags=IOMMUCAP_default_identity,     # unless no-dma (dom0-iommu=no-dma): not modelled
+        # Context 0 is 1:1 unless the hardware domain is no-dma (dom0-iommu=dma=0).
+        cap_flags=0 if d.no_dma else IOMMUCAP_default_identity,
         pgsize_mask=PAGE_SIZE_4K, max_pasid=0, max_ctx_no=d.nr_contexts, pad0=0))
     return 0
 
