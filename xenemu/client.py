@@ -48,14 +48,9 @@ class XenemuError(Exception):
         self.code = code
 
 
-@dataclass(frozen=True, slots=True)
-class OpResult:
-    ret: int
-    raw: bytes          # the 32 bytes written back
-
-    @property
-    def op(self) -> Any:
-        return abi.decode_op(self.raw)
+class _Status:
+    """What every result says of its return value."""
+    __slots__ = ()
 
     @property
     def ok(self) -> bool:
@@ -65,6 +60,16 @@ class OpResult:
     def name(self) -> str:
         """'0' or the Xen error name, e.g. '-EADDRINUSE'."""
         return result_name(self.ret)
+
+
+@dataclass(frozen=True, slots=True)
+class OpResult(_Status):
+    ret: int
+    raw: bytes          # the 32 bytes written back
+
+    @property
+    def op(self) -> Any:
+        return abi.decode_op(self.raw)
 
 
 def socket_path(path: str | os.PathLike | None) -> str:
@@ -263,7 +268,7 @@ INNER_GADDR = OP_GADDR + 0x1000
 
 
 @dataclass(frozen=True, slots=True)
-class SubopResult:
+class SubopResult(_Status):
     """A revision-2 call's return value and its struct as written back
     (b"" for a sub-op without one); remote_cmd's inner struct in `inner`."""
     ret: int
@@ -279,14 +284,6 @@ class SubopResult:
     @property
     def inner_op(self) -> Any:
         return iommu_op_v2.decode(self.inner_subop, self.inner) if self.inner else None
-
-    @property
-    def ok(self) -> bool:
-        return self.ret == 0
-
-    @property
-    def name(self) -> str:
-        return result_name(self.ret)
 
 
 def subop_frame(subop: int, raw: bytes, inner: bytes = b"") -> tuple[tuple, tuple]:
