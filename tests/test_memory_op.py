@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from support import ROOT, DaemonProcess, assert_replays
+from support import ROOT, DaemonProcess, assert_replays, compile_c
 from xenemu import abi
 from xenemu.client import OP_GADDR, RDM_BUFFER_GADDR, RevisionTwoClient, XenemuClient, rdm_frame
 from xenemu.errno import XenErrno as E
@@ -153,3 +153,31 @@ async def test_the_trio_client_and_the_in_process_one_on_the_default_machine(dae
     assert (count.ret, count.nr_entries, got.ret, got.entries) == (-E.ENOBUFS, 1, 0, [(0xE8, 2)])
     r = local.client(0).reserved_device_memory_map(ALL, 1)
     assert (r.ret, r.nr_entries, r.entries) == (0, 1, [(0xE8, 2)])
+
+
+@pytest.fixture(scope="module")
+def rdm_driver(c_build, tmp_path_factory):
+    """tests/c/rdm_driver.c built against each revision's include roots."""
+    out = tmp_path_factory.mktemp("c")
+    return {rev: compile_c(ROOT / "tests" / "c" / "rdm_driver.c", out / f"rdm_driver{rev}",
+                           str(c_build / "libxenemu.a"), abi_revision=rev) for rev in (1, 2)}
+
+
+@pytest.mark.parametrize("built", [1, 2], ids=["abi", "abi-rev2"])
+def test_the_c_client_makes_the_linux_drivers_two_calls(served, rdm_driver, built):
+    d, _, _ = served
+
+    def run(*argv):
+        return subprocess.run([str(rdm_driver[built]), *argv], capture_output=True, text=True,
+                              timeout=60, env={"XENEMU_SOCKET": str(d.sockets[0])})
+
+    gpu = run("0", "0", str(0x09 << 3), "0")
+    assert gpu.returncode == 0, gpu
+    assert gpu.stdout.splitlines() == [f"count {-E.ENOBUFS} 2", "fetch 0 2",
+                                       "0x3000 16", "0x100 1", f"other {-E.ENOSYS}"]
+    every = run("0", "0", "0", "1")
+    assert every.stdout.splitlines()[1:5] == ["fetch 0 3", "0x3000 16", "0xe8 2", "0x100 1"]
+    none = run("0", "1", "0", "0")
+    assert (none.returncode, none.stdout) == (0, "count 0 0\n")
+    bad = run("0", "0", "0", "2")
+    assert (bad.returncode, bad.stdout) == (1, f"count {-E.EINVAL} 0\n")
