@@ -47,7 +47,12 @@ $(BUILD)/xenemu_client_v2.o: clients/c/xenemu_client_v2.c $(CLIENT_HDRS)
 	@mkdir -p $(BUILD)
 	$(CC) $(CFLAGS) $(WARN) -pthread -D_POSIX_C_SOURCE=200809L -Iabi/rev2 -Iabi -Iclients/c -c $< -o $@
 
-$(LIB): $(BUILD)/xenemu_client.o $(BUILD)/xenemu_client_v2.o
+# memory_op is revision-independent: <xen/memory.h> is abi/'s for both.
+$(BUILD)/xenemu_memory_op.o: clients/c/xenemu_memory_op.c $(CLIENT_HDRS)
+	@mkdir -p $(BUILD)
+	$(CC) $(CFLAGS) $(WARN) -pthread -D_POSIX_C_SOURCE=200809L -Iabi -Iclients/c -c $< -o $@
+
+$(LIB): $(BUILD)/xenemu_client.o $(BUILD)/xenemu_client_v2.o $(BUILD)/xenemu_memory_op.o
 	rm -f $@
 	ar rcs $@ $^
 

@@ -25,7 +25,9 @@ from xenemu.p2m import P2m, P2mType
 SETTINGS = settings(max_examples=150, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 
-SMALL = MachineConfig(memory_mib=64, address_width=48, domains=(
+RMRR = '[[domain]]\ndomid = 0\ndevices = ["0000:00:04.0"]\n[[rmrr]]\nsbdf = "0000:00:04.0"\n'
+
+SMALL = MachineConfig(rmrr=((0x10, 0x100, 4),), memory_mib=64, address_width=48, domains=(
     DomainConfig(domid=0, hardware=True, memory_mib=16, contexts=2, devices=(0x10,)),
     DomainConfig(domid=1, memory_mib=4, contexts=1, devices=(0x100,))))
 
@@ -107,6 +109,17 @@ def test_machine_documents_are_accepted_or_refused_in_one_line(doc):
     ('[[domain]]\ndomid = 0\ndevices = ["00:20.0"]', "domain[0].devices[0]: bad PCI address"),
     ("address_width = 40", "address_width: invalid enum value 40"),
     ("[[domain]]\ndomid = 0\n[[domain]]\ndomid = 0", "domain[1].domid: d0 is domain[0] already"),
+
+    # issue 15: [[rmrr]], a device's reserved memory range
+    ('[[rmrr]]\nsbdf = "0000:00:09.0"\nstart_pfn = 1\nnr_pages = 1',
+     "rmrr[0].sbdf: 0000:00:09.0 is not assigned to any domain"),
+    (RMRR + "start_pfn = 0x100\nnr_pages = 4\n" + RMRR[RMRR.index("[[rmrr]]"):]
+     + "start_pfn = 0x103\nnr_pages = 1", "rmrr[1]: overlaps rmrr[0]"),
+    (RMRR + "start_pfn = 0xfffff\nnr_pages = 2",
+     "rmrr[0]: pfns 0xfffff+0x2 are not within the machine's 0x100000 frames"),
+    (RMRR + "start_pfn = 1\nnr_pages = 0", "rmrr[0].nr_pages: expected int >= 1"),
+    (RMRR + "start_pfn = -1\nnr_pages = 1", "rmrr[0].start_pfn: expected int >= 0"),
+    (RMRR + "nr_pages = 1", "rmrr[0]: object missing required field start_pfn"),
 ])
 def test_serve_refuses_a_bad_machine_file_in_one_line(tmp_path, text, message):
     path = tmp_path / "machine.toml"

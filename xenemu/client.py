@@ -29,7 +29,7 @@ from typing import Any
 import trio
 
 from . import abi
-from .hypercalls import iommu_op_v2
+from .hypercalls import iommu_op_v2, memory_op
 from .hypercalls.common import client_helpers
 from .hypercalls.iommu_op_v1 import IOMMU_OP, encode_subop
 from .errno import result_name
@@ -70,6 +70,42 @@ class OpResult(_Status):
     @property
     def op(self) -> Any:
         return abi.decode_op(self.raw)
+
+
+# -- memory_op: XENMEM_reserved_device_memory_map -----------------------------------------
+
+# Where the map's entry buffer nominally lives: its `buffer` handle, a second region.
+RDM_BUFFER_GADDR = OP_GADDR + 0x2000
+
+
+@dataclass(frozen=True, slots=True)
+class RdmResult(_Status):
+    """memory_op's return value, the struct's nr_entries as written back
+    (the number of ranges there are) and the entries written to the buffer."""
+    ret: int
+    nr_entries: int
+    entries: list[tuple[int, int]]
+
+
+def rdm_frame(flags: int, nr_entries: int, sbdf: int, cmd: int) -> tuple[tuple, tuple]:
+    """(args, regions) of the call as the Linux driver makes it: the struct
+    at args[1], and a buffer of nr_entries entries its handle points to (a
+    NULL handle and no region for 0, the driver's counting call)."""
+    buffer = RDM_BUFFER_GADDR if nr_entries else 0
+    raw = memory_op.ReservedDeviceMemoryMap.build({
+        "flags": flags, "nr_entries": nr_entries, "buffer": buffer,
+        "dev": {"seg": sbdf >> 16, "bus": sbdf >> 8 & 0xFF, "devfn": sbdf & 0xFF}})
+    regions = (Region(OP_GADDR, raw),)
+    if nr_entries:
+        regions += (Region(RDM_BUFFER_GADDR, bytes(nr_entries * memory_op.ENTRY_SIZE)),)
+    return (cmd, OP_GADDR), regions
+
+
+def rdm_result(reply: Reply) -> RdmResult:
+    back = {r.gaddr: r.data for r in reply.regions}
+    written = memory_op.ReservedDeviceMemoryMap.parse(back[OP_GADDR]).nr_entries
+    got = memory_op.entries(back.get(RDM_BUFFER_GADDR, b""))
+    return RdmResult(reply.ret, written, got[:min(written, len(got))])
 
 
 def socket_path(path: str | os.PathLike | None) -> str:
@@ -169,6 +205,14 @@ class BlockingClient(BlockingConnection):
         return reply
 
 
+    def reserved_device_memory_map(self, flags: int, nr_entries: int, sbdf: int = 0, *,
+                                   cmd: int = memory_op.XENMEM_reserved_device_memory_map
+                                   ) -> RdmResult:
+        """memory_op XENMEM_reserved_device_memory_map for device sbdf (packed)."""
+        return rdm_result(self.hypercall(abi.HYPERVISOR_memory_op,
+                                         *rdm_frame(flags, nr_entries, sbdf, cmd)))
+
+
 class XenemuClient(SubOps, BlockingClient):
     """Blocking client of a revision-1 machine, a helper per sub-op."""
 
@@ -220,6 +264,13 @@ class TrioClient:
         if isinstance(slot[1], XenemuError):
             raise slot[1]
         return slot[1]
+
+    async def reserved_device_memory_map(self, flags: int, nr_entries: int, sbdf: int = 0, *,
+                                         cmd: int = memory_op.XENMEM_reserved_device_memory_map
+                                         ) -> RdmResult:
+        """memory_op XENMEM_reserved_device_memory_map for device sbdf (packed)."""
+        return rdm_result(await self.hypercall(abi.HYPERVISOR_memory_op,
+                                               *rdm_frame(flags, nr_entries, sbdf, cmd)))
 
     async def _read_replies(self) -> None:
         decoder = FrameDecoder.for_client()

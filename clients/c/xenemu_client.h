@@ -112,6 +112,16 @@ long HYPERVISOR_iommu_op(struct pv_iommu_op *op);
 #endif
 
 /*
+ * __HYPERVISOR_memory_op, Linux's prototype, on the calling thread's
+ * connection; xenemu_memory_op on a given one. For
+ * XENMEM_reserved_device_memory_map (<xen/memory.h>) the struct at arg and
+ * the nr_entries entries its buffer handle points to (none for a NULL
+ * handle) are sent and copied back; other commands send nothing (-ENOSYS).
+ */
+long xenemu_memory_op(struct xenemu_conn *conn, unsigned int cmd, void *arg);
+long HYPERVISOR_memory_op(unsigned int cmd, void *arg);
+
+/*
  * Why the calling thread's last failed call failed at the transport level
  * ("" after a call that reached the daemon). Per thread.
  */

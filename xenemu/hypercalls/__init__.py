@@ -6,19 +6,22 @@ layout, inputs, outputs, handler) and where its argument is found in a call
 (common.Hypercall). The hypervisor dispatches through ABIS; the log line,
 `xenemu trace show`, replay's reports, `trace stats` and the client helpers
 read the rows. A new hypercall is a new module here and one entry in
-ABIS_BY_REVISION (`iommu_op_v2`: revision 2, Xen RFC v4-v7).
+ABIS_BY_REVISION (`iommu_op_v2`: revision 2, Xen RFC v4-v7; `memory_op`:
+__HYPERVISOR_memory_op's reserved-device-memory map, in both).
 """
 
 from __future__ import annotations
 
-from . import iommu_op_v1, iommu_op_v2
+from . import iommu_op_v1, iommu_op_v2, memory_op
 from .common import HYPERVISOR_iommu_op, HYPERVISOR_memory_op, Hypercall
 
 # The hypercalls a machine implements, by number, per PV-IOMMU revision (one
 # hypervisor build serves one ABI: MachineConfig.pv_iommu_revision).
 ABIS_BY_REVISION: dict[int, dict[int, Hypercall]] = {
-    1: {iommu_op_v1.IOMMU_OP.number: iommu_op_v1.IOMMU_OP},
-    2: {iommu_op_v2.IOMMU_OP.number: iommu_op_v2.IOMMU_OP},
+    1: {iommu_op_v1.IOMMU_OP.number: iommu_op_v1.IOMMU_OP,
+        memory_op.MEMORY_OP.number: memory_op.MEMORY_OP},
+    2: {iommu_op_v2.IOMMU_OP.number: iommu_op_v2.IOMMU_OP,
+        memory_op.MEMORY_OP.number: memory_op.MEMORY_OP},
 }
 ABIS = ABIS_BY_REVISION[1]
 

@@ -102,6 +102,11 @@ class Hypercall:
     # sub-op then has a struct of its own at the handle (SubOp.size).
     subop_arg: int | None = None
     unknown_errno: int = XenErrno.EINVAL    # what an unknown sub-op gets
+    # The bits of the sub-op register the call reads (Xen's `unsigned int`:
+    # 32; memory_op's `unsigned long cmd`: 64), and those that pick the row
+    # (memory_op: MEMOP_CMD_MASK; the rest, its extent, is the handler's).
+    subop_reg_mask: int = 0xFFFFFFFF
+    row_mask: int = 0xFFFFFFFF
 
     # -- the call ------------------------------------------------------------
 
@@ -109,7 +114,8 @@ class Hypercall:
         """The hypercall entry: copy the struct in, run its sub-op, log, copy
         it back whatever the status (a continuation re-reads it instead)."""
         if self.subop_arg is not None:
-            number, handle = (_arg(args, self.subop_arg) & 0xFFFFFFFF, _arg(args, self.handle_arg))
+            number, handle = (_arg(args, self.subop_arg) & self.subop_reg_mask,
+                              _arg(args, self.handle_arg))
             return self.execute_subop(hv, d, number, handle, mem)
         handle = args[self.handle_arg]
         raw = mem.copy_from_guest(handle, self.size)
@@ -133,7 +139,7 @@ class Hypercall:
         alone): the row's struct is copied in if it reads one, the handler
         runs, and the struct goes back on every path, -ERESTART included
         (the continuation re-reads it as the handler rewrote it)."""
-        row = self.subops.get(number)
+        row = self.subops.get(number & self.row_mask)
         op = SubopCall(number, None, handle, mem, nested)
         debug = self.log.isEnabledFor(logging.DEBUG)
         inputs = None
@@ -168,8 +174,9 @@ class Hypercall:
         if self.subop_arg is None:
             raw = self.find(args, regions)
             return self.op_type.unpack(raw) if raw is not None else None
-        number, handle = _arg(args, self.subop_arg) & 0xFFFFFFFF, _arg(args, self.handle_arg)
-        row = self.subops.get(number)
+        number, handle = (_arg(args, self.subop_arg) & self.subop_reg_mask,
+                          _arg(args, self.handle_arg))
+        row = self.subops.get(number & self.row_mask)
         size = row.size if row is not None else 0
         raw = _region_bytes(regions, handle, size) if size else b""
         return SubopCall(number, raw, handle) if raw is not None else None
@@ -201,10 +208,10 @@ class Hypercall:
     # -- reading a struct --------------------------------------------------------
 
     def row(self, op) -> SubOp | None:
-        return self.subops.get(getattr(op, self.subop_field))
+        return self.subops.get(getattr(op, self.subop_field) & self.row_mask)
 
     def subop_name(self, number: int) -> str:
-        row = self.subops.get(number)
+        row = self.subops.get(number & self.row_mask)
         return row.name if row else f"sub-op {number}"
 
     def request_text(self, op) -> str:
