@@ -99,21 +99,6 @@ def control_socket_path(socket_dir: Path) -> Path:
     return Path(socket_dir) / "control.sock"
 
 
-class _Tenancy:
-    """A connection's tie to the domain incarnation it was accepted for.
-
-    A domid names a domain only until it is destroyed: a connection is the
-    guest's that was there, never its successor's. On destruction `gone` is
-    set; a connection waiting in a read is woken at once, one that is busy
-    stops before its next call, and either is told GONE and closed."""
-    __slots__ = ("domain", "gone", "unanswered")
-
-    def __init__(self, domain: Domain):
-        self.domain = domain
-        self.gone = False
-        self.unanswered = 0     # req_id of a call cut off by the destruction, for GONE
-
-
 class DaemonError(Exception):
     """The daemon cannot serve (sockets in use, an unsafe directory...): one line for the user."""
 
@@ -136,7 +121,6 @@ class Daemon:
         self.limits, self._fd_room = fit_descriptors(limits, len(hv.domains))
         self._frame_memory = ByteBudget(max(self.limits.frame_memory, 2 * MAX_FRAME))
         self._open: dict[int, int] = {}     # domid -> connections open to its live incarnation
-        self._tenants: dict[int, set[_Tenancy]] = {}    # domid -> its live incarnation's
         self._record = (record, record_meta)
         self._restored_from = restored_from
         self.recorder: TraceWriter | None = None
@@ -156,7 +140,7 @@ class Daemon:
         self._conn_nursery: trio.Nursery | None = None
         # The scopes of connections waiting in a read: what stop() and a
         # domain's destruction cancel.
-        self._reading: dict[trio.CancelScope, _Tenancy] = {}
+        self._reading: dict[trio.CancelScope, Connection] = {}
         self._next_conn = 0
         self._control_open = 0
         # Snapshot files are written one at a time, in the order they were
@@ -236,11 +220,11 @@ class Daemon:
         incarnation: its slots are free at once, for a successor of the same domid."""
         self._listener_scopes.pop(domid).cancel()
         self.paths.pop(domid).unlink(missing_ok=True)
-        for tenancy in self._tenants.pop(domid, ()):
-            tenancy.gone = True
+        # Its connections see it (Connection.gone: the domid no longer names
+        # the domain they were opened for); those waiting are woken.
         self._open.pop(domid, None)
-        for scope, tenancy in self._reading.items():
-            if tenancy.gone:
+        for scope, engine_conn in self._reading.items():
+            if engine_conn.gone:
                 scope.cancel()
 
     @staticmethod
@@ -364,14 +348,12 @@ class Daemon:
             await self._send_error_and_close(stream, ERR_LIMIT, refusal)
             return
         self._open[domid] = self._open.get(domid, 0) + 1
-        tenancy = _Tenancy(domain)
-        self._tenants.setdefault(domid, set()).add(tenancy)
+        engine_conn = Connection(self.engine, domain, conn)
         try:
-            await self._serve_frames(stream, Connection(self.engine, domain, conn), tenancy)
+            await self._serve_frames(stream, engine_conn)
         finally:
-            if not tenancy.gone:    # else its domain's destruction has let go of both
+            if not engine_conn.gone:    # else its domain's destruction has freed the slot
                 self._open[domid] -= 1
-                self._tenants[domid].discard(tenancy)
 
     def _over_limit(self, domid: int) -> str | None:
         # Domains created since the start took descriptors from the connections'.
@@ -391,8 +373,7 @@ class Daemon:
                 pass
         await trio.aclose_forcefully(stream)
 
-    async def _serve_frames(self, stream: trio.SocketStream, engine_conn: Connection,
-                            tenancy: _Tenancy) -> None:
+    async def _serve_frames(self, stream: trio.SocketStream, engine_conn: Connection) -> None:
         conn, domid, decoder = engine_conn.name, engine_conn.domid, engine_conn.decoder
         log.debug("%s: connected", conn)
         timeout = self.limits.frame_timeout
@@ -409,19 +390,19 @@ class Daemon:
                 # costs as much as a hypercall). Its deadline is armed only while
                 # a frame is half received; stop() cancels it only while waiting.
                 with trio.CancelScope() as scope:
-                    while not self._stopping and not tenancy.gone:
+                    while not self._stopping and not engine_conn.gone:
                         half = decoder.buffered     # setting a deadline is not free: only then
                         if half:
                             if decoder.taken != clock_of:      # a new frame has begun
                                 clock_of, left = decoder.taken, timeout
                             if held or decoder.pending_length > LARGE_FRAME:
-                                held = await self._hold_frame_memory(scope, decoder, held, tenancy)
+                                held = await self._hold_frame_memory(scope, engine_conn, held)
                             began = trio.current_time()
                             scope.deadline = began + left
                         elif held:
                             self._frame_memory.release(held)
                             held = 0
-                        self._reading[scope] = tenancy
+                        self._reading[scope] = engine_conn
                         try:
                             data = await stream.receive_some(RECEIVE_SIZE)
                         finally:
@@ -433,16 +414,16 @@ class Daemon:
                             engine_conn.end_of_input()
                             break
                         decoder.feed(data)
-                        if tenancy.gone:
+                        if engine_conn.gone:
                             break
-                        if not await self._answer(stream, engine_conn, held, tenancy):
+                        if not await self._answer(stream, engine_conn, held):
                             break
-                timed_out = scope.cancelled_caught and not self._stopping and not tenancy.gone
-                if tenancy.gone:
+                timed_out = scope.cancelled_caught and not self._stopping and not engine_conn.gone
+                if engine_conn.gone:
                     log.info("%s: d%d has been destroyed; closing", conn, domid)
                     await self._send_error_and_close(
                         stream, ERR_GONE, f"d{domid} has been destroyed",
-                        tenancy.unanswered or decoder.pending_req_id)
+                        engine_conn.unanswered or decoder.pending_req_id)
                 elif timed_out:
                     log.warning("%s: a frame begun %d bytes ago was not finished within %g s; "
                                 "closing", conn, decoder.buffered, timeout)
@@ -458,30 +439,29 @@ class Daemon:
             self._record_events()       # a frame the peer left cut off
         log.debug("%s: closed", conn)
 
-    async def _hold_frame_memory(self, scope: trio.CancelScope, decoder,
-                                 held: int, tenancy: _Tenancy) -> int:
+    async def _hold_frame_memory(self, scope: trio.CancelScope, engine_conn: Connection,
+                                 held: int) -> int:
         """What the half-received frame needs of the shared frame memory, taken
         before reading more of it (waiting, without reading, if others hold
         it): a large frame is charged twice its length (its bytes, its reply);
         one read's worth is the connection's own."""
-        length = decoder.pending_length
+        length = engine_conn.decoder.pending_length
         need = 2 * length if length > LARGE_FRAME else 0
         if need < held:
             self._frame_memory.release(held - need)
         elif need > held:
-            self._reading[scope] = tenancy      # stop() and a destroy end the wait too
+            self._reading[scope] = engine_conn  # stop() and a destroy end the wait too
             try:
                 await self._frame_memory.acquire(need - held)
             finally:
                 del self._reading[scope]
         return need
 
-    async def _answer(self, stream, engine_conn: Connection, held: int,
-                      tenancy: _Tenancy) -> bool:
+    async def _answer(self, stream, engine_conn: Connection, held: int) -> bool:
         """Serve every whole call buffered; False when the connection must close.
         `held`: frame memory is held for a large frame, whose reply the client
         must take within the frame timeout (others may be waiting for it)."""
-        replies = await self._run_calls(engine_conn, tenancy)
+        replies = await self._run_calls(engine_conn)
         keep_open = not engine_conn.closing
         # A trio cancel scope costs microseconds, as much as a hypercall: the
         # replies of a healthy connection are sent without one.
@@ -497,7 +477,7 @@ class Daemon:
                 keep_open = False
         return keep_open
 
-    async def _run_calls(self, engine_conn: Connection, tenancy: _Tenancy) -> bytes:
+    async def _run_calls(self, engine_conn: Connection) -> bytes:
         """The replies to every whole call buffered. A continuing call lets
         other connections in between its rounds, as Xen's preemption does.
         Shielded: once started it runs to its end even if the guest hangs
@@ -515,7 +495,6 @@ class Daemon:
                 # runs no round on a successor of the same domid).
                 replies.append(engine_conn.answer())
                 self._record_events()
-        tenancy.unanswered = engine_conn.unanswered
         return b"".join(replies)
 
     # -- control ------------------------------------------------------------------
