@@ -39,12 +39,13 @@ flush_log = logging.getLogger("xenemu.pv_iommu")
 # others in: the hypercall returns -ERESTART and is called again.
 TEARDOWN_SLICE = 1 << 16
 
-# Context 0's page tables are bounded too (Xen's are not: see the README's
-# divergences), else a guest mapping far-apart dfns there would take table
-# pages until the machine's memory is gone, ~3 per 4 KiB page. Its limit is
-# what its 1:1 map took at creation plus the domain's table_pages, or this
-# many when table_pages is 0: "no limit" is for its PV-IOMMU contexts.
-DEFAULT_CONTEXT_SPARE_TABLES = 1 << 16
+# What table_pages 0 ("no limit") counts as where the configuration did not
+# choose the tables made: context 0's, which a guest fills (Xen does not bound
+# them: see the README's divergences; ~3 table pages per far-apart 4 KiB page
+# until the machine's memory is gone), whose limit is what its 1:1 map took
+# plus the domain's table_pages, and those a snapshot's mappings make while it
+# is restored (a file must not choose how many).
+NO_LIMIT_TABLES = 1 << 16
 POOLS_PER_DOMAIN = 2    # one for its PV-IOMMU contexts, one for context 0
 
 SCAN = 1 << 18          # entries of a context read per lookup_run (mapping_runs)
@@ -100,7 +101,7 @@ class IommuContexts:
         # in place), so the spare is what the guest may map elsewhere.
         identity_tables = self.iommu.pool_usage(d.default_pool)[0]
         self.iommu.set_pool_limit(d.default_pool, identity_tables +
-                                  (table_pages or DEFAULT_CONTEXT_SPARE_TABLES))
+                                  (table_pages or NO_LIMIT_TABLES))
 
     def destroy_domain(self, d: Domain) -> None:
         """Free d's contexts (dropping their references) and its budgets;

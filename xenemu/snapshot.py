@@ -43,7 +43,7 @@ from . import __version__, hw
 from .domain import Context, Domain
 from .errno import XenError
 from .hypervisor import PAGES_PER_MIB, Hypervisor, MachineError
-from .iommu_contexts import SCAN
+from .iommu_contexts import NO_LIMIT_TABLES, SCAN
 from .machine import (MAX_DEVICES, MAX_DOMAINS, ConfigError, DomainConfig, MachineConfig,
                       MachineFile, machine_from_file, machine_to_dict)
 from .p2m import P2mType
@@ -61,13 +61,6 @@ PAGE = hw.PAGE_SIZE
 _ZERO_PAGE = bytes(PAGE)
 _ZERO_BATCH = bytes(BATCH * PAGE)
 
-
-# Page tables a restore may build in a domain's PV-IOMMU contexts when its
-# table_pages budget is 0 (no limit): a one-page mapping costs up to three
-# table pages (12 KiB) for ~17 bytes of file, so a file must not choose how
-# many it makes. (Context 0 has its own bound, the same whether restored or
-# served: iommu_contexts.DEFAULT_CONTEXT_SPARE_TABLES.)
-RESTORE_TABLE_PAGES = 1 << 16
 
 
 class SnapshotError(Exception):
@@ -466,8 +459,9 @@ def _restore_contexts(hv: Hypervisor, d: Domain, contexts: list[ContextState],
     placed: set[int] = set()
     budget = hv.contexts.table_budget(d)[1]
     if not budget:
-        # "No limit" is the configuration's to give, not a file's to use.
-        hv.contexts.set_table_budget(d, RESTORE_TABLE_PAGES)
+        # "No limit" is the configuration's to give, not a file's to use: a
+        # one-page mapping costs up to 3 table pages for ~17 bytes of file.
+        hv.contexts.set_table_budget(d, NO_LIMIT_TABLES)
     for j, entry in enumerate(contexts):
         ctx_no = entry.ctx_no
         here = f"{where}.contexts[{j}]"
