@@ -24,7 +24,7 @@ from .domain import Domain
 from .errno import XenErrno, XenError
 from .hw.common import InjectSite
 from .iommu_contexts import IommuContexts
-from .machine import DomainConfig, MachineConfig
+from .machine import DomainConfig, MachineConfig, revision_problem
 from .p2m import P2m, P2mType
 from .pci import format_sbdf
 
@@ -129,10 +129,9 @@ class Hypervisor:
         if not self.contexts.can_init_domain():
             raise MachineError("no page-table budget left for another domain")
         rev2 = self.config.pv_iommu_revision == 2
-        if cfg.pv_iommu_init is not None and not rev2:
-            raise MachineError("pv_iommu_init: only a machine of PV-IOMMU revision 2 has init")
-        if cfg.no_dma and not (rev2 and cfg.hardware):
-            raise MachineError("no_dma: only the hardware domain of a revision-2 machine is no-dma")
+        problem = revision_problem(self.config.pv_iommu_revision, cfg)
+        if problem:
+            raise MachineError(f"{problem[0]}: {problem[1]}")
         # Revision 2 sizes a domain's pool by init alone: `contexts` is not used.
         pool = 0 if rev2 else cfg.contexts
         nr_pages = cfg.memory_mib * PAGES_PER_MIB

@@ -160,6 +160,15 @@ def identity_frames(pages: int, levels: int) -> int:
     return pages + max(tables, levels and 1)
 
 
+def revision_problem(revision: int, d: DomainConfig) -> tuple[str, str] | None:
+    """(key, why) if a domain asks for what only another ABI revision has: for
+    a machine file's domains and for those created on the control socket."""
+    if d.pv_iommu_init is not None and revision != 2:
+        return "pv_iommu_init", "only a machine of pv_iommu_revision 2 has init"
+    if d.no_dma and (revision != 2 or not d.hardware):
+        return "no_dma", "only the hardware domain of a pv_iommu_revision 2 machine is no-dma"
+    return None
+
 def machine_problem(config: MachineConfig) -> tuple[str, str] | None:
     """What makes a machine impossible to build, as (path, what), or None:
     the checks that span fields, which the schema cannot state."""
@@ -194,11 +203,9 @@ def machine_problem(config: MachineConfig) -> tuple[str, str] | None:
             return f"domain[{i}].table_pages", f"expected 0 (no limit) to {MAX_TABLE_PAGES}"
         if not 1 <= d.memory_mib <= MAX_MEMORY_MIB:
             return f"domain[{i}].memory_mib", f"expected 1 to {MAX_MEMORY_MIB}"
-        if d.pv_iommu_init is not None and config.pv_iommu_revision != 2:
-            return f"domain[{i}].pv_iommu_init", "only a machine of pv_iommu_revision 2 has init"
-        if d.no_dma and (config.pv_iommu_revision != 2 or not d.hardware):
-            return (f"domain[{i}].no_dma",
-                    "only the hardware domain of a pv_iommu_revision 2 machine is no-dma")
+        problem = revision_problem(config.pv_iommu_revision, d)
+        if problem:
+            return f"domain[{i}].{problem[0]}", problem[1]
         if config.pv_iommu_revision == 2 and d.contexts:
             return (f"domain[{i}].contexts", "revision 2 sizes the pool by init: use "
                     "pv_iommu_init = {max_ctx_no = N, arena_order = K}")
