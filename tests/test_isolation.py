@@ -170,3 +170,39 @@ def test_page_table_budget_gives_enomem_at_its_edge(local, caplog):
         assert d9.free_context(b).ret == 0
     assert "page-table budget" in caplog.text
     local.ctl("domain_destroy", domid=9)
+
+
+# -- reserved ranges (issue 15) -------------------------------------------------------
+
+USB_DEVFN, RMRR_PFN = 4 << 3, 0xE8     # d0's 0000:00:04.0 and its RMRR (default machine)
+
+
+def test_another_domain_cannot_reach_d0s_reserved_frames(local, two_domains):
+    """d7 maps, unmaps, looks up and DMAs at the RMRR's numbers: it only
+    ever meets its own frames and contexts; d0's device still reaches its
+    reserved frames, and what d0's device wrote there stays."""
+    d0, d7, _ = two_domains
+    local.ctl("dma", sbdf="0000:00:04.0", addr=RMRR_PFN << 12, write=True, data=b"usb")
+    before = (d0_state(local), local.ctl("dump", domid=0, ctx_no=0, dfn=RMRR_PFN, count=2),
+              local.ctl("reserved_read", pfn=RMRR_PFN, length=16)["data"])
+    assert d7.reattach_device(0, bus=0, devfn=USB_DEVFN).ret == -E.ENOENT
+    ctx = d7.alloc_context().op.ctx_no
+    assert d7.lookup_page(ctx, RMRR_PFN).ret == -E.ENOENT
+    assert d7.unmap_pages(ctx, RMRR_PFN, 2).ret == -E.ENOENT
+    assert d7.unmap_pages(0, RMRR_PFN, 2).ret == 0     # its own context 0's 1:1 pages
+    # Its own gfn 0xE8 is its own RAM: mapped, its device writes d7's frame.
+    assert d7.map_pages(ctx, gfn=RMRR_PFN, dfn=RMRR_PFN, nr_pages=2).ret == 0
+    assert d7.lookup_page(ctx, RMRR_PFN).op.lookup_page.gfn == RMRR_PFN
+    assert d7.reattach_device(ctx, bus=0, devfn=D7_DEVFN).ret == 0
+    local.ctl("dma", sbdf=D7_DEV, addr=RMRR_PFN << 12, write=True, data=b"d7!")
+    assert local.ctl("mem_read", domid=7, gfn=RMRR_PFN, length=3)["data"] == b"d7!"
+    assert d7.free_context(ctx, abi.IOMMU_TEARDOWN_REATTACH_DEFAULT).ret == 0
+    assert (d0_state(local), local.ctl("dump", domid=0, ctx_no=0, dfn=RMRR_PFN, count=2),
+            local.ctl("reserved_read", pfn=RMRR_PFN, length=16)["data"]) == before
+    assert local.ctl("dma", sbdf="0000:00:04.0", addr=RMRR_PFN << 12,
+                     length=3)["data"] == b"usb"
+    # memory_op tells any domain any device's ranges: Xen checks neither the
+    # caller nor the device's owner (README, "memory_op").
+    with local.client(1) as d1:
+        r = d1.reserved_device_memory_map(0, 1, 4 << 3)
+        assert (r.ret, r.entries) == (0, [(RMRR_PFN, 2)])

@@ -174,6 +174,8 @@ VALID = {
     "mem_read": {"domid": 0, "gfn": 1, "offset": 8, "length": 16},
     "mem_write": {"domid": 0, "gfn": 1, "offset": 8, "data": b"x"},
     "dma": {"sbdf": "0000:00:02.0", "addr": 4096, "write": False, "length": 8},
+    "reserved_regions": {"sbdf": "0000:00:04.0"},
+    "reserved_read": {"pfn": 0xE8, "offset": 0, "length": 16},
     "faults": {"clear": True}, "contexts": {"domid": 0},
     "dump": {"domid": 0, "ctx_no": 0, "dfn": 0, "count": 16},
     "fail_nth": {"nth": 0, "sites": ["table"]}, "snapshot": {"path": "/nonexistent/x.xs"},

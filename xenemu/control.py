@@ -102,6 +102,12 @@ class DmaArgs(DeviceArgs, kw_only=True):
     length: Annotated[int, msgspec.Meta(ge=0, le=MAX_DMA)] | None = None
 
 
+class ReservedReadArgs(Args, kw_only=True):
+    pfn: Gfn
+    offset: Offset = 0
+    length: Offset
+
+
 class FaultsArgs(Args):
     clear: bool = False
 
@@ -130,6 +136,7 @@ ARGS: dict[str, type[msgspec.Struct]] = {
     "mem_read": MemReadArgs, "mem_write": MemWriteArgs, "dma": DmaArgs,
     "faults": FaultsArgs, "contexts": DomainArgs, "dump": DumpArgs,
     "fail_nth": FailNthArgs, "snapshot": SnapshotArgs,
+    "reserved_regions": DeviceArgs, "reserved_read": ReservedReadArgs,
 }
 
 
@@ -253,6 +260,17 @@ class Control:
     def op_mem_write(self, args: MemWriteArgs) -> dict:
         self.hv.write_guest(args.domid, args.gfn, args.offset, args.data)
         return {}
+
+    def op_reserved_regions(self, args: DeviceArgs) -> dict:
+        """A device's reserved regions, as virtio-iommu's probe reports them."""
+        if self.hv.owner_of(args.sbdf) is None and args.sbdf not in self.hv.quarantined:
+            raise RequestError(f"no device {format_sbdf(args.sbdf)}")
+        return {"sbdf": format_sbdf(args.sbdf),
+                "regions": [{"start": first, "end": last, "kind": kind}
+                            for first, last, kind in self.hv.reserved_regions(args.sbdf)]}
+
+    def op_reserved_read(self, args: ReservedReadArgs) -> dict:
+        return {"data": self.hv.read_reserved(args.pfn, args.offset, args.length)}
 
     def op_dma(self, args: DmaArgs) -> dict:
         sbdf = args.sbdf

@@ -82,6 +82,9 @@ def format_reply(op: str, reply: dict) -> str:
             f"ctx {c['ctx_no']:>3}{' (dying)' if c['dying'] else ''}: {c['mapped']} pages mapped, "
             f"{c['table_pages']} table pages, devices: {', '.join(c['devices']) or '-'}"
             for c in reply["contexts"])
+    if op == "reserved_regions":
+        return "\n".join(f"{reply['sbdf']} {r['start']:#012x}-{r['end']:#012x} {r['kind']}"
+                         for r in reply["regions"])
     if op == "check":
         return "consistent" if reply["consistent"] else "\n".join(reply["problems"])
     return "\n".join(f"{k}: {_show(v)}" for k, v in reply.items()) or "ok"

@@ -13,6 +13,9 @@ from dataclasses import dataclass, field
 
 from .p2m import P2m
 
+# Xen's DOMID_IO: owner of the machine frames set apart for devices (RMRRs).
+DOMID_IO = 0x7FF1
+
 
 @dataclass
 class Context:
@@ -20,6 +23,18 @@ class Context:
     hw_id: int                                # hardware context id (VT-d domain id)
     devices: set[int] = field(default_factory=set)
     dying: bool = False                       # free_context's teardown is under way
+    # Its identity-mapped reserved ranges (Xen's ctx->arch.identity_maps):
+    # [start pfn, pages, devices using it], the RMRRs of devices attached to
+    # it, mapped dfn == mfn when the first such device arrives, unmapped when
+    # the last leaves. A range, not a page, per entry.
+    identity: list[list[int]] = field(default_factory=list)
+
+    def identity_at(self, dfn: int, n: int = 1) -> int | None:
+        """The first dfn of [dfn, dfn + n) inside an identity range, or None
+        (iommu_identity_map_check, over a run)."""
+        hits = [max(start, dfn) for start, pages, _ in self.identity
+                if start < dfn + n and dfn < start + pages]
+        return min(hits) if hits else None
 
 
 @dataclass

@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import logging
 import time
+from array import array
 from collections import Counter
 from functools import partial
 
 from . import hw, hypercalls
-from .domain import Domain
+from .domain import DOMID_IO, Domain
 from .errno import XenErrno, XenError
 from .hw.common import InjectSite
 from .iommu_contexts import IommuContexts
@@ -76,8 +77,9 @@ class Hypervisor:
         self.memory = hw_impl.Memory(config.memory_mib << 20)
         self.iommu = hw_impl.Iommu(self.memory, width=config.address_width,
                                    iotlb_entries=config.iotlb_entries, check=config.check_iotlb)
+        self._set_apart_reserved_frames()
         # Every use of the IOMMU's contexts goes through the context layer.
-        self.contexts = IommuContexts(self.memory, self.iommu)
+        self.contexts = IommuContexts(self.memory, self.iommu, config.rmrr)
         self.domains: dict[int, Domain] = {}
         self.injecting = False  # armed and not fired yet: note_injection after each event
         # Calls Xen's code would have crashed, hung or misled on (revision 2's
@@ -90,6 +92,40 @@ class Hypervisor:
                            hypercalls.abis(config.pv_iommu_revision).items()}
         for dom in config.domains:
             self.create_domain(dom)
+
+    def _set_apart_reserved_frames(self) -> None:
+        """The RMRRs' machine frames are nobody's RAM: taken from the
+        allocator before any domain, owned by DomIO, their M2P 1:1 (what
+        lookup_page reports for an identity-mapped dfn, as a PV dom0's
+        mfn_to_gfn does). The frames below them are handed back in order,
+        so that domains still get ascending frames."""
+        if not self.config.rmrr:
+            return
+        top = max(start + pages for _, start, pages in self.config.rmrr)
+        frames = self.memory.alloc(top, owner=DOMID_IO)     # 0 .. top-1: a new machine's first
+        reserved = set()
+        for _, start, pages in self.config.rmrr:
+            reserved.update(range(start, start + pages))
+        self.memory.free(array("Q", [m for m in reversed(frames) if m not in reserved]))
+        for _, start, pages in self.config.rmrr:
+            self.memory.set_m2p(array("Q", range(start, start + pages)), start)
+
+    def reserved_regions(self, sbdf: int) -> list[tuple[int, int, str]]:
+        """A device's reserved regions as virtio-iommu's probe reports them:
+        (first address, last address, kind): its RMRRs, identity-mapped
+        wherever it is attached ("direct"), and the interrupt window every
+        device's writes there are interrupts in ("msi")."""
+        regions = [(start << hw.PAGE_SHIFT, ((start + pages) << hw.PAGE_SHIFT) - 1, "direct")
+                   for s, start, pages in self.config.rmrr if s == sbdf]
+        return regions + [(hw.INTR_FIRST, hw.INTR_LAST, "msi")]
+
+    def read_reserved(self, pfn: int, offset: int, length: int) -> bytes:
+        """Bytes of a reserved (RMRR) frame: what a device's DMA left there."""
+        if not any(start <= pfn < start + pages for _, start, pages in self.config.rmrr):
+            raise MachineError(f"pfn {pfn:#x} is in no reserved range ([[rmrr]])")
+        if offset < 0 or length < 0 or offset + length > hw.PAGE_SIZE:
+            raise MachineError("offset and length must stay within one 4 KiB page")
+        return self.memory.read((pfn << hw.PAGE_SHIFT) + offset, length)
 
     # -- fault injection -----------------------------------------------------
 
@@ -204,10 +240,14 @@ class Hypervisor:
             raise MachineError(f"{format_sbdf(sbdf)} is assigned to d{owner.domid}")
 
     def assign_device(self, sbdf: int, domid: int) -> None:
-        """Give a device (new, or from quarantine) to a domain's default context."""
+        """Give a device (new, or from quarantine) to a domain's default
+        context, its reserved ranges (RMRRs) identity-mapped there."""
         d = self._domain(domid)
         self._check_assignable(sbdf)
-        self.contexts.assign_device(d, sbdf)
+        try:
+            self.contexts.assign_device(d, sbdf)
+        except XenError as e:
+            raise MachineError(e.why) from None
 
     def deassign_device(self, sbdf: int) -> None:
         """Take a device from its domain into quarantine, where its DMA faults."""

@@ -20,6 +20,7 @@ stays inside, except where a caller (snapshot restore) is the one to word it.
 from __future__ import annotations
 
 import logging
+import re
 from array import array
 from collections import Counter
 
@@ -58,9 +59,14 @@ _IDENTITY_STOP = {hw.Status.NOMEM: "no machine memory left for I/O page tables",
 class IommuContexts:
     """The IOMMU contexts of every domain of a machine, and DomIO's quarantine."""
 
-    def __init__(self, memory, iommu):
+    def __init__(self, memory, iommu, rmrr=()):
         self.memory = memory
         self.iommu = iommu
+        # Each device's reserved ranges (RMRRs, the machine's [[rmrr]]):
+        # sbdf -> [(start pfn, pages)], in file order.
+        self.rmrrs: dict[int, list[tuple[int, int]]] = {}
+        for sbdf, start, pages in rmrr:
+            self.rmrrs.setdefault(sbdf, []).append((start, pages))
         # DomIO's quarantine context: nothing mapped, so a quarantined device's DMA faults.
         self.quarantine = iommu.alloc_context()
         self.quarantined: set[int] = set()
@@ -190,7 +196,9 @@ class IommuContexts:
 
     def teardown(self, d: Domain, ctx: Context, budget: int | None) -> bool:
         """Tear ctx down by slices of `budget` leaf slots (None: all at once),
-        dropping the page references its mappings held. True when finished."""
+        dropping the page references its mappings held. True when finished.
+        (Its devices have left, and their identity ranges with them.)"""
+        assert not ctx.identity, "a context is torn down after its devices left"
         ctx.dying = True
         slice_ = budget or (1 << 20)
         while True:
@@ -308,6 +316,23 @@ class IommuContexts:
                 return hw.Status(st)
         return hw.Status.OK
 
+    def unmap_1to1(self, d: Domain, gfn: int, n: int) -> int | None:
+        """Context 0's 1:1 pages of gfns [gfn, gfn + n) go (they stop being
+        RAM), but for the dfns its identity ranges hold. None when done, else
+        the first gfn that was not mapped 1:1 (its pages up to there gone)."""
+        ctx = d.contexts[0]
+        edges = sorted({gfn, gfn + n} | {e for start, pages, _ in ctx.identity
+                                         for e in (start, start + pages) if gfn < e < gfn + n})
+        for lo, hi in zip(edges, edges[1:]):
+            if ctx.identity_at(lo) is not None:
+                continue
+            for at in range(lo, hi, SCAN):
+                k = min(SCAN, hi - at)
+                done = self.unmap(ctx, at, k)
+                if done != k:
+                    return at + done
+        return None
+
     def page_in(self, d: Domain, gfn: int) -> hw.Status:
         """Context 0 maps a page that became RAM again at dfn == gfn; a dfn
         the guest took over there (PRESENT) is left to the guest; a no-dma
@@ -344,18 +369,25 @@ class IommuContexts:
     # -- devices ------------------------------------------------------------------------
 
     def assign_device(self, d: Domain, sbdf: int) -> None:
-        """A device (new, or from quarantine) goes to d's context 0."""
+        """A device (new, or from quarantine) goes to d's context 0, its
+        reserved ranges identity-mapped there (XenError if they cannot be:
+        the device stays where it was)."""
+        default = d.contexts[0]
+        self._identity_enter(d, default, sbdf)
         if sbdf not in self.quarantined:
             self.iommu.add_device(sbdf)
         self.quarantined.discard(sbdf)
-        self.iommu.attach(sbdf, d.contexts[0].hw_id)
-        d.contexts[0].devices.add(sbdf)
+        self.iommu.attach(sbdf, default.hw_id)
+        default.devices.add(sbdf)
         d.devices[sbdf] = 0
 
     def deassign_device(self, d: Domain, sbdf: int) -> None:
-        """A device of d goes into quarantine, where its DMA faults."""
+        """A device of d goes into quarantine, where its DMA faults (its
+        reserved ranges too: DomIO's quarantine context maps nothing)."""
         self.iommu.attach(sbdf, self.quarantine)
-        d.contexts[d.devices.pop(sbdf)].devices.discard(sbdf)
+        ctx = d.contexts[d.devices.pop(sbdf)]
+        ctx.devices.discard(sbdf)
+        self._identity_leave(d, ctx, sbdf)
         self.quarantined.add(sbdf)
 
     def quarantine_device(self, sbdf: int) -> None:
@@ -365,11 +397,76 @@ class IommuContexts:
         self.quarantined.add(sbdf)
 
     def reattach(self, d: Domain, sbdf: int, target: Context) -> None:
-        """Switch a device's context entry in one store (no blocked window)."""
+        """Switch a device's context entry in one store (no blocked window),
+        as VT-d's reattach does it: the device's reserved ranges are mapped
+        into the target first (XenError EINVAL if they cannot be: nothing
+        changes), removed from the context it leaves after."""
+        self._identity_enter(d, target, sbdf)
         self.iommu.attach(sbdf, target.hw_id)
-        d.contexts[d.devices[sbdf]].devices.discard(sbdf)
+        current = d.contexts[d.devices[sbdf]]
+        current.devices.discard(sbdf)
+        self._identity_leave(d, current, sbdf)
         target.devices.add(sbdf)
         d.devices[sbdf] = target.ctx_no
+
+    # -- reserved ranges: identity maps (x86 iommu_identity_mapping, per context) -----
+
+    def _identity_enter(self, d: Domain, ctx: Context, sbdf: int) -> None:
+        """The device's RMRRs into ctx: a range already there gains a user,
+        a new one is mapped dfn == mfn, read-write, with no page reference
+        (the frames are DomIO's; Xen's identity maps take none). In context
+        0 the 1:1 RAM pages at those dfns give way (as a PV dom0's RAM is
+        never at an RMRR's frames) and come back when the range goes. All or
+        nothing: XenError EINVAL (VT-d's answer to a failed RMRR map) if a
+        page is mapped there already or no table page is left."""
+        added: list[list[int]] = []
+        for start, pages in self.rmrrs.get(sbdf, ()):
+            entry = next((r for r in ctx.identity if r[0] == start and r[1] == pages), None)
+            if entry is None:
+                if ctx.ctx_no == 0:
+                    self._unmap_present(ctx, start, pages)
+                done, st = self.iommu.map(ctx.hw_id, start, range(start, start + pages),
+                                          hw.PERM_RW)
+                if done != pages:
+                    self.iommu.unmap(ctx.hw_id, start, done)
+                    if ctx.ctx_no == 0 and not d.no_dma:
+                        self.identity_map(d, ctx, start, pages)
+                    for entry in added:
+                        self._identity_drop(d, ctx, entry)
+                    why = {hw.Status.PRESENT: f"dfn {start + done:#x} is mapped already",
+                           hw.Status.RANGE: "beyond the IOMMU's address width"}.get(
+                               hw.Status(st), f"no page-table page left ({hw.Status(st).name})")
+                    raise XenError(XenErrno.EINVAL, f"{format_sbdf(sbdf)}'s reserved range "
+                                                    f"{start:#x}+{pages} can't be identity-mapped "
+                                                    f"in context {ctx.ctx_no}: {why}")
+                entry = [start, pages, 0]
+                ctx.identity.append(entry)
+            entry[2] += 1
+            added.append(entry)
+
+    def _identity_leave(self, d: Domain, ctx: Context, sbdf: int) -> None:
+        """The device left ctx: each of its ranges loses a user, and goes
+        (unmapped, flushed) with the last."""
+        for start, pages in self.rmrrs.get(sbdf, ()):
+            entry = next(r for r in ctx.identity if r[0] == start and r[1] == pages)
+            self._identity_drop(d, ctx, entry)
+
+    def _identity_drop(self, d: Domain, ctx: Context, entry: list[int]) -> None:
+        entry[2] -= 1
+        if entry[2]:
+            return
+        ctx.identity.remove(entry)
+        start, pages = entry[0], entry[1]
+        self.iommu.unmap(ctx.hw_id, start, pages, flush=True)
+        if ctx.ctx_no == 0 and not d.no_dma:
+            self.identity_map(d, ctx, start, pages)     # its RAM 1:1 again, where RAM
+
+    def _unmap_present(self, ctx: Context, dfn: int, n: int) -> None:
+        """Unmap whatever is mapped in [dfn, dfn + n), run by run, dropping
+        the references (context 0's 1:1 RAM pages)."""
+        _, perms = self.iommu.lookup_run(ctx.hw_id, dfn, n)
+        for run in re.finditer(rb"[^\x00]+", perms.tobytes()):
+            self.unmap(ctx, dfn + run.start(), run.end() - run.start())
 
     # -- invariants ------------------------------------------------------------------
 
@@ -387,7 +484,10 @@ class IommuContexts:
             for ctx in d.contexts:
                 if ctx is None:
                     continue
-                mapped += self.iommu.context_info(ctx.hw_id).mapped
+                # Identity pages hold no reference: they are DomIO's frames.
+                mapped += self.iommu.context_info(ctx.hw_id).mapped - \
+                    sum(pages for _, pages, _ in ctx.identity)
+                problems += self._identity_problems(d, ctx)
                 for sbdf in ctx.devices:
                     if d.devices.get(sbdf) != ctx.ctx_no:
                         problems.append(f"d{d.domid}: {format_sbdf(sbdf)} listed in context "
@@ -420,6 +520,23 @@ class IommuContexts:
         if cached:
             problems.append(f"{cached} IOTLB entr{'y' if cached == 1 else 'ies'} disagree with "
                             f"the page tables (an invalidation was missed or failed)")
+        return problems
+
+
+    def _identity_problems(self, d: Domain, ctx: Context) -> list[str]:
+        """An identity range not mapped 1:1, or not the RMRRs of ctx's devices."""
+        problems = []
+        wanted = Counter(r for sbdf in ctx.devices for r in self.rmrrs.get(sbdf, ()))
+        held = Counter({(start, pages): users for start, pages, users in ctx.identity})
+        if wanted != held:
+            problems.append(f"d{d.domid}: context {ctx.ctx_no} holds identity ranges "
+                            f"{sorted(held.items())}, its devices' RMRRs are "
+                            f"{sorted(wanted.items())}")
+        for start, pages, _ in ctx.identity:
+            mfns, perms = self.iommu.lookup_run(ctx.hw_id, start, pages)
+            if list(mfns) != list(range(start, start + pages)) or min(perms) != hw.PERM_RW:
+                problems.append(f"d{d.domid}: context {ctx.ctx_no}'s reserved range "
+                                f"{start:#x}+{pages} is not identity-mapped read-write")
         return problems
 
 

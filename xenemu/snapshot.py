@@ -43,7 +43,7 @@ from . import __version__, hw
 from .domain import Context, Domain
 from .errno import XenError
 from .hypervisor import PAGES_PER_MIB, Hypervisor, MachineError
-from .iommu_contexts import NO_LIMIT_TABLES, SCAN
+from .iommu_contexts import NO_LIMIT_TABLES
 from .machine import (MAX_DEVICES, MAX_DOMAINS, ConfigError, DomainConfig, MachineConfig,
                       MachineFile, machine_from_file, machine_to_dict)
 from .p2m import P2mType
@@ -147,6 +147,9 @@ class SnapshotFile(_Map):
     domains: Annotated[list[DomainState], msgspec.Meta(max_length=MAX_DOMAINS)]
     quarantined: Annotated[list[Sbdf], msgspec.Meta(max_length=MAX_DEVICES)]
     faults: FaultLog
+    # What devices' DMA left in the reserved (RMRR) frames: [pfn, bytes]
+    # runs, as a domain's memory (absent in files of before it: all zero).
+    reserved_memory: list[MemoryRun] = []
     meta: Any = None
 
 
@@ -169,6 +172,9 @@ def take(hv: Hypervisor) -> dict:
         "domains": [_take_domain(hv, d) for d in hv.domains.values()],
         "quarantined": [format_sbdf(s) for s in sorted(hv.quarantined)],
         "faults": {"records": [_fault(r) for r in recs], "overflow": overflow},
+        "reserved_memory": [[start + off, data] for _, start, pages in hv.config.rmrr
+                            for off, data in _memory(hv.memory, array("Q", range(start,
+                                                                                start + pages)))],
         "meta": {"xenemu": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
     }
 
@@ -214,10 +220,25 @@ def _take_domain(hv: Hypervisor, d: Domain) -> dict:
 
 
 def mappings(hv: Hypervisor, ctx: Context) -> list[list[int]]:
-    """A context's mappings as runs [dfn, gfn, count, perm], dfn order."""
+    """A context's mappings as runs [dfn, gfn, count, perm], dfn order, its
+    identity ranges left out: its devices bring them back on restore."""
     runs, missed = hv.contexts.mapping_runs(ctx)
     if missed:
         raise SnapshotError(f"context {ctx.ctx_no}: {missed} mappings were not found by the scan")
+    return without_identity(runs, ctx.identity)
+
+
+def without_identity(runs: list[list[int]], identity: list[list[int]]) -> list[list[int]]:
+    """runs with the dfns of the identity ranges cut out."""
+    for start, pages, _ in identity:
+        end, kept = start + pages, []
+        for dfn, gfn, count, perm in runs:
+            if dfn < start:
+                kept.append([dfn, gfn, min(count, start - dfn), perm])
+            if dfn + count > end:
+                skip = max(end - dfn, 0)
+                kept.append([dfn + skip, gfn + skip, count - skip, perm])
+        runs = kept
     return runs
 
 
@@ -391,14 +412,14 @@ def _restore(snap: SnapshotFile, config: MachineConfig, clock) -> Hypervisor:
                                 f"or listed twice")
         hv.contexts.quarantine_device(sbdf)
     _restore_faults(hv, snap.faults)
+    _restore_reserved_memory(hv, snap.reserved_memory)
     return hv
 
 
 def _restore_p2m(hv: Hypervisor, d: Domain, entry: DomainState, where: str) -> None:
     """Each run in a few calls: the default context's 1:1 pages there are
-    unmapped in slices of SCAN pages (a no-dma domain's has none), the p2m
-    takes the run whole."""
-    ctx0 = d.contexts[0]
+    unmapped in slices of SCAN pages (a no-dma domain's has none; its
+    identity ranges are not 1:1 pages), the p2m takes the run whole."""
     end = 0
     for k, run in enumerate(entry.p2m):
         here = f"{where}.p2m[{k}]"
@@ -406,12 +427,9 @@ def _restore_p2m(hv: Hypervisor, d: Domain, entry: DomainState, where: str) -> N
         if run.gfn < end:
             raise SnapshotError(f"{here}: runs overlap or are out of order")
         end = run.gfn + run.count
-        mapped_1to1 = run.gfn if d.no_dma else end
-        for gfn in range(run.gfn, mapped_1to1, SCAN):
-            n = min(SCAN, end - gfn)
-            done = hv.contexts.unmap(ctx0, gfn, n)
-            if done != n:
-                raise SnapshotError(f"{here}: gfn {gfn + done:#x} was not mapped 1:1")
+        missing = None if d.no_dma else hv.contexts.unmap_1to1(d, run.gfn, run.count)
+        if missing is not None:
+            raise SnapshotError(f"{here}: gfn {missing:#x} was not mapped 1:1")
         d.p2m.set_run(run.gfn, run.count, P2mType(run.type))
     for k, item in enumerate(entry.page_ins):
         try:
@@ -454,6 +472,17 @@ def _restore_memory(hv: Hypervisor, d: Domain, runs: list[MemoryRun], where: str
             hv.memory.write(mfns[off] << hw.PAGE_SHIFT, view[off * PAGE:(off + n) * PAGE])
 
 
+def _restore_reserved_memory(hv: Hypervisor, runs: list[MemoryRun]) -> None:
+    for k, run in enumerate(runs):
+        count = len(run.data) // PAGE
+        if not run.data or len(run.data) % PAGE or not any(
+                start <= run.gfn and run.gfn + count <= start + pages
+                for _, start, pages in hv.config.rmrr):
+            raise SnapshotError(f"reserved_memory[{k}]: pfns {run.gfn:#x}+{len(run.data)} "
+                                f"bytes are not whole pages of one reserved range")
+        hv.memory.write(run.gfn << hw.PAGE_SHIFT, run.data)
+
+
 def _restore_contexts(hv: Hypervisor, d: Domain, contexts: list[ContextState],
                       where: str) -> None:
     placed: set[int] = set()
@@ -468,8 +497,10 @@ def _restore_contexts(hv: Hypervisor, d: Domain, contexts: list[ContextState],
         if (j == 0) != (ctx_no == 0):
             raise SnapshotError(f"{here}: context 0 comes first, and once")
         if ctx_no == 0:
+            # Its mappings once every device is in place: a device's
+            # reserved ranges displace context 0's 1:1 pages while it is there.
             ctx = d.contexts[0]
-            _restore_default_context(hv, d, ctx, entry.mappings, here)
+            default = (entry.mappings, here)
         else:
             # In its own slot, its tables counted against the domain's budget,
             # as alloc_context does.
@@ -489,6 +520,8 @@ def _restore_contexts(hv: Hypervisor, d: Domain, contexts: list[ContextState],
                                     f"d{d.domid}'s, is listed twice, or is in a dying context")
             placed.add(sbdf)
             hv.contexts.reattach(d, sbdf, ctx)
+    if contexts:
+        _restore_default_context(hv, d, d.contexts[0], *default)
     if not budget:
         hv.contexts.set_table_budget(d, 0)
     if placed != set(d.devices):

@@ -29,6 +29,10 @@ ABIS = ABIS_BY_REVISION[1]
 def abis(revision: int) -> dict[int, Hypercall]:
     return ABIS_BY_REVISION[revision]
 
+
+# Every hazard a trace may name, of either revision (common.Hazard).
+HAZARDS = {**iommu_op_v1.HAZARDS, **iommu_op_v2.HAZARDS}
+
 # Every hypercall a trace may name, implemented or not.
 NAMES = {HYPERVISOR_memory_op: "memory_op", HYPERVISOR_iommu_op: "iommu_op"}
 

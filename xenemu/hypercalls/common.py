@@ -304,3 +304,24 @@ def _helper(call_name: str, row: SubOp, encode: Callable, per_subop: bool = Fals
     helper.__signature__ = signature
     helper.__doc__ = f"{call_name} {row.name}: returns an OpResult."
     return helper
+
+
+# -- hazards -------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Hazard:
+    """A call the reference code would crash, hang or mislead Xen on, and
+    what xenemu does instead. Each ABI module keeps one table of them."""
+    name: str
+    xen: str        # the Xen code that would fail, and how
+    answer: str     # what xenemu answers instead
+    code: str = "Xen v7"    # whose code: the revision's reference
+
+
+def report_hazard(hv, d, h: Hazard, why: str) -> None:
+    """A call on d met hazard h: one warning, its count for `ctl info`, and
+    a trace record after the call's (`xenemu replay --fail-on-hazard`)."""
+    logging.getLogger("xenemu.pv_iommu").warning(
+        "[PV-IOMMU] d%d: HAZARD: %s: %s; %s would fail in %s; xenemu answers %s",
+        d.domid, h.name, why, h.code, h.xen, h.answer)
+    hv.note_hazard(d.domid, h.name, why)

@@ -31,7 +31,7 @@ from ..domain import Context, Domain
 from ..errno import XenErrno
 from ..packing import struct_of
 from ..pci import format_device, pack_sbdf
-from .common import HYPERVISOR_iommu_op, Hypercall, HypercallError, SubOp
+from .common import HYPERVISOR_iommu_op, Hazard, Hypercall, HypercallError, SubOp, report_hazard
 
 if TYPE_CHECKING:
     from ..hypervisor import Hypervisor
@@ -165,6 +165,22 @@ MAP_STOP = {
 }
 
 
+# Calls the reference (seed 001) would crash or corrupt Xen on, and what
+# xenemu answers instead (common.report_hazard).
+HAZARDS = {h.name: h for h in (
+    Hazard("unmap_identity_page",
+           "unmap_pages_op: iommu_unmap of a reserved (RMRR) page identity-mapped for a device, "
+           "then put_page() on DomIO's frame, which holds no reference (refcount underflow)",
+           "-EADDRNOTAVAIL at that page, as revision 2 does; the pages before it are unmapped",
+           code="the revision-1 reference"),
+)}
+
+
+def hazard(hv: Hypervisor, d: Domain, name: str, why: str) -> None:
+    """Report hazard `name` of HAZARDS met by a call on d."""
+    report_hazard(hv, d, HAZARDS[name], why)
+
+
 def can_use_iommu(hv: Hypervisor, d: Domain) -> None:
     if not hv.config.iommu:
         raise HypercallError(XenErrno.EPERM, "IOMMU is not enabled")
@@ -246,12 +262,21 @@ def map_pages_op(hv: Hypervisor, d: Domain, op: Op) -> int:
 def unmap_pages_op(hv: Hypervisor, d: Domain, op: Op) -> int:
     dfn, nr_pages, _, pad = UNMAP_PAGES.unpack(op.payload)
     ctx = _run_context(d, op.ctx_no, nr_pages)
+    # The reference unmaps an identity-mapped (RMRR) page like any other and
+    # put_page()s a frame it never took a reference on (DomIO's): a hazard.
+    # xenemu stops there as revision 2 does (-EADDRNOTAVAIL).
+    reserved = ctx.identity_at(dfn, nr_pages)
+    room = nr_pages if reserved is None else reserved - dfn
     # The IOTLB is flushed once over the whole range below, as Xen does.
-    done = hv.contexts.unmap(ctx, dfn, nr_pages, flush=False)
+    done = hv.contexts.unmap(ctx, dfn, room, flush=False)
     op.payload = UNMAP_PAGES.pack(dfn, nr_pages, done, pad)
     hv.contexts.iotlb_flush(ctx, dfn, nr_pages)
-    if done < nr_pages:
+    if done < room:
         raise HypercallError(XenErrno.ENOENT, f"no mapping at dfn {dfn + done:#x}")
+    if room < nr_pages:
+        why = f"dfn {reserved:#x} is in a reserved (identity) range"
+        hazard(hv, d, "unmap_identity_page", why)
+        raise HypercallError(XenErrno.EADDRNOTAVAIL, why)
     return 0
 
 

@@ -31,7 +31,6 @@ free changing nothing, a conflict -EINVAL).
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from construct import Bytes, Int8ul, Int16ul, Int32ul, Int64ul, Struct
@@ -41,7 +40,8 @@ from ..domain import Context, Domain
 from ..errno import XenErrno, XenError
 from ..p2m import P2mType
 from ..pci import format_device, pack_sbdf
-from .common import HYPERVISOR_iommu_op, Hypercall, HypercallError, SubOp, SubopCall
+from .common import (HYPERVISOR_iommu_op, Hazard, Hypercall, HypercallError, SubOp, SubopCall,
+                     report_hazard)
 
 if TYPE_CHECKING:
     from ..hypervisor import Hypervisor
@@ -141,14 +141,6 @@ MAP_STOP = {
 
 # -- Xen hazards (§9) ------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class Hazard:
-    """A call Xen v7's code would crash, hang or mislead Xen on, and what xenemu does."""
-    name: str
-    xen: str        # the Xen code that would fail, and how
-    answer: str     # what xenemu answers instead
-
-
 HAZARDS = {h.name: h for h in (
     Hazard("init_nb_ctx_zero",
            "iommu_domain_pviommu_init: BUG_ON(nb_ctx == 0), max_ctx_no + 1 truncated to "
@@ -180,12 +172,8 @@ HAZARDS = {h.name: h for h in (
 
 
 def hazard(hv: Hypervisor, d: Domain, name: str, why: str) -> None:
-    """Report hazard `name` of HAZARDS met by a call on d: one warning, its
-    count, and a trace record after the call's."""
-    h = HAZARDS[name]
-    log.warning(PREFIX + "d%d: HAZARD: %s: %s; Xen v7 would fail in %s; xenemu answers %s",
-                d.domid, name, why, h.xen, h.answer)
-    hv.note_hazard(d.domid, name, why)
+    """Report hazard `name` of HAZARDS met by a call on d."""
+    report_hazard(hv, d, HAZARDS[name], why)
 
 
 def intended(hv: Hypervisor) -> bool:
@@ -330,7 +318,13 @@ def map_pages_op(hv: Hypervisor, d: Domain, op: SubopCall) -> int:
         hazard(hv, d, "map_neither_read_nor_write", why)
         raise HypercallError(XenErrno.EINVAL, why)
     n = min(m.nr_pages, hv.config.rev2_pages_per_round)
-    done, err, why = _map_run(hv, d, ctx, m.gfn, m.dfn, n, perm)
+    # §6.2: v7 checks the start dfn alone (a run entering a reserved range
+    # meets its identity mapping: -EADDRINUSE); the header means every dfn.
+    reserved = ctx.identity_at(m.dfn, n if intended(hv) else 1)
+    room = n if reserved is None else reserved - m.dfn
+    done, err, why = _map_run(hv, d, ctx, m.gfn, m.dfn, room, perm)
+    if err is None and room < n:
+        err, why = XenErrno.EADDRNOTAVAIL, f"dfn {reserved:#x} is in a reserved (identity) range"
     if err == XenErrno.EADDRINUSE and intended(hv):
         err = XenErrno.EINVAL               # the header's answer to a conflict
     hv.contexts.iotlb_flush(ctx, m.dfn, done)
@@ -391,11 +385,17 @@ def unmap_pages_op(hv: Hypervisor, d: Domain, op: SubopCall) -> int:
     u = _view(op, UnmapPages)
     ctx = _context(d, u.ctx_no)
     n = min(u.nr_pages, hv.config.rev2_pages_per_round)
-    done = hv.contexts.unmap(ctx, u.dfn, n, flush=False)
+    # §6.2: v7 checks every dfn against the context's identity ranges.
+    reserved = ctx.identity_at(u.dfn, n)
+    room = n if reserved is None else reserved - u.dfn
+    done = hv.contexts.unmap(ctx, u.dfn, room, flush=False)
     hv.contexts.iotlb_flush(ctx, u.dfn, done)
-    err = XenErrno.ENOENT if done < n else None
-    return _round_end(op, UnmapPages, u, "unmapped", done, n, err,
-                      f"no mapping at dfn {u.dfn + done:#x}")
+    err, why = None, ""
+    if done < room:
+        err, why = XenErrno.ENOENT, f"no mapping at dfn {u.dfn + done:#x}"
+    elif room < n:
+        err, why = XenErrno.EADDRNOTAVAIL, f"dfn {reserved:#x} is in a reserved (identity) range"
+    return _round_end(op, UnmapPages, u, "unmapped", done, n, err, why)
 
 
 def _round_end(op: SubopCall, layout, s, count: str, done: int, n: int, err, why: str) -> int:

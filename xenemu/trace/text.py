@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from .. import wire
 from ..errno import result_name
 from ..hypercalls import abis, hypercall_name
-from ..hypercalls.iommu_op_v2 import HAZARDS
+from ..hypercalls import HAZARDS
 from ..wire import Call, FrameDecoder, Reply
 from .records import (ControlRecord, Continuations, HazardRecord, HypercallRecord, Record,
                       RoundRecord, TraceError)
@@ -169,7 +169,7 @@ def control_result(reply: dict) -> str:
 def hazard_text(rec: HazardRecord) -> str:
     """A hazard record in one line: what met it, and the Xen code that would fail."""
     h = HAZARDS.get(rec.name)
-    tail = f"; Xen v7 would fail in {h.xen}; xenemu answered {h.answer}" if h else ""
+    tail = f"; {h.code} would fail in {h.xen}; xenemu answered {h.answer}" if h else ""
     return f"HAZARD {rec.name}: {rec.why}{tail}"
 
 
