@@ -1,7 +1,8 @@
 """End to end: clients/c/examples/xen_iommu_driver, which calls
 HYPERVISOR_iommu_op() the way Linux's xen-iommu driver (revision 1) does -
-probe, paging domain, attach, chunked map, iova_to_phys, the error paths a
-driver meets, chunked unmap, release, domain free - against the daemon on the
+probe, the device's reserved regions (memory_op, more in test_example_rmrr.py),
+paging domain, attach, chunked map, iova_to_phys, the error paths a driver
+meets, chunked unmap, release, domain free - against the daemon on the
 default machine (d0: 128 contexts, 1 GiB, devices 0000:00:02.0..05.0;
 d1: an ordinary guest owning 0000:01:00.0)."""
 
@@ -18,12 +19,18 @@ from xenemu.errno import XenErrno
 MAX_NR_PAGES = 256
 
 # Every step line of a successful run, in order.
-STEPS = ["probe", "alloc_context", "attach", "map", "lookup_first", "lookup_middle", "lookup_last",
+STEPS = ["probe", "resv_count", "alloc_context", "attach", "map", "lookup_first", "lookup_middle", "lookup_last",
          "lookup_unmapped", "remap", "free_busy", "unmap", "release", "free_context", "free_again"]
 
 
+# The region line of the MSI window, as both examples print it for `device`.
+def msi_region(device: str) -> dict[str, str]:
+    return {"region": "msi", "device": device, "start": "0xfee00000", "end": "0xfeefffff"}
+
+
 class Run:
-    """One run of the program: exit code, stderr, its step lines and its result line."""
+    """One run of the program: exit code, stderr, its step lines, its reserved
+    regions (the region= lines, in order) and its result line."""
 
     def __init__(self, proc: subprocess.CompletedProcess):
         self.returncode = proc.returncode
@@ -31,12 +38,16 @@ class Run:
         self.stderr = proc.stderr
         self.order: list[str] = []
         self.steps: dict[str, dict[str, str]] = {}
+        self.regions: list[dict[str, str]] = []
         self.result: dict[str, str] | None = None
         for line in proc.stdout.splitlines():
             fields = dict(field.split("=", 1) for field in line.split())
             if "result" in fields:
                 assert self.result is None, f"two result lines:\n{proc.stdout}"
                 self.result = fields
+                continue
+            if "region" in fields:
+                self.regions.append(fields)
                 continue
             step = fields.pop("step")
             assert step not in self.steps, f"step {step} printed twice:\n{proc.stdout}"
@@ -75,6 +86,9 @@ def check_success(run: Run, pages: int, gfn: int, dfn: int, device: str) -> int:
 
     assert run["probe"] == {"ret": "0", "max_ctx_no": "128", "max_nr_pages": str(MAX_NR_PAGES),
                             "max_iova_addr": "0x7fffffffff"}
+    # The default machine gives no range to these devices: the count call says 0.
+    assert run["resv_count"] == {"ret": "0", "nr_entries": "0", "device": device, "flags": "0x0"}
+    assert run.regions == [msi_region(device)]
     assert run["alloc_context"]["ret"] == "0"
     ctx = int(run["alloc_context"]["ctx"])
     assert 1 <= ctx <= 128
@@ -151,7 +165,7 @@ def test_non_hardware_domain_fails_at_the_probe(daemon, c_build):
 def test_device_of_another_domain_fails_at_attach(daemon, c_build):
     run = run_driver(c_build, daemon.socket(0), "--device", "0000:01:00.0")
     assert run.returncode == 1, run
-    assert run.order == ["probe", "alloc_context", "attach", "cleanup"], run
+    assert run.order == ["probe", "resv_count", "alloc_context", "attach", "cleanup"], run
     ctx = int(run["alloc_context"]["ctx"])
     assert run["attach"] == {"ret": str(-XenErrno.ENOENT), "ctx": str(ctx), "device": "0000:01:00.0"}
     assert run.result is not None and run.result["result"] == "fail" and run.result["step"] == "attach"

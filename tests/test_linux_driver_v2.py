@@ -14,7 +14,7 @@ import pytest
 from support import DaemonProcess, assert_replays
 from test_linux_driver_sequence import Run
 
-STEPS_FIRST = ["probe", "init", "probe_again", "alloc_context", "attach", "map", "map_pv",
+STEPS_FIRST = ["probe", "init", "probe_again", "resv_count", "alloc_context", "attach", "map", "map_pv",
                "remap", "unmap", "release", "free_context", "free_again"]
 
 

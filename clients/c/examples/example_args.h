@@ -2,8 +2,8 @@
 /*
  * example_args.h - command-line parsing shared by the driver examples
  * (xen_iommu_driver.c for revision 1, xen_iommu_driver_v2.c for revision 2):
- * numbers and a PCI device as SSSS:BB:DD.F. Header-only (static inline), so
- * each example stays one translation unit.
+ * numbers, a PCI device as SSSS:BB:DD.F and a list of reserved ranges.
+ * Header-only (static inline), so each example stays one translation unit.
  */
 #ifndef XENEMU_EXAMPLE_ARGS_H
 #define XENEMU_EXAMPLE_ARGS_H
@@ -13,6 +13,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 
+#include <string.h>
+
+#include <xen/memory.h>
 #include <xen/physdev.h>
 
 /* A number in `base`; 0 on success. Refuses what strtoull would let through. */
@@ -83,6 +86,54 @@ static inline void format_sbdf(const struct physdev_pci_device *dev, char *buf, 
 {
     snprintf(buf, len, "%04x:%02x:%02x.%u", (unsigned)dev->seg, (unsigned)dev->bus,
              (unsigned)(dev->devfn >> 3), (unsigned)(dev->devfn & 7));
+}
+
+/*
+ * At most this many ranges in --expect-rmrr: a machine has at most 1024
+ * (xenemu's bound on [[rmrr]] tables), so a longer list cannot match.
+ */
+#define RMRR_LIST_MAX 1024
+
+/* The ranges --expect-rmrr names. */
+struct rmrr_list {
+    int given;
+    unsigned int nr;
+    xen_reserved_device_memory_t range[RMRR_LIST_MAX];
+};
+
+/*
+ * "none", or START_PFN:NR_PAGES[,START_PFN:NR_PAGES...] (pfn in hex, pages in
+ * decimal, at least 1) into `list`; 0 on success.
+ */
+static inline int parse_rmrr_list(const char *s, struct rmrr_list *list)
+{
+    char item[64];
+
+    list->given = 1;
+    list->nr = 0;
+    if (!strcmp(s, "none"))
+        return 0;
+    for (;;) {
+        const char *end = strchr(s, ','), *colon;
+        size_t len = end ? (size_t)(end - s) : strlen(s);
+        xen_reserved_device_memory_t *r = &list->range[list->nr];
+
+        if (list->nr == RMRR_LIST_MAX || len >= sizeof(item))
+            return -1;
+        memcpy(item, s, len);
+        item[len] = '\0';
+        colon = strchr(item, ':');
+        if (!colon)
+            return -1;
+        item[colon - item] = '\0';
+        if (parse_u64(item, 16, &r->start_pfn) || parse_u64(colon + 1, 10, &r->nr_pages) ||
+            r->nr_pages == 0)
+            return -1;
+        list->nr++;
+        if (!end)
+            return 0;
+        s = end + 1;
+    }
 }
 
 #endif

@@ -4,10 +4,14 @@
  *
  *   XENEMU_SOCKET=/tmp/xenemu-$UID/dom0.sock build/xen_iommu_driver \
  *       [--device SSSS:BB:DD.F] [--pages N] [--gfn G] [--dfn D]
+ *       [--rdm-flags F] [--expect-rmrr none|START_PFN:NR_PAGES[,...]]
  *
  * Defaults: --device 0000:00:03.0 --pages 600 --gfn 0x1000 --dfn 0x40000
- * (device, gfn and dfn in hex, pages in decimal). 600 pages need three
- * map calls of at most max_nr_pages (256) each.
+ * --rdm-flags 0 (device, gfn, dfn, flags and pfns in hex, pages in decimal).
+ * 600 pages need three map calls of at most max_nr_pages (256) each.
+ * --rdm-flags 1 (XENMEM_RDM_ALL) asks for every device's reserved ranges;
+ * --expect-rmrr checks the ranges fetched (on the default machine, 0000:00:04.0
+ * has one: --device 0000:00:04.0 --expect-rmrr e8:2).
  *
  * The xen_iommu_* functions below, each named after the Linux driver's
  * function it stands for, issue HYPERVISOR_iommu_op() exactly as those do
@@ -18,6 +22,11 @@
  * keeps the checks:
  *
  *   probe            query_capabilities: 0, max_ctx_no > 0, max_nr_pages > 0
+ *   resv_count       the device's reserved regions (example_resv.h): the MSI
+ *   resv_fetch         window, memory_op XENMEM_reserved_device_memory_map
+ *   resv_check         with a NULL buffer (-ENOBUFS and the count, or 0 for
+ *                      none), then the fetch: 0; a line per range; checked
+ *                      against --expect-rmrr when given
  *   alloc_context    alloc_context, flags 0: 0; the id is read from op.ctx_no
  *   attach           reattach_device(ctx, device): 0
  *   map              N pages gfn..gfn+N-1 at dfn..dfn+N-1, read/write, in
@@ -35,9 +44,13 @@
  *   free_again       free_context of the same id again: -ENOENT
  *
  * Output: one line per step on stdout, space-separated key=value pairs, the
- * step first and its hypercall's return value (Xen's negated errno) next:
+ * step first and its hypercall's return value (Xen's negated errno) next
+ * (resv_check makes no hypercall: no ret), and a "region=" line per reserved
+ * region of the device (example_resv.h):
  *
  *   step=probe ret=0 max_ctx_no=128 max_nr_pages=256 max_iova_addr=0x7fffffffff
+ *   region=msi device=0000:00:03.0 start=0xfee00000 end=0xfeefffff
+ *   step=resv_count ret=0 nr_entries=0 device=0000:00:03.0 flags=0x0
  *   step=alloc_context ret=0 ctx=1
  *   step=attach ret=0 ctx=1 device=0000:00:03.0
  *   step=map ret=0 mapped=600 calls=3 gfn=0x1000 dfn=0x40000 pages=600
@@ -75,6 +88,7 @@
 
 #include "xenemu_client.h"
 #include "example_args.h"
+#include "example_resv.h"
 
 #define XEN_PAGE_SHIFT 12
 #define XEN_PAGE_SIZE (UINT64_C(1) << XEN_PAGE_SHIFT)
@@ -245,7 +259,9 @@ static long xen_iommu_free(uint16_t ctx_no, uint32_t flags)
 static void usage(void)
 {
     fprintf(stderr, "usage: xen_iommu_driver [--device SSSS:BB:DD.F] [--pages N] [--gfn G] [--dfn D]\n"
-                    "  device, gfn and dfn in hex; defaults 0000:00:03.0, 600, 0x1000, 0x40000\n");
+                    "         [--rdm-flags F] [--expect-rmrr none|START_PFN:NR_PAGES[,...]]\n"
+                    "  device, gfn, dfn, flags and pfns in hex;"
+                    " defaults 0000:00:03.0, 600, 0x1000, 0x40000, 0\n");
 }
 
 
@@ -266,6 +282,7 @@ struct run {
     unsigned int want_calls;        /* map or unmap calls for the buffer */
     uint16_t ctx_no;
     int have_ctx, attached;
+    struct resv_request resv;       /* --rdm-flags, --expect-rmrr */
 };
 
 /* Options: exit with `*code` when this returns 0 (help, or bad arguments). */
@@ -296,6 +313,10 @@ static int parse_args(int argc, char **argv, struct run *r, int *code)
             bad = parse_u64(val, 16, &r->gfn);
         else if (!strcmp(opt, "--dfn"))
             bad = parse_u64(val, 16, &r->dfn);
+        else if (!strcmp(opt, "--rdm-flags"))
+            bad = parse_u64(val, 16, &r->resv.flags) || r->resv.flags > UINT32_MAX;
+        else if (!strcmp(opt, "--expect-rmrr"))
+            bad = parse_rmrr_list(val, &r->resv.want);
         else
             bad = 1;
         if (bad) {
@@ -362,6 +383,19 @@ static int step_probe(struct run *r)
     }
     r->chunk = chunk_pages(r->pages);
     r->want_calls = (unsigned int)((r->pages + caps.cap.max_nr_pages - 1) / caps.cap.max_nr_pages);
+    return 0;
+}
+
+/*
+ * Linux: xen_iommu_get_resv_regions(), which the IOMMU core calls when it
+ * probes the device: the MSI window and the device's RMRRs (example_resv.h).
+ */
+static int step_resv_regions(struct run *r)
+{
+    const char *step, *reason;
+
+    if (resv_regions_step("xen_iommu_driver", &r->dev, r->device, &r->resv, &step, &reason))
+        return fail(r, step, reason, EXIT_STEP_FAILED);
     return 0;
 }
 
@@ -519,7 +553,7 @@ static int step_domain_free(struct run *r)
 
 /* The steps in the order a DMA user of the device causes them. */
 static int (*const steps[])(struct run *) = {
-    step_probe, step_domain_alloc, step_attach, step_map, step_lookup,
+    step_probe, step_resv_regions, step_domain_alloc, step_attach, step_map, step_lookup,
     step_error_paths, step_unmap, step_release, step_domain_free,
 };
 

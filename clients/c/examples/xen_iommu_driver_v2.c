@@ -5,11 +5,14 @@
  *
  *   XENEMU_SOCKET=/tmp/xenemu-$UID/dom1.sock build/xen_iommu_driver_v2 \
  *       [--device SSSS:BB:DD.F] [--pages N] [--pv-pages P] [--gfn G] [--dfn D]
+ *       [--rdm-flags F] [--expect-rmrr none|START_PFN:NR_PAGES[,...]]
  *
  * Defaults: --device 0000:01:00.0 (guest1's on `xenemu serve --abi-revision 2`)
- * --pages 5000 --pv-pages 3 --gfn 0x10 --dfn 0x40000 (device, gfn and dfn in
- * hex). Revision 2 has no page limit: the N pages go in one map call, which
- * the hypervisor preempts and continues on its own.
+ * --pages 5000 --pv-pages 3 --gfn 0x10 --dfn 0x40000 --rdm-flags 0 (device,
+ * gfn, dfn, flags and pfns in hex). Revision 2 has no page limit: the N pages
+ * go in one map call, which the hypervisor preempts and continues on its own.
+ * --rdm-flags 1 (XENMEM_RDM_ALL) asks for every device's reserved ranges;
+ * --expect-rmrr checks the ranges fetched.
  *
  * The xen_iommu_* functions, each named after the Linux driver function it
  * stands for, issue HYPERVISOR_iommu_op() as those do; the step_* functions
@@ -22,6 +25,10 @@
  *                 takes a context and writes its id over init's bytes 0-1,
  *                 printed as taken=
  *   probe_again   query_capabilities: 0, max_ctx_no > 0 (else -ENOTSUPP, exit 4)
+ *   resv_count    the device's reserved regions (example_resv.h), as in
+ *   resv_fetch    revision 1: the MSI window, memory_op's count (-ENOBUFS, or
+ *   resv_check    0 for none) and fetch (0), a line per range, checked
+ *                 against --expect-rmrr when given
  *   alloc_context alloc_context, flags 0: 0, 0 < ctx <= max_ctx_no (context 2
  *                 under the v7 semantics, init having taken 1)
  *   attach        reattach_device(ctx, device): 0
@@ -35,7 +42,8 @@
  *   free_again    the same id again: -ENOENT
  *
  * Output: one line per step, key=value pairs, the step first and its return
- * value (Xen's negated errno) next, then "result=ok". At the first failed
+ * value (Xen's negated errno) next, a "region=" line per reserved region
+ * (example_resv.h), then "result=ok". At the first failed
  * expectation the program releases the device and frees the context (best
  * effort, "step=cleanup ret=R ctx=C"; never free with
  * IOMMU_FREE_reattach_default while a device is attached: Xen v7 livelocks),
@@ -52,6 +60,7 @@
 #include <xen/pv-iommu.h>
 #include "xenemu_client.h"
 #include "example_args.h"
+#include "example_resv.h"
 
 #define XEN_PAGE_SHIFT 12
 #define XEN_PAGE_SIZE 4096u
@@ -204,13 +213,16 @@ struct run {
     uint64_t pages, pv_pages, gfn, dfn;
     uint16_t ctx_no;
     int have_ctx, attached;
+    struct resv_request resv;       /* --rdm-flags, --expect-rmrr */
 };
 
 static void usage(void)
 {
     fprintf(stderr, "usage: xen_iommu_driver_v2 [--device SSSS:BB:DD.F] [--pages N] [--pv-pages P]"
                     " [--gfn G] [--dfn D]\n"
-                    "  device, gfn and dfn in hex; defaults 0000:01:00.0, 5000, 3, 0x10, 0x40000\n");
+                    "         [--rdm-flags F] [--expect-rmrr none|START_PFN:NR_PAGES[,...]]\n"
+                    "  device, gfn, dfn, flags and pfns in hex;"
+                    " defaults 0000:01:00.0, 5000, 3, 0x10, 0x40000, 0\n");
 }
 
 /* Options: exit with `*code` when this returns 0 (help, or bad arguments). */
@@ -243,6 +255,10 @@ static int parse_args(int argc, char **argv, struct run *r, int *code)
             bad = parse_u64(val, 16, &r->gfn);
         else if (!strcmp(opt, "--dfn"))
             bad = parse_u64(val, 16, &r->dfn);
+        else if (!strcmp(opt, "--rdm-flags"))
+            bad = parse_u64(val, 16, &r->resv.flags) || r->resv.flags > UINT32_MAX;
+        else if (!strcmp(opt, "--expect-rmrr"))
+            bad = parse_rmrr_list(val, &r->resv.want);
         else
             bad = 1;
         if (bad) {
@@ -322,6 +338,19 @@ static int step_probe(struct run *r)
     /* The aperture the driver gives its domains ends at max_iova_addr. */
     if (r->dfn + r->pages + r->pv_pages - 1 > caps.max_iova_addr >> XEN_PAGE_SHIFT)
         return fail(r, "probe", "outside-aperture", EXIT_STEP_FAILED);
+    return 0;
+}
+
+/*
+ * Linux: xen_iommu_get_resv_regions(), which the IOMMU core calls when it
+ * probes the device: the MSI window and the device's RMRRs (example_resv.h).
+ */
+static int step_resv_regions(struct run *r)
+{
+    const char *step, *reason;
+
+    if (resv_regions_step("xen_iommu_driver_v2", &r->dev, r->device, &r->resv, &step, &reason))
+        return fail(r, step, reason, EXIT_STEP_FAILED);
     return 0;
 }
 
@@ -428,7 +457,7 @@ static int step_domain_free(struct run *r)
 
 /* The steps in the order a DMA user of the device causes them. */
 static int (*const steps[])(struct run *) = {
-    step_probe, step_domain_alloc, step_attach, step_map, step_unmap, step_release,
+    step_probe, step_resv_regions, step_domain_alloc, step_attach, step_map, step_unmap, step_release,
     step_domain_free,
 };
 
