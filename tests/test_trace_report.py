@@ -56,7 +56,7 @@ def test_a_report_of_a_corpus_trace(tmp_path):
     assert "Plotly.newPlot" in html and "plotly.js" in html
     assert "default-src 'none'" in own
     assert not re.search(r"(src|href)\s*=\s*[\"']?(https?:)?//", own)
-    assert own.count('class="plotly-graph-div"') == 3
+    assert own.count('class="plotly-graph-div"') == 4
     # What the trace holds: its domains, results per sub-op, refused frames.
     assert "d0 dom0" in own and "d1 guest1" in own
     assert "31 records over" in own and "28 hypercalls (21 failed)" in own
@@ -77,6 +77,7 @@ def test_a_report_of_the_whole_corpus_bounds_the_large_trace(tmp_path):
     assert "110,069 records" in own and "(21,814 failed)" in own
     assert re.search(r"calls \(1 in \d+ shown\)", own) and re.search(r"errors \(1 in \d+ shown\)",
                                                                        own)
+    assert "hypercalls/s (bins of 102.4 ms)" in own      # 14 s in at most 200 bins
     assert out.stat().st_size < 4_900_000 + len(traces) * 1_000_000
     # Continuations, control requests: continued-free and machine-changes.
     assert re.search(r"<td>free_context</td><td class=\"num\">\d+</td>", own)
@@ -90,6 +91,16 @@ def test_thinning_keeps_a_bounded_even_sample():
     assert t.seen == 100_000 and 50 <= len(t.items) <= 100
     gaps = {b - a for a, b in zip(t.items, t.items[1:])}
     assert gaps == {t.stride} and t.items[0] == 0
+
+
+def test_the_rate_keeps_a_bounded_number_of_bins_and_every_call():
+    rate = digest.Rate(bins=50, width=0.001)
+    for i in range(10_000):
+        rate.add(5.0 + i * 0.01, i % 3, i % 7 == 0)
+    assert all(len(series) <= 50 for series in rate.counts.values())
+    assert rate.width == 0.001 * 2 ** 11             # 100 s of calls in 50 bins of 2.048 s
+    assert sum(ok + bad for s in rate.counts.values() for ok, bad in s) == 10_000
+    assert sum(bad for s in rate.counts.values() for _, bad in s) == len(range(0, 10_000, 7))
 
 
 def test_replay_report_writes_a_page_for_each_trace_that_diverged(tmp_path):
@@ -202,8 +213,8 @@ def test_a_diverged_replay_report_renders_in_a_browser(chromium, tmp_path):
     out = headless(chromium, tmp_path / "profile1", "--dump-dom", page.as_uri())
     dom = out.stdout
     assert out.returncode == 0 and "</html>" in dom, out.stderr[-2000:]
-    # plotly drew its three plots as SVG: points on the timeline, bars, a line.
-    assert dom.count('class="main-svg"') >= 6, "plotly did not draw"
+    # plotly drew its four plots as SVG: points on the timeline, bars, lines.
+    assert dom.count('class="main-svg"') >= 8, "plotly did not draw"
     assert dom.count('class="point"') >= 28 + 11
     assert 'class="scatterlayer' in dom and 'class="barlayer' in dom and 'class="js-line"' in dom
     # The domains as the timeline's axis labels, drawn by plotly.

@@ -28,6 +28,7 @@ MAX_ERROR_POINTS = 2000         # failed calls, refused frames and hazards on th
 MAX_PAGE_POINTS = 1000          # points of one context's mapped-pages line
 MAX_CONTEXT_LINES = 32          # contexts drawn (those that mapped the most pages)
 MAX_TABLE_ROWS = 200            # rows of each table (continuations, control events, ...)
+RATE_BINS = 200                 # time bins of the calls-per-second plot (at most)
 
 
 class Thinned:
@@ -72,6 +73,34 @@ class Bounded:
         self.total += 1
 
 
+class Rate:
+    """Calls per time bin, per domain, successful and failed apart: at most
+    `bins` bins from the first call on, their width doubling (pairs merged)
+    whenever the trace outlasts them, so that memory is bounded by the
+    domains, not by the trace's length."""
+
+    def __init__(self, bins: int = RATE_BINS, width: float = 1e-4):
+        self.bins = bins
+        self.width = width              # seconds a bin spans
+        self.origin: float | None = None
+        self.counts: dict[int, list[list[int]]] = {}   # domid -> [[ok, failed], ...]
+
+    def add(self, t: float, domid: int, failed: bool) -> None:
+        if self.origin is None:
+            self.origin = t
+        index = int((t - self.origin) / self.width)
+        while index >= self.bins:
+            self.width *= 2
+            index //= 2
+            for series in self.counts.values():
+                series[:] = [[a[0] + b[0], a[1] + b[1]]
+                             for a, b in zip(series[::2], series[1::2] + [[0, 0]])]
+        series = self.counts.setdefault(domid, [])
+        while len(series) <= index:
+            series.append([0, 0])
+        series[index][failed] += 1
+
+
 @dataclass
 class Point:
     """One event on the timeline."""
@@ -107,6 +136,7 @@ class Digest:
     last: float = 0.0
     calls: Thinned = field(default_factory=lambda: Thinned(MAX_TIMELINE_POINTS))
     failures: Thinned = field(default_factory=lambda: Thinned(MAX_ERROR_POINTS))
+    rate: Rate = field(default_factory=Rate)   # hypercalls per time bin, per domain
     results: dict[str, Counter] = field(default_factory=lambda: defaultdict(Counter))
     pages: dict[tuple[int, int], Thinned] = field(default_factory=dict)   # (domid, ctx) ->
     continued: Bounded = field(default_factory=Bounded)
@@ -206,6 +236,7 @@ def _read(dg: Digest, reader: TraceReader, marks: frozenset[int]) -> None:
                 del open_calls[rec.c]
         if ev.kind == "hypercall" and ev.result:      # a call answered
             dg.hypercalls += 1
+            dg.rate.add(rec.t, ev.domid, ev.failed)
             dg.results[ev.name][ev.result] += 1
             mapped.hypercall(ev)
         if ev.kind == "hypercall" and not ev.result:

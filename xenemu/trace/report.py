@@ -94,37 +94,64 @@ def _figure(fig, title: str) -> str:
 # -- plots ------------------------------------------------------------------------
 
 def _timeline(dg: Digest, marks: list[Point]) -> str:
+    """Each event a point in its domain's row (control requests in a row of
+    their own): successful ones just above the row's line, failed ones just
+    below, so that neither hides the other however dense the trace."""
     import plotly.graph_objects as go
 
-    rows = [dg.domain_label(d) for d in sorted(dg.domains)] + ["control"]
+    events = [*dg.calls.items, *dg.failures.items, *marks]
+    used = {p.domid for p in events}
+    rows = sorted(used - {None}) + [None] * (None in used)    # the control row last
+    at = {domid: i for i, domid in enumerate(reversed(rows))}
     fig = go.Figure()
 
-    def points(series, name, color, symbol, size):
-        items = series.items
+    def points(items, name, offset, **marker):
         fig.add_trace(go.Scatter(
-            x=[p.t for p in items], y=[dg.domain_label(p.domid) for p in items],
-            mode="markers", name=name, marker=dict(color=color, symbol=symbol, size=size),
-            hovertext=[_e(f"#{p.number} t={p.t:.6f} {p.label}") for p in items],
-            hoverinfo="text"))
-    points(dg.calls, "calls" + (f" (1 in {dg.calls.stride} shown)" if dg.calls.thinned else ""),
-           _OK, "circle", 5)
-    points(dg.failures, "errors" + (f" (1 in {dg.failures.stride} shown)"
-                                    if dg.failures.thinned else ""), _ERROR, "x", 9)
+            x=[p.t for p in items], y=[at[p.domid] + offset for p in items],
+            mode="markers", name=name, marker=marker, hoverinfo="text",
+            hovertext=[_e(f"#{p.number} t={p.t:.6f} {dg.domain_label(p.domid)} {p.label}")
+                       for p in items]))
+
+    def thinned(name, series):
+        return name + (f" (1 in {series.stride} shown)" if series.thinned else "")
+    points(dg.calls.items, thinned("calls", dg.calls), 0.15, color=_OK, symbol="circle", size=5)
+    points(dg.failures.items, thinned("errors", dg.failures), -0.15, color=_ERROR, symbol="x",
+           size=8)
     if marks:
-        fig.add_trace(go.Scatter(
-            x=[p.t for p in marks], y=[dg.domain_label(p.domid) for p in marks],
-            mode="markers", name="divergence",
-            marker=dict(color=_DIVERGENCE, symbol="star", size=16,
-                        line=dict(width=1, color="black")),
-            hovertext=[_e(f"divergence at record {p.number}: {p.label}") for p in marks],
-            hoverinfo="text"))
-    used = {dg.domain_label(p.domid) for p in [*dg.calls.items, *dg.failures.items, *marks]}
-    rows = [r for r in rows if r in used] + sorted(used - set(rows))
-    fig.update_yaxes(type="category", categoryorder="array", categoryarray=rows[::-1])
+        points(marks, "divergence", 0.0, color=_DIVERGENCE, symbol="star", size=16,
+               line=dict(width=1, color="black"))
+    fig.update_yaxes(tickvals=list(range(len(rows))),
+                     ticktext=[_e(dg.domain_label(d)) for d in reversed(rows)],
+                     range=[-0.6, len(rows) - 0.4], showgrid=True)
     fig.update_xaxes(title="time since the machine started (s)")
-    fig.update_layout(height=160 + 40 * len(rows), hovermode="closest",
-                      legend=dict(orientation="h", y=-0.25 if len(rows) < 4 else -0.1))
-    return _figure(fig, "Hypercalls and control requests per domain")
+    fig.update_layout(height=170 + 45 * len(rows), hovermode="closest",
+                      legend=dict(orientation="h", y=-0.3 if len(rows) < 4 else -0.1))
+    return _figure(fig, "Hypercalls and control requests per domain (errors below each row)")
+
+
+def _rate(dg: Digest) -> str:
+    """Hypercalls per second over time, per domain, and how many of them failed."""
+    import plotly.graph_objects as go
+
+    rate = dg.rate
+    if not rate.counts:
+        return ""
+    fig = go.Figure()
+    for i, (domid, series) in enumerate(sorted(rate.counts.items())):
+        color = _ERRORS[(i + 8) % len(_ERRORS)]
+        x = [rate.origin + (k + 0.5) * rate.width for k in range(len(series))]
+        label = _e(dg.domain_label(domid))
+        fig.add_trace(go.Scatter(x=x, y=[(ok + bad) / rate.width for ok, bad in series],
+                                 mode="lines", line_shape="hvh", name=f"{label}: all",
+                                 line=dict(color=color)))
+        fig.add_trace(go.Scatter(x=x, y=[bad / rate.width for _, bad in series],
+                                 mode="lines", line_shape="hvh", name=f"{label}: failed",
+                                 line=dict(color=color, dash="dot")))
+    fig.update_xaxes(title="time since the machine started (s)")
+    fig.update_yaxes(title=f"hypercalls/s (bins of {rate.width * 1000:g} ms)",
+                     rangemode="tozero")
+    fig.update_layout(height=320, showlegend=True)
+    return _figure(fig, "Hypercalls per second")
 
 
 def _mapped_pages(dg: Digest) -> str:
@@ -165,7 +192,7 @@ def _results(dg: Digest) -> str:
             name=_e(outcome), marker_color=color))
     fig.update_layout(barmode="stack", height=140 + 30 * len(names))
     fig.update_xaxes(title="calls")
-    rows = [(n, sum(dg.results[n].values()),
+    rows = [(n, f"{sum(dg.results[n].values()):,}",
              "  ".join(f"{r}: {k:,}" for r, k in dg.results[n].most_common())) for n in names]
     return _figure(fig, "Results per sub-op") + _table(["sub-op", "calls", "results"], rows,
                                                         numeric=frozenset({1}))
@@ -177,7 +204,7 @@ def _continuations(dg: Digest) -> str:
     b = dg.continued
     if not b.total:
         return '<p class="note">No call continued.</p>'
-    rows = [(c.number, dg.domain_label(c.domid), c.name, c.rounds, f"{c.start:.6f}",
+    rows = [(f"{c.number:,}", dg.domain_label(c.domid), c.name, c.rounds, f"{c.start:.6f}",
              "-" if c.end is None else f"{c.end:.6f}", c.result or "never finished")
             for c in b.rows]
     return _table(["record", "domain", "call", "rounds", "first round (s)", "last round (s)",
@@ -251,7 +278,7 @@ def _section(i: int, part: Part) -> str:
            f'<p class="note">{_e(meta)}</p>']
     if dg.cut_off:
         out.append(f'<p class="note">{_e(dg.cut_off)}</p>')
-    out += [_replay(part), '<h3>Timeline</h3>', _timeline(dg, marks),
+    out += [_replay(part), '<h3>Timeline</h3>', _timeline(dg, marks), _rate(dg),
             '<h3>Mapped pages</h3>', _mapped_pages(dg),
             '<h3>Results</h3>', _results(dg),
             '<h3>Continued calls</h3>', _continuations(dg),
