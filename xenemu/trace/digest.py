@@ -92,13 +92,30 @@ class Rate:
         while index >= self.bins:
             self.width *= 2
             index //= 2
-            for series in self.counts.values():
-                series[:] = [[a[0] + b[0], a[1] + b[1]]
-                             for a, b in zip(series[::2], series[1::2] + [[0, 0]])]
+            self.counts = {d: _pairs_merged(s) for d, s in self.counts.items()}
         series = self.counts.setdefault(domid, [])
         while len(series) <= index:
             series.append([0, 0])
         series[index][failed] += 1
+
+    def readable(self, least: int = 10, fewest: int = 10) -> tuple[float, dict]:
+        """(width, counts) with bins wide enough that a busy one holds `least`
+        calls on average (at most `fewest` bins left): a short trace's calls
+        at 0.1 ms would be spikes, not a rate."""
+        width, counts = self.width, self.counts
+        while True:
+            bins = max((len(s) for s in counts.values()), default=0)
+            busy = sum(1 for s in counts.values() for ok, bad in s if ok + bad)
+            calls = sum(ok + bad for s in counts.values() for ok, bad in s)
+            if bins <= fewest or calls >= least * busy:
+                return width, counts
+            width *= 2
+            counts = {d: _pairs_merged(s) for d, s in counts.items()}
+
+
+def _pairs_merged(series: list[list[int]]) -> list[list[int]]:
+    """Bins twice as wide: each pair's counts added."""
+    return [[a[0] + b[0], a[1] + b[1]] for a, b in zip(series[::2], series[1::2] + [[0, 0]])]
 
 
 @dataclass

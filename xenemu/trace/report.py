@@ -136,19 +136,20 @@ def _rate(dg: Digest) -> str:
     rate = dg.rate
     if not rate.counts:
         return ""
+    width, counts = rate.readable()
     fig = go.Figure()
-    for i, (domid, series) in enumerate(sorted(rate.counts.items())):
+    for i, (domid, series) in enumerate(sorted(counts.items())):
         color = _ERRORS[(i + 8) % len(_ERRORS)]
-        x = [rate.origin + (k + 0.5) * rate.width for k in range(len(series))]
+        x = [rate.origin + (k + 0.5) * width for k in range(len(series))]
         label = _e(dg.domain_label(domid))
-        fig.add_trace(go.Scatter(x=x, y=[(ok + bad) / rate.width for ok, bad in series],
+        fig.add_trace(go.Scatter(x=x, y=[(ok + bad) / width for ok, bad in series],
                                  mode="lines", line_shape="hvh", name=f"{label}: all",
                                  line=dict(color=color)))
-        fig.add_trace(go.Scatter(x=x, y=[bad / rate.width for _, bad in series],
+        fig.add_trace(go.Scatter(x=x, y=[bad / width for _, bad in series],
                                  mode="lines", line_shape="hvh", name=f"{label}: failed",
                                  line=dict(color=color, dash="dot")))
     fig.update_xaxes(title="time since the machine started (s)")
-    fig.update_yaxes(title=f"hypercalls/s (bins of {rate.width * 1000:g} ms)",
+    fig.update_yaxes(title=f"hypercalls/s (bins of {width * 1000:g} ms)",
                      rangemode="tozero")
     fig.update_layout(height=320, showlegend=True)
     return _figure(fig, "Hypercalls per second")
