@@ -85,6 +85,21 @@ def test_a_report_of_the_whole_corpus_bounds_the_large_trace(tmp_path):
     assert "<td>domain_create</td>" in own and "d7 hotplug" in own
 
 
+def test_the_busiest_domains_are_drawn_apart_the_rest_as_one(tmp_path):
+    header, records = load(TRACES / "error-paths.xt")
+    for i, rec in enumerate(records):
+        if "d" in rec:
+            rec["d"] = 100 + i          # 31 domains, one record each
+    out = tmp_path / "r.html"
+    r = xenemu("trace", "report", str(save(tmp_path / "many.xt", header, records)), "-o",
+               str(out))
+    assert r.returncode == 0, r.stderr
+    own = page_outside_plotly(out.read_text())
+    ticks = re.search(r'"ticktext":\[([^\]]*)\]', own).group(1).split(",")
+    assert len(ticks) == digest.MAX_DOMAIN_ROWS + 1 and ticks[0] == '"other domains"'
+    assert '"name":"other domains: all"' in own
+
+
 def test_thinning_keeps_a_bounded_even_sample():
     t = digest.Thinned(100)
     for i in range(100_000):

@@ -29,6 +29,8 @@ MAX_PAGE_POINTS = 1000          # points of one context's mapped-pages line
 MAX_CONTEXT_LINES = 32          # contexts drawn (those that mapped the most pages)
 MAX_TABLE_ROWS = 200            # rows of each table (continuations, control events, ...)
 RATE_BINS = 200                 # time bins of the calls-per-second plot (at most)
+MAX_DOMAIN_ROWS = 16            # domains drawn apart (the busiest; the rest as one)
+OTHERS = -1                     # the domid standing for the domains not drawn apart
 
 
 class Thinned:
@@ -162,12 +164,25 @@ class Digest:
     marked: dict[int, Point] = field(default_factory=dict)  # records asked for (divergences)
     cut_off: str | None = None
     error: str | None = None        # a record past which the trace could not be read
+    _busiest: set[int] | None = None    # drawn(): computed once the trace is read
 
     def domain_label(self, domid: int | None) -> str:
         if domid is None:
             return "control"
+        if domid == OTHERS:
+            return "other domains"
         name = self.domains.get(domid)
         return f"d{domid} {name}" if name else f"d{domid}"
+
+    def drawn(self, domid: int | None) -> int | None:
+        """The domain as plots draw it: itself if it is one of the
+        MAX_DOMAIN_ROWS busiest, else OTHERS (a page of a machine of 1023
+        domains stays readable and bounded)."""
+        if self._busiest is None:
+            calls = {d: sum(ok + bad for ok, bad in s) for d, s in self.rate.counts.items()}
+            self._busiest = set(sorted(calls, key=lambda d: (-calls[d], d))[:MAX_DOMAIN_ROWS])
+        return domid if domid is None or domid in self._busiest or \
+            (len(self._busiest) < MAX_DOMAIN_ROWS and domid not in self.rate.counts) else OTHERS
 
     def context_lines(self) -> list[tuple[tuple[int, int], Thinned]]:
         """The contexts drawn: those whose mapped pages peaked highest."""

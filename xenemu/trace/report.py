@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import __version__
-from .digest import MAX_TABLE_ROWS, Digest, Point
+from .digest import MAX_TABLE_ROWS, OTHERS, Digest, Point
 from .replay import ReplayResult
 
 MAX_TRACES = 32                 # traces on one page (each up to ~1 MB of data)
@@ -100,14 +100,15 @@ def _timeline(dg: Digest, marks: list[Point]) -> str:
     import plotly.graph_objects as go
 
     events = [*dg.calls.items, *dg.failures.items, *marks]
-    used = {p.domid for p in events}
-    rows = sorted(used - {None}) + [None] * (None in used)    # the control row last
+    used = {dg.drawn(p.domid) for p in events}
+    # Top to bottom: domains, the rest of them as one, control requests.
+    rows = sorted(used - {None, OTHERS}) + [OTHERS] * (OTHERS in used) + [None] * (None in used)
     at = {domid: i for i, domid in enumerate(reversed(rows))}
     fig = go.Figure()
 
     def points(items, name, offset, **marker):
         fig.add_trace(go.Scatter(
-            x=[p.t for p in items], y=[at[p.domid] + offset for p in items],
+            x=[round(p.t, 6) for p in items], y=[at[dg.drawn(p.domid)] + offset for p in items],
             mode="markers", name=name, marker=marker, hoverinfo="text",
             hovertext=[_e(f"#{p.number} t={p.t:.6f} {dg.domain_label(p.domid)} {p.label}")
                        for p in items]))
@@ -137,10 +138,17 @@ def _rate(dg: Digest) -> str:
     if not rate.counts:
         return ""
     width, counts = rate.readable()
+    drawn: dict[int, list[list[int]]] = {}      # the busiest domains, and the rest as one
+    for domid, series in counts.items():
+        total = drawn.setdefault(dg.drawn(domid), [])
+        total += [[0, 0] for _ in range(len(series) - len(total))]
+        for k, (ok, bad) in enumerate(series):
+            total[k][0] += ok
+            total[k][1] += bad
     fig = go.Figure()
-    for i, (domid, series) in enumerate(sorted(counts.items())):
+    for i, (domid, series) in enumerate(sorted(drawn.items())):
         color = _ERRORS[(i + 8) % len(_ERRORS)]
-        x = [rate.origin + (k + 0.5) * width for k in range(len(series))]
+        x = [round(rate.origin + (k + 0.5) * width, 6) for k in range(len(series))]
         label = _e(dg.domain_label(domid))
         fig.add_trace(go.Scatter(x=x, y=[(ok + bad) / width for ok, bad in series],
                                  mode="lines", line_shape="hvh", name=f"{label}: all",
@@ -164,7 +172,7 @@ def _mapped_pages(dg: Digest) -> str:
     fig = go.Figure()
     for (domid, ctx), series in lines:
         fig.add_trace(go.Scatter(
-            x=[t for t, _ in series.items], y=[v for _, v in series.items], mode="lines",
+            x=[round(t, 6) for t, _ in series.items], y=[v for _, v in series.items], mode="lines",
             line_shape="hv", name=_e(f"{dg.domain_label(domid)} ctx {ctx}")))
     fig.update_xaxes(title="time since the machine started (s)")
     fig.update_yaxes(title="pages mapped", rangemode="tozero")
