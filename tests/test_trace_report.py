@@ -149,6 +149,11 @@ def test_replay_report_of_a_control_divergence(tmp_path):
     assert f"Divergence at record {n}" in own
     assert re.search(r'<tr class="differs"><td>data</td><td>66 72 6f 6d 20 74 68 65 20 47 55',
                      own)
+    # Starred on the timeline, in the control requests' row.
+    star = re.search(r'"name":"divergence","x":\[[^\]]*\],"y":\[([^\]]*)\]', own)
+    ticks = re.search(r'"ticktext":\[([^\]]*)\]', own).group(1).split(",")
+    assert star and ticks[int(float(star.group(1)))] == '"control"'
+
 
 
 def test_trace_names_are_escaped(tmp_path):

@@ -251,8 +251,9 @@ def _read(dg: Digest, reader: TraceReader, marks: frozenset[int]) -> None:
         dg.records = number
         dg.first = rec.t if dg.first is None else dg.first
         dg.last = rec.t
-        if number in marks:
-            dg.marked[number] = Point(number, rec.t, ev.domid, ev.name)
+        if number in marks:      # in the row the timeline draws the record in
+            row = None if isinstance(rec, ControlRecord) else ev.domid
+            dg.marked[number] = Point(number, rec.t, row, ev.name)
         if isinstance(rec, ControlRecord):
             _control(dg, mapped, number, rec, ev)
             continue

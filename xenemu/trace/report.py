@@ -335,8 +335,6 @@ def render(parts: list[Part]) -> str:
         "</head><body>", *body, "</body></html>"])
 
 
-def write(path: Path, parts: list[Part]) -> int:
-    """Write the page to `path` (OSError if it cannot be); its size in bytes."""
-    data = render(parts).encode()
-    path.write_bytes(data)
-    return len(data)
+def write(path: Path, parts: list[Part]) -> None:
+    """Write the page to `path` (OSError if it cannot be)."""
+    path.write_bytes(render(parts).encode())
