@@ -17,7 +17,7 @@ PYTEST_ARGS ?=
 HW_SOURCES := $(wildcard cext/*.c cext/*.h) xenemu/hw/_build.py
 
 .PHONY: all run test test-tools bench bench-smoke bench-tools traces fuzz soak clients venv clean \
-        install install-prefix-check uninstall
+        install install-prefix-check uninstall browser
 
 all: venv clients
 
@@ -162,8 +162,24 @@ $(BUILD)/bench_%: bench/c/%.c bench/c/common.h $(CLIENT_HDRS)
 run: venv clients
 	$(VENV)/bin/xenemu serve
 
+# Chromium from Debian's packages, for the test that renders a trace report in a
+# real browser (tests/test_trace_report.py: it skips, saying why, without one).
+# Installed where we are root and have apt-get (~30 s, once); elsewhere a note.
+CHROMIUM ?= /usr/bin/chromium
+browser:
+	@test -x $(CHROMIUM) || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  echo "make browser: installing chromium (Debian's package)" && \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium \
+	    >/dev/null; } || \
+	  echo "make browser: no $(CHROMIUM), and it cannot be installed here (needs root and" \
+	       "apt-get): the browser test of trace reports will skip"
+
+# The README's screenshot of a trace report, taken by that test's browser.
+docs/trace-report.png: browser venv
+	XENEMU_REPORT_SCREENSHOT=$(abspath $@) $(VPY) -m pytest -q tests/test_trace_report.py -k browser
+
 # The tests run `python -m bench --smoke`, which needs the benchmark programs.
-test: venv clients bench-tools test-tools
+test: venv clients bench-tools test-tools browser
 	$(VPY) -m pytest -q $(PYTEST_ARGS)
 
 # tests/test_install.py builds against an installed tree with pkg-config:

@@ -1,9 +1,11 @@
-"""The trace commands: `xenemu replay`, `xenemu trace show`, `xenemu trace stats`.
+"""The trace commands: `xenemu replay`, `xenemu trace show`, `xenemu trace stats`
+(and `xenemu trace report`, in report_cli).
 
 Exit status of replay: 0 when every record of every trace matched, 1 when
 some diverged (or the machine's invariant check failed after a replay, or
 with --fail-on-hazard a trace holds a hazard record),
-2 when a trace could not be read.
+2 when a trace could not be read (or --report's directory or a report in it
+cannot be written).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import xml.etree.ElementTree as ET
 from collections import Counter, defaultdict
 from pathlib import Path
 
-from . import text
+from . import report_cli, text
 from .reader import TraceReader, located
 from .records import TraceError
 from .replay import ReplayResult, replay_file
@@ -39,9 +41,12 @@ def add_commands(sub) -> None:
     replay.add_argument("--fail-on-hazard", action="store_true",
                         help="also fail (exit 1) on a trace holding a hazard record: a call "
                              "Xen v7 would have crashed, hung or misled on")
+    replay.add_argument("--report", type=Path, metavar="DIR",
+                        help="write an HTML report (xenemu trace report) into DIR for each "
+                             "trace whose replay failed, its divergences side by side")
     replay.set_defaults(func=replay_command)
 
-    trace = sub.add_parser("trace", help="read traces: show, stats")
+    trace = sub.add_parser("trace", help="read traces: show, stats, report")
     tsub = trace.add_subparsers(dest="trace_command", required=True)
     show = tsub.add_parser("show", help="one readable line per record")
     show.add_argument("trace", type=Path, metavar="FILE")
@@ -56,6 +61,7 @@ def add_commands(sub) -> None:
     stats.add_argument("trace", type=Path, metavar="FILE")
     stats.add_argument("--domain", type=int, metavar="DOMID", help="only this domain's events")
     stats.set_defaults(func=stats_command)
+    report_cli.add_command(tsub)
 
 
 def _events(reader: TraceReader, with_text: bool = True):
@@ -191,6 +197,9 @@ def _summary(r: ReplayResult) -> str:
 
 
 def replay_command(args) -> int:
+    if args.report and (error := report_cli.check_report_dir(args.report)):
+        print(f"xenemu: {error}", file=sys.stderr)
+        return 2
     show_progress = sys.stderr.isatty() and not os.environ.get("CI") and not args.quiet
     results = []
     for path in args.traces:
@@ -207,6 +216,8 @@ def replay_command(args) -> int:
             print(_summary(r), flush=True)
     if args.junit:
         write_junit(args.junit, results)
+    if args.report and report_cli.write_replay_reports(args.report, results, _summary):
+        return 2
     if any(r.error for r in results):
         return 2
     return 0 if all(r.ok for r in results) else 1

@@ -43,6 +43,10 @@ class Divergence:
     number: int      # the record (from 1)
     summary: str     # one line
     report: str      # the full readable report
+    # The same, as rows for a table (xenemu trace report): the request's
+    # fields, and the reply's as (field, expected, actual).
+    request: list[tuple[str, str]] = field(default_factory=list)
+    fields: list[tuple[str, str, str]] = field(default_factory=list)
 
 
 @dataclass
@@ -155,25 +159,26 @@ class Replayer:
                  f"  expected {tracetext.result_text(call, want, self.revision)}, "
                  f"got {tracetext.result_text(call, got, self.revision)}",
                  "  request:"]
-        lines += [f"    {k:<12} {v}" for k, v in tracetext.request_fields(call, self.revision)]
+        request = tracetext.request_fields(call, self.revision)
+        lines += [f"    {k:<12} {v}" for k, v in request]
         lines.append("  reply:")
-        lines += tracetext.side_by_side(tracetext.reply_fields(call, want, self.revision),
-                                        tracetext.reply_fields(call, got, self.revision))
+        fields = tracetext.paired(tracetext.reply_fields(call, want, self.revision),
+                                  tracetext.reply_fields(call, got, self.revision))
+        lines += tracetext.side_by_side(fields)
         lines.append("  " + tracetext.first_difference(expected, actual))
         lines += ["  context state now:"] + [f"    {s}" for s in self._context_state(domid, call)]
         rev = self.revision
         summary = (f"record {number}: d{domid} {tracetext.request_text(call, rev)}: expected "
                    f"{tracetext.result_text(call, want, rev)}, "
                    f"got {tracetext.result_text(call, got, rev)}")
-        return Divergence(number, summary, "\n".join(lines))
+        return Divergence(number, summary, "\n".join(lines), request, fields)
 
     def _context_state(self, domid: int, call: wire.Call) -> list[str]:
         """The state of the context the call names, and of the dfns it touches."""
         d = self.hv.domains.get(domid)
         abi, op = tracetext.described(call, call.regions, self.revision)
         fields = abi.view_fields(op) if op is not None else {}
-        ctx_no = getattr(op, "ctx_no", None) if op is not None and "ctx_no" in abi.head_names \
-            else fields.get("ctx_no")
+        ctx_no = tracetext.context_of(abi, op)
         if d is None or ctx_no is None:
             return ["(not a PV-IOMMU call: no context)"]
         ctx = d.context(ctx_no)
@@ -214,12 +219,15 @@ class Replayer:
         args = tracetext.control_args(req)
         keys = list(expected) + [k for k in actual if k not in expected]
         short = tracetext.short_value
-        rows = tracetext.side_by_side([(k, short(expected.get(k, "-"))) for k in keys],
-                                      [(k, short(actual.get(k, "-"))) for k in keys])
+        fields = tracetext.paired([(k, short(expected.get(k, "-"))) for k in keys],
+                                  [(k, short(actual.get(k, "-"))) for k in keys])
         report = "\n".join([f"divergence at record {number} (t={self._time:.6f} s): "
-                            f"control {req.get('op')} {args}", "  reply:", *rows])
+                            f"control {req.get('op')} {args}", "  reply:",
+                            *tracetext.side_by_side(fields)])
+        request = [("op", str(req.get("op")))] + [(k, short(v)) for k, v in req.items()
+                                                   if k != "op"]
         return Divergence(number, f"record {number}: control {req.get('op')} {args}: "
-                                  f"the reply differs", report)
+                                  f"the reply differs", report, request, fields)
 
     def _protocol(self, number: int, rec: ProtocolRecord) -> Divergence | None:
         decoder = wire.FrameDecoder.for_server()

@@ -58,6 +58,16 @@ def described(call: Call, regions, revision: int = 1):
     return (abi, op) if op is not None else (None, None)
 
 
+def context_of(abi, op) -> int | None:
+    """The context number a described call names (a head field in revision 1,
+    a field of the sub-op's struct in revision 2), or None."""
+    if op is None:
+        return None
+    if "ctx_no" in abi.head_names:
+        return op.ctx_no
+    return abi.view_fields(op).get("ctx_no")
+
+
 def call_name(call: Call, revision: int = 1) -> str:
     """The sub-op's name for a hypercall with sub-ops, else the hypercall's."""
     abi, op = described(call, call.regions, revision)
@@ -122,16 +132,20 @@ def short_hex(data: bytes, limit: int = 32) -> str:
     return data[:limit].hex() + (f"... ({len(data)} bytes)" if len(data) > limit else "")
 
 
-def side_by_side(expected: list[tuple[str, str]], actual: list[tuple[str, str]]) -> list[str]:
-    """Rows 'field  expected  actual', differing ones marked with '<<'."""
+def paired(expected: list[tuple[str, str]],
+           actual: list[tuple[str, str]]) -> list[tuple[str, str, str]]:
+    """(field, expected, actual) for every field of either, '-' where one lacks it."""
     exp, act = dict(expected), dict(actual)
     names = list(exp) + [n for n in act if n not in exp]
-    w_name = max(len(n) for n in names + ["field"])
-    w_exp = max(min(len(exp.get(n, "-")), 48) for n in names + ["field"])
-    w_exp = max(w_exp, len("expected"))
+    return [(n, exp.get(n, "-"), act.get(n, "-")) for n in names]
+
+
+def side_by_side(rows: list[tuple[str, str, str]]) -> list[str]:
+    """paired() rows as 'field  expected  actual', differing ones marked with '<<'."""
+    w_name = max(len(n) for n, _, _ in rows + [("field", "", "")])
+    w_exp = max([min(len(e), 48) for _, e, _ in rows] + [len("expected")])
     lines = [f"    {'field':<{w_name}}  {'expected':<{w_exp}}  actual"]
-    for n in names:
-        e, a = exp.get(n, "-"), act.get(n, "-")
+    for n, e, a in rows:
         mark = "" if e == a else "  <<"
         lines.append(f"    {n:<{w_name}}  {e:<{w_exp}}  {a}{mark}")
     return lines
@@ -187,6 +201,7 @@ class Event:
     result: str = ""     # '0', '-EINVAL', 'ok', 'refused', 'BAD_MAGIC', '' while continuing
     failed: bool = False
     pages: tuple[str, int] | None = None   # (the row's page-count output, count)
+    ctx: int | None = None                 # the context the call names, if it names one
 
 
 class Describer:
@@ -240,9 +255,13 @@ class Describer:
         reply = recorded_reply(number, rep)
         failed = not isinstance(reply, wire.Reply) or reply.ret < 0
         result = result_name(reply.ret) if isinstance(reply, wire.Reply) else "ERROR"
-        pages = None
+        pages = ctx = None
         if isinstance(reply, wire.Reply):
             abi, op = described(call, reply.regions, revision)
+            # The context from the reply's struct; from the request's where the
+            # reply has none (revision 2's sub-ops that copy nothing back).
+            ctx = context_of(abi, op) if op is not None else \
+                context_of(*described(call, call.regions, revision))
             row = abi.row(op) if op is not None else None
             if row is not None and row.pages:
                 count = abi.view_fields(op)[row.pages]
@@ -253,4 +272,4 @@ class Describer:
                 pages = (row.pages, count)
         if self._with_text:
             text = f"{text} -> {result_text(call, reply, revision)}{suffix}"
-        return Event(number, t, domid, name, "hypercall", text, result, failed, pages)
+        return Event(number, t, domid, name, "hypercall", text, result, failed, pages, ctx)
