@@ -131,9 +131,12 @@ def control_replies(daemon, data: bytes, *, then_close: bool = True) -> list:
     """Send raw bytes on a new control connection; every reply until the daemon closes it."""
     s = raw_conn(daemon.control)
     try:
-        s.sendall(data)
-        if not then_close:
-            s.shutdown(socket.SHUT_WR)
+        try:
+            s.sendall(data)
+            if not then_close:
+                s.shutdown(socket.SHUT_WR)
+        except BrokenPipeError:
+            pass        # a refused connection may be answered and closed before we write
         unpacker = msgpack.Unpacker(raw=False)
         try:
             while chunk := s.recv(65536):

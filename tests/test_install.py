@@ -71,7 +71,7 @@ class Installed:
         """Compile src, copied into out's directory with the headers it
         includes by quotes, so that nothing of the source tree is in reach."""
         work = out.parent
-        for name in (src.name, "example_args.h"):
+        for name in (src.name, *(h.name for h in EXAMPLES.glob("*.h"))):
             shutil.copy(EXAMPLES / name, work / name)
         flags = self.pkg_config("--cflags", "--libs", *(["--static"] if static else []), package)
         cmd = ["gcc", *WARN, *(["-static"] if static else []), str(work / src.name), *flags,

@@ -32,6 +32,8 @@ class Context:
     def identity_at(self, dfn: int, n: int = 1) -> int | None:
         """The first dfn of [dfn, dfn + n) inside an identity range, or None
         (iommu_identity_map_check, over a run)."""
+        if not self.identity:           # the common case, on every map and unmap
+            return None
         hits = [max(start, dfn) for start, pages, _ in self.identity
                 if start < dfn + n and dfn < start + pages]
         return min(hits) if hits else None
