@@ -181,3 +181,25 @@ def test_the_c_client_makes_the_linux_drivers_two_calls(served, rdm_driver, buil
     assert (none.returncode, none.stdout) == (0, "count 0 0\n")
     bad = run("0", "0", "0", "2")
     assert (bad.returncode, bad.stdout) == (1, f"count {-E.EINVAL} 0\n")
+
+
+def test_the_debug_line_shows_the_inputs_and_names_other_commands(tmp_path, caplog):
+    """One line per call saying what was asked (the struct as the guest gave
+    it, though the handler copies it in itself) and, for a command xenemu
+    does not serve, its public/memory.h name; remote_cmd likewise."""
+    import logging
+
+    from support import checked_local
+    from xenemu.machine import default_machine
+    caplog.set_level(logging.DEBUG, logger="xenemu")
+    with checked_local(default_machine(2), tmp_path / "t.xt") as m:
+        c = m.client(0)
+        c.reserved_device_memory_map(0, 0, USB)
+        c.reserved_device_memory_map(0, 4, USB, cmd=6)
+        c.remote_cmd(1, 2)
+    lines = [r.getMessage() for r in caplog.records if "d0:" in r.getMessage()]
+    assert ("memory_op d0: reserved_device_memory_map flags=0x0 nr_entries=0 buffer=0x0 "
+            "dev=0000:00:04.0 -> -ENOBUFS nr_entries=1 (1 entries, room for 0)") in lines
+    assert ("memory_op d0: XENMEM_populate_physmap (6) -> -ENOSYS "
+            "(xenemu does not implement it)") in lines
+    assert any("remote_cmd domid=1 subop=2 arg=0x0 -> -EFAULT" in line for line in lines)

@@ -75,8 +75,17 @@ class SubopCall:
     handle: int = 0
     mem: Any = None
     nested: bool = False      # run by remote_cmd on its target
+    # The struct as the guest gave it, where the handler copies it in
+    # itself (a row with `reads` off): the log line shows its inputs.
+    given: bytes | None = None
 
     def pack(self) -> bytes:
+        return self.payload
+
+    def copy_in(self, size: int) -> bytes | None:
+        """copy_from_guest of the struct at the handle, for a handler that
+        reads it itself: the payload, or None (the handler's -EFAULT)."""
+        self.payload = self.given = self.mem.copy_from_guest(self.handle, size)
         return self.payload
 
 
@@ -102,6 +111,8 @@ class Hypercall:
     # sub-op then has a struct of its own at the handle (SubOp.size).
     subop_arg: int | None = None
     unknown_errno: int = XenErrno.EINVAL    # what an unknown sub-op gets
+    # Names of sub-ops the ABI defines and xenemu does not serve (log lines).
+    unknown_names: dict[int, str] = field(default_factory=dict)
     # The bits of the sub-op register the call reads (Xen's `unsigned int`:
     # 32; memory_op's `unsigned long cmd`: 64), and those that pick the row
     # (memory_op: MEMOP_CMD_MASK; the rest, its extent, is the handler's).
@@ -147,7 +158,9 @@ class Hypercall:
             if self.gate is not None and not nested:
                 self.gate(hv, d)
             if row is None:
-                raise HypercallError(self.unknown_errno, f"unknown sub-op {number}")
+                raise HypercallError(self.unknown_errno, "xenemu does not implement it"
+                                     if number & self.row_mask in self.unknown_names
+                                     else f"unknown sub-op {number}")
             if row.size and row.reads:
                 op.payload = mem.copy_from_guest(handle, row.size)
                 if op.payload is None:
@@ -164,6 +177,8 @@ class Hypercall:
             if not mem.copy_to_guest(handle, op.payload):
                 ret, why = -XenErrno.EFAULT, f"copy_to_guest of {handle:#x} failed"
         if ret != -XenErrno.ERESTART and debug:
+            if op.given is not None and row is not None:
+                inputs = self.format_fields(SubopCall(number, op.given), row.inputs)
             self.log.debug(self.log_prefix + "d%d: %s", d.domid,
                            self.log_text(op, ret, why, inputs))
         return ret
@@ -212,7 +227,10 @@ class Hypercall:
 
     def subop_name(self, number: int) -> str:
         row = self.subops.get(number & self.row_mask)
-        return row.name if row else f"sub-op {number}"
+        if row:
+            return row.name
+        known = self.unknown_names.get(number & self.row_mask)
+        return f"{known} ({number})" if known else f"sub-op {number}"
 
     def request_text(self, op) -> str:
         """'map_pages ctx=1 flags=0x3': the sub-op and the head's fields."""

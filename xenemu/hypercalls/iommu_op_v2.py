@@ -419,8 +419,7 @@ def remote_cmd_op(hv: Hypervisor, d: Domain, op: SubopCall) -> int:
     struct in its own memory. Order: nested, copy, permission, target."""
     if op.nested:
         raise HypercallError(XenErrno.EINVAL, "remote_cmd inside remote_cmd")
-    op.payload = op.mem.copy_from_guest(op.handle, SIZES["remote_cmd"])
-    if op.payload is None:
+    if op.copy_in(SIZES["remote_cmd"]) is None:
         raise HypercallError(XenErrno.EFAULT, f"copy_from_guest of {op.handle:#x} failed")
     cmd = _view(op, RemoteCmd)
     if not d.hardware:

@@ -62,8 +62,7 @@ def reserved_device_memory_map(hv: Hypervisor, d: Domain, op: SubopCall) -> int:
     that the device is its own."""
     if op.subop >> MEMOP_EXTENT_SHIFT:              # unlikely(start_extent)
         raise HypercallError(XenErrno.EINVAL, "a start extent in cmd")
-    op.payload = op.mem.copy_from_guest(op.handle, MAP_SIZE)
-    if op.payload is None:                          # copy_from_guest(&grdm.map, arg, 1)
+    if op.copy_in(MAP_SIZE) is None:                # copy_from_guest(&grdm.map, arg, 1)
         raise HypercallError(XenErrno.EFAULT, f"copy_from_guest of {op.handle:#x} failed")
     # guest_handle_okay(buffer, nr_entries) checks only that the range is a
     # guest address range; every copy below is checked as it is made.
@@ -101,12 +100,25 @@ SUBOPS = (
           params=("flags", "nr_entries", ("seg", 0), ("bus", 0), ("devfn", 0))),
 )
 
+# The commands of public/memory.h xenemu does not implement (-ENOSYS), by
+# name for the log: "memory_op d0: XENMEM_populate_physmap (6) -> -ENOSYS".
+OTHER_COMMANDS = {n: f"XENMEM_{name}" for n, name in (
+    (0, "increase_reservation"), (1, "decrease_reservation"), (2, "maximum_ram_page"),
+    (3, "current_reservation"), (4, "maximum_reservation"), (5, "machphys_mfn_list"),
+    (6, "populate_physmap"), (7, "add_to_physmap"), (9, "memory_map"),
+    (10, "machine_memory_map"), (11, "exchange"), (12, "machphys_mapping"),
+    (13, "set_memory_map"), (14, "maximum_gpfn"), (15, "remove_from_physmap"),
+    (16, "set_pod_target"), (17, "get_pod_target"), (18, "get_sharing_freed_pages"),
+    (19, "get_sharing_shared_pages"), (20, "paging_op"), (21, "access_op"),
+    (22, "sharing_op"), (23, "add_to_physmap_batch"), (24, "claim_pages"),
+    (25, "machphys_compat_mfn_list"), (26, "get_vnumainfo"), (28, "acquire_resource"))}
+
 MEMORY_OP = Hypercall(
     number=HYPERVISOR_memory_op, name="memory_op", revision=0,
     subops={row.number: row for row in SUBOPS},
     op_type=SubopCall, head_names=(), head_text="",
     subop_arg=0, handle_arg=1, subop_field="subop", unknown_errno=XenErrno.ENOSYS,
-    subop_reg_mask=(1 << 64) - 1, row_mask=MEMOP_CMD_MASK,
+    subop_reg_mask=(1 << 64) - 1, row_mask=MEMOP_CMD_MASK, unknown_names=OTHER_COMMANDS,
     log=log, log_prefix="memory_op ",
     hex_fields=frozenset({"flags", "buffer"}), formatters={"dev": format_device},
 )
