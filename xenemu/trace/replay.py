@@ -77,7 +77,9 @@ class Replayer:
         self._continuations = Continuations()
         self.hypercalls = 0
         self.hazards: list[str] = []     # the trace's hazard records, as report lines
-        self._last_call = ""             # the hypercall record a hazard record follows
+        # The hypercall record a hazard record follows: (number, domid, call),
+        # put in words only when a hazard needs it (most calls never do).
+        self._last_call: tuple | None = None
 
     def _restore(self, snap: dict, check_iotlb: bool) -> Hypervisor:
         """The machine the recording daemon was restored from. The records'
@@ -101,7 +103,7 @@ class Replayer:
             return self._control(number, rec)
         if isinstance(rec, HazardRecord):
             self.hazards.append(f"record {number}: d{rec.d} {tracetext.hazard_text(rec)} "
-                                f"(after {self._last_call})")
+                                f"(after {self._last_call_text()})")
             return None
         return self._protocol(number, rec)
 
@@ -112,12 +114,18 @@ class Replayer:
                 f"was still continuing when the trace ended"
                 for c in self._continuations.unfinished()]
 
+    def _last_call_text(self) -> str:
+        if self._last_call is None:
+            return "no call"
+        number, domid, call = self._last_call
+        return f"record {number}: d{domid} {tracetext.request_text(call, self.revision)}"
+
     # -- hypercalls ------------------------------------------------------------
 
     def _hypercall(self, number: int, rec: HypercallRecord) -> Divergence | None:
         call = tracetext.recorded_call(number, rec.req)
         self.hypercalls += 1
-        self._last_call = f"record {number}: d{rec.d} {tracetext.request_text(call, self.revision)}"
+        self._last_call = (number, rec.d, call)
         try:
             conn = self.engine.connection(rec.d)
         except MachineError:
@@ -135,8 +143,7 @@ class Replayer:
             raise TraceError(f"record {number}: a round of continuation {rec.c}, "
                              f"which no earlier record began")
         running = cont.state
-        self._last_call = (f"record {number}: d{cont.domid} "
-                           f"{tracetext.request_text(cont.call, self.revision)}")
+        self._last_call = (number, cont.domid, cont.call)
         if running.reply is None:
             running.reply = running.conn.resume()
         if rec.rep is None:
