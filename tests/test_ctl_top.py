@@ -161,3 +161,24 @@ def test_top_shows_counts_rates_and_errors_by_name(tmp_path, capsys):
     assert dom0[2:3] == ["1"] and dom0[7] == "46" and dom0[9] == "41"     # contexts, calls, errors
     rate_of(46, dom0[:9])
     assert row(out, "1", "guest1")[7] == "3"
+
+
+def test_top_keeps_a_freed_contexts_iotlb_counts_with_its_domain(daemon, capsys):
+    """A domain's IOTLB hits and misses are its pools' (kept in C), so they
+    outlive the context they were counted in."""
+    def dom0_iotlb():
+        return next(d for d in daemon.ctl("stats")["domains"] if d["domid"] == 0)["iotlb"]
+
+    before = dom0_iotlb()
+    with XenemuClient(daemon.socket(0)) as xen:
+        ctx = abi.decode_op(xen.alloc_context().raw).ctx_no
+        assert xen.map_pages(ctx, 0x300, 0x40, 1).ret == 0
+        assert xen.reattach_device(ctx, devfn=3 << 3).ret == 0          # the NIC
+        for _ in range(3):                                              # a miss, two hits
+            assert not daemon.ctl("dma", sbdf=NIC, addr=0x40 << 12, length=4)["faulted"]
+        assert xen.reattach_device(0, devfn=3 << 3).ret == 0
+        assert xen.free_context(ctx).ret == 0
+    assert ctx not in [c["ctx_no"] for c in daemon.ctl("contexts", domid=0)["contexts"]]
+    out = run_cli(capsys, "top", "--once", "--socket", daemon.control)
+    cells = row(out, "0", "dom0")
+    assert cells[11] == str(before["hits"] + 2) and cells[13] == str(before["misses"] + 1), out

@@ -326,7 +326,10 @@ class Control:
                            "recent": [self._fault(r) for r in recs[-RECENT_FAULTS:]]}}
 
     def _domain_stats(self, d, abis) -> dict:
-        infos = [self.hv.iommu.context_info(c.hw_id) for c in d.contexts if c is not None]
+        io = self.hv.iommu
+        infos = [io.context_info(c.hw_id) for c in d.contexts if c is not None]
+        # Its two pools' counters: of its contexts, freed ones included.
+        iotlb = [io.pool_counters(d.default_pool), io.pool_counters(d.table_pool)]
         calls = []
         for (number, subop, ret), count in sorted(d.calls.items()):
             abi = abis.get(number)
@@ -334,14 +337,13 @@ class Control:
                           "subop": abi.subops[subop].name if abi and subop != UNKNOWN
                           else "unknown",
                           "result": result_name(ret) if ret < 0 else "ok", "count": count})
-        used, limit = self.hv.iommu.pool_usage(d.table_pool)
-        used0, _ = self.hv.iommu.pool_usage(d.default_pool)
+        used, limit = io.pool_usage(d.table_pool)
+        used0, _ = io.pool_usage(d.default_pool)
         return {"domid": d.domid, "name": d.name, "calls": calls,
                 "contexts": len(infos), "mapped": sum(i.mapped for i in infos),
                 "table_pages": {"used": used, "limit": limit}, "default_table_pages": used0,
-                # Of the contexts allocated now: a freed context's counts go with it.
-                "iotlb": {"hits": sum(i.counters.hits for i in infos),
-                          "misses": sum(i.counters.misses for i in infos)}}
+                "iotlb": {"hits": sum(c.hits for c in iotlb),
+                          "misses": sum(c.misses for c in iotlb)}}
 
     def op_counters(self, args: Args) -> dict:
         return {"iotlb": self.hv.iommu.counters()._asdict()}
