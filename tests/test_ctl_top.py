@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -182,3 +183,39 @@ def test_top_keeps_a_freed_contexts_iotlb_counts_with_its_domain(daemon, capsys)
     out = run_cli(capsys, "top", "--once", "--socket", daemon.control)
     cells = row(out, "0", "dom0")
     assert cells[11] == str(before["hits"] + 2) and cells[13] == str(before["misses"] + 1), out
+
+
+def test_top_refreshes_with_the_rates_of_the_last_interval(daemon):
+    """Without --once, frame after frame (stdout a pipe: one below the other):
+    the calls made between two frames show a rate in the frame after them
+    and none in a later one; Ctrl-C ends it with status 0."""
+    top = subprocess.Popen([sys.executable, "-m", "xenemu.cli", "top", "--interval", "0.2",
+                            "--socket", daemon.control], cwd=ROOT, text=True,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+    def next_frame() -> str:
+        lines = []
+        while not lines or lines[-1] != "\n" or "faults:" not in "".join(lines):
+            line = top.stdout.readline()
+            assert line, top.stderr.read()
+            lines.append(line)
+        return "".join(lines)
+
+    try:
+        next_frame()
+        with XenemuClient(daemon.socket(1)) as guest:
+            before = int(row(next_frame(), "1", "guest1")[7])
+            for _ in range(7):
+                guest.query_capabilities()
+        rates = []
+        for _ in range(300):    # until a frame shows the 7 calls and a later one is quiet
+            cells = row(next_frame(), "1", "guest1")
+            rates.append(float(cells[8].replace(",", "")))
+            if int(cells[7]) == before + 7 and rates[-1] == 0:
+                break
+        assert int(cells[7]) == before + 7 and rates[-1] == 0, rates
+        assert any(r > 0 for r in rates[:-1])
+    finally:
+        top.send_signal(signal.SIGINT)
+        assert top.wait(timeout=30) == 0
+        assert "Traceback" not in top.stderr.read()

@@ -58,6 +58,14 @@ def table(*columns: str, title: str | None = None) -> Table:
     return t
 
 
+def stack(*parts: RenderableType) -> RenderableType:
+    """Renderables one below the other, a blank line between two."""
+    spaced = [parts[0]]
+    for part in parts[1:]:
+        spaced += [Text(""), part]
+    return Group(*spaced)
+
+
 def show(value) -> str:
     if isinstance(value, bytes):
         return value.hex() if len(value) <= 64 else f"{value[:64].hex()}... ({len(value)} bytes)"
@@ -99,7 +107,7 @@ def info(reply: dict) -> RenderableType:
         for name, n in reply["hazards"].items():
             hazards.add_row(name, str(n))
         parts.append(hazards)
-    return Group(*parts)
+    return stack(*parts)
 
 
 def domains_table(domains: list[dict]) -> RenderableType:
@@ -113,13 +121,13 @@ def domains_table(domains: list[dict]) -> RenderableType:
                   pages(**d["table_pages"]), pages(**d["default_table_pages"]))
         for sbdf, ctx in d["devices"].items():
             devices.add_row(sbdf, str(d["domid"]), str(ctx))
-    return Group(t, devices) if devices.row_count else t
+    return stack(t, devices) if devices.row_count else t
 
 
 @shows("domain_create")
 def domain_create(reply: dict) -> RenderableType:
     rest = {k: v for k, v in reply.items() if k != "domain"}
-    return Group(domains_table([reply["domain"]]), *([key_values(rest)] if rest else []))
+    return stack(domains_table([reply["domain"]]), *([key_values(rest)] if rest else []))
 
 
 @shows("contexts")
@@ -148,7 +156,7 @@ def faults(reply: dict) -> RenderableType:
     parts = [faults_table(reply["faults"])]
     if reply["overflow"]:
         parts.append(Text("(fault log overflowed: later faults were dropped)"))
-    return Group(*parts)
+    return stack(*parts)
 
 
 @shows("counters")
@@ -170,7 +178,7 @@ def dma(reply: dict) -> RenderableType:
     parts = [key_values({k: v for k, v in reply.items() if k != "fault"})]
     if fault:
         parts.append(faults_table([fault]))
-    return Group(*parts)
+    return stack(*parts)
 
 
 @shows("dump")

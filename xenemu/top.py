@@ -1,4 +1,5 @@
-"""`xenemu top`: a running daemon at a glance, refreshed in place.
+"""`xenemu top`: a running daemon at a glance, refreshed in place (frame
+after frame when stdout is not a terminal).
 
 Each frame comes from the control op `stats` (counters the daemon keeps
 anyway, cheap to read). Rates are the change between two replies over the
@@ -13,12 +14,12 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 
-from rich.console import Console, Group, RenderableType
+from rich.console import Console, RenderableType
 from rich.live import Live
 from rich.text import Text
 
 from .ctl import ControlClient
-from .ctl_tables import faults_table, pages, table
+from .ctl_tables import faults_table, pages, stack, table
 
 
 def frame(prev: dict | None, cur: dict) -> RenderableType:
@@ -33,7 +34,7 @@ def frame(prev: dict | None, cur: dict) -> RenderableType:
         f"  up {cur['uptime']:,.0f} s, rates over the last {rates.seconds:,.1f} s   IOTLB: "
         f"{io['hits']:,} hits ({rates.of(io['hits'], prev['iotlb'].get('hits', 0))}/s), "
         f"{io['misses']:,} misses ({rates.of(io['misses'], prev['iotlb'].get('misses', 0))}/s)")
-    return Group(head, _domains(rates, cur), _calls(rates, cur), _errors(rates, cur),
+    return stack(head, _domains(rates, cur), _calls(rates, cur), _errors(rates, cur),
                  _faults(prev, cur))
 
 
@@ -121,15 +122,23 @@ def _faults(prev: dict, cur: dict) -> RenderableType:
 
 
 def run(socket, interval: float, once: bool, console: Console) -> None:
-    """Show frames every `interval` seconds until interrupted (or one, `once`).
+    """Show a frame every `interval` seconds until interrupted (one, `once`):
+    in place on a terminal, else one after another (a log, e.g. in CI).
     ControlError when the daemon cannot be reached or goes away."""
     with ControlClient(socket) as ctl:
         cur = ctl.call("stats")
         if once:
             console.print(frame(None, cur))
-            return
-        with Live(frame(None, cur), console=console, auto_refresh=False) as live:
+        elif console.is_terminal:
+            with Live(frame(None, cur), console=console, auto_refresh=False) as live:
+                while True:
+                    time.sleep(interval)
+                    prev, cur = cur, ctl.call("stats")
+                    live.update(frame(prev, cur), refresh=True)
+        else:
+            prev = None
             while True:
+                console.print(frame(prev, cur), "")
+                console.file.flush()
                 time.sleep(interval)
                 prev, cur = cur, ctl.call("stats")
-                live.update(frame(prev, cur), refresh=True)
