@@ -38,7 +38,7 @@ def render(op: str, reply: dict) -> RenderableType:
 def to_json(reply: dict) -> str:
     """`--json`: the reply as the control socket sent it, "ok" removed, with
     bytes as lowercase hex strings (JSON has no bytes)."""
-    return json.dumps(reply, default=_json_bytes, indent=1)
+    return json.dumps(reply, default=_json_bytes, indent=2)
 
 
 def _json_bytes(value):
@@ -68,6 +68,8 @@ def stack(*parts: RenderableType) -> RenderableType:
 
 def show(value) -> str:
     if isinstance(value, bytes):
+        if not value:
+            return "-"
         return value.hex() if len(value) <= 64 else f"{value[:64].hex()}... ({len(value)} bytes)"
     if isinstance(value, bool):
         return "yes" if value else "no"
@@ -77,12 +79,8 @@ def show(value) -> str:
 
 
 def key_values(reply: dict) -> RenderableType:
-    if not reply:
-        return Text("ok")
-    t = Table.grid(padding=(0, 2))
-    for key, value in reply.items():
-        t.add_row(Text(key, style="bold"), show(value))
-    return t
+    """`key: value` lines, as `xenemu ctl` printed every reply before tables."""
+    return Text("\n".join(f"{key}: {show(value)}" for key, value in reply.items()) or "ok")
 
 
 def pages(used: int, limit: int) -> str:
@@ -95,7 +93,7 @@ def pages(used: int, limit: int) -> str:
 @shows("info")
 def info(reply: dict) -> RenderableType:
     io = reply["iommu"]
-    parts = [key_values({"address width": f"{io['address_width']} bits",
+    parts = [key_values({"IOMMU address width": f"{io['address_width']} bits",
                          "max IOVA": f"{io['max_iova_addr']:#x}",
                          "IOTLB entries": io["iotlb_entries"],
                          "machine frames": f"{io['frames_used']} used of {io['machine_frames']}"}),
