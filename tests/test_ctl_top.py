@@ -219,3 +219,15 @@ def test_top_refreshes_with_the_rates_of_the_last_interval(daemon):
         top.send_signal(signal.SIGINT)
         assert top.wait(timeout=30) == 0
         assert "Traceback" not in top.stderr.read()
+
+
+def test_names_are_shown_as_they_are_not_as_markup(daemon, capsys):
+    """rich would read "[/red]" as a closing tag (an error) and ":smile:" as
+    an emoji: a domain's name is shown verbatim."""
+    name = "[/red]:smile:[b]x"
+    assert row(ctl(capsys, daemon, "domain_create", "domid=9", f"name={name}"), "9")[1] == name
+    try:
+        assert row(ctl(capsys, daemon, "info"), "9")[1] == name
+        assert row(run_cli(capsys, "top", "--once", "--socket", daemon.control), "9")[1] == name
+    finally:
+        daemon.ctl("domain_destroy", domid=9)

@@ -184,10 +184,12 @@ def _top(args) -> int:
 
 def _console():
     """rich's Console on stdout: at least 160 columns when stdout is not a
-    terminal (a pipe, a file), so that wide tables keep one row per line."""
+    terminal (a pipe, a file), so that wide tables keep one row per line.
+    Text is shown as it is: a domain named "[/b]" or ":x:" is not markup."""
     from rich.console import Console
-    console = Console()
-    return console if console.is_terminal else Console(width=max(console.width, 160))
+    plain = dict(markup=False, emoji=False, highlight=False)
+    console = Console(**plain)
+    return console if console.is_terminal else Console(width=max(console.width, 160), **plain)
 
 
 def build_parser() -> argparse.ArgumentParser:
