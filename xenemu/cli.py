@@ -161,35 +161,26 @@ def _ctl(args) -> int:
     if args.json:
         print(ctl_tables.to_json(reply))
     else:
-        _console().print(ctl_tables.render(args.op, reply))
+        ctl_tables.console().print(ctl_tables.render(args.op, reply))
     return 0
 
 
 def _top(args) -> int:
     from . import top
     from .ctl import ControlError
+    from .ctl_tables import console
 
     if args.interval <= 0:
         print("xenemu top: --interval must be more than 0 seconds", file=sys.stderr)
         return 2
     try:
-        top.run(args.socket, args.interval, args.once, _console())
+        top.run(args.socket, args.interval, args.once, console())
     except ControlError as e:
         print(f"xenemu top: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         pass
     return 0
-
-
-def _console():
-    """rich's Console on stdout: at least 160 columns when stdout is not a
-    terminal (a pipe, a file), so that wide tables keep one row per line.
-    Text is shown as it is: a domain named "[/b]" or ":x:" is not markup."""
-    from rich.console import Console
-    plain = dict(markup=False, emoji=False, highlight=False)
-    console = Console(**plain)
-    return console if console.is_terminal else Console(width=max(console.width, 160), **plain)
 
 
 def build_parser() -> argparse.ArgumentParser:

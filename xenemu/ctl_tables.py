@@ -4,6 +4,8 @@ glance, or JSON for scripts (`--json`).
 Each op whose reply is structured has one function here, registered with
 @shows("op"), returning the renderables to print; any other op's reply is
 shown as key: value lines. A new op's table is one such function.
+`table()` and `console()` are the house style of a table on the terminal
+(`xenemu top`'s frames and `make bench`'s table use them too).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from array import array
 from typing import Callable
 
 from rich import box
-from rich.console import Group, RenderableType
+from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
@@ -45,6 +47,15 @@ def _json_bytes(value):
     if isinstance(value, bytes):
         return value.hex()
     raise TypeError(f"{type(value).__name__} in a control reply")
+
+
+def console() -> Console:
+    """rich's Console on stdout: at least 160 columns when stdout is not a
+    terminal (a pipe, a file), so that wide tables keep one row per line.
+    Text is shown as it is: a domain named "[/b]" or ":x:" is not markup."""
+    plain = dict(markup=False, emoji=False, highlight=False)
+    out = Console(**plain)
+    return out if out.is_terminal else Console(width=max(out.width, 160), **plain)
 
 
 def table(*columns: str, title: str | None = None) -> Table:
