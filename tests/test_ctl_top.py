@@ -231,3 +231,21 @@ def test_names_are_shown_as_they_are_not_as_markup(daemon, capsys):
         assert row(run_cli(capsys, "top", "--once", "--socket", daemon.control), "9")[1] == name
     finally:
         daemon.ctl("domain_destroy", domid=9)
+
+
+def test_top_ends_in_one_line_when_the_daemon_goes(tmp_path, capsys):
+    d = DaemonProcess(tmp_path, record=False, log_level="info")
+    top = subprocess.Popen([sys.executable, "-m", "xenemu.cli", "top", "--interval", "0.1",
+                            "--socket", d.control], cwd=ROOT, text=True,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert "xenemu top" in top.stdout.readline()        # it is showing frames
+    finally:
+        d.stop()
+    top.stdout.read()
+    assert top.wait(timeout=30) == 1
+    err = top.stderr.read()
+    assert err.startswith("xenemu top: ") and err.count("\n") == 1, err
+    for interval in ("0", "-1", "nan", "1e9"):
+        assert main(["top", "--once", "--interval", interval, "--socket", d.control]) == 2
+        assert capsys.readouterr().err.count("\n") == 1

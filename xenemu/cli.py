@@ -170,8 +170,9 @@ def _top(args) -> int:
     from .ctl import ControlError
     from .ctl_tables import console
 
-    if args.interval <= 0:
-        print("xenemu top: --interval must be more than 0 seconds", file=sys.stderr)
+    if not 0 < args.interval <= 3600:
+        print("xenemu top: --interval must be more than 0 and at most 3600 seconds",
+              file=sys.stderr)
         return 2
     try:
         top.run(args.socket, args.interval, args.once, console())
@@ -262,7 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 "went away; 2 bad arguments.")
     top.add_argument("--socket", help=socket_help)
     top.add_argument("--interval", type=float, default=1.0, metavar="S",
-                     help="seconds between frames (default 1)")
+                     help="seconds between frames (default 1, at most 3600)")
     top.add_argument("--once", action="store_true",
                      help="print one frame and exit (rates: averages since the daemon started)")
     top.set_defaults(func=_top)

@@ -30,14 +30,17 @@ class ControlClient(BlockingConnection):
 
     def request(self, op: str, **args) -> dict:
         """The daemon's reply, {"ok": ...}, as it is."""
-        self._sock.sendall(control.pack({"op": op, **args}))
-        while True:
-            for reply in self._unpacker:
-                return reply
-            data = self._sock.recv(1 << 16)
-            if not data:
-                raise ControlError("daemon closed the control connection")
-            self._unpacker.feed(data)
+        try:
+            self._sock.sendall(control.pack({"op": op, **args}))
+            while True:
+                for reply in self._unpacker:
+                    return reply
+                data = self._sock.recv(1 << 16)
+                if not data:
+                    raise ControlError("daemon closed the control connection")
+                self._unpacker.feed(data)
+        except OSError as e:        # it went away mid-request (or timed out)
+            raise ControlError(f"control connection lost: {e}") from None
 
     def call(self, op: str, **args) -> dict:
         """Results of a request; ControlError when the daemon refuses it."""
