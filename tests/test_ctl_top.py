@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import pty
 import signal
 import subprocess
 import sys
@@ -249,3 +250,23 @@ def test_top_ends_in_one_line_when_the_daemon_goes(tmp_path, capsys):
     for interval in ("0", "-1", "nan", "1e9"):
         assert main(["top", "--once", "--interval", interval, "--socket", d.control]) == 2
         assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_top_on_a_terminal_redraws_in_place(daemon):
+    """On a terminal (a pty) frames are redrawn in place (rich Live: the
+    cursor goes back up over the last frame), and Ctrl-C ends it, status 0."""
+    master, slave = pty.openpty()
+    top = subprocess.Popen([sys.executable, "-m", "xenemu.cli", "top", "--interval", "0.1",
+                            "--socket", daemon.control], cwd=ROOT, stdin=slave, stdout=slave,
+                           stderr=subprocess.PIPE, env={**os.environ, "COLUMNS": "150"})
+    os.close(slave)
+    seen = b""
+    try:
+        while seen.count(b"xenemu top") < 3:
+            seen += os.read(master, 1 << 16)
+    finally:
+        top.send_signal(signal.SIGINT)
+        status = top.wait(timeout=30)
+        os.close(master)
+    assert status == 0 and b"Traceback" not in top.stderr.read()
+    assert b"\x1b[2K" in seen and b"\x1b[1A" in seen      # erase line, cursor up: in place
