@@ -310,12 +310,13 @@ class Control:
 
     def op_stats(self, args: Args) -> dict:
         """What `xenemu top` shows, read from counters the machine keeps
-        anyway (Domain.calls, the contexts' IOTLB counters in C) and cheap to
-        ask for every second: per domain, hypercalls finished by sub-op and
-        result, its contexts, pages and IOTLB counts; the IOMMU's IOTLB
-        counters; the fault log's size and newest records. `time` is the
-        daemon's monotonic clock, so that rates between two replies are
-        exact whatever the request took."""
+        anyway (Domain.calls; in C, the contexts' counts and the IOTLB
+        counters of the domain's page-table pools, which outlive its freed
+        contexts) and cheap to ask for every second: per domain, hypercalls
+        finished by sub-op and result, its contexts, pages and IOTLB counts;
+        the IOMMU's IOTLB counters; the fault log's size and newest records.
+        `time` is the daemon's monotonic clock, so that rates between two
+        replies are exact whatever the request took."""
         abis = hypercalls.abis(self.hv.config.pv_iommu_revision)
         recs, overflow = self.hv.iommu.faults()
         now = time.monotonic()
