@@ -12,6 +12,8 @@ import platform
 import time
 from pathlib import Path
 
+from xenemu import ctl_tables as tables
+
 # In the order of issue 6's sections.
 SECTIONS = ["bench.roundtrip", "bench.throughput", "bench.core", "bench.hw", "bench.codec",
             "bench.scale", "bench.trace", "bench.limits", "bench.rev2"]
@@ -32,18 +34,11 @@ def ratio(x) -> str:
     return f"{x:.2f}x" if x < 1 else f"{x:.1f}x"
 
 
-def table(rows: list[dict]) -> str:
-    head = ("benchmark", "value", "unit", "reference", "ratio")
-    lines = [(r["name"], fmt(r["value"]), r["unit"], fmt(r["ref"]), ratio(r["ratio"]))
-             for r in rows]
-    widths = [max(len(c) for c in col) for col in zip(head, *lines)]
-    out = []
-    for i, line in enumerate([head, *lines]):
-        out.append("  ".join(c.ljust(w) if j in (0, 2) else c.rjust(w)
-                             for j, (c, w) in enumerate(zip(line, widths))))
-        if i == 0:
-            out.append("  ".join("-" * w for w in widths))
-    return "\n".join(out)
+def table(rows: list[dict]):
+    t = tables.table("benchmark", ">value", "unit", ">reference", ">ratio")
+    for r in rows:
+        t.add_row(r["name"], fmt(r["value"]), r["unit"], fmt(r["ref"]), ratio(r["ratio"]))
+    return t
 
 
 def main() -> None:
@@ -62,7 +57,7 @@ def main() -> None:
         for row in importlib.import_module(name).run(args.smoke):
             rows.append({"section": name.rpartition(".")[2], **row})
     elapsed = time.perf_counter() - start
-    print(table(rows))
+    tables.console().print(table(rows))
     print(f"({elapsed:.1f} s{', smoke' if args.smoke else ''})")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps({

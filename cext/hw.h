@@ -257,6 +257,7 @@ enum hw_ctx_state { HW_CTX_FREE = 0, HW_CTX_LIVE = 1, HW_CTX_DYING = 2 };
 struct hw_pool {
     uint64_t limit;
     uint64_t used;         /* table pages of the pool's contexts, roots included */
+    struct hw_counters cnt; /* of its contexts, freed ones included: a domain's */
 };
 
 /* A hardware translation domain (a VT-d domain id): one root table. */
@@ -343,6 +344,12 @@ int hw_ctx_set_pool(struct hw_iommu *io, uint32_t id, uint32_t pool);
 int hw_ctx_info(const struct hw_iommu *io, uint32_t id, uint64_t *mapped,
                 uint64_t *tables, struct hw_counters *cnt);
 void hw_iommu_counters(const struct hw_iommu *io, struct hw_counters *cnt);
+/* Counters of the contexts that counted against a pool while they did,
+ * outliving the contexts (a domain's IOTLB counts, `xenemu top`); clear
+ * starts them again (a pool given to a new domain). HW_E_INVAL: no pool. */
+int hw_pool_counters(const struct hw_iommu *io, uint32_t pool,
+                     struct hw_counters *cnt);
+int hw_pool_clear_counters(struct hw_iommu *io, uint32_t pool);
 
 /* Map n pages dfn.. -> mfns[i] (or first_mfn + i when mfns is NULL) with
  * perm (non-empty subset of R|W). Stops at the first page that is beyond the

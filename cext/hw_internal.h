@@ -71,6 +71,15 @@ static inline void hw_pool_release(struct hw_iommu *io, struct hw_ctx *c)
     c->tables--;
 }
 
+/* One IOTLB invalidation request for context c: counted for it, its pool
+ * and the IOMMU. */
+static inline void hw_count_inval(struct hw_iommu *io, struct hw_ctx *c)
+{
+    c->cnt.invalidations++;
+    io->pools[c->pool].cnt.invalidations++;
+    io->cnt.invalidations++;
+}
+
 /* --- IOTLB (iotlb.c): lookup, fill and drop of cached entries ------------- */
 
 int hw_tlb_init(struct hw_iotlb *t, uint32_t entries, uint32_t ways);

@@ -127,8 +127,7 @@ int hw_ctx_set_pool(struct hw_iommu *io, uint32_t id, uint32_t pool)
 static void inval_ctx(struct hw_iommu *io, uint32_t id)
 {
     hw_tlb_drop_ctx(&io->tlb, id);
-    io->ctx[id].cnt.invalidations++;
-    io->cnt.invalidations++;
+    hw_count_inval(io, &io->ctx[id]);
 }
 
 int hw_ctx_teardown(struct hw_iommu *io, uint32_t id, uint64_t budget,
@@ -178,6 +177,23 @@ void hw_iommu_counters(const struct hw_iommu *io, struct hw_counters *cnt)
     *cnt = io->cnt;
 }
 
+int hw_pool_counters(const struct hw_iommu *io, uint32_t pool,
+                     struct hw_counters *cnt)
+{
+    if (pool >= HW_MAX_POOLS)
+        return HW_E_INVAL;
+    *cnt = io->pools[pool].cnt;
+    return HW_OK;
+}
+
+int hw_pool_clear_counters(struct hw_iommu *io, uint32_t pool)
+{
+    if (pool >= HW_MAX_POOLS)
+        return HW_E_INVAL;
+    io->pools[pool].cnt = (struct hw_counters){0};
+    return HW_OK;
+}
+
 int hw_inval_pages(struct hw_iommu *io, uint32_t id, uint64_t dfn, uint64_t n)
 {
     struct hw_ctx *c;
@@ -187,8 +203,7 @@ int hw_inval_pages(struct hw_iommu *io, uint32_t id, uint64_t dfn, uint64_t n)
     if (hw_inject_fail(io->m, HW_INJECT_FLUSH))
         return HW_E_INJECTED;
     hw_tlb_drop_range(&io->tlb, id, dfn, n);
-    c->cnt.invalidations++;
-    io->cnt.invalidations++;
+    hw_count_inval(io, c);
     return HW_OK;
 }
 
@@ -237,16 +252,17 @@ static int perm_fault(uint8_t perm, int write)
     return HW_FAULT_NONE;
 }
 
-/* Adds a batch's counts to the context's and the IOMMU's counters. */
+/* Adds a batch's counts to the context's, its pool's and the IOMMU's
+ * counters. */
 static void count(struct hw_iommu *io, struct hw_ctx *c,
                   const struct hw_counters *acc)
 {
-    struct hw_counters *both[2] = {&c->cnt, &io->cnt};
-    for (int i = 0; i < 2; i++) {
-        both[i]->hits += acc->hits;
-        both[i]->misses += acc->misses;
-        both[i]->walks += acc->walks;
-        both[i]->stale += acc->stale;
+    struct hw_counters *all[3] = {&c->cnt, &io->pools[c->pool].cnt, &io->cnt};
+    for (int i = 0; i < 3; i++) {
+        all[i]->hits += acc->hits;
+        all[i]->misses += acc->misses;
+        all[i]->walks += acc->walks;
+        all[i]->stale += acc->stale;
     }
 }
 

@@ -165,8 +165,7 @@ int hw_unmap(struct hw_iommu *io, uint32_t id, uint64_t dfn, uint64_t n,
      * the flush covers exactly them. */
     if (flush && *done) {
         hw_tlb_drop_range(&io->tlb, id, dfn, *done);
-        c->cnt.invalidations++;
-        io->cnt.invalidations++;
+        hw_count_inval(io, c);
     }
     return st;
 }

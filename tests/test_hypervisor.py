@@ -384,9 +384,10 @@ def test_ctl_command_line(daemon):
 
     out = ctl("dump", "domid=0", f"ctx_no={ctx}", "dfn=0x1ff", "count=8")
     assert out.returncode == 0
-    assert out.stdout.strip() == "dfn 0x200..0x202 -> gfn 0x100..0x102 rw (3)"
+    assert out.stdout.splitlines()[2].split() == ["0x200..0x202", "0x100..0x102", "rw", "3"]
     out = ctl("contexts", "domid=0")
-    assert f"ctx   {ctx}: 3 pages mapped" in out.stdout
+    assert any(line.split()[:1] == [str(ctx)] and line.split()[4] == "3"     # pages mapped
+               for line in out.stdout.splitlines())
     assert ctl("check").stdout.strip() == "consistent"
     bad = ctl("domain_destroy", "domid=9")
     assert bad.returncode == 1 and "d9 does not exist" in bad.stderr

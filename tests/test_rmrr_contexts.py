@@ -11,6 +11,7 @@ trace); the control op and `xenemu ctl` through a daemon at the end."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -280,7 +281,13 @@ def test_ctl_prints_a_devices_reserved_regions(tmp_path):
         out = subprocess.run([str(xenemu), "ctl", "--socket", d.control, "reserved_regions",
                               f"sbdf={USB}"], capture_output=True, text=True, timeout=60)
         assert out.returncode == 0, out.stderr
-        assert "0x00000e8000-0x00000e9fff direct" in out.stdout
-        assert "0x00fee00000-0x00feefffff msi" in out.stdout
+        rows = [line.split() for line in out.stdout.splitlines()]
+        assert ["0x00000e8000", "0x00000e9fff", "direct"] in rows
+        assert ["0x00fee00000", "0x00feefffff", "msi"] in rows
+        as_json = subprocess.run([str(xenemu), "ctl", "--socket", d.control, "--json",
+                                  "reserved_regions", f"sbdf={USB}"], capture_output=True,
+                                 text=True, timeout=60)
+        assert json.loads(as_json.stdout)["regions"][0] == \
+            {"start": 0xE8000, "end": 0xE9FFF, "kind": "direct"}
     finally:
         assert d.stop() == 0

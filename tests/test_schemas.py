@@ -165,7 +165,7 @@ def test_snapshots_are_restored_or_refused_in_one_line(doc):
 # -- control requests ------------------------------------------------------------------
 
 VALID = {
-    "info": {}, "counters": {}, "check": {},
+    "info": {}, "counters": {}, "check": {}, "stats": {},
     "domain_create": {"domid": 5, "memory_mib": 4, "devices": ["0000:00:09.0"]},
     "domain_destroy": {"domid": 1},
     "device_assign": {"sbdf": "0000:00:0a.0", "domid": 0},

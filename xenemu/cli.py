@@ -13,7 +13,8 @@ from pathlib import Path
 import trio
 
 from . import snapshot
-from .daemon import Daemon, DaemonError, Limits, default_socket_dir
+from .daemon import Daemon, DaemonError, Limits
+from .paths import default_socket_dir
 from .hypervisor import Hypervisor
 from .machine import ConfigError, default_machine, load_machine
 from .trace import cli as tracecli
@@ -133,8 +134,8 @@ def _announce(hv: Hypervisor, paths: dict, control_path, where: str) -> None:
 
 
 def _ctl(args) -> int:
-    from . import control
-    from .ctl import ControlClient, ControlError, format_reply, parse_value
+    from . import control, ctl_tables
+    from .ctl import ControlClient, ControlError, parse_value
 
     if args.op == "help":
         print("operations: " + ", ".join(control.OPERATIONS))
@@ -157,7 +158,29 @@ def _ctl(args) -> int:
     except ControlError as e:
         print(f"xenemu ctl {args.op}: {e}", file=sys.stderr)
         return 1
-    print(format_reply(args.op, reply))
+    if args.json:
+        print(ctl_tables.to_json(reply))
+    else:
+        ctl_tables.console().print(ctl_tables.render(args.op, reply))
+    return 0
+
+
+def _top(args) -> int:
+    from . import top
+    from .ctl import ControlError
+    from .ctl_tables import console
+
+    if not 0 < args.interval <= 3600:
+        print("xenemu top: --interval must be more than 0 and at most 3600 seconds",
+              file=sys.stderr)
+        return 2
+    try:
+        top.run(args.socket, args.interval, args.once, console())
+    except ControlError as e:
+        print(f"xenemu top: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        pass
     return 0
 
 
@@ -221,10 +244,29 @@ def build_parser() -> argparse.ArgumentParser:
                                      "`xenemu ctl dma sbdf=0000:00:03.0 addr=0x1000 length=16`. "
                                      "Values: 0x.. integers, true/false, hex:.. or text:.. "
                                      "bytes. `xenemu ctl help` lists the operations.")
-    ctl.add_argument("--socket", help="control socket (default: $XENEMU_CONTROL)")
+    socket_help = ("control socket (default: $XENEMU_CONTROL, else control.sock in "
+                   "$XENEMU_DIR or /tmp/xenemu-UID, where `serve` puts it)")
+    ctl.add_argument("--socket", help=socket_help)
+    ctl.add_argument("--json", action="store_true",
+                     help="print the reply as JSON (without \"ok\"; bytes as hex strings) "
+                          "instead of tables")
     ctl.add_argument("op")
     ctl.add_argument("args", nargs="*", metavar="key=value")
     ctl.set_defaults(func=_ctl)
+
+    top = sub.add_parser("top", help="a live view of a running daemon",
+                         description="Hypercalls per second per domain and sub-op, errors by "
+                                     "name, IOTLB hits and misses, contexts and table pages, "
+                                     "faults as they arrive, refreshed in place (control op "
+                                     "`stats`). Ctrl-C ends it.",
+                         epilog="Exit status: 0 done; 1 the daemon could not be reached or "
+                                "went away; 2 bad arguments.")
+    top.add_argument("--socket", help=socket_help)
+    top.add_argument("--interval", type=float, default=1.0, metavar="S",
+                     help="seconds between frames (default 1, at most 3600)")
+    top.add_argument("--once", action="store_true",
+                     help="print one frame and exit (rates: averages since the daemon started)")
+    top.set_defaults(func=_top)
     return parser
 
 

@@ -12,12 +12,15 @@ OPERATIONS and documented in the README.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Annotated, Literal
 
 import msgpack
 import msgspec
 
-from . import hw
+from . import hw, hypercalls
+from .errno import result_name
+from .hypercalls.common import UNKNOWN
 from .hw.common import InjectSite
 from .hypervisor import Hypervisor, MachineError
 from .machine import DomainFile, MiB, domain_from_file
@@ -31,6 +34,7 @@ log = logging.getLogger("xenemu.control")
 MAX_REQUEST = 1 << 20
 MAX_DUMP = 1 << 16          # entries one dump request may read
 MAX_DMA = 1 << 20           # bytes one DMA request may move
+RECENT_FAULTS = 10          # the fault log's newest records `stats` replies with
 
 
 INJECT_SITES = {"table": InjectSite.TABLE, "flush": InjectSite.FLUSH, "ref": InjectSite.REF}
@@ -129,7 +133,7 @@ class SnapshotArgs(Args):
 
 
 ARGS: dict[str, type[msgspec.Struct]] = {
-    "info": Args, "counters": Args, "check": Args,
+    "info": Args, "counters": Args, "check": Args, "stats": Args,
     "domain_create": DomainCreateArgs, "domain_destroy": DomainArgs,
     "device_assign": DeviceAssignArgs, "device_deassign": DeviceArgs,
     "p2m_set": P2mSetArgs, "p2m_get": GfnArgs,
@@ -149,6 +153,7 @@ class Control:
         self.on_domain_created = on_domain_created
         self.on_domain_destroyed = on_domain_destroyed
         self.on_snapshot = on_snapshot
+        self.started = time.monotonic()     # `stats`' uptime
 
     def handle(self, req) -> dict:
         if not isinstance(req, dict) or not isinstance(req.get("op"), str):
@@ -320,6 +325,44 @@ class Control:
         # (meaningless where perm is 0, i.e. nothing is mapped).
         gfns = self.hv.memory.m2p(mfns)
         return {"dfn": dfn, "gfns": gfns.tobytes(), "perms": perms.tobytes()}
+
+    def op_stats(self, args: Args) -> dict:
+        """What `xenemu top` shows, read from counters the machine keeps
+        anyway (Domain.calls; in C, the contexts' counts and the IOTLB
+        counters of the domain's page-table pools, which outlive its freed
+        contexts) and cheap to ask for every second: per domain, hypercalls
+        finished by sub-op and result, its contexts, pages and IOTLB counts;
+        the IOMMU's IOTLB counters; the fault log's size and newest records.
+        `time` is the daemon's monotonic clock, so that rates between two
+        replies are exact whatever the request took."""
+        abis = hypercalls.abis(self.hv.config.pv_iommu_revision)
+        recs, overflow = self.hv.iommu.faults()
+        now = time.monotonic()
+        return {"time": now, "uptime": now - self.started,
+                "iotlb": self.hv.iommu.counters()._asdict(),
+                "domains": [self._domain_stats(d, abis) for d in self.hv.domains.values()],
+                "faults": {"logged": len(recs), "overflow": overflow,
+                           "recent": [self._fault(r) for r in recs[-RECENT_FAULTS:]]}}
+
+    def _domain_stats(self, d, abis) -> dict:
+        io = self.hv.iommu
+        infos = [io.context_info(c.hw_id) for c in d.contexts if c is not None]
+        # Its two pools' counters: of its contexts, freed ones included.
+        iotlb = [io.pool_counters(d.default_pool), io.pool_counters(d.table_pool)]
+        calls = []
+        for (number, subop, ret), count in sorted(d.calls.items()):
+            abi = abis.get(number)
+            calls.append({"hypercall": abi.name if abi else "unknown",
+                          "subop": abi.subops[subop].name if abi and subop != UNKNOWN
+                          else "unknown",
+                          "result": result_name(ret) if ret < 0 else "ok", "count": count})
+        used, limit = io.pool_usage(d.table_pool)
+        used0, _ = io.pool_usage(d.default_pool)
+        return {"domid": d.domid, "name": d.name, "calls": calls,
+                "contexts": len(infos), "mapped": sum(i.mapped for i in infos),
+                "table_pages": {"used": used, "limit": limit}, "default_table_pages": used0,
+                "iotlb": {"hits": sum(c.hits for c in iotlb),
+                          "misses": sum(c.misses for c in iotlb)}}
 
     def op_counters(self, args: Args) -> dict:
         return {"iotlb": self.hv.iommu.counters()._asdict()}

@@ -1,18 +1,16 @@
-"""Client of the control socket, and the `xenemu ctl` command's formatting.
+"""Client of the control socket (`xenemu ctl` shows replies with xenemu.ctl_tables).
 
-    with ControlClient(path) as ctl:       # or $XENEMU_CONTROL
+    with ControlClient(path) as ctl:       # None: paths.find_control_socket()
         ctl.call("dma", sbdf="0000:00:03.0", addr=0x1000, write=True, data=b"hi")
 """
 
 from __future__ import annotations
 
 import os
-from array import array
-
 
 from . import control
 from .client import BlockingConnection, XenemuError, connect_unix
-from .runs import mapping_runs
+from .paths import find_control_socket
 
 
 class ControlError(Exception):
@@ -21,25 +19,28 @@ class ControlError(Exception):
 
 class ControlClient(BlockingConnection):
     def __init__(self, path: str | os.PathLike | None = None, timeout: float | None = 60.0):
-        path = path or os.environ.get("XENEMU_CONTROL")
-        if not path:
-            raise ControlError("no control socket: pass a path or set XENEMU_CONTROL")
+        path = path or find_control_socket()
         try:
             self._sock = connect_unix(os.fspath(path), timeout)
         except XenemuError as e:
-            raise ControlError(str(e)) from None
+            raise ControlError(f"{e} (is `xenemu serve` running? its banner prints "
+                               "XENEMU_CONTROL=PATH; set that, or XENEMU_DIR as it had it, "
+                               "or pass --socket)") from None
         self._unpacker = control.unpacker()
 
     def request(self, op: str, **args) -> dict:
         """The daemon's reply, {"ok": ...}, as it is."""
-        self._sock.sendall(control.pack({"op": op, **args}))
-        while True:
-            for reply in self._unpacker:
-                return reply
-            data = self._sock.recv(1 << 16)
-            if not data:
-                raise ControlError("daemon closed the control connection")
-            self._unpacker.feed(data)
+        try:
+            self._sock.sendall(control.pack({"op": op, **args}))
+            while True:
+                for reply in self._unpacker:
+                    return reply
+                data = self._sock.recv(1 << 16)
+                if not data:
+                    raise ControlError("daemon closed the control connection")
+                self._unpacker.feed(data)
+        except OSError as e:        # it went away mid-request (or timed out)
+            raise ControlError(f"control connection lost: {e}") from None
 
     def call(self, op: str, **args) -> dict:
         """Results of a request; ControlError when the daemon refuses it."""
@@ -65,43 +66,3 @@ def parse_value(text: str):
         return int(text, 0)
     except ValueError:
         return text
-
-
-def format_reply(op: str, reply: dict) -> str:
-    """Readable lines for the results of op."""
-    if op == "dump":
-        return _format_dump(reply)
-    if op == "faults":
-        lines = [f"{f['sbdf']} {'write' if f['write'] else 'read '} {f['addr']:#x}: {f['kind']}"
-                 for f in reply["faults"]]
-        if reply["overflow"]:
-            lines.append("(fault log overflowed: later faults were dropped)")
-        return "\n".join(lines) or "no faults"
-    if op == "contexts":
-        return "\n".join(
-            f"ctx {c['ctx_no']:>3}{' (dying)' if c['dying'] else ''}: {c['mapped']} pages mapped, "
-            f"{c['table_pages']} table pages, devices: {', '.join(c['devices']) or '-'}"
-            for c in reply["contexts"])
-    if op == "reserved_regions":
-        return "\n".join(f"{reply['sbdf']} {r['start']:#012x}-{r['end']:#012x} {r['kind']}"
-                         for r in reply["regions"])
-    if op == "check":
-        return "consistent" if reply["consistent"] else "\n".join(reply["problems"])
-    return "\n".join(f"{k}: {_show(v)}" for k, v in reply.items()) or "ok"
-
-
-def _show(value) -> str:
-    if isinstance(value, bytes):
-        return value.hex() if len(value) <= 64 else f"{value[:64].hex()}... ({len(value)} bytes)"
-    return str(value)
-
-
-def _format_dump(reply: dict) -> str:
-    gfns = array("Q")
-    gfns.frombytes(reply["gfns"])
-    names = {1: "r-", 2: "-w", 3: "rw"}
-    dfn0 = reply["dfn"]
-    lines = [f"dfn {dfn0 + off:#x}..{dfn0 + off + n - 1:#x} -> gfn {gfn:#x}..{gfn + n - 1:#x} "
-             f"{names[perm]} ({n})"
-             for off, gfn, n, perm in mapping_runs(gfns, reply["perms"])]
-    return "\n".join(lines) or "nothing mapped in that range"

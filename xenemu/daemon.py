@@ -34,6 +34,7 @@ from .engine import CloseDomain, Connection, Engine, OpenDomainSocket, WriteSnap
 from .fdlimit import OWN_DESCRIPTORS, open_descriptors, room_for
 from .hypervisor import Hypervisor
 from .membudget import ByteBudget
+from .paths import control_socket_path, domain_socket_path
 from .snapshot import SnapshotError
 from .trace.writer import TraceWriter
 from .wire import ERR_GONE, ERR_LIMIT, ERR_TIMEOUT, MAX_FRAME, encode_error
@@ -85,18 +86,6 @@ def fit_descriptors(limits: Limits, nr_domains: int) -> tuple[Limits, int]:
                     limits.connections_per_domain)
         limits = replace(limits, connections=fit, connections_per_domain=per_domain)
     return limits, room
-
-
-def default_socket_dir() -> Path:
-    return Path(os.environ.get("XENEMU_DIR") or f"/tmp/xenemu-{os.getuid()}")
-
-
-def domain_socket_path(socket_dir: Path, domid: int) -> Path:
-    return Path(socket_dir) / f"dom{domid}.sock"
-
-
-def control_socket_path(socket_dir: Path) -> Path:
-    return Path(socket_dir) / "control.sock"
 
 
 class DaemonError(Exception):

@@ -53,6 +53,10 @@ class Domain:
     default_pool: int = 0                      # the IOMMU pool context 0's tables count against
     pv_initialized: bool = False               # revision 2: init ran (sticky, even if it failed)
     no_dma: bool = False                       # revision 2: context 0 maps nothing (dom0-iommu=no-dma)
+    # Hypercalls finished, (hypercall, sub-op, result) -> count, for the
+    # control op `stats` (`xenemu top`); hypercalls.common.count_call keeps
+    # the keys bounded. One dict update per call: the hot path's only cost.
+    calls: dict[tuple[int, int, int], int] = field(default_factory=dict)
 
     @property
     def nr_contexts(self) -> int:

@@ -32,6 +32,7 @@ from .control import Control
 from .domain import Domain
 from .errno import XenErrno
 from .guest import GuestMemory
+from .hypercalls.common import UNKNOWN, count_call
 from .hypervisor import RESTART, Hypervisor, MachineError
 from .trace.records import (RECORDED_CONTROL, ControlRecord, HazardRecord, HypercallRecord,
                             ProtocolRecord, RoundRecord)
@@ -106,6 +107,7 @@ class Engine:
         handler = self.hv.hypercalls.get(call.op)
         if handler is None:
             log.debug("d%d: hypercall %d not implemented -> -ENOSYS", d.domid, call.op)
+            count_call(d, UNKNOWN, UNKNOWN, -XenErrno.ENOSYS)
             return -XenErrno.ENOSYS
         ret = handler(d, call.args, mem)
         if self.hv.injecting:

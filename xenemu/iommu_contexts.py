@@ -91,6 +91,8 @@ class IommuContexts:
         to a context it mapped). XenError (ENOMEM) if that fails, with nothing
         of it left behind."""
         d.table_pool, d.default_pool = self._free_pools.pop(), self._free_pools.pop()
+        for pool in (d.table_pool, d.default_pool):     # a past domain's counts go
+            self.iommu.clear_pool_counters(pool)
         try:
             default = d.contexts[0] = Context(0, self.iommu.alloc_context())
         except hw.HwError as e:

@@ -152,7 +152,7 @@ class Rig:
                 ctxs.append(io.context_info(c))
             except HwError as e:
                 ctxs.append(int(e.status))
-        return plain((ctxs, io.counters(), io.faults(), self.m.used,
+        return plain((ctxs, io.counters(), io.pool_counters(0), io.faults(), self.m.used,
                       self.m.injection(), io.stale_iotlb_entries(),
                       [io.device_context(d) for d in DEVS[:2]],
                       self.m.refcounts(self.guest)))

@@ -216,6 +216,16 @@ class Iommu:
         check_status(lib.hw_pool_usage(self._io, pool, u, u + 1))
         return u[0], u[1]
 
+    def pool_counters(self, pool: int) -> Counters:
+        """Counters of the contexts that counted against `pool` while they
+        did, freed ones included (a domain's IOTLB counts)."""
+        check_status(lib.hw_pool_counters(self._io, pool, self._cnt))
+        return self._counters()
+
+    def clear_pool_counters(self, pool: int) -> None:
+        """Start a pool's counters again (a pool given to a new domain)."""
+        check_status(lib.hw_pool_clear_counters(self._io, pool))
+
     def set_context_pool(self, ctx: int, pool: int) -> None:
         """Count ctx's table pages against `pool` from now on (NOMEM if they
         do not fit its limit)."""

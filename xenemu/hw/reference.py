@@ -340,6 +340,7 @@ class Iommu:
         self.dma_fault: FaultRecord | None = None
         self._tlb = _Iotlb(iotlb_entries, iotlb_ways)
         self._cnt = [0, 0, 0, 0, 0]
+        self._pool_cnt = [[0, 0, 0, 0, 0] for _ in range(MAX_POOLS)]   # hw_pool.cnt
         self.check = check
 
     # --- page-table memory ---------------------------------------------
@@ -431,6 +432,22 @@ class Iommu:
             raise HwError(Status.INVAL)
         self._pools[pool][0] = limit
 
+    def _count(self, c: _Context, which: int, n: int = 1) -> None:
+        """Count for context c, its pool and the IOMMU (cext's count())."""
+        c.cnt[which] += n
+        self._pool_cnt[c.pool][which] += n
+        self._cnt[which] += n
+
+    def pool_counters(self, pool: int) -> Counters:
+        if not 0 <= pool < MAX_POOLS:
+            raise HwError(Status.INVAL)
+        return Counters(*self._pool_cnt[pool])
+
+    def clear_pool_counters(self, pool: int) -> None:
+        if not 0 <= pool < MAX_POOLS:
+            raise HwError(Status.INVAL)
+        self._pool_cnt[pool] = [0, 0, 0, 0, 0]
+
     def pool_usage(self, pool: int) -> tuple[int, int]:
         if not 0 <= pool < MAX_POOLS:
             raise HwError(Status.INVAL)
@@ -452,8 +469,7 @@ class Iommu:
 
     def _inval_ctx(self, ctx: int, c: _Context) -> None:
         self._tlb.drop_ctx(ctx)
-        c.cnt[_INVAL] += 1
-        self._cnt[_INVAL] += 1
+        self._count(c, _INVAL)
 
     def teardown(self, ctx: int, budget: int) -> tuple[array, bool]:
         if budget <= 0:
@@ -581,8 +597,7 @@ class Iommu:
             c.mapped -= 1
         if flush and out:
             self._tlb.drop_range(ctx, dfn, len(out))
-            c.cnt[_INVAL] += 1
-            self._cnt[_INVAL] += 1
+            self._count(c, _INVAL)
         return len(out), st, out
 
     def lookup(self, ctx: int, dfn: int) -> tuple[int, int] | None:
@@ -636,21 +651,17 @@ class Iommu:
         tlb = self._tlb
         i = tlb.find(ctx, dfn)
         if i >= 0:
-            c.cnt[_HITS] += 1
-            self._cnt[_HITS] += 1
+            self._count(c, _HITS)
             mfn, perm = tlb.mfn[i], tlb.perm[i]
             if self.check:
                 pte, _ = walk(dfn)
                 if (pte & _ADDR) >> PAGE_SHIFT != mfn or pte & PERM_RW != perm:
-                    c.cnt[_STALE] += 1
-                    self._cnt[_STALE] += 1
+                    self._count(c, _STALE)
                     raise StaleIotlbError(0)
         else:
-            c.cnt[_MISSES] += 1
-            self._cnt[_MISSES] += 1
+            self._count(c, _MISSES)
             pte, walks = walk(dfn)
-            c.cnt[_WALKS] += walks
-            self._cnt[_WALKS] += walks
+            self._count(c, _WALKS, walks)
             if not pte:
                 return Fault.NOT_PRESENT, 0
             mfn, perm = (pte & _ADDR) >> PAGE_SHIFT, pte & PERM_RW
@@ -682,8 +693,7 @@ class Iommu:
         if self.memory._inject_fail(InjectSite.FLUSH):
             raise HwError(Status.INJECTED)
         self._tlb.drop_range(ctx, dfn, n)
-        c.cnt[_INVAL] += 1
-        self._cnt[_INVAL] += 1
+        self._count(c, _INVAL)
 
     def invalidate_context(self, ctx: int) -> None:
         c = self._get(ctx)

@@ -35,6 +35,19 @@ HYPERVISOR_memory_op = 12
 HYPERVISOR_iommu_op = 43
 
 
+# count_call's stand-in for a hypercall or sub-op number no row names.
+UNKNOWN = -1
+
+
+def count_call(d, hypercall: int, subop: int, ret: int) -> None:
+    """Count a finished call in d.calls: `hypercall` and `subop` are numbers
+    of rows that exist (else UNKNOWN) and every success counts as 0, so a
+    guest sending made-up numbers cannot grow the dict."""
+    key = (hypercall, subop, ret if ret < 0 else 0)
+    calls = d.calls
+    calls[key] = calls.get(key, 0) + 1
+
+
 class HypercallError(XenError):
     """A sub-op fails with -errno; `why` is the reason its log line gives.
     (A XenError from the Xen model below, e.g. the context layer, fails it
@@ -133,6 +146,7 @@ class Hypercall:
         if raw is None:
             self.log.debug(self.log_prefix + "d%d: copy_from_guest of %#x failed -> -EFAULT",
                            d.domid, handle)
+            count_call(d, self.number, UNKNOWN, -XenErrno.EFAULT)
             return -XenErrno.EFAULT
         op = self.op_type.unpack(raw)
         ret, why = self.run(hv, d, op)
@@ -141,7 +155,9 @@ class Hypercall:
         if self.log.isEnabledFor(logging.DEBUG):
             self.log.debug(self.log_prefix + "d%d: %s", d.domid, self.log_text(op, ret, why))
         if not mem.copy_to_guest(handle, op.pack()):
-            return -XenErrno.EFAULT
+            ret = -XenErrno.EFAULT
+        number = getattr(op, self.subop_field) & self.row_mask
+        count_call(d, self.number, number if number in self.subops else UNKNOWN, ret)
         return ret
 
     def execute_subop(self, hv, d, number: int, handle: int, mem, nested: bool = False) -> int:
@@ -176,11 +192,14 @@ class Hypercall:
         if row is not None and row.copy_back and op.payload is not None:
             if not mem.copy_to_guest(handle, op.payload):
                 ret, why = -XenErrno.EFAULT, f"copy_to_guest of {handle:#x} failed"
-        if ret != -XenErrno.ERESTART and debug:
-            if op.given is not None and row is not None:
-                inputs = self.format_fields(SubopCall(number, op.given), row.inputs)
-            self.log.debug(self.log_prefix + "d%d: %s", d.domid,
-                           self.log_text(op, ret, why, inputs))
+        if ret != -XenErrno.ERESTART:
+            if debug:
+                if op.given is not None and row is not None:
+                    inputs = self.format_fields(SubopCall(number, op.given), row.inputs)
+                self.log.debug(self.log_prefix + "d%d: %s", d.domid,
+                               self.log_text(op, ret, why, inputs))
+            if not nested:      # remote_cmd's own call counts, not what it runs
+                count_call(d, self.number, row.number if row is not None else UNKNOWN, ret)
         return ret
 
     def describe(self, args, regions):
