@@ -63,6 +63,9 @@ $(BUILD)/%: clients/c/examples/%.c $(LIB) $(CLIENT_HDRS)
 $(BUILD)/%_v2: clients/c/examples/%_v2.c $(LIB) $(CLIENT_HDRS)
 	$(CC) $(CFLAGS) $(WARN) -pthread -Iabi/rev2 -Iabi -Iclients/c $< $(LIB) -o $@
 
+# The guest-driver workbench: its library, the project's driver for both revisions.
+include clients/linux/workbench.mk
+
 # --- benchmark programs (bench/c): echo server, load generator, and the
 # plain C loop the IOTLB hits are compared with (a shared object bench/hw.py
 # loads, so that the product's cffi library has no benchmark code) ---------
