@@ -7,7 +7,10 @@
  * -Iabi/rev2 -Iabi: revision 2, a struct per sub-op).
  *
  * Every device's default domain is the identity domain, Xen's context 0 (the
- * domain's memory 1:1); a paging domain is one PV-IOMMU context. Mappings are
+ * domain's memory 1:1); a paging domain is one PV-IOMMU context, whose page
+ * table Xen keeps: the driver registers that as an io-pgtable format whose
+ * ops are the map, unmap and lookup hypercalls, and its domains map through
+ * io_pgtable_ops as drivers over hardware page tables do. Mappings are
  * 4 KiB pages: a PV guest maps one page per call, each page's frame through
  * its p2m (pfn_to_gfn), since its pfns are not contiguous in gfns; HVM/PVH
  * guests map runs (revision 1 in chunks of max_nr_pages). Reserved regions:
@@ -15,6 +18,7 @@
  */
 #define pr_fmt(fmt) "xenemu-pviommu: " fmt
 
+#include <linux/io-pgtable.h>
 #include <linux/iommu.h>
 #include <linux/kernel.h>
 #include <linux/module.h>
@@ -40,8 +44,12 @@
 #define MSI_RANGE_START 0xfee00000UL
 #define MSI_RANGE_END   0xfeefffffUL
 
+/* The format the driver registers: a context's table, kept by Xen. */
+#define PVIOMMU_PGTABLE_FMT IO_PGTABLE_WORKBENCH_FMT
+
 struct pviommu_domain {
     struct iommu_domain domain;
+    struct io_pgtable_ops *pgtbl;
     u16 ctx_no;
 };
 
@@ -250,43 +258,20 @@ static struct iommu_domain pviommu_identity_domain = {
     .ops = &pviommu_identity_ops,
 };
 
-static struct iommu_domain *pviommu_domain_alloc_paging(struct device *dev)
-{
-    struct pviommu_domain *pd;
-    u16 ctx_no;
-    int ret;
+/* -- the io-pgtable format: a context's table, kept by Xen, through hypercalls -- */
 
-    (void)dev;
-    ret = pv_alloc(&ctx_no);
-    if (ret)
-        return ERR_PTR(ret);
-    pd = kzalloc(sizeof(*pd), GFP_KERNEL);
-    if (!pd) {
-        WARN_ON(pv_free(ctx_no));
-        return ERR_PTR(-ENOMEM);
-    }
-    pd->ctx_no = ctx_no;
-    pd->domain.pgsize_bitmap = caps.pgsize_mask;
-    pd->domain.geometry.aperture_start = 0;
-    pd->domain.geometry.aperture_end = caps.max_iova_addr;
-    pd->domain.geometry.force_aperture = true;
-    pd->domain.ops = &pviommu_paging_ops;
-    return &pd->domain;
+/* The domain whose context the table is (the cookie alloc_io_pgtable_ops was given). */
+static u16 pgtbl_ctx(struct io_pgtable_ops *ops)
+{
+    struct pviommu_domain *pd = io_pgtable_ops_to_pgtable(ops)->cookie;
+
+    return pd->ctx_no;
 }
 
-static void pviommu_domain_free(struct iommu_domain *dom)
+static int pgtbl_map_pages(struct io_pgtable_ops *ops, unsigned long iova, phys_addr_t paddr,
+                           size_t pgsize, size_t pgcount, int prot, gfp_t gfp, size_t *mapped)
 {
-    struct pviommu_domain *pd = to_pv_domain(dom);
-
-    /* The core has moved every device out: flags 0 (never reattach_default with devices). */
-    WARN_ON(pv_free(pd->ctx_no));
-    kfree(pd);
-}
-
-static int pviommu_map_pages(struct iommu_domain *dom, unsigned long iova, phys_addr_t paddr,
-                             size_t pgsize, size_t pgcount, int prot, gfp_t gfp, size_t *mapped)
-{
-    struct pviommu_domain *pd = to_pv_domain(dom);
+    u16 ctx_no = pgtbl_ctx(ops);
     u64 nr = (u64)pgsize * pgcount / XEN_PAGE_SIZE, done = 0;
     u64 dfn = iova >> XEN_PAGE_SHIFT;
     unsigned long pfn = (unsigned long)(paddr >> XEN_PAGE_SHIFT);
@@ -304,10 +289,10 @@ static int pviommu_map_pages(struct iommu_domain *dom, unsigned long iova, phys_
 
             if (gfn == INVALID_P2M_ENTRY)
                 return *mapped = done * XEN_PAGE_SIZE, -EFAULT;
-            ret = pv_map(pd->ctx_no, gfn, dfn + done, 1, (u32)prot, &got);
+            ret = pv_map(ctx_no, gfn, dfn + done, 1, (u32)prot, &got);
         } else {
             n = (u32)min_t(u64, nr - done, caps.max_nr_pages);
-            ret = pv_map(pd->ctx_no, pfn + done, dfn + done, n, (u32)prot, &got);
+            ret = pv_map(ctx_no, pfn + done, dfn + done, n, (u32)prot, &got);
         }
         done += got;
     }
@@ -315,10 +300,10 @@ static int pviommu_map_pages(struct iommu_domain *dom, unsigned long iova, phys_
     return ret;
 }
 
-static size_t pviommu_unmap_pages(struct iommu_domain *dom, unsigned long iova, size_t pgsize,
-                                  size_t pgcount, struct iommu_iotlb_gather *gather)
+static size_t pgtbl_unmap_pages(struct io_pgtable_ops *ops, unsigned long iova, size_t pgsize,
+                                size_t pgcount, struct iommu_iotlb_gather *gather)
 {
-    struct pviommu_domain *pd = to_pv_domain(dom);
+    u16 ctx_no = pgtbl_ctx(ops);
     u64 nr = (u64)pgsize * pgcount / XEN_PAGE_SIZE, done = 0;
     u64 dfn = iova >> XEN_PAGE_SHIFT;
     int ret = 0;
@@ -326,7 +311,7 @@ static size_t pviommu_unmap_pages(struct iommu_domain *dom, unsigned long iova, 
     while (done < nr && !ret) {
         u32 got = 0, n = (u32)min_t(u64, nr - done, caps.max_nr_pages);
 
-        ret = pv_unmap(pd->ctx_no, dfn + done, n, &got);
+        ret = pv_unmap(ctx_no, dfn + done, n, &got);
         done += got;
     }
     /* Xen flushes its IOTLB in the hypercall: the gather only records the range. */
@@ -336,13 +321,124 @@ static size_t pviommu_unmap_pages(struct iommu_domain *dom, unsigned long iova, 
 }
 
 #if !PVIOMMU_REV2
-static phys_addr_t pviommu_iova_to_phys(struct iommu_domain *dom, dma_addr_t iova)
+static phys_addr_t pgtbl_iova_to_phys(struct io_pgtable_ops *ops, unsigned long iova)
 {
     u64 gfn;
 
-    if (pv_lookup(to_pv_domain(dom)->ctx_no, iova >> XEN_PAGE_SHIFT, &gfn))
+    if (pv_lookup(pgtbl_ctx(ops), iova >> XEN_PAGE_SHIFT, &gfn))
         return 0;
     return PFN_PHYS(gfn_to_pfn((unsigned long)gfn)) | (iova & ~XEN_PAGE_MASK);
+}
+#endif
+
+/* The table is the context the domain has allocated: nothing to build. */
+static struct io_pgtable *pgtbl_alloc(struct io_pgtable_cfg *cfg, void *cookie)
+{
+    struct io_pgtable *iop;
+
+    (void)cookie;
+    if (cfg->pgsize_bitmap != XEN_PAGE_SIZE)
+        return NULL;
+    iop = kzalloc(sizeof(*iop), GFP_KERNEL);
+    if (!iop)
+        return NULL;
+    iop->ops.map_pages = pgtbl_map_pages;
+    iop->ops.unmap_pages = pgtbl_unmap_pages;
+#if !PVIOMMU_REV2
+    iop->ops.iova_to_phys = pgtbl_iova_to_phys;     /* revision 2 has no lookup sub-op */
+#endif
+    return iop;
+}
+
+static void pgtbl_free(struct io_pgtable *iop)
+{
+    kfree(iop);
+}
+
+static const struct io_pgtable_init_fns pviommu_pgtable_fns = {
+    .alloc = pgtbl_alloc,
+    .free = pgtbl_free,
+};
+
+/* Xen flushes its IOTLB inside every map and unmap: nothing is left to flush. */
+static void pviommu_tlb_flush_all(void *cookie)
+{
+    (void)cookie;
+}
+
+static const struct iommu_flush_ops pviommu_flush_ops = {
+    .tlb_flush_all = pviommu_tlb_flush_all,
+};
+
+/* -- paging domains ------------------------------------------------------------- */
+
+static struct iommu_domain *pviommu_domain_alloc_paging(struct device *dev)
+{
+    struct io_pgtable_cfg cfg = {
+        .pgsize_bitmap = XEN_PAGE_SIZE,
+        .ias = (unsigned int)fls_long((unsigned long)caps.max_iova_addr),
+        .oas = 52,
+        .coherent_walk = true,
+        .tlb = &pviommu_flush_ops,
+        .iommu_dev = dev,
+    };
+    struct pviommu_domain *pd;
+    u16 ctx_no;
+    int ret;
+
+    ret = pv_alloc(&ctx_no);
+    if (ret)
+        return ERR_PTR(ret);         /* -ENOSPC when the domain's contexts are spent */
+    pd = kzalloc(sizeof(*pd), GFP_KERNEL);
+    if (pd) {
+        pd->ctx_no = ctx_no;
+        pd->pgtbl = alloc_io_pgtable_ops(PVIOMMU_PGTABLE_FMT, &cfg, pd);
+    }
+    if (!pd || !pd->pgtbl) {
+        WARN_ON(pv_free(ctx_no));
+        kfree(pd);
+        return ERR_PTR(-ENOMEM);
+    }
+    pd->domain.pgsize_bitmap = cfg.pgsize_bitmap;
+    pd->domain.geometry.aperture_start = 0;
+    pd->domain.geometry.aperture_end = caps.max_iova_addr;
+    pd->domain.geometry.force_aperture = true;
+    pd->domain.ops = &pviommu_paging_ops;
+    return &pd->domain;
+}
+
+static void pviommu_domain_free(struct iommu_domain *dom)
+{
+    struct pviommu_domain *pd = to_pv_domain(dom);
+
+    free_io_pgtable_ops(pd->pgtbl);
+    /* The core has moved every device out: flags 0 (never reattach_default with devices). */
+    WARN_ON(pv_free(pd->ctx_no));
+    kfree(pd);
+}
+
+static int pviommu_map_pages(struct iommu_domain *dom, unsigned long iova, phys_addr_t paddr,
+                             size_t pgsize, size_t pgcount, int prot, gfp_t gfp, size_t *mapped)
+{
+    struct io_pgtable_ops *ops = to_pv_domain(dom)->pgtbl;
+
+    return ops->map_pages(ops, iova, paddr, pgsize, pgcount, prot, gfp, mapped);
+}
+
+static size_t pviommu_unmap_pages(struct iommu_domain *dom, unsigned long iova, size_t pgsize,
+                                  size_t pgcount, struct iommu_iotlb_gather *gather)
+{
+    struct io_pgtable_ops *ops = to_pv_domain(dom)->pgtbl;
+
+    return ops->unmap_pages(ops, iova, pgsize, pgcount, gather);
+}
+
+#if !PVIOMMU_REV2
+static phys_addr_t pviommu_iova_to_phys(struct iommu_domain *dom, dma_addr_t iova)
+{
+    struct io_pgtable_ops *ops = to_pv_domain(dom)->pgtbl;
+
+    return ops->iova_to_phys(ops, (unsigned long)iova);
 }
 #endif
 
@@ -351,7 +447,7 @@ static const struct iommu_domain_ops pviommu_paging_ops = {
     .map_pages = pviommu_map_pages,
     .unmap_pages = pviommu_unmap_pages,
 #if !PVIOMMU_REV2
-    .iova_to_phys = pviommu_iova_to_phys,   /* revision 2 has no lookup sub-op */
+    .iova_to_phys = pviommu_iova_to_phys,
 #endif
     .free = pviommu_domain_free,
 };
@@ -464,12 +560,17 @@ static int __init pviommu_init(void)
     pr_info("%u contexts, iova up to 0x%llx, %s guest\n", caps.max_ctx_no,
             (unsigned long long)caps.max_iova_addr, xen_pv_domain() ? "PV" : "HVM");
 
-    ret = iommu_device_sysfs_add(&pviommu_device, NULL, NULL, "xen-pviommu");
+    ret = io_pgtable_register_format(PVIOMMU_PGTABLE_FMT, &pviommu_pgtable_fns);
     if (ret)
         return ret;
-    ret = iommu_device_register(&pviommu_device, &pviommu_ops, NULL);
+    ret = iommu_device_sysfs_add(&pviommu_device, NULL, NULL, "xen-pviommu");
+    if (!ret) {
+        ret = iommu_device_register(&pviommu_device, &pviommu_ops, NULL);
+        if (ret)
+            iommu_device_sysfs_remove(&pviommu_device);
+    }
     if (ret)
-        iommu_device_sysfs_remove(&pviommu_device);
+        io_pgtable_register_format(PVIOMMU_PGTABLE_FMT, NULL);
     return ret;
 }
 
@@ -477,6 +578,7 @@ static void __exit pviommu_exit(void)
 {
     iommu_device_unregister(&pviommu_device);
     iommu_device_sysfs_remove(&pviommu_device);
+    io_pgtable_register_format(PVIOMMU_PGTABLE_FMT, NULL);
 }
 
 module_init(pviommu_init);
