@@ -481,7 +481,7 @@ static void pviommu_add_rmrrs(struct device *dev, struct list_head *head)
     int ret;
 
     map.dev.pci = pci_sbdf(dev);
-    set_xen_guest_handle(map.buffer, NULL);
+    map.buffer = NULL;
     ret = HYPERVISOR_memory_op(XENMEM_reserved_device_memory_map, &map);
     if (ret != -ENOBUFS || map.nr_entries == 0)
         return;
@@ -489,7 +489,7 @@ static void pviommu_add_rmrrs(struct device *dev, struct list_head *head)
     rdm = kcalloc(n, sizeof(*rdm), GFP_KERNEL);
     if (!rdm)
         return;
-    set_xen_guest_handle(map.buffer, rdm);
+    map.buffer = rdm;
     ret = HYPERVISOR_memory_op(XENMEM_reserved_device_memory_map, &map);
     if (ret == 0) {
         for (i = 0; i < min(n, map.nr_entries); i++) {

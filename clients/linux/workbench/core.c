@@ -224,11 +224,6 @@ void iommu_detach_device(struct iommu_domain *domain, struct device *dev)
     WARN_ON(set_domain(dev, group->default_domain));
 }
 
-int wb_core_attach_default(struct device *dev)
-{
-    return dev->iommu_group ? set_domain(dev, dev->iommu_group->default_domain) : -ENODEV;
-}
-
 struct iommu_domain *wb_core_default_domain(struct device *dev)
 {
     return dev->iommu_group ? dev->iommu_group->default_domain : NULL;
@@ -453,7 +448,8 @@ static void release_device(struct device *dev)
 
         if (rd && group->domain != rd) {
             rd->owner = ops;
-            if (!WARN_ON(rd->ops->attach_dev(rd, dev)))
+            /* The kernel would call through a NULL attach_dev: a WARN here instead. */
+            if (!WARN_ON(!rd->ops || !rd->ops->attach_dev) && !WARN_ON(rd->ops->attach_dev(rd, dev)))
                 group->domain = rd;
         }
         if (ops->release_device)
@@ -568,6 +564,14 @@ void iommu_device_unregister(struct iommu_device *iommu)
         }
     }
     registered = NULL;
+}
+
+bool wb_core_unregister_for_driver(void)
+{
+    if (!registered)
+        return false;
+    iommu_device_unregister(registered);
+    return true;
 }
 
 int iommu_device_sysfs_add(struct iommu_device *iommu, struct device *parent, const void *groups,

@@ -110,18 +110,26 @@ static int learn_domain(struct wb_run *r, const char *device)
     return 0;
 }
 
-/* What module init must have done: every device probed, in the identity domain (context 0). */
+/*
+ * What module init must have done: every device probed and in its default
+ * domain: Xen's context 0 for the identity domain, a context of its own for
+ * a DMA domain.
+ */
 static void check_loaded(struct wb_run *r)
 {
     unsigned int i;
 
     for (i = 0; i < wb_core_nr_devices(); i++) {
         struct pci_dev *p = wb_core_device(i);
+        struct iommu_domain *def = wb_core_default_domain(&p->dev);
+        bool identity = def && def->type == IOMMU_DOMAIN_IDENTITY;
         int ctx = wb_device_ctx(r, r->info.devices[i]);
 
-        wb_check(r, wb_core_probe_status(i) == 0 && ctx == 0,
-                 "probe %s: %d, in context %d (the default domain is Xen's context 0)",
-                 p->name, wb_core_probe_status(i), ctx);
+        if (&p->dev == r->dev)
+            r->default_ctx = ctx;
+        wb_check(r, wb_core_probe_status(i) == 0 && def && (identity ? ctx == 0 : ctx > 0),
+                 "probe %s: %d, default domain %s, daemon: in context %d", p->name,
+                 wb_core_probe_status(i), !def ? "none" : identity ? "identity" : "DMA", ctx);
     }
 }
 
@@ -183,6 +191,10 @@ static void run_scenario(struct wb_run *r, const struct wb_scenario *sc, const c
         check_loaded(r);
         sc->run(r);
         wb_module_exit();
+        /* A module without exit cannot be unloaded; the core lets go of it for the next scenario. */
+        if (!wb_have_module_exit() && wb_core_unregister_for_driver())
+            printf("note %s: the driver has no module_exit: the core released its devices and "
+                   "unregistered its IOMMU\n", sc->name);
         check_unloaded(r, loaded.nr_allocated, warnings);
     }
     wb_p2m_teardown();

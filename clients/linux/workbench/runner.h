@@ -12,6 +12,7 @@ struct wb_run {
     struct wb_domain_info info;      /* the domain as the daemon saw it at module init */
     struct device *dev;              /* the device the scenarios map for */
     struct wb_sbdf sbdf;
+    int default_ctx;                 /* the device's context in its default domain, after probe */
     const char *scenario;
     unsigned int passed, failed;
 };

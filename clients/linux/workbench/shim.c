@@ -137,6 +137,11 @@ bool wb_have_module(void)
     return module_init_fn != NULL;
 }
 
+bool wb_have_module_exit(void)
+{
+    return module_exit_fn != NULL;
+}
+
 int wb_module_init(void)
 {
     return module_init_fn();
@@ -228,7 +233,9 @@ unsigned long mfn_to_pfn(unsigned long mfn)
 
 /* -- io-pgtable ------------------------------------------------------------------ */
 
-static const struct io_pgtable_init_fns *io_pgtable_formats[IO_PGTABLE_NUM_FMTS];
+static const struct io_pgtable_init_fns *io_pgtable_formats[IO_PGTABLE_NUM_FMTS] = {
+    [XEN_IOMMU_GENERIC] = &wb_io_pgtable_generic_fns,
+};
 
 int io_pgtable_register_format(enum io_pgtable_fmt fmt, const struct io_pgtable_init_fns *fns)
 {

@@ -4,7 +4,11 @@
  * v7s, AMD, DART) are GPL code and are not shipped: a format is a slot a
  * driver fills with its own init functions (io_pgtable_register_format, a
  * workbench addition: the kernel's table is built in), or the workbench's
- * spare slot IO_PGTABLE_WORKBENCH_FMT. alloc_io_pgtable_ops calls the slot's
+ * spare slot IO_PGTABLE_WORKBENCH_FMT. One format is built in, written here:
+ * XEN_IOMMU_GENERIC, the software table the Xen PV-IOMMU driver series keeps
+ * beside Xen's for iova_to_phys (a driver may register over it with
+ * io_pgtable_register_format(XEN_IOMMU_GENERIC, NULL) then its own).
+ * alloc_io_pgtable_ops calls the slot's
  * alloc with a copy of cfg, then fills iop->fmt, cookie and cfg as the kernel
  * does; free_io_pgtable_ops flushes the TLB (cfg.tlb->tlb_flush_all) and
  * calls free.
@@ -25,6 +29,7 @@ enum io_pgtable_fmt {
     AMD_IOMMU_V2,
     APPLE_DART,
     APPLE_DART2,
+    XEN_IOMMU_GENERIC,            /* the PV-IOMMU series' software table: built in here */
     IO_PGTABLE_WORKBENCH_FMT,     /* workbench: a slot for a driver's own format */
     IO_PGTABLE_NUM_FMTS,
 };
@@ -46,6 +51,9 @@ struct io_pgtable_cfg {
     bool coherent_walk;
     const struct iommu_flush_ops *tlb;
     struct device *iommu_dev;
+    /* A custom allocator for table pages (NULL: the format's own); the built-in format ignores it. */
+    void *(*alloc)(void *cookie, size_t size, gfp_t gfp);
+    void (*free)(void *cookie, void *pages, size_t size);
 };
 
 struct io_pgtable_ops {

@@ -23,8 +23,13 @@ struct pci_dev {
     struct pci_bus *bus;
     unsigned int devfn;
     unsigned short vendor, device;
+    u8 hdr_type;                 /* PCI_HEADER_TYPE_NORMAL: the daemon's devices are endpoints */
     char name[16];               /* "SSSS:BB:DD.F", dev.init_name */
 };
+
+#define PCI_HEADER_TYPE_NORMAL  0
+#define PCI_HEADER_TYPE_BRIDGE  1
+#define PCI_HEADER_TYPE_CARDBUS 2
 
 #define PCI_DEVFN(slot, func) ((((slot) & 0x1f) << 3) | ((func) & 0x07))
 #define PCI_SLOT(devfn)       (((devfn) >> 3) & 0x1f)
