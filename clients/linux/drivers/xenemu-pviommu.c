@@ -50,6 +50,8 @@
 struct pviommu_domain {
     struct iommu_domain domain;
     struct io_pgtable_ops *pgtbl;
+    /* Revision 2 has no lookup: a software table beside Xen's answers iova_to_phys. */
+    struct io_pgtable_ops *shadow;
     u16 ctx_no;
 };
 
@@ -393,9 +395,15 @@ static struct iommu_domain *pviommu_domain_alloc_paging(struct device *dev)
     if (pd) {
         pd->ctx_no = ctx_no;
         pd->pgtbl = alloc_io_pgtable_ops(PVIOMMU_PGTABLE_FMT, &cfg, pd);
+        if (PVIOMMU_REV2)
+            pd->shadow = alloc_io_pgtable_ops(XEN_IOMMU_GENERIC, &cfg, pd);
     }
-    if (!pd || !pd->pgtbl) {
+    if (!pd || !pd->pgtbl || (PVIOMMU_REV2 && !pd->shadow)) {
         WARN_ON(pv_free(ctx_no));
+        if (pd) {
+            free_io_pgtable_ops(pd->pgtbl);
+            free_io_pgtable_ops(pd->shadow);
+        }
         kfree(pd);
         return ERR_PTR(-ENOMEM);
     }
@@ -412,6 +420,7 @@ static void pviommu_domain_free(struct iommu_domain *dom)
     struct pviommu_domain *pd = to_pv_domain(dom);
 
     free_io_pgtable_ops(pd->pgtbl);
+    free_io_pgtable_ops(pd->shadow);
     /* The core has moved every device out: flags 0 (never reattach_default with devices). */
     WARN_ON(pv_free(pd->ctx_no));
     kfree(pd);
@@ -420,35 +429,42 @@ static void pviommu_domain_free(struct iommu_domain *dom)
 static int pviommu_map_pages(struct iommu_domain *dom, unsigned long iova, phys_addr_t paddr,
                              size_t pgsize, size_t pgcount, int prot, gfp_t gfp, size_t *mapped)
 {
-    struct io_pgtable_ops *ops = to_pv_domain(dom)->pgtbl;
+    struct pviommu_domain *pd = to_pv_domain(dom);
+    size_t before = *mapped, in_shadow = 0;
+    int ret = pd->pgtbl->map_pages(pd->pgtbl, iova, paddr, pgsize, pgcount, prot, gfp, mapped);
 
-    return ops->map_pages(ops, iova, paddr, pgsize, pgcount, prot, gfp, mapped);
+    /* What Xen mapped, the shadow records; the core unmaps both on failure. */
+    if (pd->shadow && *mapped > before)
+        WARN_ON(pd->shadow->map_pages(pd->shadow, iova, paddr, XEN_PAGE_SIZE,
+                                      (*mapped - before) / XEN_PAGE_SIZE, prot, gfp, &in_shadow));
+    return ret;
 }
 
 static size_t pviommu_unmap_pages(struct iommu_domain *dom, unsigned long iova, size_t pgsize,
                                   size_t pgcount, struct iommu_iotlb_gather *gather)
 {
-    struct io_pgtable_ops *ops = to_pv_domain(dom)->pgtbl;
+    struct pviommu_domain *pd = to_pv_domain(dom);
+    size_t done = pd->pgtbl->unmap_pages(pd->pgtbl, iova, pgsize, pgcount, gather);
 
-    return ops->unmap_pages(ops, iova, pgsize, pgcount, gather);
+    if (pd->shadow && done)
+        WARN_ON(pd->shadow->unmap_pages(pd->shadow, iova, XEN_PAGE_SIZE, done / XEN_PAGE_SIZE,
+                                        NULL) != done);
+    return done;
 }
 
-#if !PVIOMMU_REV2
 static phys_addr_t pviommu_iova_to_phys(struct iommu_domain *dom, dma_addr_t iova)
 {
-    struct io_pgtable_ops *ops = to_pv_domain(dom)->pgtbl;
+    struct pviommu_domain *pd = to_pv_domain(dom);
+    struct io_pgtable_ops *ops = pd->shadow ? pd->shadow : pd->pgtbl;
 
     return ops->iova_to_phys(ops, (unsigned long)iova);
 }
-#endif
 
 static const struct iommu_domain_ops pviommu_paging_ops = {
     .attach_dev = pviommu_attach_dev,
     .map_pages = pviommu_map_pages,
     .unmap_pages = pviommu_unmap_pages,
-#if !PVIOMMU_REV2
     .iova_to_phys = pviommu_iova_to_phys,
-#endif
     .free = pviommu_domain_free,
 };
 
