@@ -37,6 +37,12 @@ int printk(const char *fmt, ...)
     char line[1024];
     va_list ap;
 
+    if (fmt[0] == KERN_SOH[0] && fmt[1] == 'c') {
+        va_start(ap, fmt);
+        vsnprintf(line, sizeof(line), fmt + 2, ap);
+        va_end(ap);
+        return fprintf(stderr, "%s", line);
+    }
     if (fmt[0] == KERN_SOH[0] && fmt[1] >= '0' && fmt[1] <= '7') {
         level = fmt[1] - '0';
         fmt += 2;

@@ -1,8 +1,10 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * xenemu workbench: printk and pr_*. Lines go to stderr as "<level> text";
- * pr_debug prints only when the runner is given --debug. pr_fmt is honoured
- * (define it before the first include, as in the kernel).
+ * xenemu workbench: printk and pr_*. Lines go to stderr as "<level> text"
+ * (a message without a level is the kernel's default, warn); pr_cont's text
+ * follows the previous message without a prefix; pr_debug prints only when
+ * the runner is given --debug. pr_fmt is honoured (define it before the
+ * first include, as in the kernel).
  */
 #ifndef _WB_LINUX_PRINTK_H
 #define _WB_LINUX_PRINTK_H
@@ -16,6 +18,7 @@
 #define KERN_NOTICE KERN_SOH "5"
 #define KERN_INFO   KERN_SOH "6"
 #define KERN_DEBUG  KERN_SOH "7"
+#define KERN_CONT   KERN_SOH "c"
 
 #ifndef pr_fmt
 #define pr_fmt(fmt) fmt
@@ -31,6 +34,6 @@ int printk(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 #define pr_notice(fmt, ...) printk(KERN_NOTICE pr_fmt(fmt), ##__VA_ARGS__)
 #define pr_info(fmt, ...)   printk(KERN_INFO pr_fmt(fmt), ##__VA_ARGS__)
 #define pr_debug(fmt, ...)  printk(KERN_DEBUG pr_fmt(fmt), ##__VA_ARGS__)
-#define pr_cont(fmt, ...)   printk(fmt, ##__VA_ARGS__)
+#define pr_cont(fmt, ...)   printk(KERN_CONT fmt, ##__VA_ARGS__)
 
 #endif
