@@ -145,6 +145,21 @@ def test_a_driver_that_skips_the_p2m_fails_the_pv_scenario(c_build, tmp_path):
         assert d.stop() == 0
 
 
+def test_the_device_option_picks_the_device_and_a_foreign_one_fails(c_build, daemon):
+    bench = c_build / "xenemu_pviommu_bench_rev1"
+    proc = subprocess.run([str(bench), "--socket", daemon.socket(0), "--scenario", "basic",
+                           "--device", "0000:00:05.0"], capture_output=True, text=True, timeout=120)
+    by, summary = checks(proc)
+    assert proc.returncode == 0 and summary.endswith(" 0 failed"), proc.stdout
+    assert any("attach 0000:00:05.0: 0" in line for line in by["basic"])
+    # guest1's device is not dom0's: the runner says so in one line and fails.
+    proc = subprocess.run([str(bench), "--socket", daemon.socket(0), "--scenario", "basic",
+                           "--device", "0000:01:00.0"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    assert "FAIL basic: domain 0: 4 devices, 262144 pages, none of them the --device asked for" \
+        in proc.stdout
+
+
 @pytest.mark.parametrize("args,code,message", [
     (["--scenario", "nope"], 2, "no scenario nope"),
     (["--revision", "3"], 2, "--revision is 1 or 2"),

@@ -9,7 +9,8 @@
  * then "N passed, M failed".
  *
  *   driver-bench --socket /tmp/xenemu-$UID/dom0.sock [--revision 1|2]
- *                [--scenario NAME|all] [--control PATH] [--domid N] [--debug]
+ *                [--scenario NAME|all] [--device SSSS:BB:DD.F] [--control PATH]
+ *                [--domid N] [--debug]
  *
  * Exit status: 0 every check passed, 1 a check failed, 2 bad command line,
  * 3 the daemon's control socket or the domain cannot be reached.
@@ -60,13 +61,14 @@ static void usage(FILE *to)
     unsigned int i;
 
     fprintf(to, "usage: driver-bench --socket PATH [--revision 1|2] [--scenario NAME|all]\n"
-                "                    [--control PATH] [--domid N] [--debug]\n"
+                "                    [--device SSSS:BB:DD.F] [--control PATH] [--domid N] [--debug]\n"
                 "  --socket    the domain's socket (default $XENEMU_SOCKET)\n"
                 "  --control   the control socket (default $XENEMU_CONTROL, else control.sock\n"
                 "              beside the domain socket)\n"
                 "  --domid     the domain (default: N of the socket's name domN.sock)\n"
                 "  --revision  the PV-IOMMU revision the driver was built for and the daemon\n"
                 "              serves (default 1)\n"
+                "  --device    the device the scenarios map for (default the domain's first)\n"
                 "  scenarios: all");
     for (i = 0; i < wb_nr_scenarios; i++)
         fprintf(to, " %s", wb_scenarios[i].name);
@@ -175,9 +177,11 @@ static void run_scenario(struct wb_run *r, const struct wb_scenario *sc, const c
 
     r->scenario = sc->name;
     ret = learn_domain(r, device);
-    if (!wb_check(r, ret == 0 && r->dev, "domain %u: %u devices, %llu pages%s%s", r->domid,
-                  r->info.nr_devices, (unsigned long long)r->info.memory_pages,
-                  ret ? ": " : r->dev ? "" : ", not the device asked for",
+    if (!wb_check(r, ret == 0 && r->dev && r->info.memory_pages >= WB_MIN_MEMORY_PAGES,
+                  "domain %u: %u devices, %llu pages%s%s", r->domid, r->info.nr_devices,
+                  (unsigned long long)r->info.memory_pages,
+                  ret ? ": " : !r->dev ? (device ? ", none of them the --device asked for" : ", none")
+                  : r->info.memory_pages < WB_MIN_MEMORY_PAGES ? ", fewer than the scenarios' 64 MiB" : "",
                   ret ? wb_ctl_error(r->ctl) : ""))
         return;
     wb_set_guest(sc->pv, r->info.hardware);

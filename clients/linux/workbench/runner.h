@@ -29,6 +29,9 @@ struct wb_scenario {
 extern const struct wb_scenario wb_scenarios[];
 extern const unsigned int wb_nr_scenarios;
 
+/* The scenarios' buffers lie in the domain's first 64 MiB (pfns below 0x4000). */
+#define WB_MIN_MEMORY_PAGES 0x4000UL
+
 /* The context the daemon says the device is in, or -1. */
 int wb_device_ctx(struct wb_run *r, struct wb_sbdf dev);
 

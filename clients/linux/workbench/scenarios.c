@@ -182,7 +182,7 @@ static void scenario_basic(struct wb_run *r)
     ret = wb_core_attach_identity(r->dev);
     other = wb_device_ctx(r, r->sbdf);
     wb_check(r, ret == 0 && other == 0, "identity domain: %d, daemon: in context %d", ret, other);
-    check_dma_lands(r, PFN_PHYS(0x5000) + 0x80, 0x5000, "identity (dfn == gfn)");
+    check_dma_lands(r, PFN_PHYS(PFN_BASE + 0x100) + 0x80, PFN_BASE + 0x100, "identity (dfn == gfn)");
 }
 
 static void scenario_chunked(struct wb_run *r)
