@@ -6,6 +6,7 @@
  * behaviour: clients/linux/README.md.
  */
 #define _GNU_SOURCE
+#include <asm/iommu.h>
 #include <linux/io-pgtable.h>
 #include <linux/module.h>
 #include <linux/pci.h>
@@ -158,6 +159,10 @@ void wb_module_exit(void)
     if (module_exit_fn)
         module_exit_fn();
 }
+
+/* x86's boot-time IOMMU flags (<asm/iommu.h>): drivers may set them; nothing reads them. */
+int force_iommu, no_iommu, iommu_detected;
+bool x86_swiotlb_enable;
 
 /* -- Xen guest flavour and the PV p2m ------------------------------------------- */
 
