@@ -119,6 +119,80 @@ def test_a_guest_of_revision_2_runs_them_too(c_build, tmp_path):
         assert d.stop() == 0
 
 
+IDIOMS = r"""
+/* Idioms of the Xen PV-IOMMU series' drivers, which the include root must take as Linux does. */
+#include <linux/device/driver.h>
+#include <linux/dma-map-ops.h>
+#include <linux/io-pgtable.h>
+#include <linux/iommu.h>
+#include <linux/pci.h>
+#include <linux/spinlock.h>
+#include <asm/iommu.h>
+#include <xen/xen.h>
+#include <xen/page.h>
+#include <xen/interface/memory.h>
+#include <xen/interface/physdev.h>
+#include <xen/interface/pv-iommu.h>
+#include <asm/xen/hypercall.h>
+#include <asm/xen/page.h>
+
+MODULE_LICENSE("GPL");
+
+static spinlock_t lock;
+
+int idioms(struct device *dev, struct xen_reserved_device_memory *entries)
+{
+    struct xen_reserved_device_memory_map map = { .flags = 0 };
+    GUEST_HANDLE(xen_reserved_device_memory) h = entries;
+    struct io_pgtable_cfg cfg = { .alloc = NULL, .free = NULL };
+    struct io_pgtable_ops *ops = alloc_io_pgtable_ops(XEN_IOMMU_GENERIC, &cfg, NULL);
+
+    spin_lock_init(&lock);
+    map.buffer = NULL;                        /* Linux's handles are plain pointers */
+    set_xen_guest_handle(map.buffer, h);
+    set_dma_ops(dev, NULL);
+    iommu_setup_dma_ops(dev, 0, 1ULL << 39);
+    x86_swiotlb_enable = false;
+    free_io_pgtable_ops(ops);
+    if (to_pci_dev(dev)->hdr_type != PCI_HEADER_TYPE_NORMAL || xen_pv_domain())
+        return (int)pfn_to_gfn(1);
+    return HYPERVISOR_memory_op(XENMEM_reserved_device_memory_map, &map);
+}
+#if defined(XENEMU_PV_IOMMU_REVISION)
+int idioms2(void *inner)
+{
+    struct pv_iommu_remote_cmd cmd = { .domid = 1, .subop = IOMMU_noop };
+    struct pv_iommu_capabilities caps;
+
+    cmd.arg = inner;
+    return HYPERVISOR_iommu_op(IOMMU_query_capabilities, &caps) ?:
+           HYPERVISOR_iommu_op(IOMMU_remote_cmd, &cmd);
+}
+#else
+int idioms1(void)
+{
+    struct pv_iommu_op op = { .subop_id = IOMMUOP_query_capabilities };
+
+    return HYPERVISOR_iommu_op(&op);
+}
+#endif
+"""
+
+
+@pytest.mark.parametrize("revision", [1, 2])
+def test_the_include_root_takes_the_upstream_drivers_idioms(c_build, tmp_path, revision):
+    src = tmp_path / "idioms.c"
+    src.write_text(IDIOMS)
+    build, _ = documented_commands()
+    flags = [a for a in build if a.startswith("-I")]
+    if revision == 2:
+        flags.insert(flags.index("-Iabi"), "-Iabi/rev2")
+    proc = subprocess.run(["cc", "-c", "-Wall", "-Wextra", "-Werror", "-Wno-unused-parameter",
+                           *flags, str(src), "-o", str(tmp_path / "idioms.o")],
+                          cwd=ROOT, capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr
+
+
 BUGGY = """\
 /* The project's driver with a classic PV bug: the pfn handed to Xen as the gfn. */
 #include <asm/xen/page.h>
