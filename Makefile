@@ -110,6 +110,15 @@ INSTALL_LINKS   := libxenemu.so.$(SO_MAJOR):libxenemu.so.$(SO_VERSION) \
                    libxenemu.so:libxenemu.so.$(SO_MAJOR)
 INSTALL_PC      := clients/c/xenemu-client.pc.in clients/c/xenemu-client-rev2.pc.in
 
+# The guest-driver workbench: its library, the project's driver for both
+# revisions; installed beside the client (its include root under
+# INCLUDEDIR/xenemu-workbench, pkg-config xenemu-workbench[-rev2]).
+include clients/linux/workbench.mk
+INSTALL_HEADERS += $(foreach h,$(shell find $(WB_DIR)/include -name '*.h'), \
+                     $(h):xenemu-workbench/$(h:$(WB_DIR)/include/%=%))
+INSTALL_LIBS    += $(WB_LIB)
+INSTALL_PC      += $(WB_DIR)/xenemu-workbench.pc.in $(WB_DIR)/xenemu-workbench-rev2.pc.in
+
 # The paths go into the .pc files, read where the tree ends up: absolute only.
 install-prefix-check:
 	@for dir in "$(PREFIX)" "$(LIBDIR)" "$(INCLUDEDIR)" "$(PKGCONFIGDIR)"; do case "$$dir" in /*) ;; \
@@ -142,6 +151,7 @@ uninstall: install-prefix-check
 	@set -e; for lib in $(notdir $(INSTALL_LIBS)) $(foreach l,$(INSTALL_LINKS),$(firstword $(subst :, ,$(l)))); do \
 	  rm -f "$(DESTDIR)$(LIBDIR)/$$lib"; done
 	@set -e; for pc in $(notdir $(INSTALL_PC:.in=)); do rm -f "$(DESTDIR)$(PKGCONFIGDIR)/$$pc"; done
+
 
 # --- benchmark programs (bench/c): echo server, load generator, and the
 # plain C loop the IOTLB hits are compared with (a shared object bench/hw.py

@@ -30,6 +30,8 @@ needs_libc_a = pytest.mark.skipif(not os.path.isabs(LIBC_A),
                                          "library, e.g. glibc-static)")
 
 EXAMPLES = ROOT / "clients" / "c" / "examples"
+WORKBENCH_INCLUDE = ROOT / "clients" / "linux" / "include"
+DRIVER = ROOT / "clients" / "linux" / "drivers" / "xenemu-pviommu.c"
 WARN = ["-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic"]
 HEADERS = {"xenemu_client.h", "xenemu/wire.h", "xen/errno.h", "xen/memory.h", "xen/physdev.h",
            "xen/pv-iommu.h", "xen/xen.h", "rev2/xen/pv-iommu.h"}
@@ -102,10 +104,15 @@ def installed(tmp_path_factory) -> Installed:
 
 def test_the_tree_holds_both_include_roots_both_libraries_and_the_pc_files(installed):
     prefix = installed.prefix
-    assert files_under(prefix / "include") == {f"xenemu-client/{h}" for h in HEADERS}
+    workbench = {f"xenemu-workbench/{h.relative_to(WORKBENCH_INCLUDE)}"
+                 for h in WORKBENCH_INCLUDE.rglob("*.h")}
+    assert files_under(prefix / "include") == \
+        {f"xenemu-client/{h}" for h in HEADERS} | workbench
     assert files_under(prefix / "lib") == {
         "libxenemu.a", "libxenemu.so", "libxenemu.so.1", "libxenemu.so.1.0.0",
-        "pkgconfig/xenemu-client.pc", "pkgconfig/xenemu-client-rev2.pc"}
+        "libxenemu_workbench.a",
+        "pkgconfig/xenemu-client.pc", "pkgconfig/xenemu-client-rev2.pc",
+        "pkgconfig/xenemu-workbench.pc", "pkgconfig/xenemu-workbench-rev2.pc"}
     lib = prefix / "lib"
     assert os.readlink(lib / "libxenemu.so") == "libxenemu.so.1"
     assert os.readlink(lib / "libxenemu.so.1") == "libxenemu.so.1.0.0"
@@ -173,6 +180,31 @@ def test_the_revision_2_driver_built_with_pkg_config_runs_its_sequence(installed
     assert "libxenemu.so.1" in needed(shared) and needed(static) == []
 
 
+@pytest.mark.parametrize("revision", [1, 2], ids=["rev1", "rev2"])
+def test_the_projects_driver_built_with_the_workbench_pc_file(installed, tmp_path, revision):
+    """A Linux IOMMU driver built elsewhere with `pkg-config xenemu-workbench[-rev2]`
+    alone runs the workbench's scenarios against a daemon of its revision."""
+    package = "xenemu-workbench" if revision == 1 else "xenemu-workbench-rev2"
+    work = tmp_path / "driver"
+    work.mkdir()
+    shutil.copy(DRIVER, work / DRIVER.name)
+    flags = installed.pkg_config("--cflags", "--libs", package)
+    program = work / "driver_bench"
+    subprocess.run(["gcc", "-std=gnu11", "-Wall", "-Wextra", "-Werror", str(work / DRIVER.name),
+                    *flags, "-o", str(program)], check=True, capture_output=True, text=True)
+    d = DaemonProcess(tmp_path / "d", *(["--abi-revision", "2"] if revision == 2 else []))
+    try:
+        proc = subprocess.run([str(program), "--revision", str(revision), "--socket",
+                               d.socket(0), "--scenario", "basic"],
+                              env={"LD_LIBRARY_PATH": str(installed.libdir)},
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert proc.stdout.strip().splitlines()[-1].endswith(" passed, 0 failed")
+        assert d.ctl("check")["consistent"]
+    finally:
+        assert d.stop() == 0
+
+
 def test_a_staged_install_builds_through_a_sysroot_and_uninstalls(tmp_path):
     stage = tmp_path / "stage"
     args = ["PREFIX=/opt/xenemu", f"DESTDIR={stage}"]
@@ -190,6 +222,7 @@ def test_a_staged_install_builds_through_a_sysroot_and_uninstalls(tmp_path):
     assert result.returncode == 0, result.stderr
     assert files_under(stage) == set()
     assert not (stage / "opt/xenemu/include/xenemu-client").exists()
+    assert not (stage / "opt/xenemu/include/xenemu-workbench").exists()
     assert (stage / "opt/xenemu/include").is_dir()      # not install's to remove
 
 
