@@ -4,7 +4,7 @@ Exit status of replay: 0 when every record of every trace matched, 1 when
 some diverged (or the machine's invariant check failed after a replay, or
 with --fail-on-hazard a trace holds a hazard record),
 2 when a trace could not be read, 3 when a worker process (-j) died while
-replaying a trace; over several traces the highest wins. Stopped by SIGINT
+replaying a trace (or none could be started); over several traces the highest wins. Stopped by SIGINT
 or SIGTERM: 128 + the signal's number.
 """
 
@@ -160,6 +160,12 @@ def stats_command(args) -> int:
 
 # -- replay -------------------------------------------------------------------------
 
+# Exit statuses of replay (the README's and --help's); over several traces the highest wins.
+EXIT_DIVERGED = 1
+EXIT_BAD_TRACE = 2
+EXIT_WORKER_DIED = 3
+
+
 def _summary(r: ReplayResult) -> str:
     rate = f" ({r.hypercalls / r.seconds:,.0f} hypercalls/s)" if r.seconds and r.hypercalls else ""
     head = f"{r.path}: {r.records:,} records, {r.hypercalls:,} hypercalls in {r.seconds:.2f} s{rate}"
@@ -205,7 +211,11 @@ def replay_command(args) -> int:
         print(f"xenemu: replay stopped by {e} after reporting {len(results)} of {len(traces)} "
               f"traces", file=sys.stderr)
         return 128 + e.signum
+    except jobs.WorkerError as e:
+        print(f"xenemu: {e}", file=sys.stderr)
+        return EXIT_WORKER_DIED
     finally:
+        replays.close()     # also when stdout's reader has gone (BrokenPipeError)
         if progress:
             progress.close()
     processes = max(min(args.jobs, len(traces)), 1)
@@ -231,17 +241,13 @@ def _replays(traces: list[Path], args, progress, in_workers: bool):
             yield from replays
         return
     for i, path in enumerate(traces):
+        bar = progress.bar(i, path.name) if progress else None
         r = replay_file(path, keep_going=options.keep_going, check_iotlb=options.check_iotlb,
-                        fail_on_hazard=options.fail_on_hazard,
-                        progress=progress.bar(i, path.name) if progress else None,
+                        fail_on_hazard=options.fail_on_hazard, progress=bar,
                         report=lambda d: _print(progress, d.report + "\n"))
+        if bar:
+            bar.done()      # a file that could not be opened left its bar up
         yield r
-
-
-# Exit statuses of replay (the README's and --help's); over several traces the highest wins.
-EXIT_DIVERGED = 1
-EXIT_BAD_TRACE = 2
-EXIT_WORKER_DIED = 3
 
 
 def _status(r: ReplayResult) -> int:

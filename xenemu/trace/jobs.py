@@ -100,6 +100,10 @@ class ReplayOptions:
     fail_on_hazard: bool = False
 
 
+class WorkerError(Exception):
+    """No worker process could be started at all."""
+
+
 class WorkerDied(ReplayResult):
     """The result of a trace whose worker process died while replaying it:
     `error` says how, and how far the worker had said it got."""
@@ -191,7 +195,8 @@ class ParallelReplay:
         next_out = 0
         while next_out < len(self._paths):
             while self._pending and len(self._workers) < self._jobs:
-                self._start_worker()
+                if not self._start_worker():
+                    break
             ready = wait([w.conn for w in self._workers] + [w.process.sentinel for w in self._workers])
             for w in list(self._workers):
                 if w.conn in ready or w.process.sentinel in ready:
@@ -200,7 +205,9 @@ class ParallelReplay:
                 yield finished.pop(next_out)
                 next_out += 1
 
-    def _start_worker(self) -> None:
+    def _start_worker(self) -> bool:
+        """False when the system refuses another process but some are running:
+        they take the rest between them."""
         parent, child = self._context.Pipe()
         process = self._context.Process(target=_work, args=(child, self._options), daemon=True,
                                         name="xenemu replay worker")
@@ -209,12 +216,18 @@ class ParallelReplay:
         old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
         try:
             process.start()
+        except OSError as e:        # EAGAIN: out of processes; ENOMEM
+            parent.close()
+            if not self._workers:
+                raise WorkerError(f"cannot start a replay worker process: {e}") from None
+            return False
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, old)
             child.close()
         worker = _Worker(process, parent)
         self._workers.append(worker)
         self._assign(worker)     # every live worker holds a trace: a death always costs one
+        return True
 
     def _assign(self, w: _Worker) -> None:
         if not self._pending:

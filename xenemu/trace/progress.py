@@ -46,6 +46,8 @@ class ReplayProgress:
         self._redraw(force)
 
     def end(self, key: int) -> None:
+        if key not in self._running:
+            return      # ended already
         task, _ = self._running.pop(key)
         self._latest.pop(key, None)
         self._bars.remove_task(task)
