@@ -173,19 +173,28 @@ def workers_of(pid: int) -> list[int]:
     return found
 
 
+def worker_reading(pid: int, trace: Path) -> int | None:
+    for worker in workers_of(pid):
+        try:
+            if any(os.readlink(fd) == str(trace.resolve()) for fd in Path(f"/proc/{worker}/fd").iterdir()):
+                return worker
+        except OSError:
+            pass        # gone meanwhile, or an fd closed while we looked
+    return None
+
+
 def test_a_worker_killed_mid_trace_costs_that_trace_only(tmp_path):
     junit = tmp_path / "replay.xml"
     small = TRACES / "continued-free.xt"
     proc = subprocess.Popen([sys.executable, "-m", "xenemu.cli", "replay", "-j", "2",
                              "--check-iotlb", "--junit", str(junit), str(small), str(BIG)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
-    # The largest trace goes out first, so the first worker holds the 110k-call
-    # trace (seconds of work), from the moment it starts.
+    # Killed once it has the 110k-call trace open (seconds of work ahead of it).
     deadline = time.monotonic() + 120
-    while not (workers := workers_of(proc.pid)) and time.monotonic() < deadline:
+    while not (holder := worker_reading(proc.pid, BIG)) and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert workers, "no worker started"
-    os.kill(workers[0], signal.SIGKILL)
+    assert holder, "no worker opened the trace"
+    os.kill(holder, signal.SIGKILL)
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 3, out + err
     assert "Traceback" not in out + err
