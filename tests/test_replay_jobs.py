@@ -176,7 +176,8 @@ def workers_of(pid: int) -> list[int]:
 def worker_reading(pid: int, trace: Path) -> int | None:
     for worker in workers_of(pid):
         try:
-            if any(os.readlink(fd) == str(trace.resolve()) for fd in Path(f"/proc/{worker}/fd").iterdir()):
+            fds = Path(f"/proc/{worker}/fd").iterdir()
+            if any(os.readlink(fd) == str(trace.resolve()) for fd in fds):
                 return worker
         except OSError:
             pass        # gone meanwhile, or an fd closed while we looked

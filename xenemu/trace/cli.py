@@ -4,8 +4,8 @@ Exit status of replay: 0 when every record of every trace matched, 1 when
 some diverged (or the machine's invariant check failed after a replay, or
 with --fail-on-hazard a trace holds a hazard record),
 2 when a trace could not be read, 3 when a worker process (-j) died while
-replaying a trace (or none could be started); over several traces the highest wins. Stopped by SIGINT
-or SIGTERM: 128 + the signal's number.
+replaying a trace (or none could be started); over several traces the
+highest wins. Stopped by SIGINT or SIGTERM: 128 + the signal's number.
 """
 
 from __future__ import annotations
@@ -299,9 +299,10 @@ def _totals(results: list[ReplayResult], args, seconds: float, processes: int) -
             lines.append(f"  {what}: {', '.join(names[:20])}{more}")
     hypercalls = sum(r.hypercalls for r in results)
     records = sum(r.records for r in results)
+    seconds = max(seconds, 1e-9)
     lines.append(f"{hypercalls:,} hypercalls, {records:,} records in {seconds:.2f} s with "
-                 f"{processes} process(es): {hypercalls / max(seconds, 1e-9):,.0f} hypercalls/s, "
-                 f"{len(results) / max(seconds, 1e-9):,.1f} traces/s")
+                 f"{processes} process(es): {hypercalls / seconds:,.0f} hypercalls/s, "
+                 f"{len(results) / seconds:,.1f} traces/s")
     return lines
 
 

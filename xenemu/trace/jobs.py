@@ -197,7 +197,8 @@ class ParallelReplay:
             while self._pending and len(self._workers) < self._jobs:
                 if not self._start_worker():
                     break
-            ready = wait([w.conn for w in self._workers] + [w.process.sentinel for w in self._workers])
+            ready = wait([w.conn for w in self._workers] +
+                         [w.process.sentinel for w in self._workers])
             for w in list(self._workers):
                 if w.conn in ready or w.process.sentinel in ready:
                     self._collect(w, finished)
