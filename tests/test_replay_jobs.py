@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import select
 import shutil
 import signal
 import subprocess
@@ -133,7 +134,9 @@ def test_runners_given_a_shard_each_replay_the_corpus_once_between_them(tmp_path
         given = list(map(str, paths))
         if k == 2:
             given.reverse()     # another runner's shell may list them in another order
-        out = xenemu("replay", "--shard", f"{k}/3", "--junit", str(tmp_path / f"{k}.xml"), *given)
+        jobs = ["-j", "auto"] if k == 3 else []     # and another may have more cores
+        out = xenemu("replay", "--shard", f"{k}/3", *jobs, "--junit", str(tmp_path / f"{k}.xml"),
+                     *given)
         assert out.returncode == 0, out.stdout + out.stderr
         cases = junit_cases(tmp_path / f"{k}.xml")
         assert sorted(cases) == sorted(str(p) for p in paths if documented_shard(p.name, 3) == k)
@@ -230,3 +233,29 @@ def test_ctrl_c_or_sigterm_stops_the_replay_cleanly(tmp_path, jobs, signum):
     assert not (tmp_path / "replay.xml").exists()    # not a partial file CI would take as whole
     for pid in workers:     # stopped and reaped by the replay, not left running
         assert not Path(f"/proc/{pid}").exists()
+
+
+def test_workers_of_a_replay_killed_with_9_stop_quietly():
+    proc = subprocess.Popen([sys.executable, "-m", "xenemu.cli", "replay", "-j", "2",
+                             str(BIG), str(BIG)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT)
+    deadline = time.monotonic() + 120
+    while not (holder := worker_reading(proc.pid, BIG)) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert holder, "no worker opened the trace"
+    workers = workers_of(proc.pid)
+    proc.kill()
+    proc.wait()
+    # The workers share its stderr: it ends when the last of them has gone,
+    # within a tenth of a second of replaying (their next report finds no parent).
+    err, deadline = b"", time.monotonic() + 60
+    while select.select([proc.stderr], [], [], max(deadline - time.monotonic(), 0))[0]:
+        if not (chunk := os.read(proc.stderr.fileno(), 65536)):
+            break
+        err += chunk
+    else:
+        pytest.fail(f"the workers still hold stderr after 60 s: {err!r}")
+    assert err == b""
+    for pid in workers:
+        stat = Path(f"/proc/{pid}/stat")
+        assert not stat.exists() or stat.read_text().split()[2] == "Z"

@@ -109,10 +109,14 @@ class WorkerDied(ReplayResult):
     `error` says how, and how far the worker had said it got."""
 
 
+class _ParentGone(Exception):
+    pass
+
+
 class _PipeProgress:
     """`replay_file`'s progress hook in a worker: at most 10 reports a
     second to the parent. A parent that has gone (killed with -9) makes the
-    next report fail, and the worker with it, instead of replaying on."""
+    next report fail, and the worker stop, instead of replaying on."""
 
     def __init__(self, conn, index: int):
         self._conn, self._index, self._next = conn, index, 0.0
@@ -121,7 +125,10 @@ class _PipeProgress:
         now = time.perf_counter()
         if now >= self._next or force:
             self._next = now + 0.1
-            self._conn.send(("progress", self._index, fraction, records))
+            try:
+                self._conn.send(("progress", self._index, fraction, records))
+            except OSError:
+                raise _ParentGone from None
 
     def done(self) -> None:
         pass
@@ -131,19 +138,16 @@ def _work(conn, options: ReplayOptions) -> None:
     """A worker: replays the traces it is sent, one at a time, until told to stop."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)    # the parent alone decides on Ctrl-C
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
-    while True:
-        try:
-            task = conn.recv()
-        except (EOFError, OSError):
-            return
-        if task is None:
-            return
-        index, path = task
-        result = replay_file(path, keep_going=options.keep_going,
-                             check_iotlb=options.check_iotlb,
-                             fail_on_hazard=options.fail_on_hazard,
-                             progress=_PipeProgress(conn, index))
-        conn.send(("done", index, result))
+    try:
+        while (task := conn.recv()) is not None:
+            index, path = task
+            result = replay_file(path, keep_going=options.keep_going,
+                                 check_iotlb=options.check_iotlb,
+                                 fail_on_hazard=options.fail_on_hazard,
+                                 progress=_PipeProgress(conn, index))
+            conn.send(("done", index, result))
+    except (_ParentGone, EOFError, BrokenPipeError, ConnectionResetError):
+        return      # the parent has gone: nobody is left to tell
 
 
 @dataclass
