@@ -158,6 +158,13 @@ def test_a_bad_shard_or_process_count_is_one_line(option):
     assert re.search(r"argument (--shard|-j/--jobs): expected", out.stderr)
 
 
+def test_a_junit_path_that_cannot_be_written_is_one_line_before_any_replay(tmp_path):
+    out = xenemu("replay", "-j", "2", "--junit", str(tmp_path / "no" / "replay.xml"),
+                 str(TRACES / "linux-driver.xt"), str(TRACES / "error-paths.xt"))
+    assert (out.returncode, out.stdout) == (2, "")
+    assert out.stderr == f"xenemu: --junit {tmp_path / 'no' / 'replay.xml'}: no such directory\n"
+
+
 # -- stopping: Ctrl-C, a killed worker --------------------------------------------------------
 
 def workers_of(pid: int) -> list[int]:
