@@ -118,10 +118,12 @@ def test_the_rate_keeps_a_bounded_number_of_bins_and_every_call():
     assert sum(bad for s in rate.counts.values() for _, bad in s) == len(range(0, 10_000, 7))
 
 
-def test_replay_report_writes_a_page_for_each_trace_that_diverged(tmp_path):
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_replay_report_writes_a_page_for_each_trace_that_diverged(tmp_path, jobs):
     edited, n = diverged_trace(tmp_path)
     reports = tmp_path / "reports" / "nested"
-    r = xenemu("replay", "--report", str(reports), str(edited), str(TRACES / "linux-driver.xt"))
+    r = xenemu("replay", "-j", jobs, "--report", str(reports), str(edited),
+               str(TRACES / "linux-driver.xt"))
     assert r.returncode == 1, r.stdout + r.stderr          # as without --report
     page = reports / "edited.xt.html"
     assert f"report: {page}" in r.stdout

@@ -366,11 +366,13 @@ def test_stats_counts_per_sub_op_and_result():
     assert re.search(r"lookup_page\s+10\s+0: 8\s+-EINVAL: 2", out)
 
 
-def test_a_progress_bar_on_a_terminal():
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_a_progress_bar_on_a_terminal(jobs):
     master, slave = pty.openpty()
     env = {k: v for k, v in os.environ.items() if k != "CI"}
-    proc = subprocess.Popen([sys.executable, "-m", "xenemu.cli", "replay",
-                             str(ROOT / "tests" / "traces" / "continued-free.xt")],
+    more = [str(ROOT / "tests" / "traces" / "linux-driver.xt")] if jobs == "2" else []
+    proc = subprocess.Popen([sys.executable, "-m", "xenemu.cli", "replay", "-j", jobs,
+                             str(ROOT / "tests" / "traces" / "continued-free.xt"), *more],
                             stdout=subprocess.PIPE, stderr=slave, cwd=ROOT, env=env)
     out, _ = proc.communicate(timeout=120)
     os.close(slave)
@@ -385,11 +387,18 @@ def test_a_progress_bar_on_a_terminal():
         seen += chunk
     os.close(master)
     assert proc.returncode == 0, out
-    assert b"continued-free.xt [" in seen and b"records" in seen
+    # rich's bar: the trace's name, then how far, its records and their rate;
+    # for several traces, one bar for them all as well.
+    if jobs == "1":
+        assert re.search(rb"continued-free.xt .*\xe2\x94\x81.*100%.* 600 records [\d,]+/s", seen)
+    else:
+        assert re.search(rb"all traces .*\xe2\x94\x81.*100%.* 2/2", seen)
+        assert b"continued-free.xt " in seen and b"linux-driver.xt " in seen
+    assert b"\x1b[?25h" in seen[-24:] and b"\x1b[2K" in seen[-24:]   # erased, cursor back
     # Not on a pipe: the same replay writes no bar where stderr is not a terminal.
-    assert b"[" not in subprocess.run([sys.executable, "-m", "xenemu.cli", "replay",
-                                       str(ROOT / "tests" / "traces" / "linux-driver.xt")],
-                                      capture_output=True, cwd=ROOT, env=env).stderr
+    assert subprocess.run([sys.executable, "-m", "xenemu.cli", "replay", "-j", jobs,
+                           str(ROOT / "tests" / "traces" / "linux-driver.xt"), *more],
+                          capture_output=True, cwd=ROOT, env=env).stderr == b""
 
 
 def test_serve_the_machine_a_trace_was_recorded_on(tmp_path):

@@ -5,7 +5,9 @@ Exit status of replay: 0 when every record of every trace matched, 1 when
 some diverged (or the machine's invariant check failed after a replay, or
 with --fail-on-hazard a trace holds a hazard record),
 2 when a trace could not be read (or --report's directory or a report in it
-cannot be written).
+cannot be written), 3 when a worker process (-j) died while replaying a trace
+(or none could be started); over several traces the highest wins. Stopped by
+SIGINT or SIGTERM: 128 + the signal's number.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import xml.etree.ElementTree as ET
 from collections import Counter, defaultdict
 from pathlib import Path
 
-from . import report_cli, text
+from . import jobs, report_cli, text
 from .reader import TraceReader, located
 from .records import TraceError
 from .replay import ReplayResult, replay_file
@@ -29,8 +31,16 @@ def add_commands(sub) -> None:
         description="Replay each trace through the daemon's core, in process, comparing every "
                     "return value and written-back byte with the recording. Exit status: 0 all "
                     "matched, 1 a divergence (or, with --fail-on-hazard, a hazard), 2 a trace could "
-                    "not be read.")
+                    "not be read, 3 a worker process died replaying one (-j); over several "
+                    "traces the highest wins; 130 or 143 stopped by SIGINT or SIGTERM.")
     replay.add_argument("traces", nargs="+", type=Path, metavar="FILE")
+    replay.add_argument("-j", "--jobs", type=jobs.parse_jobs, default=1, metavar="N",
+                        help="replay traces in N worker processes at once (auto: one per "
+                             f"core, at most {jobs.MAX_JOBS}); one summary and JUnit file")
+    replay.add_argument("--shard", type=jobs.parse_shard, metavar="K/N",
+                        help="replay only shard K of N (1 <= K <= N): the traces whose base "
+                             "name's SHA-256 modulo N is K-1, so N CI runners given the same "
+                             "files split them exactly without coordination")
     replay.add_argument("--keep-going", action="store_true",
                         help="go on past divergences and count them")
     replay.add_argument("--junit", type=Path, metavar="XML",
@@ -156,29 +166,10 @@ def stats_command(args) -> int:
 
 # -- replay -------------------------------------------------------------------------
 
-class Progress:
-    """A one-line progress bar on a terminal, redrawn at most 10 times a second."""
-
-    def __init__(self, stream, label: str):
-        self._stream = stream
-        self._label = label
-        self._next = 0.0
-        self._start = time.perf_counter()
-
-    def update(self, fraction: float, records: int, force: bool = False) -> None:
-        now = time.perf_counter()
-        if now < self._next and not force:
-            return
-        self._next = now + 0.1
-        filled = int(fraction * 30)
-        rate = records / max(now - self._start, 1e-9)
-        self._stream.write(f"\r{self._label} [{'#' * filled}{'.' * (30 - filled)}] "
-                           f"{fraction:4.0%} {records:,} records {rate:,.0f}/s ")
-        self._stream.flush()
-
-    def done(self) -> None:
-        self._stream.write("\r\x1b[K")
-        self._stream.flush()
+# Exit statuses of replay (the README's and --help's); over several traces the highest wins.
+EXIT_DIVERGED = 1
+EXIT_BAD_TRACE = 2
+EXIT_WORKER_DIED = 3
 
 
 def _summary(r: ReplayResult) -> str:
@@ -199,33 +190,140 @@ def _summary(r: ReplayResult) -> str:
 def replay_command(args) -> int:
     if args.report and (error := report_cli.check_report_dir(args.report)):
         print(f"xenemu: {error}", file=sys.stderr)
-        return 2
-    show_progress = sys.stderr.isatty() and not os.environ.get("CI") and not args.quiet
-    results = []
-    for path in args.traces:
-        r = replay_file(path, keep_going=args.keep_going, check_iotlb=args.check_iotlb,
-                        fail_on_hazard=args.fail_on_hazard,
-                        progress=Progress(sys.stderr, path.name) if show_progress else None,
-                        report=lambda d: print(d.report + "\n", flush=True))
-        results.append(r)
-        for note in r.notes:
-            print(f"note: {note}")
-        for line in r.hazards:
-            print(line)
-        if not args.quiet or not r.ok:
-            print(_summary(r), flush=True)
+        return EXIT_BAD_TRACE
+    traces = args.traces
+    if args.shard:
+        traces = jobs.in_shard(traces, *args.shard)
+        if not traces:
+            print(f"shard {args.shard[0]}/{args.shard[1]}: none of the {len(args.traces)} "
+                  f"traces given falls in it")
+    if args.junit and (args.junit.is_dir() or not args.junit.parent.is_dir()):
+        print(f"xenemu: --junit {args.junit}: "
+              f"{'is a directory' if args.junit.is_dir() else 'no such directory'}",
+              file=sys.stderr)
+        return EXIT_BAD_TRACE
+    progress = None
+    if sys.stderr.isatty() and not os.environ.get("CI") and not args.quiet and traces:
+        from .progress import ReplayProgress      # rich, only on a terminal
+        progress = ReplayProgress(sys.stderr, len(traces))
+    results: list[ReplayResult] = []
+    start = time.perf_counter()
+    in_workers = min(args.jobs, len(traces)) > 1
+    replays = _replays(traces, args, progress, in_workers)
+    try:
+        with jobs.interruptible():
+            for r in replays:
+                results.append(r)
+                _show(r, args, progress, reports=in_workers)
+    except jobs.Interrupted as e:
+        replays.close()     # its workers stop here, before the line that says so
+        print(f"xenemu: replay stopped by {e} after reporting {len(results)} of {len(traces)} "
+              f"traces", file=sys.stderr)
+        return 128 + e.signum
+    except jobs.WorkerError as e:
+        print(f"xenemu: {e}", file=sys.stderr)
+        return EXIT_WORKER_DIED
+    finally:
+        replays.close()     # also when stdout's reader has gone (BrokenPipeError)
+        if progress:
+            progress.close()
+    processes = max(min(args.jobs, len(traces)), 1)
+    if len(args.traces) > 1 or args.shard or processes > 1:
+        if not args.quiet or not all(r.ok for r in results):
+            for line in _totals(results, args, time.perf_counter() - start, processes):
+                print(line)
     if args.junit:
-        write_junit(args.junit, results)
-    if args.report and report_cli.write_replay_reports(args.report, results, _summary):
-        return 2
-    if any(r.error for r in results):
-        return 2
-    return 0 if all(r.ok for r in results) else 1
+        try:
+            write_junit(args.junit, results, args.shard)
+        except OSError as e:
+            print(f"xenemu: --junit {args.junit}: {e.strerror or e}", file=sys.stderr)
+            return EXIT_BAD_TRACE
+    status = max((_status(r) for r in results), default=0)
+    replayed = [r for r in results if not isinstance(r, jobs.WorkerDied)]
+    if args.report and report_cli.write_replay_reports(args.report, replayed, _summary):
+        status = max(status, EXIT_BAD_TRACE)
+    return status
 
 
-def write_junit(path: Path, results: list[ReplayResult]) -> None:
+def _replays(traces: list[Path], args, progress, in_workers: bool):
+    """Each trace's result, in the order given: from worker processes, or
+    in process (printing its divergences as they are found)."""
+    options = jobs.ReplayOptions(args.keep_going, args.check_iotlb, args.fail_on_hazard)
+    if in_workers:
+        with jobs.ParallelReplay(traces, options, args.jobs, progress) as replays:
+            yield from replays
+        return
+    for i, path in enumerate(traces):
+        bar = progress.bar(i, path.name) if progress else None
+        r = replay_file(path, keep_going=options.keep_going, check_iotlb=options.check_iotlb,
+                        fail_on_hazard=options.fail_on_hazard, progress=bar,
+                        report=lambda d: _print(progress, d.report + "\n"))
+        if bar:
+            bar.done()      # a file that could not be opened left its bar up
+        yield r
+
+
+def _status(r: ReplayResult) -> int:
+    if isinstance(r, jobs.WorkerDied):
+        return EXIT_WORKER_DIED
+    if r.error:
+        return EXIT_BAD_TRACE
+    return 0 if r.ok else EXIT_DIVERGED
+
+
+def _print(progress, text: str) -> None:
+    if progress:
+        with progress.paused():
+            print(text, flush=True)
+    else:
+        print(text, flush=True)
+
+
+def _show(r: ReplayResult, args, progress, reports: bool) -> None:
+    """A trace's lines once it has been replayed. `reports`: its divergence
+    reports too (a worker's: in process they are printed as they are found)."""
+    lines = []
+    if reports:
+        lines += [d.report + "\n" for d in r.divergences]
+        if r.count > len(r.divergences):
+            lines.append(f"({r.count - len(r.divergences)} more divergence(s) not shown: "
+                         f"replay {r.path} alone to see them all)\n")
+    lines += [f"note: {note}" for note in r.notes] + r.hazards
+    if not args.quiet or not r.ok:
+        lines.append(_summary(r))
+    if lines:
+        _print(progress, "\n".join(lines))
+
+
+def _totals(results: list[ReplayResult], args, seconds: float, processes: int) -> list[str]:
+    """The combined summary of a run over several traces."""
+    groups = {"failed": [r for r in results if _status(r) == EXIT_DIVERGED],
+              "could not be read": [r for r in results if _status(r) == EXIT_BAD_TRACE],
+              "lost with their worker": [r for r in results if _status(r) == EXIT_WORKER_DIED]}
+    counts = [f"{sum(1 for r in results if r.ok)} all match"]
+    counts += [f"{len(group)} {what}" for what, group in groups.items() if group]
+    given = f" (shard {args.shard[0]}/{args.shard[1]} of {len(args.traces)} given)" \
+        if args.shard else ""
+    lines = [f"replayed {len(results)} trace(s){given}: {', '.join(counts)}"]
+    for what, group in groups.items():
+        if group:
+            names = [str(r.path) for r in group]
+            more = f" and {len(names) - 20} more" if len(names) > 20 else ""
+            lines.append(f"  {what}: {', '.join(names[:20])}{more}")
+    hypercalls = sum(r.hypercalls for r in results)
+    records = sum(r.records for r in results)
+    seconds = max(seconds, 1e-9)
+    lines.append(f"{hypercalls:,} hypercalls, {records:,} records in {seconds:.2f} s with "
+                 f"{processes} process(es): {hypercalls / seconds:,.0f} hypercalls/s, "
+                 f"{len(results) / seconds:,.1f} traces/s")
+    return lines
+
+
+def write_junit(path: Path, results: list[ReplayResult], shard: tuple[int, int] | None = None
+                ) -> None:
     """One test suite, one test case per trace; a failure holds every report."""
-    suite = ET.Element("testsuite", name="xenemu replay", tests=str(len(results)),
+    name = f"xenemu replay shard {shard[0]}/{shard[1]}" if shard else "xenemu replay"
+    suite = ET.Element("testsuite", name=name, tests=str(len(results)),
                        failures=str(sum(1 for r in results if not r.ok and not r.error)),
                        errors=str(sum(1 for r in results if r.error)),
                        time=f"{sum(r.seconds for r in results):.3f}")

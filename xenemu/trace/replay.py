@@ -280,8 +280,10 @@ class ReplayResult:
 def replay_file(path: Path, *, keep_going: bool = False, check_iotlb: bool = False,
                 fail_on_hazard: bool = False, progress=None, report=None) -> ReplayResult:
     """Replay one trace; `report(divergence)` is called on each divergence found,
-    `progress` (cli.Progress) shown as it goes. `fail_on_hazard`: the trace's
-    hazard records (calls Xen v7 would crash on) fail it too."""
+    `progress.update(fraction, records, force)` as it goes and `progress.done()`
+    at the end (a bar of progress.ReplayProgress, or a -j worker's reports to
+    its parent). `fail_on_hazard`: the trace's hazard records (calls Xen v7
+    would crash on) fail it too."""
     result = ReplayResult(path)
     try:
         reader = TraceReader(path)
