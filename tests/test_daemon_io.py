@@ -1,11 +1,17 @@
 """The daemon's per-connection I/O (xenemu.sockio): the replies to every
 call of one received buffer, a continued call's rounds included, go out in
-one send. Run in process, to count the reads and sends it makes; the client
-is the blocking Python one, in a thread."""
+one send (run in process, to count the reads and sends it makes; the client
+is the blocking Python one, in a thread), and a connection whose reads
+always find bytes waiting does not starve the others."""
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import threading
+
 import trio
+from support import DaemonProcess, raw_conn
 
 from xenemu import abi, wire
 from xenemu.client import OP_GADDR, XenemuClient
@@ -73,3 +79,46 @@ async def test_the_replies_to_one_received_buffer_go_out_in_one_send(tmp_path, m
     # of all nine replies; the read after it found the client gone.
     assert reads[0] > 0 and sends == [sum(len(wire.encode_reply(r.req_id, r.ret, r.regions))
                                           for r in replies)]
+
+
+def test_a_connection_that_always_has_calls_waiting_does_not_starve_another(tmp_path):
+    """A read that finds bytes waiting still gives the other connections their
+    turn: a client keeping its socket full of calls (and reading every reply)
+    does not hold up another's round trips."""
+    d = DaemonProcess(tmp_path, record=False, log_level="warning")
+    flood, good = raw_conn(str(d.sockets[0])), raw_conn(str(d.sockets[0]))
+    stop, serving, answered = threading.Event(), threading.Event(), [0]
+    batch = b"".join(lookup(i, 0x100) for i in range(512))
+
+    def write():
+        with contextlib.suppress(OSError):
+            while not stop.is_set():
+                flood.sendall(batch)
+
+    def read():
+        with contextlib.suppress(OSError):
+            while data := flood.recv(1 << 16):
+                answered[0] += len(data)
+                serving.set()
+
+    threads = [threading.Thread(target=f, daemon=True) for f in (write, read)]
+    try:
+        for t in threads:
+            t.start()
+        assert serving.wait(30)         # the flood is being served
+        before = answered[0]
+        decoder = wire.FrameDecoder.for_client()
+        for i in range(50):             # each within raw_conn's 30 s timeout
+            good.sendall(lookup(1000 + i, 0x100))
+            while (reply := decoder.next_frame()) is None:
+                decoder.feed(good.recv(1 << 16))
+            assert (reply.req_id, reply.ret) == (1000 + i, 0)
+        assert answered[0] > before     # served side by side with the flood
+    finally:
+        stop.set()
+        for s in (flood, good):
+            s.shutdown(socket.SHUT_RDWR)
+            s.close()
+        for t in threads:
+            t.join(30)
+        assert d.stop() == 0
