@@ -83,11 +83,13 @@ class Echo:
 
 @contextmanager
 def echo(kind: str):
-    """An echo server, "c" or "trio"; yields an Echo."""
+    """An echo server: "c", "trio" (trio's stream layer) or "trio-sockio"
+    (the daemon's I/O, xenemu.sockio); yields an Echo."""
     with tempfile.TemporaryDirectory(prefix="xenemu-bench-") as d:
         path = Path(d) / "echo.sock"
-        cmd = [BUILD / "bench_echo", path] if kind == "c" else \
-            [sys.executable, "-m", "bench.trio_echo", path]
+        cmd = {"c": [BUILD / "bench_echo", path],
+               "trio": [sys.executable, "-m", "bench.trio_echo", path],
+               "trio-sockio": [sys.executable, "-m", "bench.trio_echo", "--sockio", path]}[kind]
         with _process(cmd, "ready") as (proc, _):
             yield Echo(proc.pid, str(path))
 
