@@ -7,6 +7,7 @@ them all with the same code.
 """
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import tempfile
@@ -72,22 +73,61 @@ def daemon(*extra_args):
             yield Daemon(proc.pid, lines)
 
 
+class Echo:
+    """A running echo server: its pid and socket path."""
+
+    def __init__(self, pid: int, path: str):
+        self.pid = pid
+        self.path = path
+
+
 @contextmanager
 def echo(kind: str):
-    """An echo server, "c" or "trio"; yields its socket path."""
+    """An echo server: "c", "trio" (trio's stream layer) or "trio-sockio"
+    (the daemon's I/O, xenemu.sockio); yields an Echo."""
     with tempfile.TemporaryDirectory(prefix="xenemu-bench-") as d:
         path = Path(d) / "echo.sock"
-        cmd = [BUILD / "bench_echo", path] if kind == "c" else \
-            [sys.executable, "-m", "bench.trio_echo", path]
-        with _process(cmd, "ready"):
-            yield str(path)
+        cmd = {"c": [BUILD / "bench_echo", path],
+               "trio": [sys.executable, "-m", "bench.trio_echo", path],
+               "trio-sockio": [sys.executable, "-m", "bench.trio_echo", "--sockio", path]}[kind]
+        with _process(cmd, "ready") as (proc, _):
+            yield Echo(proc.pid, str(path))
 
 
-def load(*args) -> dict:
-    """Run build/bench_load; its last line's "key value" pairs, as numbers,
-    with the lines before it under "lines"."""
+# -- where the processes run ------------------------------------------------------------
+# These VMs have 2 vCPUs, and waking a halted one costs 20-40 us: with the
+# client and the server free to run anywhere, a round trip mostly measures
+# where the scheduler put them. Pinned, both on one CPU, it measures their
+# CPU cost; unpinned, what a user sees. The sections measure both.
+
+ALL_CPUS = frozenset(os.sched_getaffinity(0))
+# The CPU pinned runs use: the last one this process may use (the first
+# takes more of the machine's interrupts).
+PIN_CPU = max(ALL_CPUS)
+
+
+def place(pid: int, pinned: bool) -> None:
+    """Let every thread of process pid run on PIN_CPU only, or anywhere."""
+    cpus = {PIN_CPU} if pinned else ALL_CPUS
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            os.sched_setaffinity(int(tid), cpus)
+        except ProcessLookupError:
+            pass            # a thread that ended meanwhile
+
+
+def placement(pinned: bool) -> str:
+    """How a row's processes ran, for its name."""
+    return f"pinned to CPU {PIN_CPU}" if pinned else "unpinned"
+
+
+def load(*args, pinned: bool = False) -> dict:
+    """Run build/bench_load (on PIN_CPU alone if pinned); its last line's
+    "key value" pairs, as numbers, with the lines before it under "lines"."""
+    cpus = {PIN_CPU} if pinned else ALL_CPUS
     out = subprocess.run([str(BUILD / "bench_load"), *map(str, args)], capture_output=True,
-                         text=True, check=True, timeout=600).stdout.splitlines()
+                         text=True, check=True, timeout=600,
+                         preexec_fn=lambda: os.sched_setaffinity(0, cpus)).stdout.splitlines()
     words = out[-1].split()
     result = {k: float(v) for k, v in zip(words[::2], words[1::2])}
     result["lines"] = out[:-1]

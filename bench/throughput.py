@@ -1,29 +1,22 @@
 """2. Throughput with many requests in flight: lookup_page calls from the C
 load generator pipelined on one connection, and spread over 8 connections,
-against the daemon and against the trio echo server under the same load
-(target: the daemon at least half the echo's rate). The C echo shows the
-socket's own limit."""
-from .serve import daemon, echo, load
-from .util import medians, row
+against the daemon and against the echo servers under the same load
+(target: the daemon at least 1.5x / 1.0x the trio echo's rate), pinned to
+one CPU and unpinned, interleaved in the same runs (bench.compare)."""
+from . import compare
+from .serve import load
 
 LOADS = ((1, 64, "1 connection, 64 in flight"), (8, 8, "8 connections, 8 in flight each"))
 
 
 def run(smoke: bool) -> list[dict]:
     runs, count = (1, 400) if smoke else (5, 60_000)
-    rows = []
-    with daemon() as d, echo("c") as c_echo, echo("trio") as trio_echo:
-        servers = {"daemon": d.sockets[0], "trio echo": trio_echo, "C echo": c_echo}
+    out = []
+    with compare.servers() as running:
         for conns, window, label in LOADS:
-            def rate(path, conns=conns, window=window):
-                got = load("pipe", path, conns, window, count)
+            def rate(path, pinned, conns=conns, window=window):
+                got = load("pipe", path, conns, window, count, pinned=pinned)
                 return got["ops"] / got["seconds"]
-            rate(d.sockets[0])  # warm up
-            per_s = medians(runs, {name: (lambda p=path: rate(p)) for name, path in servers.items()})
-            rows += [
-                row(f"lookup_page, {label}: daemon (ref: trio echo)", per_s["daemon"], "calls/s",
-                    per_s["trio echo"]),
-                row(f"lookup_page, {label}: trio echo (ref: C echo)", per_s["trio echo"],
-                    "calls/s", per_s["C echo"]),
-            ]
-    return rows
+            out += compare.rows(f"lookup_page, {label}: ", "calls/s",
+                                compare.measure(runs, running, rate))
+    return out

@@ -3,9 +3,10 @@
 One Unix socket per domain, created owner-only in a private directory: the
 calling domain is the socket a frame arrived on, never a field the guest
 writes. Each connection runs in its own task: bytes go to its engine
-Connection (xenemu.engine), replies come back. Requests of one connection
-are served in order; a continuation (-ERESTART) yields to other tasks before
-the call's next round, so a long operation never stalls other domains.
+Connection (xenemu.engine), replies come back, all those of one read in one
+send (trio's low-level calls: xenemu.sockio). Requests of one connection are
+served in order; a continuation (-ERESTART) yields to other tasks before the
+call's next round, so a long operation never stalls other domains.
 A broken frame gets an ERROR frame and closes its connection, nothing else.
 The daemon enforces the limits and deadlines, carries out the effects of
 control requests (domain sockets, snapshot files, written off the event
@@ -36,6 +37,7 @@ from .hypervisor import Hypervisor
 from .membudget import ByteBudget
 from .paths import control_socket_path, domain_socket_path
 from .snapshot import SnapshotError
+from .sockio import SocketIO
 from .trace.writer import TraceWriter
 from .wire import ERR_GONE, ERR_LIMIT, ERR_TIMEOUT, MAX_FRAME, encode_error
 
@@ -365,6 +367,7 @@ class Daemon:
     async def _serve_frames(self, stream: trio.SocketStream, engine_conn: Connection) -> None:
         conn, domid, decoder = engine_conn.name, engine_conn.domid, engine_conn.decoder
         log.debug("%s: connected", conn)
+        io = SocketIO(stream)   # the hot path's reads and writes; the stream closes
         timeout = self.limits.frame_timeout
         # A frame's clock: the time spent waiting for its bytes, from its first
         # to its last, whatever arrives in between. Time the daemon spends
@@ -388,12 +391,15 @@ class Daemon:
                                 held = await self._hold_frame_memory(scope, engine_conn, held)
                             began = trio.current_time()
                             scope.deadline = began + left
+                            # A read that finds bytes waiting is no cancellation
+                            # point: a clock that ran out ends the frame here.
+                            await trio.lowlevel.checkpoint_if_cancelled()
                         elif held:
                             self._frame_memory.release(held)
                             held = 0
                         self._reading[scope] = engine_conn
                         try:
-                            data = await stream.receive_some(RECEIVE_SIZE)
+                            data = await io.receive_some(RECEIVE_SIZE)
                         finally:
                             del self._reading[scope]
                         if half:
@@ -405,7 +411,7 @@ class Daemon:
                         decoder.feed(data)
                         if engine_conn.gone:
                             break
-                        if not await self._answer(stream, engine_conn, held):
+                        if not await self._answer(io, engine_conn, held):
                             break
                 timed_out = scope.cancelled_caught and not self._stopping and not engine_conn.gone
                 if engine_conn.gone:
@@ -446,8 +452,9 @@ class Daemon:
                 del self._reading[scope]
         return need
 
-    async def _answer(self, stream, engine_conn: Connection, held: int) -> bool:
-        """Serve every whole call buffered; False when the connection must close.
+    async def _answer(self, io: SocketIO, engine_conn: Connection, held: int) -> bool:
+        """Serve every whole call buffered, their replies in one send; False
+        when the connection must close.
         `held`: frame memory is held for a large frame, whose reply the client
         must take within the frame timeout (others may be waiting for it)."""
         replies = await self._run_calls(engine_conn)
@@ -455,11 +462,11 @@ class Daemon:
         # A trio cancel scope costs microseconds, as much as a hypercall: the
         # replies of a healthy connection are sent without one.
         if keep_open and replies and not held:
-            await stream.send_all(replies)
+            await io.send_all(replies)
         elif replies:
             timeout = self.limits.frame_timeout if keep_open else ERROR_SEND_TIMEOUT
             with trio.move_on_after(timeout) as sending:
-                await stream.send_all(replies)
+                await io.send_all(replies)
             if sending.cancelled_caught and keep_open:
                 log.warning("%s: a reply of %d bytes not taken within %g s while holding "
                             "frame memory; closing", engine_conn.name, len(replies), timeout)
