@@ -31,7 +31,8 @@ def add_commands(sub) -> None:
         description="Replay each trace through the daemon's core, in process, comparing every "
                     "return value and written-back byte with the recording. Exit status: 0 all "
                     "matched, 1 a divergence (or, with --fail-on-hazard, a hazard), 2 a trace could "
-                    "not be read, 3 a worker process died replaying one (-j); over several "
+                    "not be read (or a --report page cannot be written), 3 a worker process "
+                    "died replaying one (-j); over several "
                     "traces the highest wins; 130 or 143 stopped by SIGINT or SIGTERM.")
     replay.add_argument("traces", nargs="+", type=Path, metavar="FILE")
     replay.add_argument("-j", "--jobs", type=jobs.parse_jobs, default=1, metavar="N",
