@@ -304,6 +304,20 @@ class FrameDecoder:
             self._compact()
         return frame
 
+    def whole_frame(self, raw: bytes) -> Call | Reply | Error:
+        """raw, which must be exactly one whole frame, decoded with the checks
+        next_frame makes (a trace's recorded frames): without the stream's
+        buffer, as each record holds one frame. ProtocolError otherwise."""
+        if len(raw) < HDR_SIZE:
+            raise ProtocolError(ERR_TRUNCATED, f"{len(raw)} bytes, not a whole frame header")
+        hdr = _Hdr._make(_HEADER.unpack_from(raw, 0))
+        self._check_header(hdr)
+        if hdr.length != len(raw):
+            raise ProtocolError(ERR_TRUNCATED, f"the header says {hdr.length} bytes, "
+                                               f"{len(raw)} are there")
+        self.taken += 1
+        return self._decode(hdr, bytes(raw))
+
     def _compact(self) -> None:
         """Drop the bytes of frames handed out: once no whole frame is left (the
         replies may then wait long on a client slow to read), or at once for a

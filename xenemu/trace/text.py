@@ -18,11 +18,13 @@ from .records import (ControlRecord, Continuations, HazardRecord, HypercallRecor
 
 
 def _decode_one(decoder: FrameDecoder, raw: bytes, what: str):
-    decoder.feed(raw)
-    frame = decoder.next_frame()
-    if frame is None or decoder.buffered:
-        raise wire.ProtocolError(wire.ERR_TRUNCATED, f"the recorded {what} is not one whole frame")
-    return frame
+    try:
+        return decoder.whole_frame(raw)
+    except wire.ProtocolError as e:
+        if e.code != wire.ERR_TRUNCATED:
+            raise
+        raise wire.ProtocolError(wire.ERR_TRUNCATED,
+                                 f"the recorded {what} is not one whole frame") from None
 
 
 def decode_call(raw: bytes) -> Call:
