@@ -86,6 +86,8 @@ def test_ctl_tables_show_the_replies_values(daemon, capsys):
         f"{dom0['table_pages']['limit']}", f"{dom0['default_table_pages']['used']}", "/",
         f"{dom0['default_table_pages']['limit']}"]
     assert row(out, NIC) == [NIC, "0", "0"]
+    assert info["abi"] == {"pv_iommu_revision": 1}
+    assert "PV-IOMMU ABI" in out and "revision 1" in out
 
     # A DMA beyond dom0's RAM faults: the faults table names it.
     daemon.ctl("faults", clear=True)

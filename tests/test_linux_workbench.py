@@ -247,3 +247,18 @@ def test_bad_command_lines_and_no_daemon(c_build, args, code, message):
                           capture_output=True, text=True, timeout=60, env={}, check=False)
     assert proc.returncode == code, proc
     assert message in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_driver_built_for_one_revision_is_refused_by_a_machine_of_the_other(c_build, tmp_path):
+    """The runner asks the daemon which ABI it serves (`info`'s abi) before loading."""
+    d = DaemonProcess(tmp_path, "--abi-revision", "2")
+    try:
+        proc = subprocess.run([str(c_build / "xenemu_pviommu_bench_rev1"), "--socket",
+                               d.socket(0), "--revision", "1"],
+                              capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 2, proc
+        assert ("the daemon serves PV-IOMMU revision 2, the driver was built for revision 1"
+                in proc.stderr)
+        assert "passed" not in proc.stdout
+    finally:
+        assert d.stop() == 0

@@ -181,6 +181,8 @@ class Control:
     def op_info(self, args: Args) -> dict:
         io = self.hv.iommu
         return {
+            # The hypercall ABI the machine serves (a client checks it speaks it).
+            "abi": {"pv_iommu_revision": self.hv.config.pv_iommu_revision},
             "iommu": {"address_width": self.hv.config.address_width,
                       "max_iova_addr": io.max_iova_addr,
                       "iotlb_entries": self.hv.config.iotlb_entries,

@@ -104,7 +104,8 @@ def pages(used: int, limit: int) -> str:
 @shows("info")
 def info(reply: dict) -> RenderableType:
     io = reply["iommu"]
-    parts = [key_values({"IOMMU address width": f"{io['address_width']} bits",
+    parts = [key_values({"PV-IOMMU ABI": f"revision {reply['abi']['pv_iommu_revision']}",
+                         "IOMMU address width": f"{io['address_width']} bits",
                          "max IOVA": f"{io['max_iova_addr']:#x}",
                          "IOTLB entries": io["iotlb_entries"],
                          "machine frames": f"{io['frames_used']} used of {io['machine_frames']}"}),

@@ -220,6 +220,12 @@ int wb_ctl_domain_info(struct wb_ctl *ctl, unsigned int domid, struct wb_domain_
     memset(out, 0, sizeof(*out));
     op_header(&b, "info", 0);
     if (wb_ctl_request(ctl, &b, &reply) == 0) {
+        const struct mp_obj *abi = mp_get(&reply, "abi");
+        uint64_t revision;
+
+        if (abi && abi->type == MP_MAP && mp_get_uint(abi, "pv_iommu_revision", &revision) &&
+            revision <= 2)
+            out->revision = (unsigned int)revision;
         domains = mp_get(&reply, "domains");
         if (!domains || domains->type != MP_ARRAY) {
             fail(ctl, "info: no domains");

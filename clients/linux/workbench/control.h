@@ -32,6 +32,7 @@ struct wb_domain_info {
     unsigned int device_ctx[WB_MAX_DEVICES];     /* the context each device is in */
     unsigned int nr_allocated;                   /* contexts allocated, 0 included */
     uint64_t nr_contexts;                        /* its pool: contexts it may have, 0 included */
+    unsigned int revision;                       /* the PV-IOMMU ABI the machine serves (0: not said) */
 };
 
 /* NULL on failure, with why in err (errlen bytes). */

@@ -318,6 +318,15 @@ int main(int argc, char **argv)
         fprintf(stderr, "driver-bench: %s\n", err);
         return EXIT_UNREACHABLE;
     }
+    /* A driver built for one revision cannot talk to a machine of the other. */
+    struct wb_domain_info probe;
+    if (wb_ctl_domain_info(r.ctl, r.domid, &probe) == 0 && probe.revision &&
+        probe.revision != (unsigned int)r.revision) {
+        fprintf(stderr, "driver-bench: the daemon serves PV-IOMMU revision %u, the driver was "
+                "built for revision %d (--revision)\n", probe.revision, r.revision);
+        wb_ctl_close(r.ctl);
+        return EXIT_USAGE;
+    }
     printf("driver-bench: domain %u (%s), revision %d, control %s\n", r.domid, socket, r.revision,
            control);
     for (i = 0; i < wb_nr_scenarios; i++)
