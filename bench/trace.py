@@ -1,10 +1,13 @@
-"""Trace replay: the large corpus trace replayed in process (xenemu replay's
-core, no socket) against the daemon serving the same recorded request frames
-over its socket, pipelined on one connection, in the same run.
+"""Traces: the large corpus trace replayed in process (xenemu replay's core,
+no socket) against the daemon serving the same recorded request frames over
+its socket, pipelined on one connection, in the same run; and the daemon
+serving them again while recording a trace, whose extra time per call is
+what recording costs.
 
-Both sides check every reply against the recording, so both rates are of
+Every side checks every reply against the recording, so every rate is of
 hypercalls answered correctly.
 """
+import os
 import socket
 import subprocess
 import sys
@@ -53,13 +56,24 @@ def _read_frame(sock: socket.socket, buf: bytearray) -> bytes:
         buf += data
 
 
-def serve_over_socket(path: Path, calls) -> tuple[int, float, int]:
-    """Start `xenemu serve` on the trace's machine, send every request pipelined
-    (WINDOW in flight) and compare each reply. Returns (calls, seconds, mismatches)."""
+def cpu_seconds(pid: int) -> float:
+    """The user and system CPU time process `pid` has used (Linux's /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def serve_over_socket(path: Path, calls, record: bool = False) -> tuple[int, float, int, float]:
+    """Start `xenemu serve` on the trace's machine (recording a trace if
+    `record`), send every request pipelined (WINDOW in flight) and compare
+    each reply. Returns (calls, seconds, mismatches, the daemon's CPU
+    seconds meanwhile): on a loaded machine the CPU time varies less than
+    the wall time."""
     with tempfile.TemporaryDirectory() as tmp:
         sock_dir = Path(tmp) / "s"
+        recording = ["--record", str(Path(tmp) / "rec.xt")] if record else []
         proc = subprocess.Popen([sys.executable, "-m", "xenemu.cli", "--log-level", "warning",
-                                 "serve", "--machine-of", str(path), "--socket-dir", str(sock_dir)],
+                                 "serve", "--machine-of", str(path), "--socket-dir", str(sock_dir),
+                                 *recording],
                                 stdout=subprocess.PIPE, text=True, cwd=ROOT)
         try:
             for line in proc.stdout:
@@ -75,19 +89,19 @@ def serve_over_socket(path: Path, calls) -> tuple[int, float, int]:
             (s,) = sockets.values()
             buf = bytearray()
             bad = sent = got = 0
-            t0 = time.perf_counter()
+            cpu0, t0 = cpu_seconds(proc.pid), time.perf_counter()
             while got < len(calls):
                 while sent < len(calls) and sent - got < WINDOW:
                     s.sendall(calls[sent][1])
                     sent += 1
                 bad += _read_frame(s, buf) != calls[got][2]
                 got += 1
-            seconds = time.perf_counter() - t0
+            seconds, cpu = time.perf_counter() - t0, cpu_seconds(proc.pid) - cpu0
             s.close()
         finally:
             proc.terminate()
             proc.wait(30)
-    return len(calls), seconds, bad
+    return len(calls), seconds, bad, cpu
 
 
 def run(smoke: bool) -> list[dict]:
@@ -95,14 +109,25 @@ def run(smoke: bool) -> list[dict]:
     r = replay_file(path)
     assert r.ok, f"{path} does not replay"
     in_process = r.hypercalls / r.seconds
-    n, seconds, bad = serve_over_socket(path, calls_of(path))
+    calls = calls_of(path)
+    n, seconds, bad, cpu = serve_over_socket(path, calls)
     assert bad == 0, f"the daemon answered {bad} of {n} recorded calls differently"
     over_socket = n / seconds
+    n, seconds, bad, cpu_recording = serve_over_socket(path, calls, record=True)
+    assert bad == 0, f"the daemon recording answered {bad} of {n} recorded calls differently"
+    recording = n / seconds
     return [
         {"name": f"trace replay in process ({path.name})", "value": in_process,
          "unit": "hypercalls/s", "ref": over_socket, "ratio": in_process / over_socket},
         {"name": "same trace, daemon over its socket (pipelined)", "value": over_socket,
          "unit": "hypercalls/s", "ref": None, "ratio": None},
+        {"name": "same, the daemon recording a trace", "value": recording,
+         "unit": "hypercalls/s", "ref": over_socket, "ratio": recording / over_socket},
+        {"name": "recording's cost per call (the two above)",
+         "value": 1e6 * (1 / recording - 1 / over_socket), "unit": "us", "ref": None,
+         "ratio": None},
+        {"name": "the same in the daemon's CPU time", "value": 1e6 * (cpu_recording - cpu) / n,
+         "unit": "us", "ref": None, "ratio": None},
     ]
 
 
