@@ -74,9 +74,10 @@ def test_the_buffer_gives_back_what_a_large_batch_took():
     big = [HypercallRecord(1.0, 0, bytes(1 << 20), bytes(1 << 20))] * 3
     assert len(packer.pack(big)) > 6 << 20
     assert packer._buf.cap > pack.KEEP
+    packer.release()
+    assert packer._buf.cap == pack.KEEP
     small = [RoundRecord(2.0, 1, None)]
     assert bytes(packer.pack(small)) == pack_in_python(small)
-    assert packer._buf.cap == pack.KEEP
 
 
 # -- the writer: one write per batch, whole records kept when one fails ---------------------
@@ -113,6 +114,12 @@ def test_a_batch_is_one_write():
     assert stream.writes == 3 and writer.records == len(BATCH) + 3
     header = msgpack.packb({"xenemu_trace": 1})
     assert stream.getvalue() == header + pack_in_python(BATCH + BATCH[:3])
+
+
+def test_the_writer_keeps_no_large_batch_once_written():
+    writer = TraceWriter(FillingStream(16 << 20), {})
+    writer.write_batch([ControlRecord(1.0, {"op": "mem_write", "data": bytes(3 << 20)}, {})])
+    assert writer.records == 1 and writer._packer._buf.cap == pack.KEEP
 
 
 @pytest.mark.parametrize("cut", [0, 1, 150, 700, -3])

@@ -20,7 +20,8 @@ from .records import (CONTROL, HAZARD, HYPERCALL, PROTOCOL, ROUND, ControlRecord
                       HazardRecord, HypercallRecord, Record, RoundRecord)
 
 # A batch's buffer grows as it must; what it grew past this is given back
-# at the next batch (a buffer's worth of hypercalls takes ~30 KiB).
+# once the batch is written (a receive buffer's worth of hypercalls takes
+# ~30 KiB; a 1 MiB DMA's control record takes 1 MiB).
 KEEP = 1 << 20
 
 
@@ -57,8 +58,12 @@ class BatchPacker:
         self._buf = ffi.gc(buf, lib.tp_buffer_free)
         self._pack = msgpack.Packer(use_bin_type=True).pack
 
+    def release(self) -> None:
+        """The last batch is written: memory it took over KEEP is given back."""
+        lib.tp_buffer_reset(self._buf, KEEP)
+
     def pack(self, records: Iterable[Record]):
-        """The records' bytes, as a buffer valid until the next call."""
+        """The records' bytes, as a buffer valid until the next call (or release)."""
         buf = self._buf
         lib.tp_buffer_reset(buf, KEEP)
         hypercall, round_, null = lib.tp_pack_hypercall, lib.tp_pack_round, ffi.NULL

@@ -127,6 +127,7 @@ class TraceWriter:
         abi/TRACE.md says, with one write."""
         if self.error is None and records:
             self._write(self._packer.pack(records), len(records))
+            self._packer.release()
 
     def close(self) -> None:
         try:
