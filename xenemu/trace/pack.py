@@ -70,7 +70,7 @@ class BatchPacker:
         for rec in records:
             kind = type(rec)
             # C takes the exact types the engine makes (a float time, bytes
-            # frames, integers in range); anything else is msgpack's to pack,
+            # frames, int ids in range); anything else is msgpack's to pack,
             # as an int time is (msgpack packs it as an int, not a float).
             try:
                 if kind is HypercallRecord and type(rec.t) is float:
