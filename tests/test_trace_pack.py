@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import io
+import lzma
 import re
 
 import msgpack
@@ -13,7 +14,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 import scenarios
-from support import DaemonProcess, assert_replays
+from support import ROOT, DaemonProcess, assert_replays
 from xenemu.trace import pack
 from xenemu.trace.pack import BatchPacker, as_map, pack_in_python
 from xenemu.trace.reader import TraceReader
@@ -140,7 +141,31 @@ def test_a_batch_cut_by_a_full_disk_keeps_its_whole_records(cut):
     assert writer.records == whole
 
 
-# -- a recording daemon: its trace is what msgpack would have written ----------------------
+# -- the committed corpus, written by msgpack alone, and a recording daemon's trace ----------
+
+CORPUS = sorted((ROOT / "tests" / "traces").glob("*.xt*"))
+
+
+def stream_bytes(path) -> bytes:
+    """The trace's msgpack stream (decompressed)."""
+    opener = lzma.open if path.suffix == ".xz" else open
+    with opener(path, "rb") as f:
+        return f.read()
+
+
+@pytest.mark.parametrize("trace", CORPUS, ids=lambda p: p.name)
+def test_the_corpus_packs_back_to_its_own_bytes(trace):
+    # These traces were written before records were packed in C.
+    data = stream_bytes(trace)
+    unpacker = msgpack.Unpacker(max_buffer_size=len(data))
+    unpacker.feed(data)
+    next(unpacker)
+    with TraceReader(trace) as reader:
+        records = [rec for _, rec in reader]
+    packer = BatchPacker()
+    packed = b"".join(bytes(packer.pack(records[i:i + 128])) for i in range(0, len(records), 128))
+    assert packed == data[unpacker.tell():]
+
 
 @pytest.mark.parametrize("name", ["continued-free", "error-paths", "machine-changes"])
 def test_a_recorded_trace_is_byte_for_byte_msgpacks(tmp_path, c_build, name):
