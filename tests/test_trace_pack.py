@@ -146,25 +146,26 @@ def test_a_batch_cut_by_a_full_disk_keeps_its_whole_records(cut):
 CORPUS = sorted((ROOT / "tests" / "traces").glob("*.xt*"))
 
 
-def stream_bytes(path) -> bytes:
-    """The trace's msgpack stream (decompressed)."""
+def records_of(path) -> tuple[bytes, list]:
+    """The bytes of a trace's records (decompressed, after the header), and
+    the records as the reader gives them."""
     opener = lzma.open if path.suffix == ".xz" else open
     with opener(path, "rb") as f:
-        return f.read()
+        data = f.read()
+    unpacker = msgpack.Unpacker(max_buffer_size=len(data))
+    unpacker.feed(data)
+    next(unpacker)
+    with TraceReader(path) as reader:
+        return data[unpacker.tell():], [rec for _, rec in reader]
 
 
 @pytest.mark.parametrize("trace", CORPUS, ids=lambda p: p.name)
 def test_the_corpus_packs_back_to_its_own_bytes(trace):
     # These traces were written before records were packed in C.
-    data = stream_bytes(trace)
-    unpacker = msgpack.Unpacker(max_buffer_size=len(data))
-    unpacker.feed(data)
-    next(unpacker)
-    with TraceReader(trace) as reader:
-        records = [rec for _, rec in reader]
+    data, records = records_of(trace)
     packer = BatchPacker()
     packed = b"".join(bytes(packer.pack(records[i:i + 128])) for i in range(0, len(records), 128))
-    assert packed == data[unpacker.tell():]
+    assert packed == data
 
 
 @pytest.mark.parametrize("name", ["continued-free", "error-paths", "machine-changes"])
@@ -175,13 +176,8 @@ def test_a_recorded_trace_is_byte_for_byte_msgpacks(tmp_path, c_build, name):
         scenario(d, c_build, **kwargs)
     finally:
         assert d.stop() == 0, d.log()
-    data = d.trace.read_bytes()
-    unpacker = msgpack.Unpacker()
-    unpacker.feed(data)
-    next(unpacker)
-    with TraceReader(d.trace) as reader:
-        records = [rec for _, rec in reader]
-    assert data[unpacker.tell():] == pack_in_python(records)
+    data, records = records_of(d.trace)
+    assert data == pack_in_python(records)
     assert assert_replays(d.trace).records == len(records)
     # The daemon logs every hypercall it answers, at debug level, as before.
     answered = sum(isinstance(r, HypercallRecord) and r.rep is not None or
