@@ -3,8 +3,9 @@
  * IOMMU (second-level I/O page tables, IOTLB, context entries) and DMA by PCI
  * devices with fault recording.
  *
- * This is the one public header of cext/. It describes every piece of data
- * the C layer owns, so that the hot state (page tables, per-frame metadata,
+ * This is the public header of cext/'s hardware (tracepack.h is the other
+ * public header, for trace records). It describes every piece of data
+ * the hardware owns, so that the hot state (page tables, per-frame metadata,
  * IOTLB) never becomes one Python object per page: Python calls in once per
  * operation or per batch and passes runs of numbers as flat arrays. What the
  * .c files share among themselves (inline helpers, cross-file functions) is

@@ -225,12 +225,12 @@ class Daemon:
         return effect.reply
 
     def _record_events(self) -> None:
-        """The engine's events so far, to the trace, in the order they ran."""
+        """The engine's events so far (what one receive buffer or control
+        request produced), to the trace in the order they ran, in one write."""
         events = self.engine.events
         if events:
             if self.recorder:
-                for event in events:
-                    self.recorder.write(event)
+                self.recorder.write_batch(events)
             events.clear()
 
     def _recording_stopped(self, records: int, error: OSError) -> None:

@@ -62,8 +62,7 @@ class Local:
     def record_events(self) -> None:
         events = self.engine.events
         if events:
-            for event in events:
-                self.writer.write(event)
+            self.writer.write_batch(events)
             events.clear()
 
     def close(self) -> None:

@@ -1,6 +1,7 @@
-"""cext/hw.h is the one source of the cffi declarations: _build.py reads its
-marked public part, every C name Python calls is declared there, and nothing
-internal to cext/ (hw_internal.h) or benchmark-only reaches the library."""
+"""cext's public headers (hw.h, tracepack.h) are the one source of the cffi
+declarations: _build.py reads their marked public parts, every C name Python
+calls is declared there, and nothing internal to cext/ (hw_internal.h) or
+benchmark-only reaches the library."""
 import re
 from pathlib import Path
 
@@ -10,14 +11,14 @@ from xenemu.hw import _build
 from xenemu.hw._hwlib import ffi, lib
 
 ROOT = Path(__file__).resolve().parents[2]
-PUBLIC = _build.cdef_from_header(_build.HEADER.read_text())
+PUBLIC = "\n".join(_build.cdef_from_header(h.read_text(), h.name) for h in _build.HEADERS)
 
 
 def _declared(text: str) -> set[str]:
-    """hw_/HW_ names a C text declares (functions, constants, enumerators)."""
-    return set(re.findall(r"\b(hw_\w+)\s*\(", text)) | set(
-        re.findall(r"#\s*define\s+(HW_\w+)", text)) | set(
-        re.findall(r"\b(HW_\w+)\s*=", text))
+    """hw_/HW_ and tp_/TP_ names a C text declares (functions, constants, enumerators)."""
+    return set(re.findall(r"\b((?:hw|tp)_\w+)\s*\(", text)) | set(
+        re.findall(r"#\s*define\s+((?:HW|TP)_\w+)", text)) | set(
+        re.findall(r"\b((?:HW|TP)_\w+)\s*=", text))
 
 
 def test_the_build_has_no_declaration_of_its_own():
@@ -28,8 +29,9 @@ def test_the_build_has_no_declaration_of_its_own():
 def test_every_name_python_calls_comes_from_the_public_header():
     used = set()
     for path in (ROOT / "xenemu").rglob("*.py"):
-        used |= set(re.findall(r"\blib\.((?:hw|HW)_\w+)", path.read_text()))
+        used |= set(re.findall(r"\blib\.((?:hw|HW|tp|TP)_\w+)", path.read_text()))
     assert used, "xenemu calls the C library through lib.hw_*"
+    assert any(name.startswith("tp_") for name in used), "and the trace packer through lib.tp_*"
     assert used <= _declared(PUBLIC)
     for name in used:
         assert hasattr(lib, name), name

@@ -1,8 +1,9 @@
-"""cffi build script for the simulated hardware (cext/*.c -> xenemu.hw._hwlib).
+"""cffi build script for the C layer (cext/*.c -> xenemu.hw._hwlib): the
+simulated hardware (cext/hw.h) and the trace record packer (cext/tracepack.h).
 
-The declarations are not written here: they are the part of cext/hw.h
-between the "BEGIN cffi public" and "END cffi public" marks, so a hardware
-change touches the header alone. cffi's parser reads declarations, not the
+The declarations are not written here: they are the part of each public
+header between the "BEGIN cffi public" and "END cffi public" marks, so a
+change to the C layer touches its header alone. cffi's parser reads declarations, not the
 preprocessor, so `cdef_from_header` makes one change to that text: each
 `#define NAME value` becomes `#define NAME ...`, and cffi takes the value
 from the compiler (the header may then write constants as C expressions,
@@ -18,7 +19,8 @@ from cffi import FFI
 
 ROOT = Path(__file__).resolve().parents[2]
 CEXT = ROOT / "cext"
-HEADER = CEXT / "hw.h"
+# The public headers, in the order their declarations reach cffi.
+HEADERS = [CEXT / "hw.h", CEXT / "tracepack.h"]
 BEGIN = "/* BEGIN cffi public */"
 END = "/* END cffi public */"
 
@@ -45,17 +47,17 @@ def cdef_from_header(text: str, name: str = "hw.h") -> str:
         # or enum opens there.
         if _REFUSED.search(line) and not re.search(r"\b(struct|enum)\b", line):
             raise ValueError(f"{name}:{number}: cffi cannot read this in the "
-                             f"public part (move it to hw_internal.h): {line.strip()}")
+                             f"public part (move it to an internal header): {line.strip()}")
         out.append(line)
     return "\n".join(out)
 
 
 ffibuilder = FFI()
-ffibuilder.cdef(cdef_from_header(HEADER.read_text()))
+ffibuilder.cdef("\n".join(cdef_from_header(h.read_text(), h.name) for h in HEADERS))
 # Paths relative to the project root, where setup.py runs the build.
 ffibuilder.set_source(
     "xenemu.hw._hwlib",
-    '#include "hw.h"',
+    "\n".join(f'#include "{h.name}"' for h in HEADERS),
     sources=sorted(str(p.relative_to(ROOT)) for p in CEXT.glob("*.c")),
     include_dirs=["cext"],
     extra_compile_args=["-std=c99", "-O2", "-Wall", "-Wextra", "-Werror"],

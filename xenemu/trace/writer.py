@@ -1,10 +1,12 @@
-"""Writing a trace: the header, then the engine's events one record a write (abi/TRACE.md).
+"""Writing a trace: the header, then the engine's events, one write per batch (abi/TRACE.md).
 
-Events are appended and written one by one, so a daemon killed mid-run
-leaves a trace whose whole records all replay. A write that fails (disk
-full, EIO) stops the recording there, the file cut back to its last whole
-record where it can be. The writer writes plain msgpack (readers also take
-gzip and xz).
+A batch is what the engine produced for one receive buffer: its records
+are packed together (the hot kinds in C, xenemu.trace.pack) and written
+with one write, so a daemon killed mid-run leaves a trace of whole records
+that all replay (a write cut off by the kill itself leaves a cut-off last
+record, which readers report). A write that fails (disk full, EIO) stops
+the recording there, the file cut back to its last whole record where it
+can be. The writer writes plain msgpack (readers also take gzip and xz).
 """
 
 from __future__ import annotations
@@ -20,8 +22,8 @@ import msgpack
 
 from .. import __version__, wire
 from ..machine import MachineConfig, machine_to_dict
-from .records import (CONTROL, HAZARD, HEADER_KEY, HYPERCALL, MAX_HEADER, PROTOCOL, ROUND,
-                      ControlRecord, HazardRecord, HypercallRecord, Record, RoundRecord, mib)
+from .pack import BatchPacker
+from .records import HEADER_KEY, MAX_HEADER, Record, mib
 
 
 def make_header(machine: MachineConfig, meta: dict | None = None,
@@ -41,7 +43,7 @@ def make_header(machine: MachineConfig, meta: dict | None = None,
 
 
 class TraceWriter:
-    """Appends records to a binary stream, one write each: the daemon's recorder.
+    """Appends batches of records to a binary stream, one write each: the daemon's recorder.
 
     The records are the engine's events, which hold the time the machine's
     EventClock gave the event, so the trace holds exactly the time the
@@ -56,12 +58,12 @@ class TraceWriter:
 
     def __init__(self, stream, header: dict, on_error=None):
         self._stream = stream
-        self._pack = msgpack.Packer(use_bin_type=True).pack
+        self._packer = BatchPacker()
         self._whole = 0          # bytes of whole records written
         self._on_error = on_error
         self.records = 0
         self.error: OSError | None = None
-        self._write(header, count=False)
+        self._write(msgpack.packb(header, use_bin_type=True), 0)
 
     @classmethod
     def create(cls, path: Path, machine: MachineConfig, meta: dict | None = None,
@@ -83,26 +85,35 @@ class TraceWriter:
         except OSError:
             os.close(fd)
             raise
-        # Unbuffered: each record is one write(2), and a failed one leaves no
+        # Unbuffered: each batch is one write(2), and a failed one leaves no
         # bytes behind in a buffer that closing would try to write again.
         return cls(open(fd, "wb", buffering=0), header, on_error)
 
-    def _write(self, obj: dict, count: bool = True) -> None:
-        if self.error is not None:
-            return
-        data = self._pack(obj)
+    def _write(self, data, records: int) -> None:
+        """`data`, the bytes of `records` whole records (0: the header), in one write."""
+        written = 0
         try:
             written = self._stream.write(data)
             while written < len(data):      # a short write: the next one says why, or ends it
                 written += self._stream.write(data[written:])
         except OSError as e:
-            self._stop(e)
+            self._stop(e, data[:written])
             return
         self._whole += len(data)
-        self.records += count
+        self.records += records
 
-    def _stop(self, error: OSError) -> None:
+    def _stop(self, error: OSError, written: bytes) -> None:
+        """Recording ends: the whole records among the `written` bytes of the
+        failed batch are kept (they are where the file is to be cut back to)."""
         self.error = error
+        if self._whole:             # the header is in: so are the batch's whole records
+            unpacker = msgpack.Unpacker(raw=True, strict_map_key=False)
+            unpacker.feed(written)
+            kept = 0
+            for _ in unpacker:
+                self.records += 1
+                kept = unpacker.tell()
+            self._whole += kept
         try:
             self._stream.truncate(self._whole)
         except OSError:
@@ -111,22 +122,12 @@ class TraceWriter:
         if self._on_error:
             self._on_error(self.records, error)
 
-    def write(self, rec: Record) -> None:
-        """Serialise one of the engine's events (xenemu.engine), as abi/TRACE.md says."""
-        if isinstance(rec, HypercallRecord):
-            obj = {"k": HYPERCALL, "t": rec.t, "d": rec.d, "req": rec.req, "rep": rec.rep}
-            if rec.rep is None:
-                obj["c"] = rec.c
-        elif isinstance(rec, RoundRecord):
-            obj = {"k": ROUND, "t": rec.t, "c": rec.c, "rep": rec.rep}
-        elif isinstance(rec, ControlRecord):
-            obj = {"k": CONTROL, "t": rec.t, "req": rec.req, "rep": rec.rep}
-        elif isinstance(rec, HazardRecord):
-            obj = {"k": HAZARD, "t": rec.t, "d": rec.d, "name": rec.name, "why": rec.why}
-        else:
-            obj = {"k": PROTOCOL, "t": rec.t, "d": rec.d, "raw": rec.raw, "eof": rec.eof,
-                   "code": rec.code, "rep": rec.rep}
-        self._write(obj)
+    def write_batch(self, records: list[Record]) -> None:
+        """Serialise a batch of the engine's events (xenemu.engine), as
+        abi/TRACE.md says, with one write."""
+        if self.error is None and records:
+            self._write(self._packer.pack(records), len(records))
+            self._packer.release()
 
     def close(self) -> None:
         try:
