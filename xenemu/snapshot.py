@@ -110,7 +110,8 @@ class Mapping(_Row):
 class FaultRecord(_Row):
     sbdf: Sbdf
     addr: U64
-    kind: Literal["NOT_PRESENT", "WRITE", "READ", "WIDTH", "INTR", "BLOCKED"]
+    kind: Literal["NOT_PRESENT", "WRITE", "READ", "WIDTH", "INTR", "BLOCKED",
+                  "S1_TABLE", "NO_PASID"]     # the last two: nested machines' (abi/NESTED.md)
     write: bool
 
 
@@ -164,6 +165,13 @@ def take(hv: Hypervisor) -> dict:
         lent = ", ".join(f"{n} of d{o}" for o, n in sorted(hv.contexts.lent.items()))
         raise SnapshotError(f"IOMMU mappings of other domains' frames (foreign: {lent}) "
                             f"cannot be saved: unmap them first")
+    for d in hv.domains.values():
+        nested = [c.ctx_no for c in d.contexts if c is not None and c.nested]
+        if nested:
+            # abi/NESTED.md: the guest's stage-1 tables are its memory, kept;
+            # the contexts and PASID bindings over them are not, yet.
+            raise SnapshotError(f"d{d.domid} has nested context(s) {nested} (nested "
+                                f"translation is not kept in snapshots yet): free them first")
     return {
         HEADER_KEY: FORMAT,
         "abi": {"pv_iommu_revision": hv.config.pv_iommu_revision},
