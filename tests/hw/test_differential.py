@@ -65,16 +65,17 @@ pasids = st.one_of(st.integers(1, 2), st.sampled_from([0, 3, 0xFFFFF, 0x100000])
 s1_addrs = st.one_of(st.tuples(st.integers(0, 20), st.integers(0, 4095)), addrs)
 s1_entries = st.tuples(st.integers(0, GUEST + 3),
                        st.sampled_from([0, 1, 2, 3, 0x81, 0x83]))
+nctxs = st.one_of(st.just(3), ctxs)     # the rig's nested context, often
 nested_ops = st.one_of(
     st.tuples(st.just("alloc_nested"), ctxs, st.one_of(st.sampled_from(S1_TABLES), dfns)),
     st.tuples(st.just("s1_write"), st.one_of(st.sampled_from(S1_TABLES),
                                              st.integers(0, GUEST - 1)),
               st.integers(0, 20), s1_entries),
-    st.tuples(st.just("attach_pasid"), st.sampled_from(DEVS), pasids, ctxs),
+    st.tuples(st.just("attach_pasid"), st.sampled_from(DEVS), pasids, nctxs),
     st.tuples(st.just("detach_pasid"), st.sampled_from(DEVS), pasids),
-    st.tuples(st.just("translate_nested"), ctxs, pasids, st.lists(s1_addrs, max_size=12),
+    st.tuples(st.just("translate_nested"), nctxs, pasids, st.lists(s1_addrs, max_size=12),
               st.booleans()),
-    st.tuples(st.just("inval_nested"), ctxs, st.one_of(st.none(), pasids), dfns, counts),
+    st.tuples(st.just("inval_nested"), nctxs, st.one_of(st.none(), pasids), dfns, counts),
     st.tuples(st.just("dma_pasid"), st.sampled_from(DEVS), pasids, s1_addrs,
               st.integers(0, 9000), st.booleans()),
     st.tuples(st.just("remove_device"), st.sampled_from(DEVS)),
@@ -288,3 +289,21 @@ def test_scripted_sequence_agrees():
            ("teardown", 0, 2000), ("map_run", 1, ("top", -1), 3, 5, 2),
            ("refs", True, [0, 1, 50]), ("refs", False, [0, 0])]
     run_both(39, seq)
+
+
+def test_scripted_nested_sequence_agrees():
+    """Nested walks that succeed, hit, go stale until flushed, lose their
+    stage 2 and their binding, for quick diagnosis; the walks do translate."""
+    seq = [("translate_nested", 3, 1, [(0, 8), (1, 0), (15, 4095), (16, 0)], False),
+           ("dma_pasid", 0x200, 1, (2, 100), 5000, True),
+           ("translate_nested", 3, 1, [(0, 8), (1, 0)], True),          # page 1 read-only
+           ("s1_write", 4, 0, (30, 3)), ("dma_pasid", 0x200, 1, (0, 0), 8, False),
+           ("inval_nested", 3, 1, 0, 1), ("dma_pasid", 0x200, 1, (0, 0), 8, False),
+           ("unmap", S2, 3, 1, True), ("translate_nested", 3, 1, [(0, 0)], False),
+           ("attach_pasid", 0x100, 2, 3), ("dma_pasid", 0x100, 2, (5, 0), 8, True),
+           ("detach_pasid", 0x200, 1), ("dma_pasid", 0x200, 1, (0, 0), 8, False),
+           ("inval_nested", 3, None, 0, 0), ("teardown", S2, 10), ("teardown", 3, 10)]
+    run_both(48, seq)
+    rig = Rig(native, 39)
+    maddr, faults = rig.io.translate_nested(3, 1, array("Q", [0, 1 << 12, 16 << 12]))
+    assert list(faults) == [0, 0, 1] and maddr[0] == rig.guest[16] << 12
