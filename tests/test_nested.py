@@ -240,8 +240,7 @@ def test_through_the_daemon_and_snapshot_refusal(tmp_path):
     one line while a nested context exists and taken once it is freed, the
     recorded trace replaying."""
     config = tmp_path / "nested.toml"
-    config.write_text('pv_iommu_revision = 2\nnested = true\nmax_pasid = 255\n'
-                      '[[domain]]\ndomid = 1\nmemory_mib = 16\ndevices = ["01:00.0"]\n')
+    config.write_text(NESTED_TOML.replace("nested = true\n", "nested = true\nmax_pasid = 255\n"))
     daemon = DaemonProcess(tmp_path / "d", "--config", str(config))
     try:
         with RevisionTwoClient(daemon.socket(1)) as xen:
@@ -312,3 +311,48 @@ def test_contexts_and_dump_show_a_nested_context(m, guest):
     assert entry_["nested"] == {"stage2": 0, "pgtable_gfn": ROOT, "pasids": [[DEV, PASID]]}
     with pytest.raises(ControlError, match="is nested: its stage 1 is the guest's table"):
         m.ctl("dump", domid=1, ctx_no=ctx)
+
+
+NESTED_TOML = ('pv_iommu_revision = 2\nnested = true\n'
+               '[[domain]]\ndomid = 1\nmemory_mib = 16\ndevices = ["01:00.0"]\n')
+
+
+def test_the_c_example_guest(c_build, tmp_path):
+    """clients/c/examples/nested_guest_v2.c against a daemon: its stage-1
+    table, alloc_nested, attach_pasid, DMA, an edit the IOTLB hides until
+    flush_nested, detach and free, every step as the program expects; the
+    machine consistent after and the trace replaying."""
+    config = tmp_path / "nested.toml"
+    config.write_text(NESTED_TOML)
+    daemon = DaemonProcess(tmp_path / "d", "--config", str(config))
+    try:
+        run = subprocess.run([str(c_build / "nested_guest_v2"), "--pasid", "9", "--gfn", "200"],
+                             env={"XENEMU_SOCKET": str(daemon.socket(1)),
+                                  "XENEMU_CONTROL": daemon.control},
+                             capture_output=True, text=True, timeout=120)
+        assert run.returncode == 0, run.stdout + run.stderr
+        steps = [line.split()[0] for line in run.stdout.splitlines() if line.startswith("step=")]
+        assert steps == ["step=init", "step=build_stage1", "step=alloc_nested",
+                         "step=attach_pasid", "step=dma", "step=edit_without_flush",
+                         "step=flush_nested", "step=detach_pasid", "step=free_context"]
+        assert "failures=0" in run.stdout
+        assert daemon.ctl("check")["consistent"]
+    finally:
+        daemon.stop()
+    assert_replays(daemon.trace)
+
+
+def test_the_c_example_refuses_a_machine_without_nested(c_build, tmp_path):
+    config = tmp_path / "plain.toml"
+    config.write_text(NESTED_TOML.replace("nested = true\n", ""))
+    daemon = DaemonProcess(tmp_path / "d", "--config", str(config))
+    try:
+        run = subprocess.run([str(c_build / "nested_guest_v2")],
+                             env={"XENEMU_SOCKET": str(daemon.socket(1)),
+                                  "XENEMU_CONTROL": daemon.control},
+                             capture_output=True, text=True, timeout=120)
+        assert run.returncode == 1
+        assert run.stderr.strip().splitlines() == [
+            "nested_guest_v2: no nested PV-IOMMU here (a machine with nested = true)"]
+    finally:
+        daemon.stop()
