@@ -234,32 +234,55 @@ def test_remote_cmd_runs_nested_subops_on_a_guest(m):
     assert dma(m, 0, data=b"via dom0")["done"] == 8
 
 
-def test_through_the_daemon_and_snapshot_refusal(tmp_path):
+def test_through_the_daemon_and_a_snapshot(tmp_path):
     """A daemon serving a nested machine file: the sub-ops through its
-    socket, DMA with a PASID on the control socket, a snapshot refused in
-    one line while a nested context exists and taken once it is freed, the
-    recorded trace replaying."""
+    socket, DMA with a PASID on the control socket, a snapshot carrying the
+    nested context and its PASID that a second daemon restores and serves
+    (the stage-1 table being guest memory), both traces replaying."""
     config = tmp_path / "nested.toml"
     config.write_text(NESTED_TOML.replace("nested = true\n", "nested = true\nmax_pasid = 255\n"))
     daemon = DaemonProcess(tmp_path / "d", "--config", str(config))
+    snap = tmp_path / "s.xs"
     try:
         with RevisionTwoClient(daemon.socket(1)) as xen:
             assert xen.query_capabilities().op.max_pasid == 255
-            assert xen.init(2, 2).ok
+            assert xen.init(4, 2).ok
             for table, nxt in ((ROOT, L3), (L3, L2), (L2, L1), (L1, DATA)):
                 daemon.ctl("mem_write", domid=1, gfn=table, offset=0, data=entry(nxt))
+            assert xen.map_pages(1, 0x100, 0x500, 8).ok     # context 1: a second stage 2
             ctx = xen.alloc_nested(ROOT).op.ctx_no
+            other = xen.alloc_nested(0x500, ctx_no=1).op.ctx_no
             assert xen.attach_pasid(ctx, PASID, 0, 1, 0).ok
             reply = daemon.ctl("dma", sbdf=DEV, addr=0, write=True, data=b"socket", pasid=PASID)
             assert reply["done"] == 6
-            with pytest.raises(ControlError, match=r"d1 has nested context\(s\) \[2\]") as e:
-                daemon.ctl("snapshot", path=str(tmp_path / "s.xs"))
-            assert len(str(e.value).splitlines()) == 1
-            assert xen.free_context(ctx, v2.IOMMU_FREE_reattach_default).ok
-        daemon.ctl("snapshot", path=str(tmp_path / "s.xs"))
+        daemon.ctl("snapshot", path=str(snap))
     finally:
         daemon.stop()
     assert_replays(daemon.trace)
+    again = DaemonProcess(tmp_path / "again", "--restore", str(snap))
+    try:
+        restored = [c for c in again.ctl("contexts", domid=1)["contexts"] if "nested" in c]
+        assert [(c["ctx_no"], c["nested"]) for c in restored] == [
+            (ctx, {"stage2": 0, "pgtable_gfn": ROOT, "pasids": [[DEV, PASID]]}),
+            (other, {"stage2": 1, "pgtable_gfn": 0x500, "pasids": []})]
+        assert again.ctl("dma", sbdf=DEV, addr=0, length=6, pasid=PASID)["data"] == b"socket"
+        with RevisionTwoClient(again.socket(1)) as xen:
+            assert xen.attach_pasid(ctx, PASID, 0, 1, 0).name == "-EEXIST"
+            assert xen.free_context(1).name == "-EBUSY"          # stage 2 of `other`
+            assert xen.free_context(ctx, v2.IOMMU_FREE_reattach_default).ok
+        assert again.ctl("check")["consistent"]
+    finally:
+        again.stop()
+    assert_replays(again.trace)
+
+
+def test_a_snapshot_naming_a_bad_stage_2_is_refused(m, guest):
+    from xenemu import snapshot
+    snap = snapshot.take(m.hv)
+    ctx = next(c for c in snap["domains"][1]["contexts"] if "nested" in c)
+    ctx["nested"]["stage2"] = ctx["ctx_no"]
+    with pytest.raises(snapshot.SnapshotError, match=r"contexts\[\d\]\.nested\.stage2: context "):
+        snapshot.restore(snap)
 
 
 def test_domain_destroy_takes_nested_contexts_and_bindings(m, guest):

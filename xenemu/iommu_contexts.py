@@ -135,13 +135,7 @@ class IommuContexts:
         """A new context in slot ctx_no (None: the lowest free one, as
         iommu_context_alloc), its tables counted against d's budget; with
         `clone`, d's RAM mapped 1:1. XenError ENOSPC / ENOMEM."""
-        if ctx_no is None:
-            ctx_no = d.free_slot()
-            if ctx_no is None:
-                raise XenError(XenErrno.ENOSPC, f"all {d.nr_contexts} contexts in use")
-        elif d.context(ctx_no) is not None or not 0 < ctx_no <= d.nr_contexts:
-            raise XenError(XenErrno.EEXIST, f"ctx_no {ctx_no} is not a free slot of a pool "
-                                            f"of {d.nr_contexts}")
+        ctx_no = _slot(d, ctx_no)
         try:
             hw_ctx = self.iommu.alloc_context()
         except hw.HwError as e:
@@ -213,16 +207,16 @@ class IommuContexts:
 
     # -- nested contexts and PASIDs (xenemu's extension, abi/NESTED.md) --------------
 
-    def alloc_nested(self, d: Domain, parent: Context, s1_root: int) -> Context:
-        """A nested context in d's lowest free slot: stage 1 the guest's
-        table at frame s1_root of parent's input space, stage 2 parent.
-        XenError ENOSPC (no slot), ERANGE (root beyond the width), ENOMEM."""
+    def alloc_nested(self, d: Domain, parent: Context, s1_root: int,
+                     ctx_no: int | None = None) -> Context:
+        """A nested context in slot ctx_no (None: d's lowest free one):
+        stage 1 the guest's table at frame s1_root of parent's input space,
+        stage 2 parent. XenError ENOSPC (no slot), EEXIST (ctx_no not a free
+        slot), ERANGE (root beyond the width), ENOMEM."""
         if s1_root > self.last_dfn:
             raise XenError(XenErrno.ERANGE, f"pgtable_gfn {s1_root:#x} is beyond the IOMMU's "
                                             f"width")
-        ctx_no = d.free_slot()
-        if ctx_no is None:
-            raise XenError(XenErrno.ENOSPC, f"all {d.nr_contexts} contexts in use")
+        ctx_no = _slot(d, ctx_no)
         try:
             hw_id = self.iommu.alloc_nested(parent.hw_id, s1_root)
         except hw.HwError as e:
@@ -608,6 +602,19 @@ class IommuContexts:
                 problems.append(f"d{d.domid}: context {ctx.ctx_no}'s reserved range "
                                 f"{start:#x}+{pages} is not identity-mapped read-write")
         return problems
+
+
+def _slot(d: Domain, ctx_no: int | None) -> int:
+    """Slot ctx_no of d's pool if free (None: the lowest free one, as
+    iommu_context_alloc); XenError ENOSPC / EEXIST."""
+    if ctx_no is None:
+        ctx_no = d.free_slot()
+        if ctx_no is None:
+            raise XenError(XenErrno.ENOSPC, f"all {d.nr_contexts} contexts in use")
+    elif d.context(ctx_no) is not None or not 0 < ctx_no <= d.nr_contexts:
+        raise XenError(XenErrno.EEXIST, f"ctx_no {ctx_no} is not a free slot of a pool "
+                                        f"of {d.nr_contexts}")
+    return ctx_no
 
 
 def _ram_runs_within(p2m: P2m, gfn: int, n: int):
