@@ -858,7 +858,8 @@ class Iommu:
         intr = not width and INTR_FIRST <= addr <= INTR_LAST
         tables = not width and not intr
         possible = {Fault.BLOCKED: True, Fault.NO_PASID: True, Fault.WIDTH: width,
-                    Fault.INTR: intr, Fault.NOT_PRESENT: tables, Fault.S1_TABLE: tables, Fault.READ: tables and not write,
+                    Fault.INTR: intr, Fault.NOT_PRESENT: tables, Fault.S1_TABLE: tables,
+                    Fault.READ: tables and not write,
                     Fault.WRITE: tables and write == 1}
         return write in (0, 1) and bool(possible.get(kind, False))
 

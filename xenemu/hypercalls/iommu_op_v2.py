@@ -498,8 +498,8 @@ IOMMU_OP = Hypercall(
     op_type=SubopCall, head_names=(), head_text="",
     subop_arg=0, handle_arg=1, subop_field="subop", unknown_errno=XenErrno.EOPNOTSUPP,
     log=log, log_prefix=PREFIX, gate=can_use_iommu_check,
-    hex_fields=frozenset({"gfn", "dfn", "pgtable_gfn", "map_flags", "free_flags", "alloc_flags", "cap_flags",
-                          "pgsize_mask", "max_iova_addr", "arg"}),
+    hex_fields=frozenset({"gfn", "dfn", "pgtable_gfn", "map_flags", "free_flags", "alloc_flags",
+                          "cap_flags", "pgsize_mask", "max_iova_addr", "arg"}),
     formatters={"dev": format_device},
 )
 

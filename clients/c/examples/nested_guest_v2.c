@@ -225,7 +225,8 @@ static int control(struct msg *req)
     if (field_uint(reply.b, reply.n, "ok") == 1)
         return 0;
     err = field_bytes(reply.b, reply.n, "error", &len);
-    fprintf(stderr, "nested_guest_v2: control: %.*s\n", err ? (int)len : 7, err ? (const char *)err : "refused");
+    fprintf(stderr, "nested_guest_v2: control: %.*s\n", err ? (int)len : 7,
+            err ? (const char *)err : "refused");
     return -1;
 }
 
@@ -374,7 +375,8 @@ int main(int argc, char **argv)
     printf("caps ret=%ld cap_flags=0x%x max_pasid=%u max_ctx_no=%u\n", ret,
            caps.cap_flags, caps.max_pasid, caps.max_ctx_no);
     if (ret || !(caps.cap_flags & IOMMUCAP_nested) || !(caps.cap_flags & IOMMUCAP_pasid)) {
-        fprintf(stderr, "nested_guest_v2: no nested PV-IOMMU here (a machine with nested = true)\n");
+        fprintf(stderr, "nested_guest_v2: no nested PV-IOMMU here "
+                        "(a machine with nested = true)\n");
         return 1;
     }
     if (caps.max_ctx_no == 0) {
@@ -385,9 +387,10 @@ int main(int argc, char **argv)
 
     /* 2. Its own stage-1 table: gfn (root), +1, +2, +3 (leaf), IOVA page
      * 0 -> gfn+4, page 1 -> gfn+5; stage 2 is context 0, its RAM 1:1. */
-    int st = set_entry(gfn, 0, s1_entry(gfn + 1, 1)) | set_entry(gfn + 1, 0, s1_entry(gfn + 2, 1)) |
-             set_entry(gfn + 2, 0, s1_entry(gfn + 3, 1)) | set_entry(gfn + 3, 0, s1_entry(gfn + 4, 1)) |
-             set_entry(gfn + 3, 1, s1_entry(gfn + 5, 1));
+    int st = 0;
+    for (unsigned int level = 0; level < 3; level++)    /* root, level 3, level 2 */
+        st |= set_entry(gfn + level, 0, s1_entry(gfn + level + 1, 1));
+    st |= set_entry(gfn + 3, 0, s1_entry(gfn + 4, 1)) | set_entry(gfn + 3, 1, s1_entry(gfn + 5, 1));
     expect("build_stage1", st == 0, "");
 
     struct pv_iommu_alloc_nested alloc;
