@@ -379,3 +379,30 @@ def test_the_c_example_refuses_a_machine_without_nested(c_build, tmp_path):
             "nested_guest_v2: no nested PV-IOMMU here (a machine with nested = true)"]
     finally:
         daemon.stop()
+
+
+def test_a_divergence_at_a_nested_call_shows_the_nested_context(tmp_path):
+    """`xenemu replay` of a trace whose flush_nested reply was edited stops
+    there and describes the nested context (it has no tables to dump)."""
+    from test_traces import load, save, xenemu
+    from xenemu.inprocess import Local
+    from xenemu.trace.text import decode_call, decode_reply
+    from xenemu.wire import HDR_SIZE
+    trace = tmp_path / "n.xt"
+    with Local(machine(), record=trace) as m:
+        xen = m.client(1)
+        xen.init(4, 4)
+        ctx = xen.alloc_nested(ROOT).op.ctx_no
+        assert xen.flush_nested(ctx, flush_type=nested.FLUSH_RANGE, pasid=PASID, dfn=3,
+                                nr_pages=1).ok
+    header, records = load(trace)
+    n = next(i for i, r in enumerate(records, 1) if r["k"] == "hc" and r["rep"] is not None
+             and decode_call(r["req"]).args[0] == v2.IOMMU_flush_nested
+             and decode_reply(r["rep"]).ret == 0)
+    rep = bytearray(records[n - 1]["rep"])
+    rep[HDR_SIZE] ^= 0x01                       # the ret field after the header: 0 -> 1
+    records[n - 1]["rep"] = bytes(rep)
+    out = xenemu("replay", str(save(tmp_path / "edited.xt", header, records)))
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert f"divergence at record {n} " in out.stdout
+    assert f"nested over context 0, stage-1 root gfn {ROOT:#x}" in out.stdout
