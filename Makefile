@@ -39,7 +39,7 @@ SO_MAJOR    := 1
 SO_VERSION  := $(SO_MAJOR).0.0
 SHLIB       := $(BUILD)/libxenemu.so
 CLIENT_OBJS := $(BUILD)/xenemu_client.o $(BUILD)/xenemu_client_v2.o $(BUILD)/xenemu_memory_op.o
-EXAMPLES    := $(BUILD)/query_caps $(BUILD)/xen_iommu_driver $(BUILD)/xen_iommu_driver_v2
+EXAMPLES    := $(BUILD)/query_caps $(BUILD)/xen_iommu_driver $(BUILD)/xen_iommu_driver_v2 $(BUILD)/nested_guest_v2
 
 clients: $(LIB) $(SHLIB) $(EXAMPLES)
 

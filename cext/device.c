@@ -5,7 +5,7 @@
 
 /* Devices are few (a table of max_dev slots) and looked up once per call,
  * never per page, so a scan is enough. */
-static struct hw_device *find(const struct hw_iommu *io, uint32_t sbdf)
+struct hw_device *hw_dev_find(const struct hw_iommu *io, uint32_t sbdf)
 {
     for (uint32_t i = 0; i < io->max_dev; i++)
         if (io->dev[i].used && io->dev[i].sbdf == sbdf)
@@ -15,7 +15,7 @@ static struct hw_device *find(const struct hw_iommu *io, uint32_t sbdf)
 
 int hw_dev_add(struct hw_iommu *io, uint32_t sbdf)
 {
-    if (find(io, sbdf))
+    if (hw_dev_find(io, sbdf))
         return HW_E_EXISTS;
     for (uint32_t i = 0; i < io->max_dev; i++) {
         if (!io->dev[i].used) {
@@ -29,18 +29,19 @@ int hw_dev_add(struct hw_iommu *io, uint32_t sbdf)
 
 int hw_dev_remove(struct hw_iommu *io, uint32_t sbdf)
 {
-    struct hw_device *d = find(io, sbdf);
+    struct hw_device *d = hw_dev_find(io, sbdf);
     if (!d)
         return HW_E_NODEV;
     if (d->ctx != HW_CTX_NONE)
         io->ctx[d->ctx].ndevices--;
+    hw_pasid_drop_device(io, sbdf);
     d->used = 0;
     return HW_OK;
 }
 
 int hw_dev_attach(struct hw_iommu *io, uint32_t sbdf, uint32_t ctx)
 {
-    struct hw_device *d = find(io, sbdf);
+    struct hw_device *d = hw_dev_find(io, sbdf);
     struct hw_ctx *c = NULL;
     if (!d)
         return HW_E_NODEV;
@@ -61,7 +62,7 @@ int hw_dev_attach(struct hw_iommu *io, uint32_t sbdf, uint32_t ctx)
 
 int hw_dev_context(const struct hw_iommu *io, uint32_t sbdf, uint32_t *ctx)
 {
-    const struct hw_device *d = find(io, sbdf);
+    const struct hw_device *d = hw_dev_find(io, sbdf);
     if (!d)
         return HW_E_NODEV;
     *ctx = d->ctx;
@@ -82,28 +83,30 @@ static void record(struct hw_iommu *io, uint32_t sbdf, uint64_t addr,
         .write = (uint8_t)(write != 0)};
 }
 
-int hw_dma(struct hw_iommu *io, uint32_t sbdf, uint64_t addr, void *buf,
-           uint64_t len, int write, uint64_t *done,
-           struct hw_fault_rec *fault)
+/* DMA through a context entry: the device's (pasid 0), or a PASID
+ * binding's. The entry is read per page, as hardware would; no context
+ * (HW_CTX_NONE), or one being torn down, blocks the device; a request with a
+ * PASID bound to nothing faults NO_PASID. */
+static int dma(struct hw_iommu *io, uint32_t sbdf, const uint32_t *entry,
+               uint32_t pasid, uint64_t addr, uint8_t *p, uint64_t len,
+               int write, uint64_t *done, struct hw_fault_rec *fault)
 {
-    const struct hw_device *d = find(io, sbdf);
-    uint8_t *p = buf;
-    *done = 0;
-    if (!d)
-        return HW_E_NODEV;
     /* No wrap-around check on addr + *done: every page translated lies
      * below max_iova < 2^48 and the first one above it faults. */
     while (*done < len) {
         uint64_t a = addr + *done, maddr = 0, one;
         uint64_t chunk = HW_PAGE_SIZE - (a & (HW_PAGE_SIZE - 1));
-        uint8_t kind = HW_FAULT_BLOCKED;
-        /* The context entry is read per page, as hardware would; no context
-         * (HW_CTX_NONE), or one being torn down, blocks the device. */
-        int st = hw_translate(io, d->ctx, &a, 1, write, &maddr, &kind, &one);
+        uint8_t kind = pasid ? HW_FAULT_NO_PASID : HW_FAULT_BLOCKED;
+        int st = HW_E_NOCTX;
+        if (!pasid)
+            st = hw_translate(io, *entry, &a, 1, write, &maddr, &kind, &one);
+        else if (entry)
+            st = hw_translate_nested(io, *entry, pasid, &a, 1, write, &maddr,
+                                     &kind, &one);
         if (st == HW_E_STALE)
             return HW_E_STALE;
         if (st != HW_OK)
-            kind = HW_FAULT_BLOCKED;
+            kind = pasid ? HW_FAULT_NO_PASID : HW_FAULT_BLOCKED;
         if (kind != HW_FAULT_NONE) {
             record(io, sbdf, a, kind, write);
             if (fault)
@@ -121,6 +124,31 @@ int hw_dma(struct hw_iommu *io, uint32_t sbdf, uint64_t addr, void *buf,
         *done += chunk;
     }
     return HW_OK;
+}
+
+int hw_dma(struct hw_iommu *io, uint32_t sbdf, uint64_t addr, void *buf,
+           uint64_t len, int write, uint64_t *done,
+           struct hw_fault_rec *fault)
+{
+    const struct hw_device *d = hw_dev_find(io, sbdf);
+    *done = 0;
+    if (!d)
+        return HW_E_NODEV;
+    return dma(io, sbdf, &d->ctx, 0, addr, buf, len, write, done, fault);
+}
+
+int hw_dma_pasid(struct hw_iommu *io, uint32_t sbdf, uint32_t pasid,
+                 uint64_t addr, void *buf, uint64_t len, int write,
+                 uint64_t *done, struct hw_fault_rec *fault)
+{
+    *done = 0;
+    if (!hw_dev_find(io, sbdf))
+        return HW_E_NODEV;
+    if (pasid == 0 || pasid > HW_PASID_MAX)
+        return HW_E_INVAL;
+    const struct hw_pasid_bind *b = hw_pasid_find(io, sbdf, pasid);
+    return dma(io, sbdf, b ? &b->ctx : NULL, pasid, addr, buf, len, write,
+               done, fault);
 }
 
 uint32_t hw_faults_read(const struct hw_iommu *io, struct hw_fault_rec *out,
@@ -149,12 +177,14 @@ static int possible(const struct hw_iommu *io, const struct hw_fault_rec *r)
         return 0;
     switch (r->kind) {
     case HW_FAULT_BLOCKED:
+    case HW_FAULT_NO_PASID:
         return 1;
     case HW_FAULT_WIDTH:
         return width;
     case HW_FAULT_INTR:
         return intr;
     case HW_FAULT_NOT_PRESENT:
+    case HW_FAULT_S1_TABLE:
         return tables;
     case HW_FAULT_READ:
         return tables && !r->write;
@@ -175,7 +205,7 @@ int hw_faults_load(struct hw_iommu *io, const struct hw_fault_rec *recs,
         return HW_E_INVAL;
     for (uint32_t i = 0; i < n; i++) {
         *bad = i;
-        if (!find(io, recs[i].sbdf))
+        if (!hw_dev_find(io, recs[i].sbdf))
             return HW_E_NODEV;
         if (!possible(io, &recs[i]))
             return HW_E_INVAL;

@@ -94,6 +94,9 @@ enum hw_fault {
     HW_FAULT_WIDTH = 4,       /* address above 2^width - 1 */
     HW_FAULT_INTR = 5,        /* DMA into the interrupt window */
     HW_FAULT_BLOCKED = 6,     /* device attached to no context */
+    HW_FAULT_S1_TABLE = 7,    /* nested: stage 2 does not map a stage-1 table
+                               * page readable, or a stage-1 PS entry */
+    HW_FAULT_NO_PASID = 8,    /* nested: (device, PASID) bound to nothing */
 };
 
 /* --- fault injection ----------------------------------------------------- */
@@ -271,6 +274,14 @@ struct hw_ctx {
     uint32_t pool;         /* whose budget its table pages count against */
     uint8_t state;         /* enum hw_ctx_state */
     struct hw_counters cnt;
+    /* Nested contexts (xenemu's extension): no tables of their own, a
+     * stage-1 root in the parent's input space and the parent (a live
+     * context that is not nested) as stage 2. */
+    uint64_t s1_root;      /* nested: stage-1 root frame (parent's dfn) */
+    uint32_t parent;       /* nested: the stage-2 context */
+    uint32_t nchildren;    /* nested contexts whose stage 2 this is */
+    uint32_t npasids;      /* nested: (device, PASID) pairs bound here */
+    uint8_t nested;
 };
 
 /* A PCI device's context entry: `ctx` is the only thing DMA reads, and
@@ -288,6 +299,14 @@ struct hw_fault_rec {
     uint32_t sbdf;
     uint8_t kind;          /* enum hw_fault */
     uint8_t write;
+};
+
+/* A (device, PASID) -> nested context binding: a device's PASID table
+ * entry. The IOMMU keeps them in one compact array. */
+struct hw_pasid_bind {
+    uint32_t sbdf;
+    uint32_t pasid;
+    uint32_t ctx;
 };
 
 struct hw_iommu {
@@ -310,6 +329,8 @@ struct hw_iommu {
     uint8_t check;          /* verify every IOTLB hit against the tables */
     struct hw_iotlb tlb;
     struct hw_counters cnt;
+    struct hw_pasid_bind *pasids; /* HW_MAX_PASID_BINDS, npasids used */
+    uint32_t npasids;
 };
 
 /* width must be 39 or 48; iotlb_entries and ways powers of two with
@@ -436,6 +457,64 @@ void hw_faults_clear(struct hw_iommu *io);
  * HW_E_NOSPC and overflow with room left HW_E_INVAL, both with *bad = n. */
 int hw_faults_load(struct hw_iommu *io, const struct hw_fault_rec *recs,
                    uint32_t n, int overflow, uint32_t *bad);
+
+/* --- nested translation and PASIDs (xenemu's extension) ------------------ */
+
+/*
+ * A nested context translates requests with a PASID in two stages: stage 1
+ * is a table in the x86-64 4-level format (VT-d scalable-mode first-level
+ * tables) rooted at a frame of its parent's input space, every table page
+ * read through stage 2 (the parent's second-level tables); stage 2 then
+ * translates stage 1's output. Both permission sets apply; the IOTLB caches
+ * the combined translation tagged by (context, PASID, page): the tag is
+ * page | pasid << HW_TLB_PASID_SHIFT, so requests without a PASID keep
+ * their tags. The guest keeps stage 1 coherent (hw_inval_nested); any
+ * invalidation of a parent drops all its children's cached translations.
+ */
+#define HW_S1_P 0x1ULL
+#define HW_S1_RW 0x2ULL
+#define HW_S1_PS 0x80ULL
+#define HW_S1_LEVELS 4
+#define HW_PASID_MAX 0xFFFFFu
+#define HW_PASID_ANY 0xFFFFFFFFu
+#define HW_TLB_PASID_SHIFT 36
+#define HW_MAX_PASID_BINDS 4096u
+
+/* A nested context over live, non-nested `parent` (HW_E_INVAL if nested,
+ * HW_E_NOCTX / HW_E_BUSY), stage-1 root s1_root (HW_E_RANGE above the
+ * width). It takes an id (HW_E_NOSPC) and no frame. hw_ctx_teardown frees
+ * it (HW_E_BUSY while PASIDs are bound); a parent with children refuses
+ * teardown (HW_E_BUSY). Nested contexts refuse map, unmap, lookup,
+ * hw_translate, hw_inval_pages/ctx and device attach (HW_E_INVAL). */
+int hw_ctx_alloc_nested(struct hw_iommu *io, uint32_t parent,
+                        uint64_t s1_root, uint32_t *id);
+/* Bind (sbdf, pasid) to nested context ctx: HW_E_NODEV, HW_E_INVAL (pasid
+ * 0 or above HW_PASID_MAX, ctx not nested), HW_E_NOCTX/BUSY, HW_E_EXISTS
+ * (already bound), HW_E_NOSPC (HW_MAX_PASID_BINDS in use). */
+int hw_pasid_attach(struct hw_iommu *io, uint32_t sbdf, uint32_t pasid,
+                    uint32_t ctx);
+/* Unbind, dropping the pair's cached translations (HW_E_NOTPRESENT). */
+int hw_pasid_detach(struct hw_iommu *io, uint32_t sbdf, uint32_t pasid);
+int hw_pasid_context(const struct hw_iommu *io, uint32_t sbdf,
+                     uint32_t pasid, uint32_t *ctx);
+/* hw_translate for a nested context and a PASID. */
+int hw_translate_nested(struct hw_iommu *io, uint32_t id, uint32_t pasid,
+                        const uint64_t *addrs, uint64_t n, int write,
+                        uint64_t *maddr, uint8_t *fault, uint64_t *done);
+/* Guest invalidation of a nested context: pages [dfn, dfn+n) of `pasid`
+ * (clipped to the PASID's tags), or, pasid HW_PASID_ANY, everything of the
+ * context. A FLUSH injection event, as the other invalidations. */
+int hw_inval_nested(struct hw_iommu *io, uint32_t id, uint32_t pasid,
+                    uint64_t dfn, uint64_t n);
+/* hw_dma for a request with a PASID (1..HW_PASID_MAX): an unbound pair
+ * faults HW_FAULT_NO_PASID. */
+int hw_dma_pasid(struct hw_iommu *io, uint32_t sbdf, uint32_t pasid,
+                 uint64_t addr, void *buf, uint64_t len, int write,
+                 uint64_t *done, struct hw_fault_rec *fault);
+/* Audit of nested contexts' IOTLB entries: *guest_stale = those that
+ * disagree with the tables now, the guest having edited stage 1 without
+ * flushing (hw_tlb_audit leaves them out: hardware keeps them too). */
+void hw_tlb_audit_nested(struct hw_iommu *io, uint64_t *guest_stale);
 
 /* END cffi public */
 

@@ -112,6 +112,45 @@ void hw_tlb_drop_all(struct hw_iotlb *t);
 
 /* --- page tables (pagetable.c) and contexts (iommu.c) --------------------- */
 
+/* A table page (4 KiB, 512 little-endian entries) in machine memory. */
+static inline uint64_t *hw_table(const struct hw_machine *m, uint64_t mfn)
+{
+    return (uint64_t *)(void *)(m->mem + mfn * HW_PAGE_SIZE);
+}
+
+static inline uint64_t hw_pte_mfn(uint64_t pte)
+{
+    return (pte & HW_PTE_ADDR) >> HW_PAGE_SHIFT;
+}
+
+/* Tables live in simulated memory that raw writes can corrupt, so an entry
+ * pointing outside the machine counts as not present: nothing ever follows
+ * it out of bounds. */
+static inline int hw_pte_present(const struct hw_machine *m, uint64_t pte)
+{
+    return (pte & HW_PTE_PERM) && hw_pte_mfn(pte) < m->nframes;
+}
+
+static inline uint32_t hw_index_at(uint64_t dfn, uint32_t level)
+{
+    return (uint32_t)(dfn >> (HW_PT_SHIFT * (level - 1))) & (HW_PT_ENTRIES - 1);
+}
+
+/* Adds a batch's counts to the context's, its pool's and the IOMMU's
+ * counters (once per batch, so that translation loops keep them in
+ * registers). */
+static inline void hw_count(struct hw_iommu *io, struct hw_ctx *c,
+                            const struct hw_counters *acc)
+{
+    struct hw_counters *all[3] = {&c->cnt, &io->pools[c->pool].cnt, &io->cnt};
+    for (int i = 0; i < 3; i++) {
+        all[i]->hits += acc->hits;
+        all[i]->misses += acc->misses;
+        all[i]->walks += acc->walks;
+        all[i]->stale += acc->stale;
+    }
+}
+
 /* Walk for the translation path; returns the leaf PTE or 0 and adds the
  * entries read to *walks. */
 uint64_t hw_pt_walk(const struct hw_iommu *io, const struct hw_ctx *c,
@@ -129,5 +168,59 @@ int hw_pt_teardown(struct hw_iommu *io, struct hw_ctx *c, struct hw_td *s);
 /* The live context `id` (HW_E_NOCTX if not allocated, HW_E_BUSY while it is
  * being torn down). */
 int hw_ctx_get(const struct hw_iommu *io, uint32_t id, struct hw_ctx **c);
+/* hw_ctx_get for either kind: HW_E_INVAL when the context is live but
+ * nested is not what `nested` asks for. */
+static inline int hw_ctx_find(const struct hw_iommu *io, uint32_t id,
+                              int nested, struct hw_ctx **c)
+{
+    if (id >= io->max_ctx || io->ctx[id].state == HW_CTX_FREE)
+        return HW_E_NOCTX;
+    if (io->ctx[id].state == HW_CTX_DYING)
+        return HW_E_BUSY;
+    if (io->ctx[id].nested != nested)
+        return HW_E_INVAL;
+    *c = &io->ctx[id];
+    return HW_OK;
+}
+/* Faults decided by the address alone, before any table: beyond the
+ * width, or in the interrupt window. */
+static inline int hw_addr_fault(const struct hw_iommu *io, uint64_t addr)
+{
+    if (addr > io->max_iova)
+        return HW_FAULT_WIDTH;
+    if (addr >= HW_INTR_FIRST && addr <= HW_INTR_LAST)
+        return HW_FAULT_INTR;
+    return HW_FAULT_NONE;
+}
+/* The fault of an access with a translation's permission, else NONE. */
+static inline int hw_perm_fault(uint8_t perm, int write)
+{
+    if (write && !(perm & HW_PTE_W))
+        return HW_FAULT_WRITE;
+    if (!write && !(perm & HW_PTE_R))
+        return HW_FAULT_READ;
+    return HW_FAULT_NONE;
+}
+/* The next free context id (the caller checked there is one). */
+uint32_t hw_ctx_take_id(struct hw_iommu *io);
+/* hw_ctx_teardown of a nested context: at once (it has no tables). */
+int hw_nested_teardown(struct hw_iommu *io, uint32_t id, int *finished);
+
+/* --- nested contexts (nested.c) and devices (device.c) -------------------- */
+
+/* A stage-2 invalidation of parent c (id) reached its nested children:
+ * their cached translations all go (no reverse map from stage-2 pages). */
+void hw_nested_drop_children(struct hw_iommu *io, uint32_t id);
+static inline void hw_stage2_changed(struct hw_iommu *io, const struct hw_ctx *c,
+                                     uint32_t id)
+{
+    if (c->nchildren)
+        hw_nested_drop_children(io, id);
+}
+/* A device's bindings go with it (hw_dev_remove). */
+void hw_pasid_drop_device(struct hw_iommu *io, uint32_t sbdf);
+struct hw_device *hw_dev_find(const struct hw_iommu *io, uint32_t sbdf);
+struct hw_pasid_bind *hw_pasid_find(const struct hw_iommu *io, uint32_t sbdf,
+                                    uint32_t pasid);
 
 #endif

@@ -30,7 +30,9 @@ struct hw_iommu *hw_iommu_create(struct hw_machine *m, uint32_t width,
     io->pools = calloc(HW_MAX_POOLS, sizeof(*io->pools));
     io->dev = calloc(max_dev, sizeof(*io->dev));
     io->faults = calloc(fault_cap, sizeof(*io->faults));
+    io->pasids = calloc(HW_MAX_PASID_BINDS, sizeof(*io->pasids));
     if (!io->ctx || !io->ctx_free || !io->pools || !io->dev || !io->faults ||
+        !io->pasids ||
         hw_tlb_init(&io->tlb, iotlb_entries, iotlb_ways) != HW_OK) {
         hw_iommu_destroy(io);
         return NULL;
@@ -43,8 +45,8 @@ void hw_iommu_destroy(struct hw_iommu *io)
     if (!io)
         return;
     for (uint32_t i = 0; io->ctx && i < io->ctx_watermark; i++) {
-        if (io->ctx[i].state == HW_CTX_FREE)
-            continue;
+        if (io->ctx[i].state == HW_CTX_FREE || io->ctx[i].nested)
+            continue;       /* a nested context has no tables */
         struct hw_td all = {.budget = UINT64_MAX};
         hw_pt_teardown(io, &io->ctx[i], &all);
     }
@@ -54,6 +56,7 @@ void hw_iommu_destroy(struct hw_iommu *io)
     free(io->pools);
     free(io->dev);
     free(io->faults);
+    free(io->pasids);
     hw_machine_put(io->m);
     free(io);
 }
@@ -65,12 +68,13 @@ void hw_iommu_set_check(struct hw_iommu *io, int on)
 
 int hw_ctx_get(const struct hw_iommu *io, uint32_t id, struct hw_ctx **c)
 {
-    if (id >= io->max_ctx || io->ctx[id].state == HW_CTX_FREE)
-        return HW_E_NOCTX;
-    if (io->ctx[id].state == HW_CTX_DYING)
-        return HW_E_BUSY;
-    *c = &io->ctx[id];
-    return HW_OK;
+    return hw_ctx_find(io, id, 0, c);   /* a nested one has no tables */
+}
+
+uint32_t hw_ctx_take_id(struct hw_iommu *io)
+{
+    return io->ctx_free_top ? io->ctx_free[--io->ctx_free_top]
+                            : io->ctx_watermark++;
 }
 
 int hw_ctx_alloc(struct hw_iommu *io, uint32_t *id)
@@ -80,8 +84,7 @@ int hw_ctx_alloc(struct hw_iommu *io, uint32_t *id)
         return HW_E_NOSPC;
     if (hw_frame_take(io->m, HW_OWNER_NONE, &root) != HW_OK)
         return HW_E_NOMEM;  /* no frame left, or an injected TABLE failure */
-    uint32_t i = io->ctx_free_top ? io->ctx_free[--io->ctx_free_top]
-                                  : io->ctx_watermark++;
+    uint32_t i = hw_ctx_take_id(io);
     /* A reused id starts with fresh counters. */
     io->ctx[i] = (struct hw_ctx){.root = root, .tables = 1,
                                  .state = HW_CTX_LIVE};
@@ -127,6 +130,7 @@ int hw_ctx_set_pool(struct hw_iommu *io, uint32_t id, uint32_t pool)
 static void inval_ctx(struct hw_iommu *io, uint32_t id)
 {
     hw_tlb_drop_ctx(&io->tlb, id);
+    hw_stage2_changed(io, &io->ctx[id], id);
     hw_count_inval(io, &io->ctx[id]);
 }
 
@@ -141,8 +145,10 @@ int hw_ctx_teardown(struct hw_iommu *io, uint32_t id, uint64_t budget,
     if (id >= io->max_ctx || io->ctx[id].state == HW_CTX_FREE)
         return HW_E_NOCTX;
     struct hw_ctx *c = &io->ctx[id];
+    if (c->nested)
+        return hw_nested_teardown(io, id, finished);
     if (c->state == HW_CTX_LIVE) {
-        if (c->ndevices)
+        if (c->ndevices || c->nchildren)
             return HW_E_BUSY;
         /* Dying contexts refuse translation, so the IOTLB can't refill
          * with entries for it: one invalidation here covers the rest. */
@@ -203,6 +209,7 @@ int hw_inval_pages(struct hw_iommu *io, uint32_t id, uint64_t dfn, uint64_t n)
     if (hw_inject_fail(io->m, HW_INJECT_FLUSH))
         return HW_E_INJECTED;
     hw_tlb_drop_range(&io->tlb, id, dfn, n);
+    hw_stage2_changed(io, c, id);
     hw_count_inval(io, c);
     return HW_OK;
 }
@@ -235,34 +242,13 @@ void hw_tlb_audit(struct hw_iommu *io, uint64_t *stale)
         if (!e->valid)
             continue;
         uint64_t walks = 0, pte = 0;
+        if (e->ctx < io->max_ctx && io->ctx[e->ctx].nested)
+            continue;       /* hw_tlb_audit_nested's */
         if (e->ctx < io->max_ctx && io->ctx[e->ctx].state == HW_CTX_LIVE)
             pte = hw_pt_walk(io, &io->ctx[e->ctx], e->dfn, &walks);
         if (!pte || (pte & HW_PTE_ADDR) >> HW_PAGE_SHIFT != e->mfn ||
             (pte & HW_PTE_PERM) != e->perm)
             (*stale)++;
-    }
-}
-
-static int perm_fault(uint8_t perm, int write)
-{
-    if (write && !(perm & HW_PTE_W))
-        return HW_FAULT_WRITE;
-    if (!write && !(perm & HW_PTE_R))
-        return HW_FAULT_READ;
-    return HW_FAULT_NONE;
-}
-
-/* Adds a batch's counts to the context's, its pool's and the IOMMU's
- * counters. */
-static void count(struct hw_iommu *io, struct hw_ctx *c,
-                  const struct hw_counters *acc)
-{
-    struct hw_counters *all[3] = {&c->cnt, &io->pools[c->pool].cnt, &io->cnt};
-    for (int i = 0; i < 3; i++) {
-        all[i]->hits += acc->hits;
-        all[i]->misses += acc->misses;
-        all[i]->walks += acc->walks;
-        all[i]->stale += acc->stale;
     }
 }
 
@@ -294,10 +280,9 @@ static int xlate(struct hw_iommu *io, struct hw_ctx *c, uint32_t id,
     uint8_t perm = 0;
     *maddr = 0;
     *stale = 0;
-    if (addr > io->max_iova)
-        return HW_FAULT_WIDTH;
-    if (addr >= HW_INTR_FIRST && addr <= HW_INTR_LAST)
-        return HW_FAULT_INTR;
+    int f = hw_addr_fault(io, addr);
+    if (f != HW_FAULT_NONE)
+        return f;
     struct hw_tlb_entry *e = hw_tlb_find(&io->tlb, id, dfn);
     if (e) {
         acc->hits++;
@@ -315,7 +300,7 @@ static int xlate(struct hw_iommu *io, struct hw_ctx *c, uint32_t id,
     } else if (!miss(io, c, id, dfn, &mfn, &perm, acc)) {
         return HW_FAULT_NOT_PRESENT;
     }
-    int f = perm_fault(perm, write);
+    f = hw_perm_fault(perm, write);
     if (f == HW_FAULT_NONE)
         *maddr = (mfn << HW_PAGE_SHIFT) | (addr & (HW_PAGE_SIZE - 1));
     return f;
@@ -342,6 +327,6 @@ int hw_translate(struct hw_iommu *io, uint32_t id, const uint64_t *addrs,
         fault[i] = (uint8_t)f;
     }
     *done = i;
-    count(io, c, &acc);
+    hw_count(io, c, &acc);
     return st;
 }

@@ -5,29 +5,6 @@
 
 #include "hw_internal.h"
 
-static uint64_t *table(const struct hw_machine *m, uint64_t mfn)
-{
-    return (uint64_t *)(void *)(m->mem + mfn * HW_PAGE_SIZE);
-}
-
-static uint64_t pte_mfn(uint64_t pte)
-{
-    return (pte & HW_PTE_ADDR) >> HW_PAGE_SHIFT;
-}
-
-/* Tables live in simulated memory that raw writes can corrupt, so an entry
- * pointing outside the machine counts as not present: nothing ever follows
- * it out of bounds. */
-static int present(const struct hw_machine *m, uint64_t pte)
-{
-    return (pte & HW_PTE_PERM) && pte_mfn(pte) < m->nframes;
-}
-
-static uint32_t index_at(uint64_t dfn, uint32_t level)
-{
-    return (uint32_t)(dfn >> (HW_PT_SHIFT * (level - 1))) & (HW_PT_ENTRIES - 1);
-}
-
 /* The leaf table covering dfn, creating missing tables when `create` is
  * set. NULL with *st = HW_E_NOTPRESENT (no create) or HW_E_NOMEM. */
 static uint64_t *leaf_table(struct hw_iommu *io, struct hw_ctx *c,
@@ -35,8 +12,8 @@ static uint64_t *leaf_table(struct hw_iommu *io, struct hw_ctx *c,
 {
     uint64_t mfn = c->root;
     for (uint32_t l = io->levels; l > 1; l--) {
-        uint64_t *pte = &table(io->m, mfn)[index_at(dfn, l)];
-        if (!present(io->m, *pte)) {
+        uint64_t *pte = &hw_table(io->m, mfn)[hw_index_at(dfn, l)];
+        if (!hw_pte_present(io->m, *pte)) {
             uint64_t fresh;
             if (!create) {
                 *st = HW_E_NOTPRESENT;
@@ -53,9 +30,9 @@ static uint64_t *leaf_table(struct hw_iommu *io, struct hw_ctx *c,
             }
             *pte = (fresh << HW_PAGE_SHIFT) | HW_PTE_PERM;
         }
-        mfn = pte_mfn(*pte);
+        mfn = hw_pte_mfn(*pte);
     }
-    return table(io->m, mfn);
+    return hw_table(io->m, mfn);
 }
 
 static uint64_t max_dfn(const struct hw_iommu *io)
@@ -93,7 +70,7 @@ static int map_run(struct hw_iommu *io, uint32_t id, uint64_t dfn, uint64_t n,
         if (ref && (st = hw_ref_take_one(io->m, mfn)) != HW_OK)
             break;
         /* One walk per leaf table, not per page. */
-        if (!leaf || index_at(d, 1) == 0) {
+        if (!leaf || hw_index_at(d, 1) == 0) {
             leaf = leaf_table(io, c, d, 1, &st);
             if (!leaf) {
                 if (ref)
@@ -101,8 +78,8 @@ static int map_run(struct hw_iommu *io, uint32_t id, uint64_t dfn, uint64_t n,
                 break;
             }
         }
-        uint64_t *pte = &leaf[index_at(d, 1)];
-        if (present(io->m, *pte)) {
+        uint64_t *pte = &leaf[hw_index_at(d, 1)];
+        if (hw_pte_present(io->m, *pte)) {
             if (ref)
                 hw_ref_undo_one(io->m, mfn);
             st = HW_E_PRESENT;
@@ -146,17 +123,17 @@ int hw_unmap(struct hw_iommu *io, uint32_t id, uint64_t dfn, uint64_t n,
             st = HW_E_RANGE;
             break;
         }
-        if (!leaf || index_at(d, 1) == 0) {
+        if (!leaf || hw_index_at(d, 1) == 0) {
             leaf = leaf_table(io, c, d, 0, &st);
             if (!leaf)
                 break;
         }
-        uint64_t *pte = &leaf[index_at(d, 1)];
-        if (!present(io->m, *pte)) {
+        uint64_t *pte = &leaf[hw_index_at(d, 1)];
+        if (!hw_pte_present(io->m, *pte)) {
             st = HW_E_NOTPRESENT;
             break;
         }
-        out[i] = pte_mfn(*pte);
+        out[i] = hw_pte_mfn(*pte);
         *pte = 0;
     }
     c->mapped -= i;
@@ -165,6 +142,7 @@ int hw_unmap(struct hw_iommu *io, uint32_t id, uint64_t dfn, uint64_t n,
      * the flush covers exactly them. */
     if (flush && *done) {
         hw_tlb_drop_range(&io->tlb, id, dfn, *done);
+        hw_stage2_changed(io, c, id);
         hw_count_inval(io, c);
     }
     return st;
@@ -182,10 +160,10 @@ int hw_lookup(struct hw_iommu *io, uint32_t id, uint64_t dfn,
     uint64_t *leaf = leaf_table(io, c, dfn, 0, &st);
     if (!leaf)
         return st;
-    uint64_t pte = leaf[index_at(dfn, 1)];
-    if (!present(io->m, pte))
+    uint64_t pte = leaf[hw_index_at(dfn, 1)];
+    if (!hw_pte_present(io->m, pte))
         return HW_E_NOTPRESENT;
-    *mfn = pte_mfn(pte);
+    *mfn = hw_pte_mfn(pte);
     *perm = (uint32_t)(pte & HW_PTE_PERM);
     return HW_OK;
 }
@@ -201,9 +179,9 @@ int hw_lookup_run(struct hw_iommu *io, uint32_t id, uint64_t dfn, uint64_t n,
         return HW_E_RANGE;
     for (uint64_t i = 0; i < n; i++) {
         uint64_t *leaf = leaf_table(io, c, dfn + i, 0, &st);
-        uint64_t pte = leaf ? leaf[index_at(dfn + i, 1)] : 0;
-        int here = leaf && present(io->m, pte);
-        mfns[i] = here ? pte_mfn(pte) : 0;
+        uint64_t pte = leaf ? leaf[hw_index_at(dfn + i, 1)] : 0;
+        int here = leaf && hw_pte_present(io->m, pte);
+        mfns[i] = here ? hw_pte_mfn(pte) : 0;
         perms[i] = here ? (uint8_t)(pte & HW_PTE_PERM) : 0;
     }
     return HW_OK;
@@ -222,14 +200,14 @@ int hw_next_mapped(struct hw_iommu *io, uint32_t id, uint64_t dfn,
         uint64_t mfn = c->root;
         uint32_t l;
         for (l = io->levels; l >= 1; l--) {
-            uint64_t pte = table(io->m, mfn)[index_at(dfn, l)];
-            if (!present(io->m, pte))
+            uint64_t pte = hw_table(io->m, mfn)[hw_index_at(dfn, l)];
+            if (!hw_pte_present(io->m, pte))
                 break;
             if (l == 1) {
                 *next = dfn;
                 return HW_OK;
             }
-            mfn = pte_mfn(pte);
+            mfn = hw_pte_mfn(pte);
         }
         uint64_t span = 1ULL << (HW_PT_SHIFT * (l - 1));
         dfn = (dfn & ~(span - 1)) + span;
@@ -242,13 +220,13 @@ uint64_t hw_pt_walk(const struct hw_iommu *io, const struct hw_ctx *c,
 {
     uint64_t mfn = c->root;
     for (uint32_t l = io->levels; l >= 1; l--) {
-        uint64_t pte = table(io->m, mfn)[index_at(dfn, l)];
+        uint64_t pte = hw_table(io->m, mfn)[hw_index_at(dfn, l)];
         (*walks)++;
-        if (!present(io->m, pte))
+        if (!hw_pte_present(io->m, pte))
             return 0;
         if (l == 1)
             return pte;
-        mfn = pte_mfn(pte);
+        mfn = hw_pte_mfn(pte);
     }
     return 0;
 }
@@ -260,7 +238,7 @@ uint64_t hw_pt_walk(const struct hw_iommu *io, const struct hw_ctx *c,
 static int td_table(struct hw_iommu *io, struct hw_ctx *c, struct hw_td *s,
                     uint64_t mfn, uint32_t level, uint64_t base)
 {
-    uint64_t *t = table(io->m, mfn);
+    uint64_t *t = hw_table(io->m, mfn);
     uint32_t shift = HW_PT_SHIFT * (level - 1);
     /* Slots before the cursor were cleared by earlier calls. */
     uint32_t i = c->td_cursor > base
@@ -273,17 +251,17 @@ static int td_table(struct hw_iommu *io, struct hw_ctx *c, struct hw_td *s,
                 return 0;
             }
             s->budget--;
-            if (present(io->m, t[i])) {
+            if (hw_pte_present(io->m, t[i])) {
                 if (s->out)
-                    s->out[s->written++] = pte_mfn(t[i]);
+                    s->out[s->written++] = hw_pte_mfn(t[i]);
                 c->mapped--;
             }
             t[i] = 0;
             continue;
         }
-        if (!present(io->m, t[i]))
+        if (!hw_pte_present(io->m, t[i]))
             continue;
-        uint64_t child = pte_mfn(t[i]);
+        uint64_t child = hw_pte_mfn(t[i]);
         if (!td_table(io, c, s, child, level - 1, d))
             return 0;
         hw_frame_release(io->m, child);

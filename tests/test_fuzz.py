@@ -15,6 +15,7 @@ from xenemu import abi, wire
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "fuzz"))
 import targets  # noqa: E402
+import targets_nested  # noqa: E402
 
 CORPUS = Path(__file__).resolve().parent / "fuzz" / "corpus"
 INPUTS = sorted(p for p in CORPUS.glob("*/*") if p.is_file())
@@ -49,6 +50,12 @@ def test_frames_target(data):
 @given(st.binary(min_size=targets.STEP, max_size=targets.STEP * 40))
 def test_hypercalls_target(data):
     targets.hypercalls(data)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.binary(min_size=targets_nested.STEP, max_size=targets_nested.STEP * 40))
+def test_nested_target(data):
+    targets.nested(data)
 
 
 def test_hypercalls_target_notices_a_broken_invariant(monkeypatch):

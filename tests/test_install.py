@@ -34,7 +34,7 @@ WORKBENCH_INCLUDE = ROOT / "clients" / "linux" / "include"
 DRIVER = ROOT / "clients" / "linux" / "drivers" / "xenemu-pviommu.c"
 WARN = ["-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic"]
 HEADERS = {"xenemu_client.h", "xenemu/wire.h", "xen/errno.h", "xen/memory.h", "xen/physdev.h",
-           "xen/pv-iommu.h", "xen/xen.h", "rev2/xen/pv-iommu.h"}
+           "xen/pv-iommu.h", "xen/xen.h", "rev2/xen/pv-iommu.h", "rev2/xen/pv-iommu-nested.h"}
 
 # The functions of xenemu_client.h: libxenemu.so.1's ABI (clients/c/libxenemu.map).
 API = {"HYPERVISOR_iommu_op", "HYPERVISOR_memory_op", "xenemu_connect", "xenemu_close",

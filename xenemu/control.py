@@ -104,6 +104,8 @@ class DmaArgs(DeviceArgs, kw_only=True):
     # recorded traces send both).
     data: Annotated[bytes, msgspec.Meta(max_length=MAX_DMA)] | None = None
     length: Annotated[int, msgspec.Meta(ge=0, le=MAX_DMA)] | None = None
+    # A request with a PASID (nested machines, abi/NESTED.md).
+    pasid: Annotated[int, msgspec.Meta(ge=1, le=hw.PASID_MAX)] | None = None
 
 
 class ReservedReadArgs(Args, kw_only=True):
@@ -284,11 +286,13 @@ class Control:
         if args.write:
             if args.data is None:
                 raise RequestError("dma: data: a write needs data")
-            done, got, fault = self.hv.dma(sbdf, args.addr, data=args.data)
+            done, got, fault = self.hv.dma(sbdf, args.addr, data=args.data,
+                                           pasid=args.pasid or 0)
         else:
             if args.length is None:
                 raise RequestError("dma: length: a read needs a length")
-            done, got, fault = self.hv.dma(sbdf, args.addr, length=args.length)
+            done, got, fault = self.hv.dma(sbdf, args.addr, length=args.length,
+                                           pasid=args.pasid or 0)
         return {"done": done, "data": got, "faulted": fault is not None,
                 "fault": self._fault(fault) if fault else None}
 
@@ -313,6 +317,9 @@ class Control:
                         "devices": [format_sbdf(s) for s in sorted(ctx.devices)],
                         "mapped": info.mapped, "table_pages": info.tables,
                         "iotlb": info.counters._asdict()})
+            if ctx.nested:
+                out[-1]["nested"] = {"stage2": ctx.parent, "pgtable_gfn": ctx.s1_root,
+                                     "pasids": [[format_sbdf(s), p] for s, p in sorted(ctx.pasids)]}
         return {"contexts": out}
 
     def op_dump(self, args: DumpArgs) -> dict:
@@ -321,6 +328,9 @@ class Control:
         ctx = self._domain(args.domid).context(args.ctx_no)
         if ctx is None:
             raise RequestError("context not allocated")
+        if ctx.nested:
+            raise RequestError(f"context {ctx.ctx_no} is nested: its stage 1 is the guest's "
+                               f"table at gfn {ctx.s1_root:#x} (mem_read it)")
         dfn, count = args.dfn, args.count
         mfns, perms = self.hv.iommu.lookup_run(ctx.hw_id, dfn, count)
         # Report guest frames, as lookup_page does: mfn -> gfn through the M2P
@@ -390,7 +400,10 @@ class Control:
 
     def op_check(self, args: Args) -> dict:
         problems = self.hv.check_invariants()
-        return {"consistent": not problems, "problems": problems}
+        reply = {"consistent": not problems, "problems": problems}
+        if self.hv.config.nested:   # what guests did wrong that hardware lets them (abi/NESTED.md)
+            reply["guest_bugs"] = self.hv.contexts.guest_bugs()
+        return reply
 
 
 OPERATIONS = sorted(ARGS)

@@ -146,9 +146,15 @@ def contexts(reply: dict) -> RenderableType:
               ">IOTLB hits", ">misses", ">invalidations")
     for c in reply["contexts"]:
         io = c["iotlb"]
-        t.add_row(str(c["ctx_no"]), str(c["hw_id"]), "dying" if c["dying"] else "live",
-                  ", ".join(c["devices"]) or "-", str(c["mapped"]), str(c["table_pages"]),
-                  str(io["hits"]), str(io["misses"]), str(io["invalidations"]))
+        state = "dying" if c["dying"] else "live"
+        users = ", ".join(c["devices"]) or "-"
+        if "nested" in c:       # issue 19's extension: stage 1 in guest memory
+            n = c["nested"]
+            state += f", nested over ctx {n['stage2']}, stage 1 at gfn {n['pgtable_gfn']:#x}"
+            users = ", ".join(f"{sbdf} pasid {p}" for sbdf, p in n["pasids"]) or "-"
+        t.add_row(str(c["ctx_no"]), str(c["hw_id"]), state, users, str(c["mapped"]),
+                  str(c["table_pages"]), str(io["hits"]), str(io["misses"]),
+                  str(io["invalidations"]))
     return t
 
 

@@ -28,6 +28,16 @@ class Context:
     # it, mapped dfn == mfn when the first such device arrives, unmapped when
     # the last leaves. A range, not a page, per entry.
     identity: list[list[int]] = field(default_factory=list)
+    # A nested context (xenemu's extension, abi/NESTED.md): its stage 2
+    # (the parent's ctx_no), its stage-1 root frame in the parent's input
+    # space, and the (sbdf, pasid) pairs bound to it. None: not nested.
+    parent: int | None = None
+    s1_root: int = 0
+    pasids: set[tuple[int, int]] = field(default_factory=set)
+
+    @property
+    def nested(self) -> bool:
+        return self.parent is not None
 
     def identity_at(self, dfn: int, n: int = 1) -> int | None:
         """The first dfn of [dfn, dfn + n) inside an identity range, or None
@@ -75,6 +85,10 @@ class Domain:
         if ctx is None or ctx.dying or (ctx_no == 0 and self.opaque_default):
             return None
         return ctx
+
+    def children(self, ctx_no: int) -> list[int]:
+        """The nested contexts whose stage 2 is ctx_no."""
+        return [c.ctx_no for c in self.contexts if c is not None and c.parent == ctx_no]
 
     def free_slot(self) -> int | None:
         """The lowest free pool position (iommu_context_alloc's find_first_zero_bit)."""

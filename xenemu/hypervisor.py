@@ -257,15 +257,18 @@ class Hypervisor:
         self.contexts.deassign_device(d, sbdf)
 
     def dma(self, sbdf: int, addr: int, *, data: bytes | None = None,
-            length: int = 0) -> tuple[int, bytes, hw.FaultRecord | None]:
+            length: int = 0, pasid: int = 0) -> tuple[int, bytes, hw.FaultRecord | None]:
         """The device reads `length` bytes or writes `data` at device address
-        `addr`. Returns (bytes done, bytes read, the fault that stopped it);
-        the fault is also logged, if the fault log has room."""
+        `addr`, tagged with `pasid` if not 0 (a nested machine's). Returns
+        (bytes done, bytes read, the fault that stopped it); the fault is
+        also logged, if the fault log has room."""
         if self.owner_of(sbdf) is None and sbdf not in self.quarantined:
             raise MachineError(f"no device {format_sbdf(sbdf)}")
+        if pasid and not self.config.nested:
+            raise MachineError("pasid: this machine serves no PASIDs (nested = false)")
         if data is not None:
-            return self.iommu.dma_write(sbdf, addr, data), b"", self.iommu.dma_fault
-        got = self.iommu.dma_read(sbdf, addr, length)
+            return self.iommu.dma_write(sbdf, addr, data, pasid), b"", self.iommu.dma_fault
+        got = self.iommu.dma_read(sbdf, addr, length, pasid)
         return len(got), got, self.iommu.dma_fault
 
     # -- guest memory and p2m ------------------------------------------------

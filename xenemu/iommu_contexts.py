@@ -113,10 +113,10 @@ class IommuContexts:
 
     def destroy_domain(self, d: Domain) -> None:
         """Free d's contexts (dropping their references) and its budgets;
-        its devices must have left them (deassign_device)."""
-        for ctx in d.contexts:
-            if ctx is not None:
-                self.teardown(d, ctx, budget=None)
+        its devices must have left them (deassign_device), and their PASIDs
+        with them. Nested contexts go before their stage 2."""
+        for ctx in sorted((c for c in d.contexts if c is not None), key=lambda c: not c.nested):
+            self.teardown(d, ctx, budget=None)
         for pool in (d.default_pool, d.table_pool):
             self.iommu.set_pool_limit(pool, 0)
             self._free_pools.append(pool)
@@ -137,13 +137,7 @@ class IommuContexts:
         """A new context in slot ctx_no (None: the lowest free one, as
         iommu_context_alloc), its tables counted against d's budget; with
         `clone`, d's RAM mapped 1:1. XenError ENOSPC / ENOMEM."""
-        if ctx_no is None:
-            ctx_no = d.free_slot()
-            if ctx_no is None:
-                raise XenError(XenErrno.ENOSPC, f"all {d.nr_contexts} contexts in use")
-        elif d.context(ctx_no) is not None or not 0 < ctx_no <= d.nr_contexts:
-            raise XenError(XenErrno.EEXIST, f"ctx_no {ctx_no} is not a free slot of a pool "
-                                            f"of {d.nr_contexts}")
+        ctx_no = _slot(d, ctx_no)
         try:
             hw_ctx = self.iommu.alloc_context()
         except hw.HwError as e:
@@ -212,6 +206,71 @@ class IommuContexts:
                 return True
             if budget is not None:
                 return False
+
+    # -- nested contexts and PASIDs (xenemu's extension, abi/NESTED.md) --------------
+
+    def alloc_nested(self, d: Domain, parent: Context, s1_root: int,
+                     ctx_no: int | None = None) -> Context:
+        """A nested context in slot ctx_no (None: d's lowest free one):
+        stage 1 the guest's table at frame s1_root of parent's input space,
+        stage 2 parent. XenError ENOSPC (no slot), EEXIST (ctx_no not a free
+        slot), ERANGE (root beyond the width), ENOMEM."""
+        if s1_root > self.last_dfn:
+            raise XenError(XenErrno.ERANGE, f"pgtable_gfn {s1_root:#x} is beyond the IOMMU's "
+                                            f"width")
+        ctx_no = _slot(d, ctx_no)
+        try:
+            hw_id = self.iommu.alloc_nested(parent.hw_id, s1_root)
+        except hw.HwError as e:
+            raise XenError(XenErrno.ENOMEM, f"no hardware context: {e}") from None
+        ctx = d.contexts[ctx_no] = Context(ctx_no, hw_id, parent=parent.ctx_no, s1_root=s1_root)
+        return ctx
+
+    def attach_pasid(self, sbdf: int, pasid: int, ctx: Context) -> None:
+        """Bind the device's PASID to nested ctx. XenError EEXIST (bound
+        already), ENOSPC (the machine's binding table is full)."""
+        try:
+            self.iommu.attach_pasid(sbdf, pasid, ctx.hw_id)
+        except hw.HwError as e:
+            if e.status == hw.Status.EXISTS:
+                raise XenError(XenErrno.EEXIST, f"{format_sbdf(sbdf)} PASID {pasid} is "
+                                                f"attached already") from None
+            raise XenError(XenErrno.ENOSPC, f"all {hw.MAX_PASID_BINDS} PASID bindings of the "
+                                            f"machine in use") from None
+        ctx.pasids.add((sbdf, pasid))
+
+    def detach_pasid(self, d: Domain, sbdf: int, pasid: int) -> None:
+        """Unbind the device's PASID (XenError ENOENT if it is not bound)."""
+        for ctx in d.contexts:
+            if ctx is not None and (sbdf, pasid) in ctx.pasids:
+                self.iommu.detach_pasid(sbdf, pasid)
+                ctx.pasids.discard((sbdf, pasid))
+                return
+        raise XenError(XenErrno.ENOENT, f"{format_sbdf(sbdf)} PASID {pasid} is not attached")
+
+    def _detach_device_pasids(self, d: Domain, sbdf: int) -> None:
+        for ctx in d.contexts:
+            for pair in [p for p in (ctx.pasids if ctx is not None else ()) if p[0] == sbdf]:
+                self.detach_pasid(d, *pair)
+
+    def flush_nested(self, ctx: Context, pasid: int | None, dfn: int = 0, n: int = 0) -> None:
+        """The guest's invalidation of its stage 1: pages [dfn, dfn + n) of
+        `pasid`, or (None) all of ctx. A failed flush is only logged, as
+        iotlb_flush's."""
+        try:
+            self.iommu.invalidate_nested(ctx.hw_id, pasid, dfn, n)
+        except hw.HwError as e:
+            flush_log.warning("[PV-IOMMU] flush_nested failed: ctx %d (%s)", ctx.ctx_no,
+                              e.status.name)
+
+    def guest_bugs(self) -> list[str]:
+        """What guests did wrong that hardware would let them: IOTLB entries
+        of nested contexts their stage-1 edits left stale (no flush_nested)."""
+        stale = self.iommu.nested_stale_iotlb_entries()
+        if not stale:
+            return []
+        return [f"{stale} IOTLB entr{'y' if stale == 1 else 'ies'} of nested contexts cache a "
+                f"stage-1 translation the guest changed without flush_nested"]
 
     # -- mappings --------------------------------------------------------------------
 
@@ -386,6 +445,7 @@ class IommuContexts:
     def deassign_device(self, d: Domain, sbdf: int) -> None:
         """A device of d goes into quarantine, where its DMA faults (its
         reserved ranges too: DomIO's quarantine context maps nothing)."""
+        self._detach_device_pasids(d, sbdf)
         self.iommu.attach(sbdf, self.quarantine)
         ctx = d.contexts[d.devices.pop(sbdf)]
         ctx.devices.discard(sbdf)
@@ -490,6 +550,10 @@ class IommuContexts:
                 mapped += self.iommu.context_info(ctx.hw_id).mapped - \
                     sum(pages for _, pages, _ in ctx.identity)
                 problems += self._identity_problems(d, ctx)
+                for sbdf, pasid in ctx.pasids:
+                    if self.iommu.pasid_context(sbdf, pasid) != ctx.hw_id:
+                        problems.append(f"d{d.domid}: {format_sbdf(sbdf)} PASID {pasid} is not "
+                                        f"bound to nested context {ctx.ctx_no}")
                 for sbdf in ctx.devices:
                     if d.devices.get(sbdf) != ctx.ctx_no:
                         problems.append(f"d{d.domid}: {format_sbdf(sbdf)} listed in context "
@@ -540,6 +604,19 @@ class IommuContexts:
                 problems.append(f"d{d.domid}: context {ctx.ctx_no}'s reserved range "
                                 f"{start:#x}+{pages} is not identity-mapped read-write")
         return problems
+
+
+def _slot(d: Domain, ctx_no: int | None) -> int:
+    """Slot ctx_no of d's pool if free (None: the lowest free one, as
+    iommu_context_alloc); XenError ENOSPC / EEXIST."""
+    if ctx_no is None:
+        ctx_no = d.free_slot()
+        if ctx_no is None:
+            raise XenError(XenErrno.ENOSPC, f"all {d.nr_contexts} contexts in use")
+    elif d.context(ctx_no) is not None or not 0 < ctx_no <= d.nr_contexts:
+        raise XenError(XenErrno.EEXIST, f"ctx_no {ctx_no} is not a free slot of a pool "
+                                        f"of {d.nr_contexts}")
+    return ctx_no
 
 
 def _ram_runs_within(p2m: P2m, gfn: int, n: int):

@@ -20,7 +20,7 @@ from typing import Annotated, Literal
 
 import msgspec
 
-from .hw.common import PAGE_SHIFT
+from .hw.common import PAGE_SHIFT, PASID_MAX
 from .pci import Sbdf, format_sbdf, parse_sbdf
 from .schema import DomId, InputError, NonNegative, U16, convert
 
@@ -87,6 +87,11 @@ class MachineConfig:
     pv_iommu_revision: int = 1      # the PV-IOMMU ABI hypercall 43 serves: 1 or 2 (Xen RFC v4-v7)
     rev2_pages_per_round: int = REV2_PAGES_PER_ROUND   # revision 2: map/unmap's pages a round
     rev2_semantics: str = "v7"      # revision 2: "v7" (the code) or "intended" (its header)
+    # Revision 2, xenemu's extension (abi/NESTED.md): sub-ops 9-12 served
+    # (nested translation, PASIDs) instead of Xen's -EOPNOTSUPP, PASIDs
+    # 1..max_pasid.
+    nested: bool = False
+    max_pasid: int = PASID_MAX
     domains: tuple[DomainConfig, ...] = field(default_factory=tuple)
     # Devices' reserved memory ranges (VT-d RMRRs): machine frames set apart
     # for a device's own DMA, as (sbdf, start_pfn, nr_pages). Data only so
@@ -146,6 +151,8 @@ class MachineFile(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     rev2_pages_per_round: Annotated[int, msgspec.Meta(ge=2, le=MAX_PAGES_PER_ROUND)] = \
         _M.rev2_pages_per_round
     rev2_semantics: Literal["v7", "intended"] = _M.rev2_semantics
+    nested: bool = _M.nested
+    max_pasid: Annotated[int, msgspec.Meta(ge=1, le=PASID_MAX)] = _M.max_pasid
     domain: Annotated[list[DomainFile], msgspec.Meta(max_length=MAX_DOMAINS)] = []
     rmrr: Annotated[list[RmrrFile], msgspec.Meta(max_length=MAX_RMRRS)] = []
 
@@ -187,6 +194,10 @@ def machine_problem(config: MachineConfig) -> tuple[str, str] | None:
         return "rev2_semantics", 'expected "v7" or "intended"'
     if config.rev2_semantics != "v7" and config.pv_iommu_revision != 2:
         return "rev2_semantics", "only a machine of pv_iommu_revision 2 has it"
+    if config.nested and config.pv_iommu_revision != 2:
+        return "nested", "only a machine of pv_iommu_revision 2 has it"
+    if not 1 <= config.max_pasid <= PASID_MAX:
+        return "max_pasid", f"expected 1 to {PASID_MAX}"
     seen: dict[int, int] = {}
     owners: dict[int, int] = {}
     levels = 3 if config.address_width == 39 else 4
@@ -314,6 +325,8 @@ def machine_to_dict(config: MachineConfig) -> dict:
     if rmrr:    # headers of machines without ranges stay as they were
         data["rmrr"] = [{"sbdf": format_sbdf(s), "start_pfn": start, "nr_pages": pages}
                         for s, start, pages in rmrr]
+    if not config.nested and config.max_pasid == PASID_MAX:
+        del data["nested"], data["max_pasid"]   # headers without them stay as they were
     if config.pv_iommu_revision == 1:
         # Revision-1 headers stay as they were (committed traces replay byte for byte).
         del data["pv_iommu_revision"], data["rev2_pages_per_round"], data["rev2_semantics"]

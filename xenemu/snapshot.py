@@ -110,7 +110,8 @@ class Mapping(_Row):
 class FaultRecord(_Row):
     sbdf: Sbdf
     addr: U64
-    kind: Literal["NOT_PRESENT", "WRITE", "READ", "WIDTH", "INTR", "BLOCKED"]
+    kind: Literal["NOT_PRESENT", "WRITE", "READ", "WIDTH", "INTR", "BLOCKED",
+                  "S1_TABLE", "NO_PASID"]     # the last two: nested machines' (abi/NESTED.md)
     write: bool
 
 
@@ -118,11 +119,25 @@ class _Map(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     pass
 
 
+class PasidBinding(_Row):
+    sbdf: Sbdf
+    pasid: Annotated[int, msgspec.Meta(ge=1, le=hw.PASID_MAX)]
+
+
+class NestedState(_Map):
+    """A nested context (abi/NESTED.md): its stage 2, its stage-1 root (the
+    table itself is guest memory, in `memory`), the PASIDs bound to it."""
+    stage2: U16
+    pgtable_gfn: U64
+    pasids: Annotated[list[PasidBinding], msgspec.Meta(max_length=hw.MAX_PASID_BINDS)]
+
+
 class ContextState(_Map):
     ctx_no: U16
     dying: bool
     devices: Annotated[list[Sbdf], msgspec.Meta(max_length=MAX_DEVICES)]
     mappings: list[Mapping]
+    nested: NestedState | None = None
 
 
 class DomainState(_Map):
@@ -212,11 +227,18 @@ def _take_domain(hv: Hypervisor, d: Domain) -> dict:
         "memory": _memory(hv.memory, d.p2m.mfns),
         "foreign": [[gfn, owner, owner_gfn]
                     for gfn, (owner, owner_gfn) in sorted(d.p2m.foreign.items())],
-        "contexts": [{"ctx_no": ctx.ctx_no, "dying": ctx.dying,
-                      "devices": [format_sbdf(s) for s in sorted(ctx.devices)],
-                      "mappings": [] if ctx.dying else mappings(hv, ctx)}
-                     for ctx in d.contexts if ctx is not None],
+        "contexts": [_take_context(hv, ctx) for ctx in d.contexts if ctx is not None],
     }
+
+
+def _take_context(hv: Hypervisor, ctx: Context) -> dict:
+    entry = {"ctx_no": ctx.ctx_no, "dying": ctx.dying,
+             "devices": [format_sbdf(s) for s in sorted(ctx.devices)],
+             "mappings": [] if ctx.dying or ctx.nested else mappings(hv, ctx)}
+    if ctx.nested:      # key absent otherwise: files without nested contexts stay as they were
+        entry["nested"] = {"stage2": ctx.parent, "pgtable_gfn": ctx.s1_root,
+                           "pasids": [[format_sbdf(s), p] for s, p in sorted(ctx.pasids)]}
+    return entry
 
 
 def mappings(hv: Hypervisor, ctx: Context) -> list[list[int]]:
@@ -496,6 +518,8 @@ def _restore_contexts(hv: Hypervisor, d: Domain, contexts: list[ContextState],
         here = f"{where}.contexts[{j}]"
         if (j == 0) != (ctx_no == 0):
             raise SnapshotError(f"{here}: context 0 comes first, and once")
+        if entry.nested is not None:
+            continue        # once every stage 2 it may name is back
         if ctx_no == 0:
             # Its mappings once every device is in place: a device's
             # reserved ranges displace context 0's 1:1 pages while it is there.
@@ -520,12 +544,39 @@ def _restore_contexts(hv: Hypervisor, d: Domain, contexts: list[ContextState],
                                     f"d{d.domid}'s, is listed twice, or is in a dying context")
             placed.add(sbdf)
             hv.contexts.reattach(d, sbdf, ctx)
+    for j, entry in enumerate(contexts):
+        if entry.nested is not None:
+            _restore_nested(hv, d, entry, f"{where}.contexts[{j}]")
     if contexts:
         _restore_default_context(hv, d, d.contexts[0], *default)
     if not budget:
         hv.contexts.set_table_budget(d, 0)
     if placed != set(d.devices):
         raise SnapshotError(f"{where}: its devices are not each in one of its contexts")
+
+
+def _restore_nested(hv: Hypervisor, d: Domain, entry: ContextState, here: str) -> None:
+    """A nested context in its slot over its stage 2, its PASIDs bound."""
+    nested = entry.nested
+    if not hv.config.nested:
+        raise SnapshotError(f"{here}.nested: the machine is not nested")
+    if entry.dying or entry.devices or entry.mappings:
+        raise SnapshotError(f"{here}: a nested context is never dying and has no devices "
+                            f"or mappings of its own")
+    parent = d.context(nested.stage2)
+    if parent is None or parent.nested or nested.stage2 == entry.ctx_no:
+        raise SnapshotError(f"{here}.nested.stage2: context {nested.stage2} is not one of "
+                            f"d{d.domid}'s contexts that is not nested")
+    try:
+        ctx = hv.contexts.alloc_nested(d, parent, nested.pgtable_gfn, entry.ctx_no)
+        for k, binding in enumerate(nested.pasids):
+            if binding.sbdf not in d.devices or binding.pasid > hv.config.max_pasid:
+                raise SnapshotError(f"{here}.nested.pasids[{k}]: {format_sbdf(binding.sbdf)} "
+                                    f"is not d{d.domid}'s or PASID {binding.pasid} is above "
+                                    f"max_pasid")
+            hv.contexts.attach_pasid(binding.sbdf, binding.pasid, ctx)
+    except XenError as e:
+        raise SnapshotError(f"{here}.nested: {e.why}") from None
 
 
 def _restore_default_context(hv: Hypervisor, d: Domain, ctx: Context, runs: list[Mapping],

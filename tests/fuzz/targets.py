@@ -15,6 +15,7 @@ hypothesis search (tests/test_fuzz.py).
 
 from __future__ import annotations
 
+from targets_nested import nested
 from xenemu import abi, wire
 from xenemu.engine import Engine
 from xenemu.errno import XenErrno as E
@@ -204,4 +205,4 @@ def _dma(engine: Engine, dom: int, raw: bytearray) -> None:
     assert reply["ok"] or "no device" in reply["error"], reply
 
 
-TARGETS = {"frames": frames, "hypercalls": hypercalls}
+TARGETS = {"frames": frames, "hypercalls": hypercalls, "nested": nested}

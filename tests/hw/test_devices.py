@@ -175,7 +175,7 @@ def test_a_full_loaded_log_keeps_its_overflow_flag(iommu, ctx):
      Status.INVAL, 1),                                                  # a write
     ([(DEV, 0x1000, Fault.WRITE, False)], False, Status.INVAL, 0),      # a read
     ([(DEV, 0x1000, Fault.NONE, False)], False, Status.INVAL, 0),
-    ([(DEV, 0x1000, 7, False)], False, Status.INVAL, 0),
+    ([(DEV, 0x1000, 9, False)], False, Status.INVAL, 0),       # no such kind
     ([(DEV, 0x1000, Fault.NOT_PRESENT, 2)], False, Status.INVAL, 0),
     ([(DEV, 0, Fault.BLOCKED, False), (DEV + 1, 0, Fault.BLOCKED, False)], False,
      Status.NODEV, 1),

@@ -1,6 +1,7 @@
 """Differential tests: random operation sequences applied to the C layer and
 to the pure-Python reference must give identical results, counters, fault
-logs, translations and machine memory (page tables included)."""
+logs, translations and machine memory (page tables included), nested
+(stage-1 through stage-2) walks and PASID bindings among them."""
 import enum
 from array import array
 
@@ -10,7 +11,9 @@ from xenemu.hw import HwError, StaleIotlbError, native, reference
 
 FRAMES = 160        # small, so table pages can run out
 GUEST = 48          # guest frames allocated up front
-CTX_IDS = 5         # ids 0..4 against max_contexts=4: 4 is never valid
+CTX_IDS = 7         # ids 0..6 against max_contexts=6: 6 is never valid
+S2 = 2              # the stage-2 context of the nested one (3) the rig starts with
+S1_TABLES = (1, 2, 3, 4)    # stage-1 table pages (dfns of S2) of that nested context
 DEVS = (0x100, 0x200, 0x300)
 
 # dfns: low ones (crossing leaf and middle tables) or near the top of the
@@ -53,8 +56,29 @@ ops = st.one_of(
     st.tuples(st.just("check"), st.booleans()),
     st.tuples(st.just("load_faults"),
               st.lists(st.tuples(st.sampled_from(DEVS + (0x400,)), addrs,
-                                 st.integers(0, 7), st.integers(0, 2)), max_size=5),
+                                 st.integers(0, 9), st.integers(0, 2)), max_size=5),
               st.booleans()),
+)
+
+# Nested translation: stage-1 entries written into guest memory, PASIDs.
+pasids = st.one_of(st.integers(1, 2), st.sampled_from([0, 3, 0xFFFFF, 0x100000]))
+s1_addrs = st.one_of(st.tuples(st.integers(0, 20), st.integers(0, 4095)), addrs)
+s1_entries = st.tuples(st.integers(0, GUEST + 3),
+                       st.sampled_from([0, 1, 2, 3, 0x81, 0x83]))
+nctxs = st.one_of(st.just(3), ctxs)     # the rig's nested context, often
+nested_ops = st.one_of(
+    st.tuples(st.just("alloc_nested"), ctxs, st.one_of(st.sampled_from(S1_TABLES), dfns)),
+    st.tuples(st.just("s1_write"), st.one_of(st.sampled_from(S1_TABLES),
+                                             st.integers(0, GUEST - 1)),
+              st.integers(0, 20), s1_entries),
+    st.tuples(st.just("attach_pasid"), st.sampled_from(DEVS), pasids, nctxs),
+    st.tuples(st.just("detach_pasid"), st.sampled_from(DEVS), pasids),
+    st.tuples(st.just("translate_nested"), nctxs, pasids, st.lists(s1_addrs, max_size=12),
+              st.booleans()),
+    st.tuples(st.just("inval_nested"), nctxs, st.one_of(st.none(), pasids), dfns, counts),
+    st.tuples(st.just("dma_pasid"), st.sampled_from(DEVS), pasids, s1_addrs,
+              st.integers(0, 9000), st.booleans()),
+    st.tuples(st.just("remove_device"), st.sampled_from(DEVS)),
 )
 
 
@@ -69,10 +93,18 @@ def plain(x):
     return x
 
 
+def status_of(f, *args):
+    """f(*args), or the status it was refused with."""
+    try:
+        return f(*args)
+    except HwError as e:
+        return int(e.status)
+
+
 class Rig:
     def __init__(self, impl, width):
         self.m = impl.Memory(FRAMES * 4096)
-        self.io = impl.Iommu(self.m, width=width, max_contexts=4,
+        self.io = impl.Iommu(self.m, width=width, max_contexts=6,
                              max_devices=3, iotlb_entries=16, iotlb_ways=2,
                              fault_log=4)
         self.guest = self.m.alloc(GUEST, owner=1)
@@ -83,6 +115,24 @@ class Rig:
         for _ in range(2):
             self.io.alloc_context()
         self.io.attach(DEVS[0], 0)
+        # Stage 2 (context 2) maps the guest's frames at dfn = index; its
+        # nested context 3 has a stage-1 chain in S1_TABLES whose leaf maps
+        # IOVA pages 0..15 to dfns 16..31 (odd ones read-only), bound to
+        # DEVS[1] with PASID 1.
+        self.io.alloc_context()
+        self.io.map(S2, 0, self.guest, 3)
+        self.io.alloc_nested(S2, S1_TABLES[0])
+        for table, nxt in zip(S1_TABLES, S1_TABLES[1:]):
+            self.s1_write(table, 0, nxt << 12 | 3)
+        for i in range(16):
+            self.s1_write(S1_TABLES[-1], i, (16 + i) << 12 | (1 if i % 2 else 3))
+        self.io.attach_pasid(DEVS[1], 1, 3)
+
+    def s1_write(self, table, index, entry):
+        """A stage-1 entry, written as the guest would: in its frame `table`."""
+        frame = self.guest[table] if table < GUEST else FRAMES + table
+        if frame < FRAMES:
+            self.m.write(frame * 4096 + 8 * index, entry.to_bytes(8, "little"))
 
     def dfn(self, d):
         return self.io.max_iova_addr // 4096 + d[1] if isinstance(d, tuple) else d
@@ -138,6 +188,26 @@ class Rig:
             if kind == "check":
                 io.check = op[1]
                 return None
+            if kind == "alloc_nested":
+                return io.alloc_nested(op[1], self.dfn(op[2]))
+            if kind == "s1_write":
+                return self.s1_write(op[1], op[2], op[3][0] << 12 | op[3][1])
+            if kind == "attach_pasid":
+                return io.attach_pasid(op[1], op[2], op[3])
+            if kind == "detach_pasid":
+                return io.detach_pasid(op[1], op[2])
+            if kind == "translate_nested":
+                a = array("Q", [self.addr(x) for x in op[3]])
+                return io.translate_nested(op[1], op[2], a, write=op[4])
+            if kind == "inval_nested":
+                return io.invalidate_nested(op[1], op[2], self.dfn(op[3]), op[4])
+            if kind == "dma_pasid":
+                a = self.addr(op[3])
+                if op[5]:
+                    return io.dma_write(op[1], a, bytes([op[4] & 255]) * op[4], pasid=op[2])
+                return io.dma_read(op[1], a, op[4], pasid=op[2])
+            if kind == "remove_device":
+                return io.remove_device(op[1])
         except StaleIotlbError as e:
             return ("stale", e.done)
         except HwError as e:
@@ -154,7 +224,9 @@ class Rig:
                 ctxs.append(int(e.status))
         return plain((ctxs, io.counters(), io.pool_counters(0), io.faults(), self.m.used,
                       self.m.injection(), io.stale_iotlb_entries(),
-                      [io.device_context(d) for d in DEVS[:2]],
+                      io.nested_stale_iotlb_entries(),
+                      [io.pasid_context(d, p) for d in DEVS for p in (1, 2)],
+                      [status_of(io.device_context, d) for d in DEVS[:2]],
                       self.m.refcounts(self.guest)))
 
 
@@ -177,12 +249,31 @@ def run_both(width, seq):
         except HwError as e:
             want = int(e.status)
         assert got == want
+        try:
+            got = plain(c.io.translate_nested(ctx, 1, probe))
+        except HwError as e:
+            got = int(e.status)
+        try:
+            want = plain(r.io.translate_nested(ctx, 1, probe))
+        except HwError as e:
+            want = int(e.status)
+        assert got == want
 
 
 @settings(max_examples=300, deadline=None,
           suppress_health_check=[HealthCheck.too_slow])
 @given(st.sampled_from([39, 48]), st.lists(ops, min_size=10, max_size=80))
 def test_random_sequences_agree(width, seq):
+    run_both(width, seq)
+
+
+@settings(max_examples=200, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from([39, 48]), st.lists(st.one_of(ops, nested_ops, nested_ops),
+                                           min_size=10, max_size=80))
+def test_random_nested_sequences_agree(width, seq):
+    """Stage-1 walks through stage 2, their IOTLB entries, PASID bindings and
+    guest invalidation, mixed with the second-level operations."""
     run_both(width, seq)
 
 
@@ -198,3 +289,21 @@ def test_scripted_sequence_agrees():
            ("teardown", 0, 2000), ("map_run", 1, ("top", -1), 3, 5, 2),
            ("refs", True, [0, 1, 50]), ("refs", False, [0, 0])]
     run_both(39, seq)
+
+
+def test_scripted_nested_sequence_agrees():
+    """Nested walks that succeed, hit, go stale until flushed, lose their
+    stage 2 and their binding, for quick diagnosis; the walks do translate."""
+    seq = [("translate_nested", 3, 1, [(0, 8), (1, 0), (15, 4095), (16, 0)], False),
+           ("dma_pasid", 0x200, 1, (2, 100), 5000, True),
+           ("translate_nested", 3, 1, [(0, 8), (1, 0)], True),          # page 1 read-only
+           ("s1_write", 4, 0, (30, 3)), ("dma_pasid", 0x200, 1, (0, 0), 8, False),
+           ("inval_nested", 3, 1, 0, 1), ("dma_pasid", 0x200, 1, (0, 0), 8, False),
+           ("unmap", S2, 3, 1, True), ("translate_nested", 3, 1, [(0, 0)], False),
+           ("attach_pasid", 0x100, 2, 3), ("dma_pasid", 0x100, 2, (5, 0), 8, True),
+           ("detach_pasid", 0x200, 1), ("dma_pasid", 0x200, 1, (0, 0), 8, False),
+           ("inval_nested", 3, None, 0, 0), ("teardown", S2, 10), ("teardown", 3, 10)]
+    run_both(48, seq)
+    rig = Rig(native, 39)
+    maddr, faults = rig.io.translate_nested(3, 1, array("Q", [0, 1 << 12, 16 << 12]))
+    assert list(faults) == [0, 0, 1] and maddr[0] == rig.guest[16] << 12

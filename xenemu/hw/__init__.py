@@ -16,14 +16,16 @@ xenemu.hw.reference has the same interface in pure Python. Semantics
 belonging to Xen (errno, domains, p2m) are left to the layer above.
 """
 from .common import (
-    GFN_INVALID, INTR_FIRST, INTR_LAST, OWNER_NONE, PAGE_SHIFT, PAGE_SIZE, PERM_R,
+    GFN_INVALID, INTR_FIRST, INTR_LAST, MAX_PASID_BINDS, OWNER_NONE, PASID_MAX,
+    PAGE_SHIFT, PAGE_SIZE, PERM_R,
     PERM_RW, PERM_W, ContextInfo, Counters, Fault, FaultRecord, HwError,
     StaleIotlbError, Status, sbdf,
 )
 from .native import Iommu, Memory
 
 __all__ = [
-    "GFN_INVALID", "INTR_FIRST", "INTR_LAST", "OWNER_NONE", "PAGE_SHIFT", "PAGE_SIZE",
+    "GFN_INVALID", "INTR_FIRST", "INTR_LAST", "MAX_PASID_BINDS", "OWNER_NONE", "PASID_MAX",
+    "PAGE_SHIFT", "PAGE_SIZE",
     "PERM_R", "PERM_RW", "PERM_W", "ContextInfo", "Counters", "Fault",
     "FaultRecord", "HwError", "Iommu", "Memory", "StaleIotlbError",
     "Status", "sbdf",

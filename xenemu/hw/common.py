@@ -26,6 +26,15 @@ MAX_DEVICES = 65536
 MAX_FAULTS = 65536
 MAX_POOLS = 2048     #: table-page budgets (pool 0: no limit), two per domain
 
+# Nested translation (xenemu's extension, cext/hw.h and abi/NESTED.md).
+S1_P = 0x1           #: stage-1 entry: present
+S1_RW = 0x2          #: stage-1 entry: writes allowed
+S1_PS = 0x80         #: stage-1 entry: large page (faults S1_TABLE above level 1)
+S1_LEVELS = 4
+PASID_MAX = 0xFFFFF  #: PASIDs are 1..PASID_MAX (20 bits, as VT-d's)
+TLB_PASID_SHIFT = 36  #: an IOTLB tag is page | pasid << this
+MAX_PASID_BINDS = 4096  #: (device, PASID) bindings an IOMMU holds
+
 
 class Status(enum.IntEnum):
     """Why an operation stopped (0 = it did not)."""
@@ -58,6 +67,8 @@ class Fault(enum.IntEnum):
     WIDTH = 4  #: address above max_iova_addr
     INTR = 5  #: DMA into the interrupt window
     BLOCKED = 6  #: device attached to no context
+    S1_TABLE = 7  #: nested: a stage-1 table page stage 2 does not map readable, or PS set
+    NO_PASID = 8  #: nested: the (device, PASID) pair is bound to nothing
 
 
 class InjectSite(enum.IntFlag):

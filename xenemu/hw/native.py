@@ -360,23 +360,28 @@ class Iommu:
         ctx = self._u32[0]
         return None if ctx == lib.HW_CTX_NONE else ctx
 
-    def dma_read(self, sbdf: int, addr: int, n: int) -> bytes:
-        """Device reads n bytes at addr; returns the bytes read before any
-        fault (the fault goes to the log, and to dma_fault)."""
+    def dma_read(self, sbdf: int, addr: int, n: int, pasid: int = 0) -> bytes:
+        """Device reads n bytes at addr (with a PASID, 1..PASID_MAX, through
+        its binding); returns the bytes read before any fault (the fault
+        goes to the log, and to dma_fault)."""
         buf = bytearray(n)
-        self._dma(sbdf, addr, buf, n, 0)
+        self._dma(sbdf, addr, buf, n, 0, pasid)
         return bytes(buf[:self._u64b[0]])
 
-    def dma_write(self, sbdf: int, addr: int, data) -> int:
+    def dma_write(self, sbdf: int, addr: int, data, pasid: int = 0) -> int:
         """Device writes data at addr; returns bytes written before any
         fault (the fault goes to the log)."""
-        self._dma(sbdf, addr, data, len(data), 1)
+        self._dma(sbdf, addr, data, len(data), 1, pasid)
         return self._u64b[0]
 
-    def _dma(self, sbdf, addr, buf, n, write):
+    def _dma(self, sbdf, addr, buf, n, write, pasid):
         self.dma_fault = None
-        st = lib.hw_dma(self._io, sbdf, addr, ffi.from_buffer(buf), n, write,
-                        self._u64b, self._fault)
+        if pasid:
+            st = lib.hw_dma_pasid(self._io, sbdf, pasid, addr, ffi.from_buffer(buf), n,
+                                  write, self._u64b, self._fault)
+        else:
+            st = lib.hw_dma(self._io, sbdf, addr, ffi.from_buffer(buf), n, write,
+                            self._u64b, self._fault)
         if st == Status.STALE:
             raise StaleIotlbError(self._u64b[0])
         if st == Status.FAULT:
@@ -385,6 +390,56 @@ class Iommu:
                                          bool(r.write))
         else:
             check_status(st)
+
+    # --- nested contexts and PASIDs (cext/nested.c) -----------------------
+    def alloc_nested(self, parent: int, s1_root: int) -> int:
+        """A nested context over `parent` (stage 2, a live context that is
+        not nested: NOCTX, BUSY, INVAL), its stage-1 root at frame s1_root
+        of the parent's input space (RANGE above the width). No table page
+        is taken; teardown() frees it (BUSY while PASIDs are bound), and a
+        parent with nested children refuses teardown (BUSY)."""
+        check_status(lib.hw_ctx_alloc_nested(self._io, parent, s1_root, self._u32))
+        return self._u32[0]
+
+    def attach_pasid(self, sbdf: int, pasid: int, ctx: int) -> None:
+        """Bind (device, PASID) to nested context ctx: NODEV, INVAL (pasid
+        0 or above PASID_MAX, ctx not nested), NOCTX, EXISTS, NOSPC."""
+        check_status(lib.hw_pasid_attach(self._io, sbdf, pasid, ctx))
+
+    def detach_pasid(self, sbdf: int, pasid: int) -> None:
+        """Unbind, dropping the pair's cached translations (NOTPRESENT)."""
+        check_status(lib.hw_pasid_detach(self._io, sbdf, pasid))
+
+    def pasid_context(self, sbdf: int, pasid: int) -> int | None:
+        st = lib.hw_pasid_context(self._io, sbdf, pasid, self._u32)
+        return None if st == Status.NOTPRESENT else self._u32[0]
+
+    def translate_nested(self, ctx: int, pasid: int, addrs, write: bool = False
+                         ) -> tuple[array, array]:
+        """translate() for nested context ctx and a PASID: stage 1 walked
+        through stage 2, the combined translation cached by (ctx, PASID)."""
+        pa = ffi.from_buffer("uint64_t[]", addrs)
+        n = len(pa)
+        maddr = array("Q", bytes(8 * n))
+        fault = array("B", bytes(n))
+        check_status(lib.hw_translate_nested(
+            self._io, ctx, pasid, pa, n, int(write), ffi.from_buffer("uint64_t[]", maddr),
+            ffi.from_buffer("uint8_t[]", fault), self._u64))
+        return maddr, fault
+
+    def invalidate_nested(self, ctx: int, pasid: int | None = None, dfn: int = 0,
+                          n: int = 0) -> None:
+        """The guest's invalidation: pages [dfn, dfn + n) of `pasid`, or
+        (pasid None) every cached translation of the nested context."""
+        check_status(lib.hw_inval_nested(
+            self._io, ctx, lib.HW_PASID_ANY if pasid is None else pasid, dfn, n))
+
+    def nested_stale_iotlb_entries(self) -> int:
+        """Cached translations of nested contexts that disagree with the
+        tables now: stage-1 edits the guest did not flush (its bug, as on
+        hardware; stale_iotlb_entries() leaves them out)."""
+        lib.hw_tlb_audit_nested(self._io, self._u64)
+        return self._u64[0]
 
     def faults(self) -> tuple[list[FaultRecord], bool]:
         """(fault records oldest first, overflow flag); the log keeps the

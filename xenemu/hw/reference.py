@@ -17,7 +17,7 @@ from array import array
 
 from .common import (
     GFN_INVALID, INTR_FIRST, INTR_LAST, MAX_CONTEXTS, MAX_DEVICES, MAX_FAULTS, MAX_POOLS,
-    OWNER_NONE,
+    MAX_PASID_BINDS, OWNER_NONE, PASID_MAX, S1_LEVELS, S1_P, S1_PS, S1_RW, TLB_PASID_SHIFT,
     PAGE_SHIFT, PAGE_SIZE, PERM_RW, PERM_W, PERM_R, Counters, ContextInfo,
     Fault, FaultRecord, HwError, Injection, InjectSite, StaleIotlbError, Status,
     levels_for,
@@ -230,13 +230,15 @@ class _Context:
     """Per context (never per page): root, counts, counters, state."""
 
     __slots__ = ("root", "mapped", "tables", "cursor", "ndevices", "state",
-                 "cnt", "pool")
+                 "cnt", "pool", "nested", "s1_root", "parent", "nchildren", "npasids")
 
-    def __init__(self, root: int):
+    def __init__(self, root: int, nested: bool = False):
         self.root = root
+        self.nested = nested
+        self.s1_root = self.parent = self.nchildren = self.npasids = 0
         self.pool = 0
         self.mapped = 0
-        self.tables = 1
+        self.tables = 0 if nested else 1
         self.cursor = 0
         self.ndevices = 0
         self.state = _LIVE
@@ -341,6 +343,7 @@ class Iommu:
         self._tlb = _Iotlb(iotlb_entries, iotlb_ways)
         self._cnt = [0, 0, 0, 0, 0]
         self._pool_cnt = [[0, 0, 0, 0, 0] for _ in range(MAX_POOLS)]   # hw_pool.cnt
+        self._pasids: list[list[int]] = []     # [sbdf, pasid, ctx], as cext/nested.c's array
         self.check = check
 
     # --- page-table memory ---------------------------------------------
@@ -394,25 +397,32 @@ class Iommu:
         return walk
 
     # --- contexts -------------------------------------------------------
-    def _get(self, ctx: int) -> _Context:
+    def _get(self, ctx: int, nested: bool = False) -> _Context:
+        """A live context of the kind asked (INVAL: the other kind)."""
         c = self._ctx[ctx] if 0 <= ctx < len(self._ctx) else None
         if c is None or c.state == _FREE:
             raise HwError(Status.NOCTX)
         if c.state == _DYING:
             raise HwError(Status.BUSY)
+        if c.nested != nested:
+            raise HwError(Status.INVAL)
         return c
 
     def alloc_context(self) -> int:
         if not self._ctx_free and len(self._ctx) == self._max_ctx:
             raise HwError(Status.NOSPC)
         root = self.memory._take_table()
+        ctx = self._take_id(_Context(root))
+        self._pools[0][1] += 1
+        return ctx
+
+    def _take_id(self, c: _Context) -> int:
         if self._ctx_free:
             ctx = self._ctx_free.pop()
-            self._ctx[ctx] = _Context(root)
+            self._ctx[ctx] = c
         else:
             ctx = len(self._ctx)
-            self._ctx.append(_Context(root))
-        self._pools[0][1] += 1
+            self._ctx.append(c)
         return ctx
 
     # --- table-page budgets (cext/hw.h: struct hw_pool) ------------------
@@ -469,6 +479,7 @@ class Iommu:
 
     def _inval_ctx(self, ctx: int, c: _Context) -> None:
         self._tlb.drop_ctx(ctx)
+        self._stage2_changed(ctx, c)
         self._count(c, _INVAL)
 
     def teardown(self, ctx: int, budget: int) -> tuple[array, bool]:
@@ -477,8 +488,10 @@ class Iommu:
         c = self._ctx[ctx] if 0 <= ctx < len(self._ctx) else None
         if c is None or c.state == _FREE:
             raise HwError(Status.NOCTX)
+        if c.nested:
+            return self._nested_teardown(ctx, c)
         if c.state == _LIVE:
-            if c.ndevices:
+            if c.ndevices or c.nchildren:
                 raise HwError(Status.BUSY)
             c.state = _DYING
             c.cursor = 0
@@ -597,6 +610,7 @@ class Iommu:
             c.mapped -= 1
         if flush and out:
             self._tlb.drop_range(ctx, dfn, len(out))
+            self._stage2_changed(ctx, c)
             self._count(c, _INVAL)
         return len(out), st, out
 
@@ -640,13 +654,29 @@ class Iommu:
             dfn = (dfn & ~(span - 1)) + span
         return None
 
+    def _addr_fault(self, addr: int) -> int:
+        """The fault the address alone decides (cext's hw_addr_fault)."""
+        if addr > self.max_iova_addr:
+            return Fault.WIDTH
+        if INTR_FIRST <= addr <= INTR_LAST:
+            return Fault.INTR
+        return Fault.NONE
+
+    @staticmethod
+    def _access(mfn: int, perm: int, addr: int, write: bool) -> tuple[int, int]:
+        """(fault kind, machine address) of an access through a translation."""
+        if write and not perm & PERM_W:
+            return Fault.WRITE, 0
+        if not write and not perm & PERM_R:
+            return Fault.READ, 0
+        return Fault.NONE, mfn << PAGE_SHIFT | addr & (PAGE_SIZE - 1)
+
     def _xlate(self, ctx: int, c: _Context, walk, addr: int,
                write: bool) -> tuple[int, int]:
         """(fault kind, machine address); raises StaleIotlbError(0)."""
-        if addr > self.max_iova_addr:
-            return Fault.WIDTH, 0
-        if INTR_FIRST <= addr <= INTR_LAST:
-            return Fault.INTR, 0
+        f = self._addr_fault(addr)
+        if f:
+            return f, 0
         dfn = addr >> PAGE_SHIFT
         tlb = self._tlb
         i = tlb.find(ctx, dfn)
@@ -666,11 +696,7 @@ class Iommu:
                 return Fault.NOT_PRESENT, 0
             mfn, perm = (pte & _ADDR) >> PAGE_SHIFT, pte & PERM_RW
             tlb.fill(ctx, dfn, mfn, perm)
-        if write and not perm & PERM_W:
-            return Fault.WRITE, 0
-        if not write and not perm & PERM_R:
-            return Fault.READ, 0
-        return Fault.NONE, mfn << PAGE_SHIFT | addr & (PAGE_SIZE - 1)
+        return self._access(mfn, perm, addr, write)
 
     def translate(self, ctx: int, addrs, write: bool = False
                   ) -> tuple[array, array]:
@@ -693,6 +719,7 @@ class Iommu:
         if self.memory._inject_fail(InjectSite.FLUSH):
             raise HwError(Status.INJECTED)
         self._tlb.drop_range(ctx, dfn, n)
+        self._stage2_changed(ctx, c)
         self._count(c, _INVAL)
 
     def invalidate_context(self, ctx: int) -> None:
@@ -708,6 +735,8 @@ class Iommu:
                 continue
             ctx, dfn = t.ctx[i], t.dfn[i]
             c = self._ctx[ctx] if ctx < len(self._ctx) else None
+            if c is not None and c.nested:
+                continue        # nested_stale_iotlb_entries'
             pte = self._walk(c)(dfn)[0] if c is not None and c.state == _LIVE else 0
             if not pte or (pte & _ADDR) >> PAGE_SHIFT != t.mfn[i] or pte & PERM_RW != t.perm[i]:
                 stale += 1
@@ -742,6 +771,12 @@ class Iommu:
         i = self._find(sbdf)
         if self._dev_ctx[i] != _CTX_NONE:
             self._ctx[self._dev_ctx[i]].ndevices -= 1
+        j = 0
+        while j < len(self._pasids):
+            if self._pasids[j][0] == sbdf:
+                self._unbind(j)
+            else:
+                j += 1
         self._dev_used[i] = 0
 
     def attach(self, sbdf: int, ctx: int | None) -> None:
@@ -757,9 +792,11 @@ class Iommu:
         ctx = self._dev_ctx[self._find(sbdf)]
         return None if ctx == _CTX_NONE else ctx
 
-    def _dma(self, sbdf: int, addr: int, n: int, write: bool, data=None):
+    def _dma(self, sbdf: int, addr: int, n: int, write: bool, data=None, pasid: int = 0):
         """Moves bytes page by page; returns (bytes done, chunks read)."""
         i = self._find(sbdf)
+        if pasid and not 0 < pasid <= PASID_MAX:
+            raise HwError(Status.INVAL)
         mem = self.memory.mem
         done = 0
         chunks = []
@@ -768,7 +805,9 @@ class Iommu:
             a = addr + done
             chunk = min(PAGE_SIZE - (a & (PAGE_SIZE - 1)), n - done)
             ctx = self._dev_ctx[i]
-            if ctx == _CTX_NONE:
+            if pasid:
+                kind, ma = self._dma_nested(sbdf, pasid, a, write)
+            elif ctx == _CTX_NONE:
                 kind, ma = Fault.BLOCKED, 0
             else:
                 c = self._ctx[ctx]
@@ -787,11 +826,11 @@ class Iommu:
             done += chunk
         return done, b"".join(chunks)
 
-    def dma_read(self, sbdf: int, addr: int, n: int) -> bytes:
-        return self._dma(sbdf, addr, n, False)[1]
+    def dma_read(self, sbdf: int, addr: int, n: int, pasid: int = 0) -> bytes:
+        return self._dma(sbdf, addr, n, False, pasid=pasid)[1]
 
-    def dma_write(self, sbdf: int, addr: int, data) -> int:
-        return self._dma(sbdf, addr, len(data), True, memoryview(data))[0]
+    def dma_write(self, sbdf: int, addr: int, data, pasid: int = 0) -> int:
+        return self._dma(sbdf, addr, len(data), True, memoryview(data), pasid)[0]
 
     def _record(self, sbdf: int, addr: int, kind: int, write: bool) -> None:
         if len(self._faults) == self._fault_cap:
@@ -828,10 +867,178 @@ class Iommu:
         width = addr > self.max_iova_addr
         intr = not width and INTR_FIRST <= addr <= INTR_LAST
         tables = not width and not intr
-        possible = {Fault.BLOCKED: True, Fault.WIDTH: width, Fault.INTR: intr,
-                    Fault.NOT_PRESENT: tables, Fault.READ: tables and not write,
+        possible = {Fault.BLOCKED: True, Fault.NO_PASID: True, Fault.WIDTH: width,
+                    Fault.INTR: intr, Fault.NOT_PRESENT: tables, Fault.S1_TABLE: tables,
+                    Fault.READ: tables and not write,
                     Fault.WRITE: tables and write == 1}
         return write in (0, 1) and bool(possible.get(kind, False))
+
+    # --- nested contexts and PASIDs (cext/nested.c) -----------------------
+    def alloc_nested(self, parent: int, s1_root: int) -> int:
+        """A nested context over `parent` (stage 2) with its stage-1 root
+        at frame s1_root of the parent's input space."""
+        p = self._get(parent)
+        if s1_root > self._max_dfn:
+            raise HwError(Status.RANGE)
+        if not self._ctx_free and len(self._ctx) == self._max_ctx:
+            raise HwError(Status.NOSPC)
+        c = _Context(0, nested=True)
+        c.s1_root, c.parent = s1_root, parent
+        p.nchildren += 1
+        return self._take_id(c)
+
+    def _nested_teardown(self, ctx: int, c: _Context) -> tuple[array, bool]:
+        if c.npasids:
+            raise HwError(Status.BUSY)
+        self._tlb.drop_ctx(ctx)
+        self._count(c, _INVAL)
+        self._ctx[c.parent].nchildren -= 1
+        c.state, c.nested = _FREE, False
+        self._ctx_free.append(ctx)
+        return array("Q"), True
+
+    def _stage2_changed(self, ctx: int, c: _Context) -> None:
+        """A parent's invalidation drops its children's cached translations."""
+        if not c.nchildren:
+            return
+        t = self._tlb
+        for i in range(len(t.valid)):
+            e = t.ctx[i]
+            child = self._ctx[e] if e < len(self._ctx) else None
+            if t.valid[i] and child is not None and child.nested and child.parent == ctx:
+                t.valid[i] = 0
+
+    def _bound(self, sbdf: int, pasid: int) -> int:
+        for j, (s, p, _) in enumerate(self._pasids):
+            if s == sbdf and p == pasid:
+                return j
+        return -1
+
+    def attach_pasid(self, sbdf: int, pasid: int, ctx: int) -> None:
+        self._find(sbdf)
+        if not 0 < pasid <= PASID_MAX:
+            raise HwError(Status.INVAL)
+        c = self._get(ctx, nested=True)
+        if self._bound(sbdf, pasid) >= 0:
+            raise HwError(Status.EXISTS)
+        if len(self._pasids) == MAX_PASID_BINDS:
+            raise HwError(Status.NOSPC)
+        self._pasids.append([sbdf, pasid, ctx])
+        c.npasids += 1
+
+    def _unbind(self, j: int) -> None:
+        _, pasid, ctx = self._pasids[j]
+        self._tlb.drop_range(ctx, pasid << TLB_PASID_SHIFT, 1 << TLB_PASID_SHIFT)
+        self._ctx[ctx].npasids -= 1
+        last = self._pasids.pop()
+        if j < len(self._pasids):
+            self._pasids[j] = last
+
+    def detach_pasid(self, sbdf: int, pasid: int) -> None:
+        j = self._bound(sbdf, pasid)
+        if j < 0:
+            raise HwError(Status.NOTPRESENT)
+        self._unbind(j)
+
+    def pasid_context(self, sbdf: int, pasid: int) -> int | None:
+        j = self._bound(sbdf, pasid)
+        return None if j < 0 else self._pasids[j][2]
+
+    def _stage2(self, p: _Context, dfn: int, walks: list) -> tuple[int, int] | None:
+        if dfn > self._max_dfn:
+            return None
+        pte, n = self._walk(p)(dfn)
+        walks[0] += n
+        return ((pte & _ADDR) >> PAGE_SHIFT, pte & PERM_RW) if pte else None
+
+    def _nested_walk(self, c: _Context, dfn: int, walks: list) -> tuple[int, int, int]:
+        """(fault kind, combined mfn, combined perm) of a miss (cext/nested.c walk)."""
+        p = self._ctx[c.parent]
+        frame, s1w = c.s1_root, PERM_W
+        for level in range(S1_LEVELS, 0, -1):
+            table = self._stage2(p, frame, walks)
+            if table is None or not table[1] & PERM_R:
+                return Fault.S1_TABLE, 0, 0
+            e = self._pte(table[0], self._index(dfn, level))
+            walks[0] += 1
+            if not e & S1_P:
+                return Fault.NOT_PRESENT, 0, 0
+            if level > 1 and e & S1_PS:
+                return Fault.S1_TABLE, 0, 0
+            if not e & S1_RW:
+                s1w = 0
+            frame = (e & _ADDR) >> PAGE_SHIFT
+        out = self._stage2(p, frame, walks)
+        if out is None:
+            return Fault.NOT_PRESENT, 0, 0
+        return Fault.NONE, out[0], (out[1] & PERM_R) | (out[1] & s1w)
+
+    def _xlate_nested(self, ctx: int, c: _Context, pasid: int, addr: int,
+                      write: bool) -> tuple[int, int]:
+        f = self._addr_fault(addr)
+        if f:
+            return f, 0
+        dfn = addr >> PAGE_SHIFT
+        tag = dfn | pasid << TLB_PASID_SHIFT
+        tlb = self._tlb
+        i = tlb.find(ctx, tag)
+        if i >= 0:
+            self._count(c, _HITS)
+            mfn, perm = tlb.mfn[i], tlb.perm[i]
+        else:
+            self._count(c, _MISSES)
+            walks = [0]
+            kind, mfn, perm = self._nested_walk(c, dfn, walks)
+            self._count(c, _WALKS, walks[0])
+            if kind:
+                return kind, 0
+            tlb.fill(ctx, tag, mfn, perm)
+        return self._access(mfn, perm, addr, write)
+
+    def translate_nested(self, ctx: int, pasid: int, addrs, write: bool = False
+                         ) -> tuple[array, array]:
+        if not 0 < pasid <= PASID_MAX:
+            raise HwError(Status.INVAL)
+        c = self._get(ctx, nested=True)
+        maddr, fault = array("Q"), array("B")
+        for addr in _run(addrs):
+            f, ma = self._xlate_nested(ctx, c, pasid, addr, write)
+            maddr.append(ma)
+            fault.append(f)
+        return maddr, fault
+
+    def _dma_nested(self, sbdf: int, pasid: int, addr: int, write: bool) -> tuple[int, int]:
+        j = self._bound(sbdf, pasid)
+        if j < 0:
+            return Fault.NO_PASID, 0
+        ctx = self._pasids[j][2]
+        return self._xlate_nested(ctx, self._ctx[ctx], pasid, addr, write)
+
+    def invalidate_nested(self, ctx: int, pasid: int | None = None, dfn: int = 0,
+                          n: int = 0) -> None:
+        """Drop pages [dfn, dfn + n) of `pasid` (None: all of the context)."""
+        c = self._get(ctx, nested=True)
+        if pasid is not None and not 0 < pasid <= PASID_MAX:
+            raise HwError(Status.INVAL)
+        if self.memory._inject_fail(InjectSite.FLUSH):
+            raise HwError(Status.INJECTED)
+        space = 1 << TLB_PASID_SHIFT
+        if pasid is None:
+            self._tlb.drop_ctx(ctx)
+        elif dfn < space:
+            self._tlb.drop_range(ctx, dfn | pasid << TLB_PASID_SHIFT, min(n, space - dfn))
+        self._count(c, _INVAL)
+
+    def nested_stale_iotlb_entries(self) -> int:
+        t, stale = self._tlb, 0
+        for i in range(len(t.valid)):
+            c = self._ctx[t.ctx[i]] if t.ctx[i] < len(self._ctx) else None
+            if not t.valid[i] or c is None or not c.nested:
+                continue
+            kind, mfn, perm = self._nested_walk(c, t.dfn[i] & ((1 << TLB_PASID_SHIFT) - 1), [0])
+            if kind or mfn != t.mfn[i] or perm != t.perm[i]:
+                stale += 1
+        return stale
 
 
 __all__ = ["Memory", "Iommu"]

@@ -22,6 +22,10 @@ reference suggests and reports the hazard (`HAZARDS`, the one table of them:
 a warning, a count for `ctl info`, a `hazard` trace record that `xenemu
 replay --fail-on-hazard` fails on).
 
+Sub-ops 9-12 answer -EOPNOTSUPP as Xen's do, unless the machine option
+`nested` is on: then they are xenemu's extension (abi/NESTED.md, the
+header abi/rev2/xen/pv-iommu-nested.h), served by iommu_op_nested.
+
 `rev2_semantics` (a machine option) picks what is served where the v7 code
 and its header disagree: "v7" (the default) the code, "intended" what the
 header and cover letter say (`intended()`: init with its `break`, a failed
@@ -40,6 +44,7 @@ from ..domain import Context, Domain
 from ..errno import XenErrno, XenError
 from ..p2m import P2mType
 from ..pci import format_device, pack_sbdf
+from . import iommu_op_nested as nested
 from .common import (HYPERVISOR_iommu_op, Hazard, Hypercall, HypercallError, SubOp, SubopCall,
                      report_hazard)
 
@@ -120,11 +125,9 @@ ReattachDevice = Struct(                    # 12
     "ctx_no" / Int16ul, "dev" / PciDevice, "_pad" / Bytes(2), "pasid" / Int32ul).compile()
 RemoteCmd = Struct(                         # 16
     "domid" / Int16ul, "subop" / Int16ul, "_pad" / Bytes(4), "arg" / Int64ul).compile()
-AllocNested = Struct("ctx_no" / Int16ul, "_pad" / Bytes(6), "pgtable_gfn" / Int64ul,
-                     "nested_flags" / Int64ul).compile()                                   # 24
-AttachPasid = Struct("ctx_no" / Int16ul, "dev" / PciDevice, "_pad" / Bytes(2),
-                     "pasid" / Int32ul).compile()                                          # 12
-DetachPasid = Struct("dev" / PciDevice, "pasid" / Int32ul).compile()                      # 8
+# 9-12's structs are iommu_op_nested's.
+AllocNested, FlushNested = nested.AllocNested, nested.FlushNested
+AttachPasid, DetachPasid = nested.AttachPasid, nested.DetachPasid
 
 SIZES = {"capabilities": 24, "init": 8, "alloc": 8, "free": 8, "map_pages": 40,
          "unmap_pages": 32, "reattach_device": 12, "remote_cmd": 16}
@@ -201,18 +204,15 @@ def noop(hv: Hypervisor, d: Domain, op: SubopCall) -> int:
     return 0
 
 
-def not_supported(hv: Hypervisor, d: Domain, op: SubopCall) -> int:
-    """9-12: nested and PASID sub-ops, never advertised; arg untouched."""
-    raise HypercallError(XenErrno.EOPNOTSUPP, "not implemented by Xen")
-
-
 def capabilities_op(hv: Hypervisor, d: Domain, op: SubopCall) -> int:
     """§5.2: written, never read."""
     _write(op, Capabilities, dict(
         max_iova_addr=hv.contexts.max_iova_addr,
         # Context 0 is 1:1 unless the hardware domain is no-dma (dom0-iommu=dma=0).
-        cap_flags=0 if d.no_dma else IOMMUCAP_default_identity,
-        pgsize_mask=PAGE_SIZE_4K, max_pasid=0, max_ctx_no=d.nr_contexts, pad0=0))
+        cap_flags=(0 if d.no_dma else IOMMUCAP_default_identity)
+        | (IOMMUCAP_nested | IOMMUCAP_pasid if hv.config.nested else 0),
+        pgsize_mask=PAGE_SIZE_4K, max_pasid=hv.config.max_pasid if hv.config.nested else 0,
+        max_ctx_no=d.nr_contexts, pad0=0))
     return 0
 
 
@@ -270,6 +270,7 @@ def free_context_op(hv: Hypervisor, d: Domain, op: SubopCall) -> int:
     if ctx is None:
         raise HypercallError(XenErrno.ENOENT, f"context {free.ctx_no} not allocated")
     reattach = bool(free.free_flags & IOMMU_FREE_reattach_default)
+    nested.before_free(hv, d, ctx, reattach)
     if reattach and ctx.devices:
         hazard(hv, d, "free_reattach_with_devices",
                f"free_context {free.ctx_no} with {len(ctx.devices)} device(s) attached")
@@ -293,6 +294,9 @@ def reattach_device_op(hv: Hypervisor, d: Domain, op: SubopCall) -> int:
         raise HypercallError(XenErrno.ENOENT, f"context {r.ctx_no} not allocated")
     if target.dying:
         raise HypercallError(XenErrno.EINVAL, f"context {r.ctx_no} is dying")
+    if target.nested:
+        raise HypercallError(XenErrno.EINVAL, f"context {r.ctx_no} is nested: devices reach it "
+                                              f"through attach_pasid")
     hv.contexts.reattach(d, sbdf, target)
     return 0
 
@@ -304,6 +308,9 @@ def _context(d: Domain, ctx_no: int) -> Context:
         raise HypercallError(XenErrno.EINVAL, "the default context is not reachable"
                              if ctx_no == IOMMU_DEFAULT_CONTEXT else
                              f"context {ctx_no} not allocated")
+    if ctx.nested:
+        raise HypercallError(XenErrno.EINVAL, f"context {ctx_no} is nested: its stage 1 is the "
+                                              f"guest's table at gfn {ctx.s1_root:#x}")
     return ctx
 
 
@@ -468,10 +475,21 @@ SUBOPS = (
     SubOp(IOMMU_remote_cmd, "remote_cmd", remote_cmd_op, layout=RemoteCmd, size=16,
           reads=False, copy_back=False, inputs=("domid", "subop", "arg"),
           params=("domid", "subop", ("arg", 0))),
-    SubOp(IOMMU_alloc_nested, "alloc_nested", not_supported),
-    SubOp(IOMMU_flush_nested, "flush_nested", not_supported),
-    SubOp(IOMMU_attach_pasid, "attach_pasid", not_supported),
-    SubOp(IOMMU_detach_pasid, "detach_pasid", not_supported),
+    # 9-12: -EOPNOTSUPP with arg untouched unless the machine is `nested`,
+    # so the handlers copy their structs themselves (reads/copy_back off).
+    SubOp(IOMMU_alloc_nested, "alloc_nested", nested.alloc_nested_op, layout=AllocNested,
+          size=24, reads=False, copy_back=False, inputs=("ctx_no", "pgtable_gfn", "nested_flags"),
+          outputs=("ctx_no",), params=("pgtable_gfn", ("ctx_no", 0), ("nested_flags", 0))),
+    SubOp(IOMMU_flush_nested, "flush_nested", nested.flush_nested_op, layout=FlushNested,
+          size=24, reads=False, copy_back=False,
+          inputs=("ctx_no", "flush_type", "pasid", "dfn", "nr_pages"),
+          params=("ctx_no", ("flush_type", 0), ("pasid", 0), ("dfn", 0), ("nr_pages", 0))),
+    SubOp(IOMMU_attach_pasid, "attach_pasid", nested.attach_pasid_op, layout=AttachPasid,
+          size=12, reads=False, copy_back=False, inputs=("ctx_no", "dev", "pasid"),
+          params=("ctx_no", "pasid", ("seg", 0), ("bus", 0), ("devfn", 0))),
+    SubOp(IOMMU_detach_pasid, "detach_pasid", nested.detach_pasid_op, layout=DetachPasid,
+          size=8, reads=False, copy_back=False, inputs=("dev", "pasid"),
+          params=("pasid", ("seg", 0), ("bus", 0), ("devfn", 0))),
 )
 
 IOMMU_OP = Hypercall(
@@ -480,8 +498,8 @@ IOMMU_OP = Hypercall(
     op_type=SubopCall, head_names=(), head_text="",
     subop_arg=0, handle_arg=1, subop_field="subop", unknown_errno=XenErrno.EOPNOTSUPP,
     log=log, log_prefix=PREFIX, gate=can_use_iommu_check,
-    hex_fields=frozenset({"gfn", "dfn", "map_flags", "free_flags", "alloc_flags", "cap_flags",
-                          "pgsize_mask", "max_iova_addr", "arg"}),
+    hex_fields=frozenset({"gfn", "dfn", "pgtable_gfn", "map_flags", "free_flags", "alloc_flags",
+                          "cap_flags", "pgsize_mask", "max_iova_addr", "arg"}),
     formatters={"dev": format_device},
 )
 

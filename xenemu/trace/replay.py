@@ -197,7 +197,9 @@ class Replayer:
         devices = ", ".join(format_sbdf(s) for s in sorted(ctx.devices)) or "none"
         out = [f"d{domid} context {ctx_no}: {'dying, ' if ctx.dying else ''}"
                f"{info.mapped} pages mapped, {info.tables} table pages, devices: {devices}"]
-        if "dfn" in fields:     # the sub-op names device frames: show the first few
+        if ctx.nested:          # no tables of its own: its stage 1 is guest memory
+            out.append(f"nested over context {ctx.parent}, stage-1 root gfn {ctx.s1_root:#x}")
+        elif "dfn" in fields:   # the sub-op names device frames: show the first few
             count = min(fields.get("nr_pages", 1) or 1, 8)
             if fields["dfn"] + count <= self.hv.iommu.max_iova_addr >> PAGE_SHIFT:
                 mfns, perms = self.hv.iommu.lookup_run(ctx.hw_id, fields["dfn"], count)

@@ -1,0 +1,103 @@
+/* SPDX-License-Identifier: MIT */
+/**
+ * pv-iommu-nested.h
+ *
+ * xenemu extension of revision 2 of the PV-IOMMU interface: nested
+ * translation with guest-owned stage-1 tables, and PASIDs. NOT Xen's: Xen
+ * v4-v7 answer sub-ops 9-12 with -EOPNOTSUPP. xenemu serves them only on a
+ * machine with `nested = true` (abi/NESTED.md has the semantics, the errors
+ * and what Xen may choose differently).
+ *
+ * Include it after (or instead of) <xen/pv-iommu.h> (-Iabi/rev2 -Iabi). It
+ * keeps upstream's structs and gives the two things upstream leaves open:
+ *  - the argument of IOMMU_flush_nested, empty upstream: struct
+ *    xenemu_iommu_flush_nested (pass it where upstream's would go);
+ *  - the meaning of alloc_nested's fields: ctx_no is IN as well as OUT (IN:
+ *    the stage-2 context, 0 for the domain's default context, so a caller
+ *    that zeroes the struct gets its guest-physical space as stage 2),
+ *    pgtable_gfn is a frame number in the stage-2 context's input space,
+ *    nested_flags must be XENEMU_NESTED_FORMAT_X86_64 (0).
+ */
+
+#ifndef __XENEMU_PV_IOMMU_NESTED_H__
+#define __XENEMU_PV_IOMMU_NESTED_H__
+
+#include <xen/pv-iommu.h>
+
+/* alloc_nested.nested_flags: the stage-1 table format. The x86-64 4-level
+ * format of VT-d scalable-mode first-level tables, 4 KiB leaves only (any
+ * other value is -EINVAL). */
+#define XENEMU_NESTED_FORMAT_X86_64 0ULL
+
+/* A stage-1 entry (little-endian 64-bit, 512 per 4 KiB table page, levels
+ * 4..1 indexed by IOVA bits 47..39, 38..30, 29..21, 20..12). Only these bits
+ * are read; a write needs R/W at every level. PS in a level 4..2 entry is a
+ * fault (large stage-1 pages are not modelled). */
+#define XENEMU_S1_PTE_P    (1ULL << 0)     /* present */
+#define XENEMU_S1_PTE_RW   (1ULL << 1)     /* writes allowed */
+#define XENEMU_S1_PTE_PS   (1ULL << 7)     /* large page: refused */
+#define XENEMU_S1_PTE_ADDR 0x000FFFFFFFFFF000ULL  /* next table / page, bits 12..51 */
+
+/* PASIDs are 1..max_pasid (query_capabilities, at most 2^20 - 1); 0 is the
+ * device's requests without a PASID (RID_PASID), which reattach_device
+ * routes. */
+#define XENEMU_PASID_MAX 0xFFFFFU
+
+/* flush_type of struct xenemu_iommu_flush_nested. */
+#define XENEMU_IOMMU_FLUSH_NESTED_all   0U  /* every translation of ctx_no */
+#define XENEMU_IOMMU_FLUSH_NESTED_pasid 1U  /* those cached for one PASID */
+#define XENEMU_IOMMU_FLUSH_NESTED_range 2U  /* pages [dfn, dfn+nr_pages) of one PASID */
+
+/**
+ * IOMMU_flush_nested (needs IOMMUCAP_nested), xenemu's argument.
+ * Drops cached combined (stage 1 + stage 2) translations of a nested
+ * context. Until a guest flushes, DMA may keep using what the IOMMU cached
+ * before the guest edited its stage-1 table, as hardware does. Read only,
+ * never copied back.
+ */
+struct xenemu_iommu_flush_nested {
+    /* IN: the nested context */
+    uint16_t ctx_no;
+    uint16_t pad0;
+
+    /* IN: XENEMU_IOMMU_FLUSH_NESTED_* */
+    uint32_t flush_type;
+
+    /* IN: the PASID (_pasid, _range; ignored by _all) */
+    uint32_t pasid;
+
+    /* IN: pages to drop (_range; 0 drops nothing) */
+    uint32_t nr_pages;
+
+    /* IN: first IOVA page (_range) */
+    uint64_aligned_t dfn;
+};
+typedef struct xenemu_iommu_flush_nested xenemu_iommu_flush_nested_t;
+DEFINE_XEN_GUEST_HANDLE(xenemu_iommu_flush_nested_t);
+
+/* The x86-64 layout, pinned. */
+#if defined(__cplusplus) && __cplusplus >= 201103L
+#include <cstddef>
+#define __XENEMU_NESTED_ASSERT(cond, name) static_assert(cond, #name)
+#elif defined(__STDC_VERSION__) && __STDC_VERSION__ >= 201112L
+#include <stddef.h>
+#define __XENEMU_NESTED_ASSERT(cond, name) _Static_assert(cond, #name)
+#else
+#include <stddef.h>
+#define __XENEMU_NESTED_ASSERT(cond, name) \
+    typedef char __xenemu_nested_assert_ ## name[(cond) ? 1 : -1]
+#endif
+#define __XENEMU_NESTED_AT(type, field, off, name) \
+    __XENEMU_NESTED_ASSERT(offsetof(struct type, field) == (off), name)
+
+__XENEMU_NESTED_ASSERT(sizeof(struct xenemu_iommu_flush_nested) == 24, flush_nested_size);
+__XENEMU_NESTED_AT(xenemu_iommu_flush_nested, ctx_no, 0, flush_nested_ctx_no);
+__XENEMU_NESTED_AT(xenemu_iommu_flush_nested, flush_type, 4, flush_nested_flush_type);
+__XENEMU_NESTED_AT(xenemu_iommu_flush_nested, pasid, 8, flush_nested_pasid);
+__XENEMU_NESTED_AT(xenemu_iommu_flush_nested, nr_pages, 12, flush_nested_nr_pages);
+__XENEMU_NESTED_AT(xenemu_iommu_flush_nested, dfn, 16, flush_nested_dfn);
+
+#undef __XENEMU_NESTED_AT
+#undef __XENEMU_NESTED_ASSERT
+
+#endif /* __XENEMU_PV_IOMMU_NESTED_H__ */
