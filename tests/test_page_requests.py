@@ -1,0 +1,174 @@
+"""I/O page faults, xenemu's extension of revision 2 (abi/NESTED.md): a
+nested context allocated with XENEMU_NESTED_PAGE_REQUESTS turns a DMA's
+stage-1 not-present fault into a page request the guest reads (sub-op 14)
+and answers (15); the DMA, retried on the control socket, then completes or
+faults. Through the public interface, every machine's trace replayed
+(support.checked_local)."""
+
+from __future__ import annotations
+
+import pytest
+
+from support import checked_local
+from test_nested import (DATA, DEV, L1, PASID, ROOT, build_stage1, dma, entry, fault_kind,
+                         machine, put)
+from xenemu.hypercalls import iommu_op_nested as nested
+from xenemu.hypercalls import iommu_op_prq as prq
+from xenemu.hypercalls import iommu_op_v2 as v2
+from xenemu.machine import default_machine
+
+UNMAPPED = 0x5000               # IOVA page 5: no stage-1 entry in build_stage1's table
+
+
+@pytest.fixture
+def m(tmp_path):
+    with checked_local(machine(), tmp_path / "prq.xt") as local:
+        yield local
+
+
+@pytest.fixture
+def guest(m):
+    """d1's nested context with page requests, its device's PASID bound."""
+    xen = m.client(1)
+    assert xen.init(4, 4).ok
+    build_stage1(m)
+    r = xen.alloc_nested(ROOT, nested_flags=nested.NESTED_PAGE_REQUESTS)
+    assert r.ok, r.name
+    ctx = r.op.ctx_no
+    assert xen.attach_pasid(ctx, PASID, 0, 1, 0).ok
+    return xen, ctx
+
+
+def read(xen, ctx, max=prq.PRQ_MAX):
+    r = xen.read_page_requests(ctx, max)
+    assert r.ok, r.name
+    return prq.entries(r.inner)[:r.op.count]
+
+
+def respond(xen, ctx, group, code=0):
+    return xen.page_response(ctx, group, code)
+
+
+def test_a_page_fault_serviced_by_the_guest(m, guest):
+    """The DMA waits, the guest reads the request, maps the page in its
+    stage 1, flushes, answers success: the retried DMA completes. Nothing
+    reaches the fault log."""
+    xen, ctx = guest
+    reply = dma(m, UNMAPPED + 0x10, data=b"paged")
+    assert (reply["done"], reply["faulted"], reply["page_request"]) == (0, False, 1)
+    assert dma(m, UNMAPPED + 0x10, data=b"paged")["page_request"] == 1     # the same request
+    [req] = read(xen, ctx)
+    assert (req.addr, req.pasid, req.group, req.flags) == (UNMAPPED + 0x10, PASID, 1,
+                                                           prq.PAGE_REQUEST_WRITE)
+    assert (req.dev.bus, req.dev.devfn) == (1, 0)
+    assert read(xen, ctx) == []                     # read once
+    put(m, L1, 5, entry(DATA + 5))
+    assert xen.flush_nested(ctx, flush_type=nested.FLUSH_RANGE, pasid=PASID, dfn=5,
+                            nr_pages=1).ok
+    assert respond(xen, ctx, 1).ok
+    assert respond(xen, ctx, 1).name == "-ENOENT"   # answered already
+    reply = dma(m, UNMAPPED + 0x10, data=b"paged")
+    assert (reply["done"], reply["faulted"], reply["page_request"]) == (5, False, None)
+    assert m.ctl("mem_read", domid=1, gfn=DATA + 5, offset=0x10, length=5)["data"] == b"paged"
+    assert m.ctl("faults")["faults"] == []
+
+
+def test_a_dma_waits_after_the_bytes_before_the_page(m, guest):
+    reply = dma(m, 0x4FF8, length=16)          # page 4 has no entry either
+    assert (reply["done"], reply["page_request"]) == (0, 1)
+    put(m, L1, 4, entry(DATA + 4))
+    reply = dma(m, 0x4FF8, length=16)          # page 4 now translates (a fresh walk): page 5 waits
+    assert (reply["done"], reply["page_request"]) == (8, 2)
+
+
+@pytest.mark.parametrize("code", [1, 15])
+def test_an_invalid_or_failure_answer_fails_the_dma(m, guest, code):
+    xen, ctx = guest
+    group = dma(m, UNMAPPED, length=4)["page_request"]
+    put(m, L1, 5, entry(DATA + 5))             # mapped, yet the answer decides
+    assert respond(xen, ctx, group, code).ok
+    reply = dma(m, UNMAPPED, length=4)
+    assert fault_kind(reply) == "NOT_PRESENT" and reply["page_request"] is None
+    assert [f["kind"] for f in m.ctl("faults")["faults"]] == ["NOT_PRESENT"]
+    assert dma(m, UNMAPPED, length=4)["done"] == 4     # the next DMA walks again
+
+
+def test_success_without_a_mapping_is_a_non_recoverable_fault(m, guest):
+    xen, ctx = guest
+    assert respond(xen, ctx, dma(m, UNMAPPED, length=4)["page_request"]).ok
+    assert fault_kind(dma(m, UNMAPPED, length=4)) == "NOT_PRESENT"
+    assert len(m.ctl("faults")["faults"]) == 1
+    assert dma(m, UNMAPPED, length=4)["page_request"] == 2     # a new fault, a new request
+
+
+def test_only_stage_1_not_present_faults_are_requests(m, guest):
+    put(m, L1, 6, entry(0x7FFFF))              # beyond d1's memory: stage 2 has no page
+    assert fault_kind(dma(m, 0x6000, length=1)) == "NOT_PRESENT"
+    assert fault_kind(dma(m, 0x1000, data=b"x")) == "WRITE"
+    assert dma(m, 0x6000, length=1)["page_request"] is None
+    assert len(m.ctl("faults")["faults"]) == 3
+
+
+def test_the_queue_is_bounded_then_faults_are_not_recoverable(m, guest):
+    xen, ctx = guest
+    groups = [dma(m, (0x10 + i) << 12, length=1)["page_request"] for i in range(prq.PRQ_MAX)]
+    assert groups == list(range(1, prq.PRQ_MAX + 1))
+    full = dma(m, 0x80000, length=1)
+    assert full["page_request"] is None and fault_kind(full) == "NOT_PRESENT"
+    assert len(m.ctl("faults")["faults"]) == 1
+    assert [r.group for r in read(xen, ctx, 3)] == [1, 2, 3]    # oldest first, `max` of them
+    assert len(read(xen, ctx)) == prq.PRQ_MAX - 3
+    assert respond(xen, ctx, 2).ok
+    assert dma(m, 0x11000, length=1)["faulted"]        # group 2's retry: still no entry
+    assert dma(m, 0x80000, length=1)["page_request"] == prq.PRQ_MAX + 1   # room again
+
+
+def test_errors(m, guest):
+    xen, ctx = guest
+    group = dma(m, UNMAPPED, length=1)["page_request"]
+    assert xen.read_page_requests(ctx, requests=0xDEAD0000).name == "-EFAULT"
+    assert xen.read_page_requests(ctx, 0).op.count == 0
+    assert [r.group for r in read(xen, ctx)] == [group]       # the -EFAULT lost nothing
+    assert respond(xen, ctx, group, 2).name == "-EINVAL"       # not a response code
+    assert respond(xen, ctx, group + 1).name == "-ENOENT"
+    assert respond(xen, 9, group).name == "-ENOENT"            # no such context
+    assert respond(xen, 0, group).name == "-EINVAL"            # not nested
+    plain = xen.alloc_nested(ROOT).op.ctx_no
+    assert xen.read_page_requests(plain).name == "-EINVAL"     # page requests off
+    assert respond(xen, plain, group).name == "-EINVAL"
+    for subop in (prq.IOMMU_read_page_requests, prq.IOMMU_page_response):
+        assert xen.iommu_op_subop(subop, b"").name == "-EFAULT"
+    assert xen.alloc_nested(ROOT, nested_flags=1 << 9).name == "-EINVAL"
+    assert xen.alloc_nested(ROOT, nested_flags=nested.NESTED_PAGE_REQUESTS | 1).name == "-EINVAL"
+
+
+def test_without_page_requests_the_fault_is_logged(m):
+    xen = m.client(1)
+    assert xen.init(4, 4).ok
+    build_stage1(m)
+    ctx = xen.alloc_nested(ROOT).op.ctx_no
+    assert xen.attach_pasid(ctx, PASID, 0, 1, 0).ok
+    reply = dma(m, UNMAPPED, length=1)
+    assert fault_kind(reply) == "NOT_PRESENT" and reply["page_request"] is None
+
+
+def test_freeing_the_context_or_detaching_drops_its_requests(m, guest):
+    xen, ctx = guest
+    dma(m, UNMAPPED, length=1)
+    assert xen.detach_pasid(PASID, 0, 1, 0).ok
+    assert read(xen, ctx) == [] and respond(xen, ctx, 1).name == "-ENOENT"
+    assert xen.attach_pasid(ctx, PASID, 0, 1, 0).ok
+    assert dma(m, UNMAPPED, length=1)["page_request"] == 2
+    assert xen.free_context(ctx).name == "-EBUSY"
+    assert xen.free_context(ctx, v2.IOMMU_FREE_reattach_default).ok
+    assert xen.read_page_requests(ctx).name == "-ENOENT"
+    assert m.ctl("check")["consistent"]
+
+
+def test_off_by_default_is_xens_eopnotsupp(tmp_path):
+    with checked_local(default_machine(2), tmp_path / "off.xt") as m:
+        xen = m.client(1)
+        assert xen.read_page_requests(0).name == "-EOPNOTSUPP"
+        assert xen.page_response(0, 1).name == "-EOPNOTSUPP"
+        for subop in (prq.IOMMU_read_page_requests, prq.IOMMU_page_response):
+            assert xen.iommu_op_subop(subop, b"").name == "-EOPNOTSUPP"   # arg untouched
