@@ -172,3 +172,52 @@ def test_off_by_default_is_xens_eopnotsupp(tmp_path):
         assert xen.page_response(0, 1).name == "-EOPNOTSUPP"
         for subop in (prq.IOMMU_read_page_requests, prq.IOMMU_page_response):
             assert xen.iommu_op_subop(subop, b"").name == "-EOPNOTSUPP"   # arg untouched
+
+
+def test_a_snapshot_carries_the_requests(m, guest, tmp_path):
+    """Outstanding requests (queued, read, answered) and the option come back
+    with a restore, and the DMAs waiting on them finish as they would have."""
+    from xenemu import snapshot
+    xen, ctx = guest
+    for page in (5, 6, 7):
+        dma(m, page << 12, data=b"abc")
+    read(xen, ctx, 1)
+    put(m, L1, 5, entry(DATA + 5))
+    assert respond(xen, ctx, 1).ok
+    assert respond(xen, ctx, 3, 1).ok
+    snap = snapshot.take(m.hv)
+    saved = next(c for c in snap["domains"][1]["contexts"] if "nested" in c)["nested"]
+    assert [(r["group"], r["state"], r["code"]) for r in saved["requests"]] == [
+        (1, "answered", 0), (2, "queued", 0), (3, "answered", 1)]
+    back = restored(snap)
+    xen = back.client(1)
+    assert dma(back, 0x5000, data=b"abc")["done"] == 3
+    assert [r.group for r in read(xen, ctx)] == [2]
+    assert fault_kind(dma(back, 0x7000, data=b"abc")) == "NOT_PRESENT"
+    assert dma(back, 0x8000, length=1)["page_request"] == 4     # the groups go on
+    assert not back.hv.check_invariants()
+
+
+def restored(snap):
+    """An in-process machine restored from snap (not recorded)."""
+    from xenemu import snapshot
+    from xenemu.engine import Engine
+    from xenemu.inprocess import Local
+    back = Local(machine())
+    back.hv = snapshot.restore(snap, check_iotlb=True)
+    back.engine = Engine(back.hv, record=False)
+    return back
+
+
+@pytest.mark.parametrize("change,why", [
+    (dict(group=2), "a group in use"), (dict(pasid=PASID + 1), "not bound"),
+    (dict(code=1), "a code while not answered")])
+def test_a_snapshot_with_a_bad_request_is_refused(m, guest, change, why):
+    from xenemu import snapshot
+    dma(m, 0x5000, length=1)
+    dma(m, 0x6000, length=1)
+    snap = snapshot.take(m.hv)
+    nested_state = next(c for c in snap["domains"][1]["contexts"] if "nested" in c)["nested"]
+    nested_state["requests"][0].update(state="queued", **change)
+    with pytest.raises(snapshot.SnapshotError, match=r"nested\.requests\[\d\]: .*" + why):
+        snapshot.restore(snap)
