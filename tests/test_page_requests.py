@@ -221,3 +221,42 @@ def test_a_snapshot_with_a_bad_request_is_refused(m, guest, change, why):
     nested_state["requests"][0].update(state="queued", **change)
     with pytest.raises(snapshot.SnapshotError, match=r"nested\.requests\[\d\]: .*" + why):
         snapshot.restore(snap)
+
+
+def test_the_header_matches_the_python_layout(tmp_path):
+    """pv-iommu-nested.h's page-request structs: clean under -pedantic, the
+    bytes the handlers read and write."""
+    import shutil
+    import subprocess
+    from support import abi_includes
+    if shutil.which("gcc") is None:
+        pytest.skip("gcc is not installed")
+    src = tmp_path / "t.c"
+    src.write_text(
+        "#include <stdio.h>\n#include <string.h>\n#include <xen/pv-iommu-nested.h>\n"
+        "static void dump(const void *p, size_t n) { const unsigned char *b = p;\n"
+        "  for (size_t i = 0; i < n; i++) { printf(\"%02x\", b[i]); }\n  printf(\"\\n\"); }\n"
+        "int main(void) { struct xenemu_iommu_read_page_requests r; struct xenemu_page_request q;\n"
+        "  struct xenemu_iommu_page_response a;\n"
+        "  memset(&r, 0, sizeof(r)); memset(&q, 0, sizeof(q)); memset(&a, 0, sizeof(a));\n"
+        "  r.ctx_no = 3; r.max = 32; r.count = 5; set_xen_guest_handle_raw(r.requests,\n"
+        "    (xenemu_page_request_t *)0x7f0000001000ULL);\n"
+        "  q.addr = 0x5010; q.pasid = 7; q.group = 9; q.dev.bus = 1; q.dev.devfn = 8;\n"
+        "  q.flags = XENEMU_PAGE_REQUEST_WRITE;\n"
+        "  a.ctx_no = 3; a.code = XENEMU_PAGE_RESPONSE_FAILURE; a.group = 9;\n"
+        "  dump(&r, sizeof(r)); dump(&q, sizeof(q)); dump(&a, sizeof(a));\n"
+        "  return IOMMU_read_page_requests == 14 && IOMMU_page_response == 15 &&\n"
+        "    XENEMU_NESTED_PAGE_REQUESTS == 0x100 && XENEMU_PAGE_REQUESTS_MAX == 32 ? 0 : 1; }\n")
+    prog = tmp_path / "prog"
+    subprocess.run(["gcc", "-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic",
+                    *abi_includes(2), str(src), "-o", str(prog)], check=True,
+                   capture_output=True, text=True)
+    out = subprocess.run([str(prog)], check=True, capture_output=True, text=True).stdout
+    r, q, a = (bytes.fromhex(line) for line in out.split())
+    assert r == prq.ReadPageRequests.build(dict(ctx_no=3, _pad=bytes(2), max=32, count=5,
+                                                _pad2=bytes(4), requests=0x7F0000001000))
+    assert q == prq.PageRequestEntry.build(dict(addr=0x5010, pasid=7, group=9,
+                                                dev=dict(seg=0, bus=1, devfn=8), flags=1,
+                                                _pad=bytes(3)))
+    assert a == prq.PageResponse.build(dict(ctx_no=3, code=15, group=9))
+    assert prq.PRQ_MAX == 32 and nested.NESTED_PAGE_REQUESTS == 0x100
