@@ -12,8 +12,8 @@ from array import array
 
 from ._hwlib import ffi, lib
 from .common import (
-    MAX_PAGE_REQS, Counters, ContextInfo, Fault, FaultRecord, HwError, Injection, InjectSite,
-    PageRequest, PrqCode, PrqState, StaleIotlbError, Status, check_status,
+    MAX_PAGE_REQS, PRQ_PER_CTX, Counters, ContextInfo, Fault, FaultRecord, HwError,
+    Injection, InjectSite, PageRequest, PrqCode, PrqState, StaleIotlbError, Status, check_status,
 )
 
 
@@ -449,6 +449,7 @@ class Iommu:
                            ) -> list[PageRequest]:
         """Up to cap of ctx's queued requests, oldest first; consume marks
         them read (INVAL: not nested or page requests off)."""
+        cap = min(cap, PRQ_PER_CTX)     # no context has more
         out = ffi.new("struct hw_page_req[]", max(cap, 1))
         check_status(lib.hw_prq_read(self._io, ctx, out, cap, int(consume), self._u32))
         return [_request(r) for r in out[0:self._u32[0]]]
