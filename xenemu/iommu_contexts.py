@@ -267,6 +267,18 @@ class IommuContexts:
             flush_log.warning("[PV-IOMMU] flush_nested failed: ctx %d (%s)", ctx.ctx_no,
                               e.status.name)
 
+    def _page_request_problems(self, d: Domain, ctx: Context) -> list[str]:
+        """A nested context's outstanding page requests come from its bound
+        PASIDs, and only a context with page requests has any."""
+        if not ctx.nested:
+            return []
+        return [f"d{d.domid}: page request {r.group} of nested context {ctx.ctx_no} from "
+                f"{format_sbdf(r.sbdf)} PASID {r.pasid}, "
+                f"{'not bound there' if ctx.page_requests else 'which makes none'}"
+                for r in self.iommu.page_requests()
+                if r.ctx == ctx.hw_id and (not ctx.page_requests
+                                           or (r.sbdf, r.pasid) not in ctx.pasids)]
+
     def guest_bugs(self) -> list[str]:
         """What guests did wrong that hardware would let them: IOTLB entries
         of nested contexts their stage-1 edits left stale (no flush_nested)."""
@@ -558,6 +570,7 @@ class IommuContexts:
                     if self.iommu.pasid_context(sbdf, pasid) != ctx.hw_id:
                         problems.append(f"d{d.domid}: {format_sbdf(sbdf)} PASID {pasid} is not "
                                         f"bound to nested context {ctx.ctx_no}")
+                problems += self._page_request_problems(d, ctx)
                 for sbdf in ctx.devices:
                     if d.devices.get(sbdf) != ctx.ctx_no:
                         problems.append(f"d{d.domid}: {format_sbdf(sbdf)} listed in context "
