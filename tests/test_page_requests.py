@@ -162,6 +162,7 @@ def test_freeing_the_context_or_detaching_drops_its_requests(m, guest):
     assert xen.free_context(ctx).name == "-EBUSY"
     assert xen.free_context(ctx, v2.IOMMU_FREE_reattach_default).ok
     assert xen.read_page_requests(ctx).name == "-ENOENT"
+    assert fault_kind(dma(m, UNMAPPED, length=1)) == "NO_PASID"     # the waiting DMA's retry
     assert m.ctl("check")["consistent"]
 
 
