@@ -261,3 +261,15 @@ def test_the_header_matches_the_python_layout(tmp_path):
                                                 _pad=bytes(3)))
     assert a == prq.PageResponse.build(dict(ctx_no=3, code=15, group=9))
     assert prq.PRQ_MAX == 32 and nested.NESTED_PAGE_REQUESTS == 0x100
+
+
+def test_ctl_shows_the_group_a_dma_waits_on(m, guest):
+    from rich.console import Console
+    from xenemu import ctl_tables
+
+    def shown(reply):
+        console = Console(record=True, width=100)
+        console.print(ctl_tables.dma(reply))
+        return console.export_text()
+    assert "page_request: 1" in shown(dma(m, UNMAPPED, length=1))
+    assert "page_request" not in shown(dma(m, 0, length=1))

@@ -508,7 +508,7 @@ IOMMU_OP = Hypercall(
     subop_arg=0, handle_arg=1, subop_field="subop", unknown_errno=XenErrno.EOPNOTSUPP,
     log=log, log_prefix=PREFIX, gate=can_use_iommu_check,
     hex_fields=frozenset({"gfn", "dfn", "pgtable_gfn", "map_flags", "free_flags", "alloc_flags",
-                          "cap_flags", "pgsize_mask", "max_iova_addr", "arg"}),
+                          "cap_flags", "pgsize_mask", "max_iova_addr", "arg", "requests"}),
     formatters={"dev": format_device},
 )
 
