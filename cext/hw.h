@@ -527,7 +527,9 @@ int hw_translate_nested(struct hw_iommu *io, uint32_t id, uint32_t pasid,
 int hw_inval_nested(struct hw_iommu *io, uint32_t id, uint32_t pasid,
                     uint64_t dfn, uint64_t n);
 /* hw_dma for a request with a PASID (1..HW_PASID_MAX): an unbound pair
- * faults HW_FAULT_NO_PASID. */
+ * faults HW_FAULT_NO_PASID. Through a context with page requests on, a
+ * stage-1 not-present page stops it HW_E_PENDING instead (not logged;
+ * *fault holds the page's address; hw_prq_group names the request). */
 int hw_dma_pasid(struct hw_iommu *io, uint32_t sbdf, uint32_t pasid,
                  uint64_t addr, void *buf, uint64_t len, int write,
                  uint64_t *done, struct hw_fault_rec *fault);
