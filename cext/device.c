@@ -101,10 +101,15 @@ static int dma(struct hw_iommu *io, uint32_t sbdf, const uint32_t *entry,
         if (!pasid)
             st = hw_translate(io, *entry, &a, 1, write, &maddr, &kind, &one);
         else if (entry)
-            st = hw_translate_nested(io, *entry, pasid, &a, 1, write, &maddr,
-                                     &kind, &one);
-        if (st == HW_E_STALE)
-            return HW_E_STALE;
+            st = hw_nested_dma_xlate(io, *entry, sbdf, pasid, a, write,
+                                     &maddr, &kind);
+        if (st == HW_E_STALE || st == HW_E_PENDING) {
+            if (fault && st == HW_E_PENDING)  /* not logged: recoverable */
+                *fault = (struct hw_fault_rec){.addr = a, .sbdf = sbdf,
+                                               .kind = kind,
+                                               .write = write != 0};
+            return st;
+        }
         if (st != HW_OK)
             kind = pasid ? HW_FAULT_NO_PASID : HW_FAULT_BLOCKED;
         if (kind != HW_FAULT_NONE) {

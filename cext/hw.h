@@ -82,6 +82,7 @@ enum hw_status {
     HW_E_FAULT = 13,     /* DMA stopped by a fault (recorded in the log) */
     HW_E_REFCOUNT = 14,  /* reference count would overflow / go below 0 */
     HW_E_INJECTED = 15,  /* a failure the fault injector asked for */
+    HW_E_PENDING = 16,   /* DMA waits on a page request (hw_prq_*) */
 };
 
 /* Translation fault kinds (0 = translated), as recorded in the fault log
@@ -282,6 +283,9 @@ struct hw_ctx {
     uint32_t nchildren;    /* nested contexts whose stage 2 this is */
     uint32_t npasids;      /* nested: (device, PASID) pairs bound here */
     uint8_t nested;
+    /* Page requests (hw_prq_*): on for this nested context, last group. */
+    uint8_t prq;
+    uint32_t prq_group;
 };
 
 /* A PCI device's context entry: `ctx` is the only thing DMA reads, and
@@ -309,6 +313,19 @@ struct hw_pasid_bind {
     uint32_t ctx;
 };
 
+/* A page request (hw_prq_*): a recoverable stage-1 not-present fault of a
+ * DMA with a PASID, waiting for the guest's answer. */
+struct hw_page_req {
+    uint64_t addr;         /* the faulting address */
+    uint32_t sbdf;
+    uint32_t pasid;
+    uint32_t ctx;          /* the nested context */
+    uint32_t group;        /* 1.., unique among the context's requests */
+    uint8_t write;
+    uint8_t state;         /* enum hw_prq_state */
+    uint8_t code;          /* enum hw_prq_code, once answered */
+};
+
 struct hw_iommu {
     struct hw_machine *m;
     uint32_t width;        /* 39 (3 levels) or 48 (4 levels) */
@@ -331,6 +348,9 @@ struct hw_iommu {
     struct hw_counters cnt;
     struct hw_pasid_bind *pasids; /* HW_MAX_PASID_BINDS, npasids used */
     uint32_t npasids;
+    struct hw_page_req *prq; /* HW_MAX_PAGE_REQS, nprq used, oldest first */
+    uint32_t nprq;
+    uint32_t prq_answered;   /* of them, answered and not yet retried */
 };
 
 /* width must be 39 or 48; iotlb_entries and ways powers of two with
@@ -507,7 +527,9 @@ int hw_translate_nested(struct hw_iommu *io, uint32_t id, uint32_t pasid,
 int hw_inval_nested(struct hw_iommu *io, uint32_t id, uint32_t pasid,
                     uint64_t dfn, uint64_t n);
 /* hw_dma for a request with a PASID (1..HW_PASID_MAX): an unbound pair
- * faults HW_FAULT_NO_PASID. */
+ * faults HW_FAULT_NO_PASID. Through a context with page requests on, a
+ * stage-1 not-present page stops it HW_E_PENDING instead (not logged;
+ * *fault holds the page's address; hw_prq_group names the request). */
 int hw_dma_pasid(struct hw_iommu *io, uint32_t sbdf, uint32_t pasid,
                  uint64_t addr, void *buf, uint64_t len, int write,
                  uint64_t *done, struct hw_fault_rec *fault);
@@ -515,6 +537,61 @@ int hw_dma_pasid(struct hw_iommu *io, uint32_t sbdf, uint32_t pasid,
  * disagree with the tables now, the guest having edited stage 1 without
  * flushing (hw_tlb_audit leaves them out: hardware keeps them too). */
 void hw_tlb_audit_nested(struct hw_iommu *io, uint64_t *guest_stale);
+
+/* --- I/O page faults (xenemu's extension) --------------------------------- */
+
+/*
+ * A nested context with page requests on (hw_prq_enable) makes a DMA's
+ * stage-1 not-present fault recoverable, as PCIe PRI with VT-d's page
+ * request queue: instead of a fault-log record, a page request {device,
+ * PASID, address, write, group} is queued and the DMA stops with
+ * HW_E_PENDING (*done = bytes moved before the page). The guest reads the
+ * requests (hw_prq_read) and answers each group (hw_prq_respond). The DMA
+ * is then retried by its issuer, from the page that waited: after SUCCESS
+ * the page is translated again, a fault now being non-recoverable (logged);
+ * after INVALID or FAILURE it faults NOT_PRESENT (logged) without a walk.
+ * While a request is unanswered, a retry of its page is HW_E_PENDING again
+ * (no second request). The queue is bounded: HW_PRQ_PER_CTX requests of one
+ * context outstanding (queued, read or answered and not yet retried), and
+ * HW_MAX_PAGE_REQS for the IOMMU; a fault beyond either is non-recoverable
+ * (logged NOT_PRESENT), as a full queue's request is answered as a failure.
+ * Unbinding the (device, PASID) pair drops its requests.
+ */
+#define HW_PRQ_PER_CTX 32u
+#define HW_MAX_PAGE_REQS 4096u
+enum hw_prq_state { HW_PRQ_QUEUED = 0, HW_PRQ_READ = 1, HW_PRQ_ANSWERED = 2 };
+/* PCIe's page request group response codes. */
+enum hw_prq_code { HW_PRQ_SUCCESS = 0, HW_PRQ_INVALID = 1,
+                   HW_PRQ_FAILURE = 15 };
+
+/* Turn page requests on for nested context id (HW_E_NOCTX, HW_E_INVAL if
+ * not nested). They stay on for its life. */
+int hw_prq_enable(struct hw_iommu *io, uint32_t id);
+/* Copy up to cap of context id's queued (not yet read) requests, oldest
+ * first, to out; *n = how many. With consume set they become read (then
+ * waiting for an answer); without it nothing changes (a caller that may
+ * fail to deliver them peeks first). HW_E_NOCTX, HW_E_INVAL (not nested,
+ * or page requests off). */
+int hw_prq_read(struct hw_iommu *io, uint32_t id, struct hw_page_req *out,
+                uint32_t cap, int consume, uint32_t *n);
+/* Answer context id's request `group` (queued or read, not yet answered:
+ * else HW_E_NOTPRESENT) with code (HW_E_INVAL if not an hw_prq_code). */
+int hw_prq_respond(struct hw_iommu *io, uint32_t id, uint32_t group,
+                   uint32_t code);
+/* The group of the outstanding request for (sbdf, pasid, page of addr):
+ * what a DMA that stopped HW_E_PENDING waits on (HW_E_NOTPRESENT). */
+int hw_prq_group(const struct hw_iommu *io, uint32_t sbdf, uint32_t pasid,
+                 uint64_t addr, uint32_t *group);
+/* Every outstanding request of the IOMMU, oldest first (up to cap; the
+ * count is returned): for dumps, snapshots and audits. */
+uint32_t hw_prq_list(const struct hw_iommu *io, struct hw_page_req *out,
+                     uint32_t cap);
+/* Put a request back as a restored machine had it, at the end of the
+ * queue: all its fields as hw_prq_list gave them (HW_E_INVAL for a state,
+ * code, address or write the queue could not hold, or a group 0 or in use
+ * by the context; HW_E_NOCTX / HW_E_NOTPRESENT for a context without page
+ * requests or a pair not bound to it; HW_E_NOSPC past the bounds). */
+int hw_prq_load(struct hw_iommu *io, const struct hw_page_req *r);
 
 /* END cffi public */
 

@@ -223,4 +223,27 @@ struct hw_device *hw_dev_find(const struct hw_iommu *io, uint32_t sbdf);
 struct hw_pasid_bind *hw_pasid_find(const struct hw_iommu *io, uint32_t sbdf,
                                     uint32_t pasid);
 
+/* --- I/O page faults (prq.c) ---------------------------------------------- */
+
+/* What a DMA with a PASID does at the page of addr through nested context c
+ * (id), page requests on, before translating: 0 nothing; else it consumed
+ * the answered request of that page (the retry of a waiting DMA): 1 if the
+ * answer was SUCCESS (translate, no new request), 2 if not (the DMA faults
+ * NOT_PRESENT). */
+int hw_prq_retry(struct hw_iommu *io, uint32_t id, uint32_t sbdf,
+                 uint32_t pasid, uint64_t addr);
+/* A stage-1 not-present fault at addr became a page request: HW_E_PENDING
+ * (queued now, or already waiting for that page), or HW_OK when the queue
+ * is full (the fault is non-recoverable). */
+int hw_prq_queue(struct hw_iommu *io, uint32_t id, uint32_t sbdf,
+                 uint32_t pasid, uint64_t addr, int write);
+/* Drop the requests of a (device, PASID) pair (unbinding). */
+void hw_prq_drop_pair(struct hw_iommu *io, uint32_t sbdf, uint32_t pasid);
+/* A DMA's translation of one page with a PASID through nested context id,
+ * page requests included: HW_OK with *kind (the fault, NONE when *maddr is
+ * good), HW_E_PENDING (a page request waits), or the context's status. */
+int hw_nested_dma_xlate(struct hw_iommu *io, uint32_t id, uint32_t sbdf,
+                        uint32_t pasid, uint64_t addr, int write,
+                        uint64_t *maddr, uint8_t *kind);
+
 #endif

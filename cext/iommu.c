@@ -31,8 +31,9 @@ struct hw_iommu *hw_iommu_create(struct hw_machine *m, uint32_t width,
     io->dev = calloc(max_dev, sizeof(*io->dev));
     io->faults = calloc(fault_cap, sizeof(*io->faults));
     io->pasids = calloc(HW_MAX_PASID_BINDS, sizeof(*io->pasids));
+    io->prq = calloc(HW_MAX_PAGE_REQS, sizeof(*io->prq));
     if (!io->ctx || !io->ctx_free || !io->pools || !io->dev || !io->faults ||
-        !io->pasids ||
+        !io->pasids || !io->prq ||
         hw_tlb_init(&io->tlb, iotlb_entries, iotlb_ways) != HW_OK) {
         hw_iommu_destroy(io);
         return NULL;
@@ -57,6 +58,7 @@ void hw_iommu_destroy(struct hw_iommu *io)
     free(io->dev);
     free(io->faults);
     free(io->pasids);
+    free(io->prq);
     hw_machine_put(io->m);
     free(io);
 }

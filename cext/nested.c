@@ -14,6 +14,16 @@ static int pasid_ok(uint32_t pasid)
     return pasid != 0 && pasid <= HW_PASID_MAX;
 }
 
+/* walk()'s stage-1 not-present fault, told apart from stage 2's (only the
+ * guest's table can be fixed by a page request); fault_kind() makes it
+ * NOT_PRESENT for everyone else. */
+#define S1_NOT_PRESENT (0x100 | HW_FAULT_NOT_PRESENT)
+
+static uint8_t fault_kind(int f)
+{
+    return (uint8_t)(f & 0xFF);
+}
+
 static uint64_t tag(uint64_t dfn, uint32_t pasid)
 {
     return dfn | (uint64_t)pasid << HW_TLB_PASID_SHIFT;
@@ -104,6 +114,7 @@ static void unbind(struct hw_iommu *io, struct hw_pasid_bind *b)
     hw_tlb_drop_range(&io->tlb, b->ctx, tag(0, b->pasid),
                       1ULL << HW_TLB_PASID_SHIFT);
     io->ctx[b->ctx].npasids--;
+    hw_prq_drop_pair(io, b->sbdf, b->pasid);
     *b = io->pasids[--io->npasids];
 }
 
@@ -169,7 +180,7 @@ static int walk(const struct hw_iommu *io, const struct hw_ctx *c,
         uint64_t e = hw_table(io->m, tm)[hw_index_at(dfn, l)];
         (*walks)++;
         if (!(e & HW_S1_P))
-            return HW_FAULT_NOT_PRESENT;
+            return S1_NOT_PRESENT;
         if (l > 1 && (e & HW_S1_PS))
             return HW_FAULT_S1_TABLE;
         if (!(e & HW_S1_RW))
@@ -227,10 +238,35 @@ int hw_translate_nested(struct hw_iommu *io, uint32_t id, uint32_t pasid,
         return st;
     struct hw_counters acc = {0};
     for (uint64_t i = 0; i < n; i++)
-        fault[i] = (uint8_t)xlate(io, c, id, pasid, addrs[i], write,
-                                  &maddr[i], &acc);
+        fault[i] = fault_kind(xlate(io, c, id, pasid, addrs[i], write,
+                                    &maddr[i], &acc));
     *done = n;
     hw_count(io, c, &acc);
+    return HW_OK;
+}
+
+int hw_nested_dma_xlate(struct hw_iommu *io, uint32_t id, uint32_t sbdf,
+                        uint32_t pasid, uint64_t addr, int write,
+                        uint64_t *maddr, uint8_t *kind)
+{
+    struct hw_ctx *c;
+    if (!pasid_ok(pasid))
+        return HW_E_INVAL;
+    int st = hw_ctx_find(io, id, 1, &c);
+    if (st != HW_OK)
+        return st;
+    int retried = c->prq ? hw_prq_retry(io, id, sbdf, pasid, addr) : 0;
+    if (retried == 2) {  /* answered INVALID or FAILURE */
+        *maddr = 0;
+        *kind = HW_FAULT_NOT_PRESENT;
+        return HW_OK;
+    }
+    struct hw_counters acc = {0};
+    int f = xlate(io, c, id, pasid, addr, write, maddr, &acc);
+    hw_count(io, c, &acc);
+    *kind = fault_kind(f);
+    if (f == S1_NOT_PRESENT && c->prq && !retried)
+        return hw_prq_queue(io, id, sbdf, pasid, addr, write);
     return HW_OK;
 }
 

@@ -351,7 +351,8 @@ NESTED_TOML = ('pv_iommu_revision = 2\nnested = true\n'
 def test_the_c_example_guest(c_build, tmp_path):
     """clients/c/examples/nested_guest_v2.c against a daemon: its stage-1
     table, alloc_nested, attach_pasid, DMA, an edit the IOTLB hides until
-    flush_nested, detach and free, every step as the program expects; the
+    flush_nested, an I/O page fault serviced (tests/test_page_requests.py),
+    detach and free, every step as the program expects; the
     machine consistent after and the trace replaying."""
     config = tmp_path / "nested.toml"
     config.write_text(NESTED_TOML)
@@ -365,7 +366,9 @@ def test_the_c_example_guest(c_build, tmp_path):
         steps = [line.split()[0] for line in run.stdout.splitlines() if line.startswith("step=")]
         assert steps == ["step=init", "step=build_stage1", "step=alloc_nested",
                          "step=attach_pasid", "step=dma", "step=edit_without_flush",
-                         "step=flush_nested", "step=detach_pasid", "step=free_context"]
+                         "step=flush_nested", "step=dma_waits", "step=read_page_requests",
+                         "step=page_request", "step=page_fault_serviced",     # I/O page faults
+                         "step=detach_pasid", "step=free_context"]
         assert "failures=0" in run.stdout
         assert daemon.ctl("check")["consistent"]
     finally:

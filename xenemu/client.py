@@ -29,7 +29,7 @@ from typing import Any
 import trio
 
 from . import abi
-from .hypercalls import iommu_op_v2, memory_op
+from .hypercalls import iommu_op_prq, iommu_op_v2, memory_op
 from .hypercalls.common import client_helpers
 from .hypercalls.iommu_op_v1 import IOMMU_OP, encode_subop
 from .errno import result_name
@@ -368,6 +368,17 @@ class RevisionTwo(client_helpers(iommu_op_v2.IOMMU_OP, iommu_op_v2.encode)):
             arg = INNER_GADDR if inner else 0
         raw = iommu_op_v2.encode(row, domid=domid, subop=subop, arg=arg)
         return self.iommu_op_subop(row.number, raw, inner, subop)
+
+    def read_page_requests(self, ctx_no: int, max: int = iommu_op_prq.PRQ_MAX,
+                           requests: int | None = None):
+        """read_page_requests (xenemu's sub-op 14) with a buffer of `max`
+        entries sent as a second region that `requests` points to (by
+        default); the entries come back in the result's `inner`
+        (iommu_op_prq.entries decodes them)."""
+        row = iommu_op_v2.SUBOPS_BY_NUMBER[iommu_op_prq.IOMMU_read_page_requests]
+        raw = iommu_op_v2.encode(row, ctx_no=ctx_no, max=max,
+                                 requests=INNER_GADDR if requests is None else requests)
+        return self.iommu_op_subop(row.number, raw, bytes(max * iommu_op_prq.ENTRY_SIZE))
 
     def iommu_op_subop(self, subop: int, raw: bytes, inner: bytes = b"",
                        inner_subop: int | None = None):

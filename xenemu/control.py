@@ -293,8 +293,10 @@ class Control:
                 raise RequestError("dma: length: a read needs a length")
             done, got, fault = self.hv.dma(sbdf, args.addr, length=args.length,
                                            pasid=args.pasid or 0)
+        # A DMA waiting on a page request (abi/NESTED.md, I/O page faults): its group.
         return {"done": done, "data": got, "faulted": fault is not None,
-                "fault": self._fault(fault) if fault else None}
+                "fault": self._fault(fault) if fault else None,
+                "page_request": self.hv.iommu.dma_pending}
 
     @staticmethod
     def _fault(rec) -> dict:

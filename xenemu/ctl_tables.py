@@ -191,7 +191,9 @@ def check(reply: dict) -> RenderableType:
 @shows("dma")
 def dma(reply: dict) -> RenderableType:
     fault = reply["fault"]
-    parts = [key_values({k: v for k, v in reply.items() if k != "fault"})]
+    # page_request only when the DMA waits on one (nested machines' I/O page faults)
+    parts = [key_values({k: v for k, v in reply.items()
+                         if k != "fault" and (k != "page_request" or v is not None)})]
     if fault:
         parts.append(faults_table([fault]))
     return stack(*parts)

@@ -34,6 +34,7 @@ class Context:
     parent: int | None = None
     s1_root: int = 0
     pasids: set[tuple[int, int]] = field(default_factory=set)
+    page_requests: bool = False               # nested: stage-1 faults become page requests
 
     @property
     def nested(self) -> bool:

@@ -210,11 +210,12 @@ class IommuContexts:
     # -- nested contexts and PASIDs (xenemu's extension, abi/NESTED.md) --------------
 
     def alloc_nested(self, d: Domain, parent: Context, s1_root: int,
-                     ctx_no: int | None = None) -> Context:
+                     ctx_no: int | None = None, page_requests: bool = False) -> Context:
         """A nested context in slot ctx_no (None: d's lowest free one):
         stage 1 the guest's table at frame s1_root of parent's input space,
         stage 2 parent. XenError ENOSPC (no slot), EEXIST (ctx_no not a free
-        slot), ERANGE (root beyond the width), ENOMEM."""
+        slot), ERANGE (root beyond the width), ENOMEM. page_requests: its
+        stage-1 not-present faults become page requests (I/O page faults)."""
         if s1_root > self.last_dfn:
             raise XenError(XenErrno.ERANGE, f"pgtable_gfn {s1_root:#x} is beyond the IOMMU's "
                                             f"width")
@@ -223,7 +224,10 @@ class IommuContexts:
             hw_id = self.iommu.alloc_nested(parent.hw_id, s1_root)
         except hw.HwError as e:
             raise XenError(XenErrno.ENOMEM, f"no hardware context: {e}") from None
-        ctx = d.contexts[ctx_no] = Context(ctx_no, hw_id, parent=parent.ctx_no, s1_root=s1_root)
+        if page_requests:
+            self.iommu.enable_page_requests(hw_id)
+        ctx = d.contexts[ctx_no] = Context(ctx_no, hw_id, parent=parent.ctx_no, s1_root=s1_root,
+                                           page_requests=page_requests)
         return ctx
 
     def attach_pasid(self, sbdf: int, pasid: int, ctx: Context) -> None:
@@ -262,6 +266,18 @@ class IommuContexts:
         except hw.HwError as e:
             flush_log.warning("[PV-IOMMU] flush_nested failed: ctx %d (%s)", ctx.ctx_no,
                               e.status.name)
+
+    def _page_request_problems(self, d: Domain, ctx: Context) -> list[str]:
+        """A nested context's outstanding page requests come from its bound
+        PASIDs, and only a context with page requests has any."""
+        if not ctx.nested:
+            return []
+        return [f"d{d.domid}: page request {r.group} of nested context {ctx.ctx_no} from "
+                f"{format_sbdf(r.sbdf)} PASID {r.pasid}, "
+                f"{'not bound there' if ctx.page_requests else 'which makes none'}"
+                for r in self.iommu.page_requests()
+                if r.ctx == ctx.hw_id and (not ctx.page_requests
+                                           or (r.sbdf, r.pasid) not in ctx.pasids)]
 
     def guest_bugs(self) -> list[str]:
         """What guests did wrong that hardware would let them: IOTLB entries
@@ -554,6 +570,7 @@ class IommuContexts:
                     if self.iommu.pasid_context(sbdf, pasid) != ctx.hw_id:
                         problems.append(f"d{d.domid}: {format_sbdf(sbdf)} PASID {pasid} is not "
                                         f"bound to nested context {ctx.ctx_no}")
+                problems += self._page_request_problems(d, ctx)
                 for sbdf in ctx.devices:
                     if d.devices.get(sbdf) != ctx.ctx_no:
                         problems.append(f"d{d.domid}: {format_sbdf(sbdf)} listed in context "

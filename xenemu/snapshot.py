@@ -124,12 +124,26 @@ class PasidBinding(_Row):
     pasid: Annotated[int, msgspec.Meta(ge=1, le=hw.PASID_MAX)]
 
 
+class PageRequestState(_Map):
+    """An outstanding page request of a nested context (I/O page faults)."""
+    sbdf: Sbdf
+    pasid: Annotated[int, msgspec.Meta(ge=1, le=hw.PASID_MAX)]
+    addr: U64
+    write: bool
+    group: Annotated[int, msgspec.Meta(ge=1, le=0xFFFFFFFF)]
+    state: Literal["queued", "read", "answered"]
+    code: Literal[0, 1, 15] = 0
+
+
 class NestedState(_Map):
     """A nested context (abi/NESTED.md): its stage 2, its stage-1 root (the
-    table itself is guest memory, in `memory`), the PASIDs bound to it."""
+    table itself is guest memory, in `memory`), the PASIDs bound to it, and
+    whether it makes page requests, with those outstanding."""
     stage2: U16
     pgtable_gfn: U64
     pasids: Annotated[list[PasidBinding], msgspec.Meta(max_length=hw.MAX_PASID_BINDS)]
+    page_requests: bool = False
+    requests: Annotated[list[PageRequestState], msgspec.Meta(max_length=hw.PRQ_PER_CTX)] = []
 
 
 class ContextState(_Map):
@@ -238,6 +252,12 @@ def _take_context(hv: Hypervisor, ctx: Context) -> dict:
     if ctx.nested:      # key absent otherwise: files without nested contexts stay as they were
         entry["nested"] = {"stage2": ctx.parent, "pgtable_gfn": ctx.s1_root,
                            "pasids": [[format_sbdf(s), p] for s, p in sorted(ctx.pasids)]}
+        if ctx.page_requests:
+            entry["nested"].update(page_requests=True, requests=[
+                {"sbdf": format_sbdf(r.sbdf), "pasid": r.pasid, "addr": r.addr,
+                 "write": r.write, "group": r.group, "state": r.state.name.lower(),
+                 "code": int(r.code)}
+                for r in hv.iommu.page_requests() if r.ctx == ctx.hw_id])
     return entry
 
 
@@ -568,15 +588,40 @@ def _restore_nested(hv: Hypervisor, d: Domain, entry: ContextState, here: str) -
         raise SnapshotError(f"{here}.nested.stage2: context {nested.stage2} is not one of "
                             f"d{d.domid}'s contexts that is not nested")
     try:
-        ctx = hv.contexts.alloc_nested(d, parent, nested.pgtable_gfn, entry.ctx_no)
+        ctx = hv.contexts.alloc_nested(d, parent, nested.pgtable_gfn, entry.ctx_no,
+                                       page_requests=nested.page_requests)
         for k, binding in enumerate(nested.pasids):
             if binding.sbdf not in d.devices or binding.pasid > hv.config.max_pasid:
                 raise SnapshotError(f"{here}.nested.pasids[{k}]: {format_sbdf(binding.sbdf)} "
                                     f"is not d{d.domid}'s or PASID {binding.pasid} is above "
                                     f"max_pasid")
             hv.contexts.attach_pasid(binding.sbdf, binding.pasid, ctx)
+        _restore_page_requests(hv, ctx, nested, here)
     except XenError as e:
         raise SnapshotError(f"{here}.nested: {e.why}") from None
+
+
+def _restore_page_requests(hv: Hypervisor, ctx: Context, nested: NestedState,
+                           here: str) -> None:
+    """The context's outstanding page requests, in their order."""
+    if nested.requests and not nested.page_requests:
+        raise SnapshotError(f"{here}.nested.requests: the context makes no page requests")
+    for k, r in enumerate(nested.requests):
+        try:
+            hv.iommu.load_page_request(hw.PageRequest(
+                r.sbdf, r.pasid, r.addr, r.write, ctx.hw_id, r.group,
+                hw.PrqState[r.state.upper()], hw.PrqCode(r.code)))
+        except hw.HwError as e:
+            raise SnapshotError(f"{here}.nested.requests[{k}]: {_REQUEST_REFUSED[e.status]}"
+                                ) from None
+
+
+_REQUEST_REFUSED = {
+    hw.Status.NOTPRESENT: "its device and PASID are not bound to this context",
+    hw.Status.NOSPC: "more requests than the queue holds",
+    hw.Status.INVAL: "not a request this context could have (address, a code while not "
+                     "answered, a group in use, a second request for one page)",
+}
 
 
 def _restore_default_context(hv: Hypervisor, d: Domain, ctx: Context, runs: list[Mapping],

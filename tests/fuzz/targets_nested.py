@@ -1,6 +1,7 @@
 """The `nested` fuzz target: a program for a small revision-2 machine with
-nested translation on (abi/NESTED.md). Its instructions are sub-ops 9-12
-with structs steered towards deep paths, the guest's stage-1 entries
+nested translation on (abi/NESTED.md). Its instructions are sub-ops 9-12,
+and 14-15 of I/O page faults (requests read into a buffer or a bad handle,
+answered with any code), with structs steered towards deep paths, the guest's stage-1 entries
 written into its memory (tables it points at, tables it does not, entries
 pointing beyond its memory, PS bits), DMA with and without a PASID, and
 stage-2 changes under the nested contexts (map, unmap, alloc and free of
@@ -15,6 +16,8 @@ import struct
 from xenemu import wire
 from xenemu.engine import Engine
 from xenemu.errno import XenErrno as E
+from xenemu.hypercalls import iommu_op_nested as nest
+from xenemu.hypercalls import iommu_op_prq as prq
 from xenemu.hypercalls import iommu_op_v2 as v2
 from xenemu.hypervisor import Hypervisor
 from xenemu.machine import DomainConfig, MachineConfig
@@ -39,7 +42,10 @@ ALLOWED = {
     v2.IOMMU_unmap_pages: {0, -E.EINVAL, -E.ENOENT},
     v2.IOMMU_free_context: {0, -E.EINVAL, -E.ENOENT, -E.EBUSY},
     v2.IOMMU_alloc_context: {0, -E.ENOSPC, -E.ENOMEM},
+    prq.IOMMU_read_page_requests: {0, -E.EINVAL, -E.ENOENT},
+    prq.IOMMU_page_response: {0, -E.EINVAL, -E.ENOENT},
 }
+BUFFER = GADDR + 0x1000             # read_page_requests' buffer, when sent
 
 
 def machine() -> MachineConfig:
@@ -59,9 +65,9 @@ def _dev(b: int) -> dict:
     return {"seg": sbdf >> 16, "bus": sbdf >> 8 & 0xFF, "devfn": sbdf & 0xFF}
 
 
-def _call(engine: Engine, subop: int, raw: bytes) -> None:
+def _call(engine: Engine, subop: int, raw: bytes, *more: wire.Region) -> None:
     call = wire.Call(1, v2.HYPERVISOR_iommu_op, (subop, GADDR, 0, 0, 0),
-                     (wire.Region(GADDR, raw),))
+                     (wire.Region(GADDR, raw), *more))
     ret = decode_reply(engine.complete(1, call)).ret
     assert ret in ALLOWED[subop] | COMMON, (v2.IOMMU_OP.subop_name(subop), ret)
 
@@ -76,7 +82,7 @@ def nested(data: bytes) -> None:
             gfn = raw64 if b[3] & 0x80 else TABLES[b[2] % len(TABLES)]
             _call(engine, v2.IOMMU_alloc_nested, _struct(
                 v2.IOMMU_alloc_nested, ctx_no=b[1] % 3, pgtable_gfn=gfn,
-                nested_flags=b[4] if b[4] == 0xFF else 0))
+                nested_flags=b[4] if b[4] == 0xFF else nest.NESTED_PAGE_REQUESTS * (b[4] & 1)))
         elif kind == 1:
             _call(engine, v2.IOMMU_flush_nested, _struct(
                 v2.IOMMU_flush_nested, ctx_no=b[1] % 6, flush_type=b[2] % 4,
@@ -115,9 +121,19 @@ def nested(data: bytes) -> None:
                 _call(engine, v2.IOMMU_unmap_pages, _struct(
                     v2.IOMMU_unmap_pages, ctx_no=1 + b[2] % 2, dfn=b[4] % 0x40,
                     nr_pages=b[5] % 4))
-        elif b[1] & 1:
+        elif b[1] % 4 == 1:
             _call(engine, v2.IOMMU_free_context, _struct(
                 v2.IOMMU_free_context, ctx_no=b[2] % 6, free_flags=b[3] & 1))
+        elif b[1] % 4 == 2:
+            n = b[3] % (prq.PRQ_MAX + 2)
+            buffer = (wire.Region(BUFFER, bytes(prq.ENTRY_SIZE * n)),) if b[4] & 1 else ()
+            _call(engine, prq.IOMMU_read_page_requests, _struct(
+                prq.IOMMU_read_page_requests, ctx_no=b[2] % 6, max=n, requests=BUFFER),
+                *buffer)
+        elif b[1] % 4 == 3:
+            _call(engine, prq.IOMMU_page_response, _struct(
+                prq.IOMMU_page_response, ctx_no=b[2] % 6, group=b[3] % 8,
+                code=(0, 1, 15, b[5])[b[4] % 4]))
         else:
             _call(engine, v2.IOMMU_alloc_context, _struct(v2.IOMMU_alloc_context))
     problems = hv.check_invariants()

@@ -36,3 +36,13 @@ def test_counters_have_the_fields_of_the_c_struct():
 def test_inject_sites_match_c():
     for s in common.InjectSite:
         assert getattr(lib, f"HW_INJECT_{s.name}") == s
+
+
+def test_page_request_names_match_c():
+    assert (lib.HW_PRQ_PER_CTX, lib.HW_MAX_PAGE_REQS) == (common.PRQ_PER_CTX,
+                                                          common.MAX_PAGE_REQS)
+    for s in common.PrqState:
+        assert getattr(lib, f"HW_PRQ_{s.name}") == s
+    for c in common.PrqCode:
+        assert getattr(lib, f"HW_PRQ_{c.name}") == c
+    assert common.PageRequest._fields[:6] == ("sbdf", "pasid", "addr", "write", "ctx", "group")

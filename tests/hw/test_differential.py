@@ -8,6 +8,7 @@ from array import array
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from xenemu.hw import HwError, StaleIotlbError, native, reference
+from xenemu.hw.common import PageRequest
 
 FRAMES = 160        # small, so table pages can run out
 GUEST = 48          # guest frames allocated up front
@@ -79,6 +80,12 @@ nested_ops = st.one_of(
     st.tuples(st.just("dma_pasid"), st.sampled_from(DEVS), pasids, s1_addrs,
               st.integers(0, 9000), st.booleans()),
     st.tuples(st.just("remove_device"), st.sampled_from(DEVS)),
+    # I/O page faults: stage-1 not-present faults queued, read, answered, retried
+    st.tuples(st.just("enable_prq"), nctxs),
+    st.tuples(st.just("read_prq"), nctxs, st.integers(0, 4), st.booleans()),
+    st.tuples(st.just("respond_prq"), nctxs, st.integers(0, 5), st.sampled_from([0, 1, 2, 15])),
+    st.tuples(st.just("load_prq"), st.sampled_from(DEVS), pasids, nctxs, s1_addrs,
+              st.integers(0, 6), st.integers(0, 3), st.sampled_from([0, 1, 15])),
 )
 
 
@@ -204,8 +211,20 @@ class Rig:
             if kind == "dma_pasid":
                 a = self.addr(op[3])
                 if op[5]:
-                    return io.dma_write(op[1], a, bytes([op[4] & 255]) * op[4], pasid=op[2])
-                return io.dma_read(op[1], a, op[4], pasid=op[2])
+                    done = io.dma_write(op[1], a, bytes([op[4] & 255]) * op[4], pasid=op[2])
+                else:
+                    done = io.dma_read(op[1], a, op[4], pasid=op[2])
+                return done, io.dma_pending
+            if kind == "enable_prq":
+                return io.enable_page_requests(op[1])
+            if kind == "read_prq":
+                return io.read_page_requests(op[1], op[2], op[3])
+            if kind == "respond_prq":
+                return io.respond_page_request(op[1], op[2], op[3])
+            if kind == "load_prq":
+                return io.load_page_request(PageRequest(
+                    op[1], op[2], self.addr(op[4]), op[6] == 0, op[3], op[5], op[6] % 3,
+                    op[7]))
             if kind == "remove_device":
                 return io.remove_device(op[1])
         except StaleIotlbError as e:
@@ -226,6 +245,7 @@ class Rig:
                       self.m.injection(), io.stale_iotlb_entries(),
                       io.nested_stale_iotlb_entries(),
                       [io.pasid_context(d, p) for d in DEVS for p in (1, 2)],
+                      io.page_requests(),
                       [status_of(io.device_context, d) for d in DEVS[:2]],
                       self.m.refcounts(self.guest)))
 
@@ -291,6 +311,23 @@ def test_scripted_sequence_agrees():
     run_both(39, seq)
 
 
+# Page requests: page 20 has no stage-1 entry; queued (twice: one request),
+# read, answered SUCCESS after the guest maps it (the retry completes),
+# then INVALID (the retry faults), a stage-2 hole (never a request), and a
+# detach dropping what is outstanding.
+PRQ_SCRIPT = [
+    ("enable_prq", 3), ("dma_pasid", 0x200, 1, (20, 8), 16, True),
+    ("dma_pasid", 0x200, 1, (20, 8), 16, True), ("read_prq", 3, 4, False),
+    ("read_prq", 3, 4, True), ("read_prq", 3, 4, True), ("respond_prq", 3, 2, 0),
+    ("respond_prq", 3, 1, 7), ("s1_write", 4, 20, (40, 3)), ("respond_prq", 3, 1, 0),
+    ("respond_prq", 3, 1, 0), ("dma_pasid", 0x200, 1, (20, 8), 16, True),
+    ("dma_pasid", 0x200, 1, (21, 0), 4, False), ("respond_prq", 3, 2, 1),
+    ("s1_write", 4, 21, (41, 3)), ("dma_pasid", 0x200, 1, (21, 0), 4, False),
+    ("s1_write", 4, 22, (47 + 200, 3)), ("dma_pasid", 0x200, 1, (22, 0), 4, False),
+    ("dma_pasid", 0x200, 1, (23, 0), 4, False), ("detach_pasid", 0x200, 1),
+    ("load_prq", 0x200, 1, 3, (23, 0), 9, 0, 0)]
+
+
 def test_scripted_nested_sequence_agrees():
     """Nested walks that succeed, hit, go stale until flushed, lose their
     stage 2 and their binding, for quick diagnosis; the walks do translate."""
@@ -304,6 +341,7 @@ def test_scripted_nested_sequence_agrees():
            ("detach_pasid", 0x200, 1), ("dma_pasid", 0x200, 1, (0, 0), 8, False),
            ("inval_nested", 3, None, 0, 0), ("teardown", S2, 10), ("teardown", 3, 10)]
     run_both(48, seq)
+    run_both(48, PRQ_SCRIPT)
     rig = Rig(native, 39)
     maddr, faults = rig.io.translate_nested(3, 1, array("Q", [0, 1 << 12, 16 << 12]))
     assert list(faults) == [0, 0, 1] and maddr[0] == rig.guest[16] << 12

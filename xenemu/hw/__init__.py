@@ -21,6 +21,7 @@ from .common import (
     PERM_RW, PERM_W, ContextInfo, Counters, Fault, FaultRecord, HwError,
     StaleIotlbError, Status, sbdf,
 )
+from .common import MAX_PAGE_REQS, PRQ_PER_CTX, PageRequest, PrqCode, PrqState
 from .native import Iommu, Memory
 
 __all__ = [
@@ -29,4 +30,5 @@ __all__ = [
     "PERM_R", "PERM_RW", "PERM_W", "ContextInfo", "Counters", "Fault",
     "FaultRecord", "HwError", "Iommu", "Memory", "StaleIotlbError",
     "Status", "sbdf",
+    "MAX_PAGE_REQS", "PRQ_PER_CTX", "PageRequest", "PrqCode", "PrqState",
 ]

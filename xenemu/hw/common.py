@@ -55,6 +55,7 @@ class Status(enum.IntEnum):
     FAULT = 13  #: DMA stopped by a translation fault (see the fault log)
     REFCOUNT = 14  #: reference count would overflow or go below zero
     INJECTED = 15  #: a failure the fault injector asked for (see Injection)
+    PENDING = 16  #: DMA waits on a page request (I/O page faults)
 
 
 class Fault(enum.IntEnum):
@@ -149,3 +150,35 @@ def levels_for(width: int) -> int:
 def check_status(status: int) -> None:
     if status:
         raise HwError(status)
+
+
+# I/O page faults (xenemu's extension, cext/hw.h's hw_prq_*).
+PRQ_PER_CTX = 32  #: outstanding page requests of one nested context
+MAX_PAGE_REQS = 4096  #: outstanding page requests of the IOMMU
+
+
+class PrqState(enum.IntEnum):
+    QUEUED = 0  #: not yet read by the guest
+    READ = 1  #: read, waiting for the guest's answer
+    ANSWERED = 2  #: answered, waiting for the DMA's retry
+
+
+class PrqCode(enum.IntEnum):
+    """PCIe's page request group response codes."""
+
+    SUCCESS = 0
+    INVALID = 1
+    FAILURE = 15
+
+
+class PageRequest(NamedTuple):
+    """A recoverable stage-1 not-present fault of a DMA with a PASID."""
+
+    sbdf: int
+    pasid: int
+    addr: int
+    write: bool
+    ctx: int
+    group: int
+    state: PrqState = PrqState.QUEUED
+    code: PrqCode = PrqCode.SUCCESS

@@ -12,8 +12,8 @@ from array import array
 
 from ._hwlib import ffi, lib
 from .common import (
-    Counters, ContextInfo, Fault, FaultRecord, HwError, Injection, InjectSite,
-    StaleIotlbError, Status, check_status,
+    MAX_PAGE_REQS, PRQ_PER_CTX, Counters, ContextInfo, Fault, FaultRecord, HwError,
+    Injection, InjectSite, PageRequest, PrqCode, PrqState, StaleIotlbError, Status, check_status,
 )
 
 
@@ -175,6 +175,7 @@ class Iommu:
         #: The fault that stopped the last DMA (None if it completed),
         #: whether or not the fault log had room for it.
         self.dma_fault: FaultRecord | None = None
+        self.dma_pending: int | None = None  #: the page request group a DMA waits on
         self.check = check
 
     @property
@@ -375,7 +376,7 @@ class Iommu:
         return self._u64b[0]
 
     def _dma(self, sbdf, addr, buf, n, write, pasid):
-        self.dma_fault = None
+        self.dma_fault = self.dma_pending = None
         if pasid:
             st = lib.hw_dma_pasid(self._io, sbdf, pasid, addr, ffi.from_buffer(buf), n,
                                   write, self._u64b, self._fault)
@@ -384,7 +385,10 @@ class Iommu:
                             self._u64b, self._fault)
         if st == Status.STALE:
             raise StaleIotlbError(self._u64b[0])
-        if st == Status.FAULT:
+        if st == Status.PENDING:
+            check_status(lib.hw_prq_group(self._io, sbdf, pasid, self._fault.addr, self._u32))
+            self.dma_pending = self._u32[0]
+        elif st == Status.FAULT:
             r = self._fault
             self.dma_fault = FaultRecord(r.sbdf, r.addr, Fault(r.kind),
                                          bool(r.write))
@@ -434,6 +438,38 @@ class Iommu:
         check_status(lib.hw_inval_nested(
             self._io, ctx, lib.HW_PASID_ANY if pasid is None else pasid, dfn, n))
 
+    # --- I/O page faults (cext/prq.c) --------------------------------------
+    def enable_page_requests(self, ctx: int) -> None:
+        """Stage-1 not-present faults of nested context ctx become page
+        requests (NOCTX, INVAL if not nested): a DMA that meets one stops
+        with dma_pending = the request's group and nothing logged."""
+        check_status(lib.hw_prq_enable(self._io, ctx))
+
+    def read_page_requests(self, ctx: int, cap: int, consume: bool = True
+                           ) -> list[PageRequest]:
+        """Up to cap of ctx's queued requests, oldest first; consume marks
+        them read (INVAL: not nested or page requests off)."""
+        cap = min(cap, PRQ_PER_CTX)     # no context has more
+        out = ffi.new("struct hw_page_req[]", max(cap, 1))
+        check_status(lib.hw_prq_read(self._io, ctx, out, cap, int(consume), self._u32))
+        return [_request(r) for r in out[0:self._u32[0]]]
+
+    def respond_page_request(self, ctx: int, group: int, code: int) -> None:
+        """Answer ctx's request `group` (NOTPRESENT: none unanswered; INVAL
+        code); the waiting DMA's retry then completes or faults."""
+        check_status(lib.hw_prq_respond(self._io, ctx, group, code))
+
+    def page_requests(self) -> list[PageRequest]:
+        """Every outstanding page request, oldest first."""
+        out = ffi.new("struct hw_page_req[]", MAX_PAGE_REQS)
+        return [_request(r) for r in out[0:lib.hw_prq_list(self._io, out, MAX_PAGE_REQS)]]
+
+    def load_page_request(self, r: PageRequest) -> None:
+        """Queue r as a restored machine had it (cext/hw.h hw_prq_load)."""
+        check_status(lib.hw_prq_load(self._io, ffi.new("struct hw_page_req *", {
+            "addr": r.addr, "sbdf": r.sbdf, "pasid": r.pasid, "ctx": r.ctx,
+            "group": r.group, "write": int(r.write), "state": r.state, "code": r.code})))
+
     def nested_stale_iotlb_entries(self) -> int:
         """Cached translations of nested contexts that disagree with the
         tables now: stage-1 edits the guest did not flush (its bug, as on
@@ -468,3 +504,8 @@ class Iommu:
         st = lib.hw_faults_load(self._io, recs, n, int(overflow), bad)
         if st:
             raise HwError(st, bad[0])
+
+
+def _request(r) -> PageRequest:
+    return PageRequest(r.sbdf, r.pasid, r.addr, bool(r.write), r.ctx, r.group,
+                       PrqState(r.state), PrqCode(r.code))

@@ -20,7 +20,7 @@ from .common import (
     MAX_PASID_BINDS, OWNER_NONE, PASID_MAX, S1_LEVELS, S1_P, S1_PS, S1_RW, TLB_PASID_SHIFT,
     PAGE_SHIFT, PAGE_SIZE, PERM_RW, PERM_W, PERM_R, Counters, ContextInfo,
     Fault, FaultRecord, HwError, Injection, InjectSite, StaleIotlbError, Status,
-    levels_for,
+    levels_for, MAX_PAGE_REQS, PRQ_PER_CTX, PageRequest, PrqCode, PrqState,
 )
 
 _PTE = struct.Struct("<Q")
@@ -28,6 +28,8 @@ _ADDR = 0x000FFFFFFFFFF000
 _MASK64 = (1 << 64) - 1
 _MAX_FRAMES = 1 << 40
 _CTX_NONE = 0xFFFFFFFF
+_S1_NOT_PRESENT = 0x100 | Fault.NOT_PRESENT   # cext/nested.c's: a page request can fix it
+_PENDING = -1                                 # _dma_nested: a page request waits
 _FREE, _LIVE, _DYING = 0, 1, 2
 
 
@@ -230,12 +232,14 @@ class _Context:
     """Per context (never per page): root, counts, counters, state."""
 
     __slots__ = ("root", "mapped", "tables", "cursor", "ndevices", "state",
-                 "cnt", "pool", "nested", "s1_root", "parent", "nchildren", "npasids")
+                 "cnt", "pool", "nested", "s1_root", "parent", "nchildren", "npasids",
+                 "prq", "prq_group")
 
     def __init__(self, root: int, nested: bool = False):
         self.root = root
         self.nested = nested
         self.s1_root = self.parent = self.nchildren = self.npasids = 0
+        self.prq, self.prq_group = False, 0
         self.pool = 0
         self.mapped = 0
         self.tables = 0 if nested else 1
@@ -340,10 +344,12 @@ class Iommu:
         self._faults: list[FaultRecord] = []
         self._overflow = False
         self.dma_fault: FaultRecord | None = None
+        self.dma_pending: int | None = None  #: the page request group a DMA waits on
         self._tlb = _Iotlb(iotlb_entries, iotlb_ways)
         self._cnt = [0, 0, 0, 0, 0]
         self._pool_cnt = [[0, 0, 0, 0, 0] for _ in range(MAX_POOLS)]   # hw_pool.cnt
         self._pasids: list[list[int]] = []     # [sbdf, pasid, ctx], as cext/nested.c's array
+        self._prq: list[PageRequest] = []      # outstanding, oldest first, as cext/prq.c's
         self.check = check
 
     # --- page-table memory ---------------------------------------------
@@ -800,13 +806,16 @@ class Iommu:
         mem = self.memory.mem
         done = 0
         chunks = []
-        self.dma_fault = None
+        self.dma_fault = self.dma_pending = None
         while done < n:
             a = addr + done
             chunk = min(PAGE_SIZE - (a & (PAGE_SIZE - 1)), n - done)
             ctx = self._dev_ctx[i]
             if pasid:
                 kind, ma = self._dma_nested(sbdf, pasid, a, write)
+                if kind == _PENDING:
+                    self.dma_pending = self.page_request_group(sbdf, pasid, a)
+                    break
             elif ctx == _CTX_NONE:
                 kind, ma = Fault.BLOCKED, 0
             else:
@@ -930,6 +939,7 @@ class Iommu:
         _, pasid, ctx = self._pasids[j]
         self._tlb.drop_range(ctx, pasid << TLB_PASID_SHIFT, 1 << TLB_PASID_SHIFT)
         self._ctx[ctx].npasids -= 1
+        self._prq_drop(lambda r: (r.sbdf, r.pasid) == tuple(self._pasids[j][:2]))
         last = self._pasids.pop()
         if j < len(self._pasids):
             self._pasids[j] = last
@@ -962,7 +972,7 @@ class Iommu:
             e = self._pte(table[0], self._index(dfn, level))
             walks[0] += 1
             if not e & S1_P:
-                return Fault.NOT_PRESENT, 0, 0
+                return _S1_NOT_PRESENT, 0, 0
             if level > 1 and e & S1_PS:
                 return Fault.S1_TABLE, 0, 0
             if not e & S1_RW:
@@ -1004,7 +1014,7 @@ class Iommu:
         for addr in _run(addrs):
             f, ma = self._xlate_nested(ctx, c, pasid, addr, write)
             maddr.append(ma)
-            fault.append(f)
+            fault.append(f & 0xFF)
         return maddr, fault
 
     def _dma_nested(self, sbdf: int, pasid: int, addr: int, write: bool) -> tuple[int, int]:
@@ -1012,7 +1022,15 @@ class Iommu:
         if j < 0:
             return Fault.NO_PASID, 0
         ctx = self._pasids[j][2]
-        return self._xlate_nested(ctx, self._ctx[ctx], pasid, addr, write)
+        c = self._ctx[ctx]
+        retried = self._prq_retry(ctx, sbdf, pasid, addr) if c.prq else 0
+        if retried == 2:                  # answered INVALID or FAILURE
+            return Fault.NOT_PRESENT, 0
+        kind, ma = self._xlate_nested(ctx, c, pasid, addr, write)
+        if (kind == _S1_NOT_PRESENT and c.prq and not retried
+                and self._prq_queue(c, ctx, sbdf, pasid, addr, write)):
+            return _PENDING, 0
+        return kind & 0xFF, ma
 
     def invalidate_nested(self, ctx: int, pasid: int | None = None, dfn: int = 0,
                           n: int = 0) -> None:
@@ -1028,6 +1046,91 @@ class Iommu:
         elif dfn < space:
             self._tlb.drop_range(ctx, dfn | pasid << TLB_PASID_SHIFT, min(n, space - dfn))
         self._count(c, _INVAL)
+
+    # --- I/O page faults (cext/prq.c) --------------------------------------
+    def _prq_ctx(self, ctx: int) -> _Context:
+        c = self._get(ctx, nested=True)
+        if not c.prq:
+            raise HwError(Status.INVAL)
+        return c
+
+    def _prq_drop(self, which) -> None:
+        self._prq = [r for r in self._prq if not which(r)]
+
+    def _prq_retry(self, ctx: int, sbdf: int, pasid: int, addr: int) -> int:
+        for r in self._prq:
+            if (r.ctx == ctx and r.state == PrqState.ANSWERED and r.sbdf == sbdf
+                    and r.pasid == pasid and r.addr >> PAGE_SHIFT == addr >> PAGE_SHIFT):
+                self._prq_drop(lambda x: x is r)
+                return 1 if r.code == PrqCode.SUCCESS else 2
+        return 0
+
+    def _prq_queue(self, c: _Context, ctx: int, sbdf: int, pasid: int, addr: int,
+                   write: bool) -> bool:
+        """True: the DMA waits (a request queued now or before); False: the
+        queue is full and the fault is non-recoverable."""
+        if self.page_request_group(sbdf, pasid, addr) is not None:
+            return True
+        if (len(self._prq) == MAX_PAGE_REQS
+                or sum(r.ctx == ctx for r in self._prq) == PRQ_PER_CTX):
+            return False
+        used = {r.group for r in self._prq if r.ctx == ctx}
+        while True:
+            c.prq_group = (c.prq_group + 1) & 0xFFFFFFFF
+            if c.prq_group and c.prq_group not in used:
+                break
+        self._prq.append(PageRequest(sbdf, pasid, addr, bool(write), ctx, c.prq_group))
+        return True
+
+    def enable_page_requests(self, ctx: int) -> None:
+        self._get(ctx, nested=True).prq = True
+
+    def read_page_requests(self, ctx: int, cap: int, consume: bool = True
+                           ) -> list[PageRequest]:
+        self._prq_ctx(ctx)
+        out = [r for r in self._prq if r.ctx == ctx and r.state == PrqState.QUEUED][:cap]
+        if consume:
+            self._prq = [r._replace(state=PrqState.READ) if any(r is o for o in out) else r
+                         for r in self._prq]
+        return out
+
+    def respond_page_request(self, ctx: int, group: int, code: int) -> None:
+        self._prq_ctx(ctx)
+        if code not in set(PrqCode):
+            raise HwError(Status.INVAL)
+        for i, r in enumerate(self._prq):
+            if r.ctx == ctx and r.group == group and r.state != PrqState.ANSWERED:
+                self._prq[i] = r._replace(state=PrqState.ANSWERED, code=PrqCode(code))
+                return
+        raise HwError(Status.NOTPRESENT)
+
+    def page_request_group(self, sbdf: int, pasid: int, addr: int) -> int | None:
+        for r in self._prq:
+            if (r.sbdf, r.pasid, r.addr >> PAGE_SHIFT) == (sbdf, pasid, addr >> PAGE_SHIFT):
+                return r.group
+        return None
+
+    def page_requests(self) -> list[PageRequest]:
+        return list(self._prq)
+
+    def load_page_request(self, r: PageRequest) -> None:
+        c = self._prq_ctx(r.ctx)
+        if self.pasid_context(r.sbdf, r.pasid) != r.ctx:
+            raise HwError(Status.NOTPRESENT)
+        codes = set(PrqCode)
+        if (r.state not in set(PrqState) or r.group == 0
+                or (r.state == PrqState.ANSWERED and r.code not in codes)
+                or (r.state != PrqState.ANSWERED and r.code != 0)
+                or self._addr_fault(r.addr)
+                or any(x.ctx == r.ctx and x.group == r.group for x in self._prq)
+                or self.page_request_group(r.sbdf, r.pasid, r.addr) is not None):
+            raise HwError(Status.INVAL)
+        if (len(self._prq) == MAX_PAGE_REQS
+                or sum(x.ctx == r.ctx for x in self._prq) == PRQ_PER_CTX):
+            raise HwError(Status.NOSPC)
+        self._prq.append(PageRequest(r.sbdf, r.pasid, r.addr, bool(r.write), r.ctx, r.group,
+                                     PrqState(r.state), PrqCode(r.code)))
+        c.prq_group = max(c.prq_group, r.group)
 
     def nested_stale_iotlb_entries(self) -> int:
         t, stale = self._tlb, 0

@@ -24,6 +24,8 @@ if TYPE_CHECKING:
     from ..hypervisor import Hypervisor
 
 NESTED_FORMAT_X86_64 = 0            # nested_flags: the only stage-1 format
+NESTED_FORMAT_MASK = 0xFF           # nested_flags bits 0-7: the format; above, options
+NESTED_PAGE_REQUESTS = 1 << 8       # option: I/O page faults (iommu_op_prq)
 FLUSH_ALL, FLUSH_PASID, FLUSH_RANGE = 0, 1, 2
 PASID_PAGES = 1 << 36               # IOVA pages of one PASID (48-bit IOVAs)
 
@@ -76,9 +78,10 @@ def alloc_nested_op(hv: Hypervisor, d: Domain, op: SubopCall) -> int:
     context. Copied back on every path, as alloc_context."""
     a = _read(hv, op, AllocNested, 24)
     try:
-        if a.nested_flags != NESTED_FORMAT_X86_64:
-            raise HypercallError(XenErrno.EINVAL, f"nested_flags {a.nested_flags:#x}: only 0 "
-                                                  f"(the x86-64 4-level format) is served")
+        if a.nested_flags & ~NESTED_PAGE_REQUESTS != NESTED_FORMAT_X86_64:
+            raise HypercallError(XenErrno.EINVAL, f"nested_flags {a.nested_flags:#x}: the "
+                                                  f"format 0 (x86-64 4-level), optionally with "
+                                                  f"{NESTED_PAGE_REQUESTS:#x} (page requests)")
         parent = d.context(a.ctx_no)
         if parent is None:
             raise HypercallError(XenErrno.ENOENT, f"stage-2 context {a.ctx_no} not allocated")
@@ -86,7 +89,9 @@ def alloc_nested_op(hv: Hypervisor, d: Domain, op: SubopCall) -> int:
             raise HypercallError(XenErrno.EINVAL, f"context {a.ctx_no} is "
                                                   f"{'nested' if parent.nested else 'dying'}: "
                                                   f"it can't be a stage 2")
-        a.ctx_no = hv.contexts.alloc_nested(d, parent, a.pgtable_gfn).ctx_no
+        a.ctx_no = hv.contexts.alloc_nested(
+            d, parent, a.pgtable_gfn,
+            page_requests=bool(a.nested_flags & NESTED_PAGE_REQUESTS)).ctx_no
         op.payload = AllocNested.build(a)
     finally:
         if not op.mem.copy_to_guest(op.handle, op.payload):

@@ -45,6 +45,7 @@ from ..errno import XenErrno, XenError
 from ..p2m import P2mType
 from ..pci import format_device, pack_sbdf
 from . import iommu_op_nested as nested
+from . import iommu_op_prq as prq
 from .common import (HYPERVISOR_iommu_op, Hazard, Hypercall, HypercallError, SubOp, SubopCall,
                      report_hazard)
 
@@ -490,6 +491,14 @@ SUBOPS = (
     SubOp(IOMMU_detach_pasid, "detach_pasid", nested.detach_pasid_op, layout=DetachPasid,
           size=8, reads=False, copy_back=False, inputs=("dev", "pasid"),
           params=("pasid", ("seg", 0), ("bus", 0), ("devfn", 0))),
+    # 14-15: I/O page faults, xenemu's extension too (iommu_op_prq).
+    SubOp(prq.IOMMU_read_page_requests, "read_page_requests", prq.read_page_requests_op,
+          layout=prq.ReadPageRequests, size=24, reads=False, copy_back=False,
+          inputs=("ctx_no", "max", "requests"), outputs=("count",),
+          params=("ctx_no", "requests", ("max", hw.PRQ_PER_CTX), ("count", 0))),
+    SubOp(prq.IOMMU_page_response, "page_response", prq.page_response_op,
+          layout=prq.PageResponse, size=8, reads=False, copy_back=False,
+          inputs=("ctx_no", "group", "code"), params=("ctx_no", "group", ("code", 0))),
 )
 
 IOMMU_OP = Hypercall(
@@ -499,7 +508,7 @@ IOMMU_OP = Hypercall(
     subop_arg=0, handle_arg=1, subop_field="subop", unknown_errno=XenErrno.EOPNOTSUPP,
     log=log, log_prefix=PREFIX, gate=can_use_iommu_check,
     hex_fields=frozenset({"gfn", "dfn", "pgtable_gfn", "map_flags", "free_flags", "alloc_flags",
-                          "cap_flags", "pgsize_mask", "max_iova_addr", "arg"}),
+                          "cap_flags", "pgsize_mask", "max_iova_addr", "arg", "requests"}),
     formatters={"dev": format_device},
 )
 

@@ -28,6 +28,11 @@
  * format of VT-d scalable-mode first-level tables, 4 KiB leaves only (any
  * other value is -EINVAL). */
 #define XENEMU_NESTED_FORMAT_X86_64 0ULL
+/* nested_flags bits 0-7 hold the format; above them, options. I/O page
+ * faults: the context's stage-1 not-present faults become page requests
+ * (IOMMU_read_page_requests, IOMMU_page_response) instead of faults. */
+#define XENEMU_NESTED_FORMAT_MASK   0xFFULL
+#define XENEMU_NESTED_PAGE_REQUESTS (1ULL << 8)
 
 /* A stage-1 entry (little-endian 64-bit, 512 per 4 KiB table page, levels
  * 4..1 indexed by IOVA bits 47..39, 38..30, 29..21, 20..12). Only these bits
@@ -75,6 +80,75 @@ struct xenemu_iommu_flush_nested {
 typedef struct xenemu_iommu_flush_nested xenemu_iommu_flush_nested_t;
 DEFINE_XEN_GUEST_HANDLE(xenemu_iommu_flush_nested_t);
 
+/*
+ * I/O page faults (xenemu's sub-ops 14 and 15, needs IOMMUCAP_nested). A
+ * DMA with a PASID that meets a not-present stage-1 entry of a nested
+ * context allocated with XENEMU_NESTED_PAGE_REQUESTS waits: a page request
+ * is queued (at most XENEMU_PAGE_REQUESTS_MAX outstanding per context; past
+ * that the fault is non-recoverable and logged). The guest reads requests,
+ * maps the page in its stage 1, flushes, and answers the request's group;
+ * the DMA is then retried (success: translated again; invalid, failure:
+ * it faults).
+ */
+#define IOMMU_read_page_requests 14
+#define IOMMU_page_response      15
+#define XENEMU_PAGE_REQUESTS_MAX 32U
+
+/* One request, as IOMMU_read_page_requests writes it to the buffer. */
+#define XENEMU_PAGE_REQUEST_WRITE (1U << 0)     /* flags: the DMA writes */
+struct xenemu_page_request {
+    uint64_aligned_t addr;      /* the faulting IOVA */
+    uint32_t pasid;
+    uint32_t group;             /* what IOMMU_page_response answers; 1.. per context */
+    struct physdev_pci_device dev;
+    uint8_t flags;              /* XENEMU_PAGE_REQUEST_* */
+    uint8_t pad0[3];
+};
+typedef struct xenemu_page_request xenemu_page_request_t;
+DEFINE_XEN_GUEST_HANDLE(xenemu_page_request_t);
+
+/**
+ * IOMMU_read_page_requests: copies up to `max` of the context's requests
+ * not yet read, oldest first, to `requests`; `count` says how many. They
+ * count as read only when both the entries and this struct were copied out
+ * (-EFAULT loses none). Copied back on success.
+ * Errors: -ENOENT (no such context), -EINVAL (not nested, or allocated
+ * without XENEMU_NESTED_PAGE_REQUESTS), -EFAULT.
+ */
+struct xenemu_iommu_read_page_requests {
+    /* IN: the nested context */
+    uint16_t ctx_no;
+    uint16_t pad0;
+    /* IN: entries the buffer holds (more than XENEMU_PAGE_REQUESTS_MAX is
+     * never needed) */
+    uint32_t max;
+    /* OUT: entries written */
+    uint32_t count;
+    uint32_t pad1;
+    /* IN: the buffer */
+    XEN_GUEST_HANDLE(xenemu_page_request_t) requests;
+};
+typedef struct xenemu_iommu_read_page_requests xenemu_iommu_read_page_requests_t;
+DEFINE_XEN_GUEST_HANDLE(xenemu_iommu_read_page_requests_t);
+
+/* IOMMU_page_response codes: PCIe's page request group response codes. */
+#define XENEMU_PAGE_RESPONSE_SUCCESS 0U   /* retry: the page is mapped now */
+#define XENEMU_PAGE_RESPONSE_INVALID 1U   /* the DMA fails */
+#define XENEMU_PAGE_RESPONSE_FAILURE 15U  /* the DMA fails */
+
+/**
+ * IOMMU_page_response: answers request `group` of the context. Read only.
+ * Errors: -ENOENT (no such context, or no request `group` waiting for an
+ * answer), -EINVAL (not nested, no page requests, unknown code), -EFAULT.
+ */
+struct xenemu_iommu_page_response {
+    uint16_t ctx_no;            /* IN */
+    uint16_t code;              /* IN: XENEMU_PAGE_RESPONSE_* */
+    uint32_t group;             /* IN */
+};
+typedef struct xenemu_iommu_page_response xenemu_iommu_page_response_t;
+DEFINE_XEN_GUEST_HANDLE(xenemu_iommu_page_response_t);
+
 /* The x86-64 layout, pinned. */
 #if defined(__cplusplus) && __cplusplus >= 201103L
 #include <cstddef>
@@ -96,6 +170,24 @@ __XENEMU_NESTED_AT(xenemu_iommu_flush_nested, flush_type, 4, flush_nested_flush_
 __XENEMU_NESTED_AT(xenemu_iommu_flush_nested, pasid, 8, flush_nested_pasid);
 __XENEMU_NESTED_AT(xenemu_iommu_flush_nested, nr_pages, 12, flush_nested_nr_pages);
 __XENEMU_NESTED_AT(xenemu_iommu_flush_nested, dfn, 16, flush_nested_dfn);
+
+__XENEMU_NESTED_ASSERT(sizeof(struct xenemu_page_request) == 24, page_request_size);
+__XENEMU_NESTED_AT(xenemu_page_request, addr, 0, page_request_addr);
+__XENEMU_NESTED_AT(xenemu_page_request, pasid, 8, page_request_pasid);
+__XENEMU_NESTED_AT(xenemu_page_request, group, 12, page_request_group);
+__XENEMU_NESTED_AT(xenemu_page_request, dev, 16, page_request_dev);
+__XENEMU_NESTED_AT(xenemu_page_request, flags, 20, page_request_flags);
+__XENEMU_NESTED_ASSERT(sizeof(struct xenemu_iommu_read_page_requests) == 24,
+                       read_page_requests_size);
+__XENEMU_NESTED_AT(xenemu_iommu_read_page_requests, ctx_no, 0, read_page_requests_ctx_no);
+__XENEMU_NESTED_AT(xenemu_iommu_read_page_requests, max, 4, read_page_requests_max);
+__XENEMU_NESTED_AT(xenemu_iommu_read_page_requests, count, 8, read_page_requests_count);
+__XENEMU_NESTED_AT(xenemu_iommu_read_page_requests, requests, 16,
+                   read_page_requests_requests);
+__XENEMU_NESTED_ASSERT(sizeof(struct xenemu_iommu_page_response) == 8, page_response_size);
+__XENEMU_NESTED_AT(xenemu_iommu_page_response, ctx_no, 0, page_response_ctx_no);
+__XENEMU_NESTED_AT(xenemu_iommu_page_response, code, 2, page_response_code);
+__XENEMU_NESTED_AT(xenemu_iommu_page_response, group, 4, page_response_group);
 
 #undef __XENEMU_NESTED_AT
 #undef __XENEMU_NESTED_ASSERT

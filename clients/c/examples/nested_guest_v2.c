@@ -3,13 +3,15 @@
  * extension of revision 2, abi/NESTED.md; not Xen's): it builds its own
  * stage-1 table in its memory, allocates a nested context over it, attaches
  * its device's PASID, DMAs, edits the table, sees the IOTLB keep the old
- * translation until it flushes, then flushes, detaches and frees.
+ * translation until it flushes, then flushes, services an I/O page fault (a
+ * DMA to a page its stage 1 lacks waits; it reads the page request, maps
+ * the page, flushes, answers, and the DMA completes), detaches and frees.
  *
  *   XENEMU_SOCKET=$DIR/dom1.sock XENEMU_CONTROL=$DIR/control.sock \
  *       build/nested_guest_v2 [--domid 1] [--device 0000:01:00.0] [--pasid 7] [--gfn 100]
  *
  * against a machine with pv_iommu_revision = 2 and nested = true (device and
- * gfn in hex; the gfn is the first of six pages of the domain it uses).
+ * gfn in hex; the gfn is the first of seven pages of the domain it uses).
  * The hypercalls go through the C client; the guest's stores to its RAM and
  * its device's DMA stand on the control socket ($XENEMU_CONTROL: mem_write,
  * mem_read, dma with a pasid), whose msgpack maps this file encodes itself.
@@ -277,9 +279,10 @@ static int guest_load(uint64_t gfn, void *out, size_t n)
 }
 
 /* The device writes text at iova with a PASID; its fault kind into `kind`
- * ("none" if it had none). 0 when the request was served. */
-static int device_write(const char *sbdf, uint64_t pasid, uint64_t iova, const char *text,
-                        char *kind, size_t kind_cap)
+ * ("none" if it had none) and, when group is not NULL, the page request it
+ * waits on (0: none). 0 when the request was served. */
+static int device_write_waiting(const char *sbdf, uint64_t pasid, uint64_t iova,
+                                const char *text, char *kind, size_t kind_cap, uint64_t *group)
 {
     struct msg m = {.n = 0};
     size_t fn = 0, len = 0;
@@ -296,7 +299,17 @@ static int device_write(const char *sbdf, uint64_t pasid, uint64_t iova, const c
     fault = lookup(reply.b, reply.n, "fault", &fn);
     k = fault ? field_bytes(fault, fn, "kind", &len) : NULL;
     snprintf(kind, kind_cap, "%.*s", k ? (int)len : 4, k ? (const char *)k : "none");
+    if (group) {
+        uint64_t g = field_uint(reply.b, reply.n, "page_request");
+        *group = g == UINT64_MAX ? 0 : g;       /* nil: it waits on nothing */
+    }
     return 0;
+}
+
+static int device_write(const char *sbdf, uint64_t pasid, uint64_t iova, const char *text,
+                        char *kind, size_t kind_cap)
+{
+    return device_write_waiting(sbdf, pasid, iova, text, kind, kind_cap, NULL);
 }
 
 /* --- the hypercalls: xenemu's sub-ops send the struct the caller gives ---- */
@@ -349,7 +362,7 @@ int main(int argc, char **argv)
         else if (!strcmp(argv[i], "--pasid"))
             bad = parse_u64(argv[i + 1], 10, &pasid) || pasid == 0 || pasid > XENEMU_PASID_MAX;
         else if (!strcmp(argv[i], "--gfn"))
-            bad = parse_u64(argv[i + 1], 16, &gfn) || gfn > (1ULL << 36) - 6;
+            bad = parse_u64(argv[i + 1], 16, &gfn) || gfn > (1ULL << 36) - 7;
         else if (!strcmp(argv[i], "--device"))
             bad = parse_sbdf(argv[i + 1], &dev);
         else
@@ -397,7 +410,7 @@ int main(int argc, char **argv)
     memset(&alloc, 0, sizeof(alloc));
     alloc.ctx_no = 0;                   /* stage 2: the default context */
     alloc.pgtable_gfn = gfn;
-    alloc.nested_flags = XENEMU_NESTED_FORMAT_X86_64;
+    alloc.nested_flags = XENEMU_NESTED_FORMAT_X86_64 | XENEMU_NESTED_PAGE_REQUESTS;
     ret = nested_op(IOMMU_alloc_nested, &alloc, sizeof(alloc));
     printf("step=alloc_nested ret=%ld ctx_no=%u\n", ret, alloc.ctx_no);
     if (ret)
@@ -438,7 +451,46 @@ int main(int argc, char **argv)
         expect("flush_nested", !st && !memcmp(page + 0x10, "fresh!!", 7), "");
     }
 
-    /* 6. Detach: the PASID's DMA faults; free the context. */
+    /* 6. An I/O page fault: IOVA page 2 has no stage-1 entry, so the DMA
+     * waits on a page request. The guest reads it, maps the page (gfn+6),
+     * flushes, answers success; the DMA, retried, completes. */
+    uint64_t group = 0;
+    st = device_write_waiting(device, pasid, 0x2020, "faulted", kind, sizeof(kind), &group);
+    expect("dma_waits", !st && group != 0 && !strcmp(kind, "none"), kind);
+    {
+        struct xenemu_page_request reqs[XENEMU_PAGE_REQUESTS_MAX];
+        struct xenemu_iommu_read_page_requests rd;
+        memset(&rd, 0, sizeof(rd));
+        memset(reqs, 0, sizeof(reqs));
+        rd.ctx_no = alloc.ctx_no;
+        rd.max = XENEMU_PAGE_REQUESTS_MAX;
+        set_xen_guest_handle_raw(rd.requests, reqs);
+        uint64_t args[XENEMU_NR_ARGS] = { IOMMU_read_page_requests, (uint64_t)(uintptr_t)&rd,
+                                          0, 0, 0 };
+        struct xenemu_buf bufs[2] = { { &rd, sizeof(rd) }, { reqs, sizeof(reqs) } };
+        ret = xenemu_hypercall(conn, __HYPERVISOR_iommu_op, args, bufs, 2);
+        printf("step=read_page_requests ret=%ld count=%u addr=0x%" PRIx64 " group=%u\n", ret,
+               rd.count, rd.count ? reqs[0].addr : 0, rd.count ? reqs[0].group : 0);
+        expect("page_request", ret == 0 && rd.count == 1 && reqs[0].addr == 0x2020 &&
+               reqs[0].pasid == pasid && reqs[0].group == group &&
+               (reqs[0].flags & XENEMU_PAGE_REQUEST_WRITE), "");
+    }
+    flush.dfn = 2;
+    st = set_entry(gfn + 3, 2, s1_entry(gfn + 6, 1)) ||
+         nested_op(IOMMU_flush_nested, &flush, sizeof(flush));
+    struct xenemu_iommu_page_response resp = { .ctx_no = alloc.ctx_no,
+                                               .code = XENEMU_PAGE_RESPONSE_SUCCESS,
+                                               .group = (uint32_t)group };
+    st = st || nested_op(IOMMU_page_response, &resp, sizeof(resp)) ||
+         device_write_waiting(device, pasid, 0x2020, "faulted", kind, sizeof(kind), &group);
+    {
+        unsigned char page[0x28];
+        st = st || guest_load(gfn + 6, page, sizeof(page));
+        expect("page_fault_serviced", !st && group == 0 && !strcmp(kind, "none") &&
+               !memcmp(page + 0x20, "faulted", 7), kind);
+    }
+
+    /* 7. Detach: the PASID's DMA faults; free the context. */
     struct pv_iommu_detach_pasid detach = { .dev = dev, .pasid = (uint32_t)pasid };
     ret = nested_op(IOMMU_detach_pasid, &detach, sizeof(detach));
     st = ret || device_write(device, pasid, 0, "x", kind, sizeof(kind));
