@@ -522,9 +522,10 @@ void hw_tlb_audit_nested(struct hw_iommu *io, uint64_t *guest_stale);
 
 /*
  * VT-d's second-level A/D support: in a context with dirty tracking on, the
- * walker sets A (bit 8) in the leaf entry of every access it translates and
- * D (bit 9) for a write, when the access is allowed (a faulting one sets
- * nothing). Upper-level entries keep no A/D bits. The IOTLB: an entry cached
+ * walker sets A (bit 8) in every present leaf entry it loads into the IOTLB
+ * (any access, even one its permissions then refuse: the entry is cached,
+ * so a later hit needs no update) and D (bit 9) for a write the entry
+ * allows. Upper-level entries keep no A/D bits. The IOTLB: an entry cached
  * writable while D was clear is marked `clean`, and a write that hits it is
  * handled as a miss (the entry dropped, the table walked again, D set, the
  * entry refilled), as VT-d sets D only through a walk. Contexts without

@@ -159,13 +159,13 @@ uint64_t hw_pt_walk(const struct hw_iommu *io, const struct hw_ctx *c,
  * the walker to set A/D bits in. */
 uint64_t *hw_pt_walk_entry(const struct hw_iommu *io, const struct hw_ctx *c,
                            uint64_t dfn, uint64_t *walks);
-/* Dirty tracking on a walk: A for an allowed access, D for an allowed
- * write; returns the new IOTLB entry's `clean` (writable, D still clear). */
+/* Dirty tracking on a walk: A when the walk loads the entry (it is then
+ * cached, so hits need no update), D for an allowed write; returns the new
+ * IOTLB entry's `clean` (writable, D still clear). */
 static inline uint8_t hw_ad_update(uint64_t *pte, uint8_t perm, int write,
                                    int allowed)
 {
-    if (allowed)
-        *pte |= write ? HW_PTE_A | HW_PTE_D : HW_PTE_A;
+    *pte |= write && allowed ? HW_PTE_A | HW_PTE_D : HW_PTE_A;
     return (perm & HW_PTE_W) && !(*pte & HW_PTE_D);
 }
 /* State of one teardown slice. out == NULL discards the mfns (used when the

@@ -369,6 +369,15 @@ class RevisionTwo(client_helpers(iommu_op_v2.IOMMU_OP, iommu_op_v2.encode)):
         raw = iommu_op_v2.encode(row, domid=domid, subop=subop, arg=arg)
         return self.iommu_op_subop(row.number, raw, inner, subop)
 
+    def read_dirty_bitmap(self, ctx_no: int, dfn: int, nr_pages: int, flags: int = 0):
+        """read_dirty (xenemu's sub-op 13) with a bitmap of nr_pages bits
+        sent as a second region its handle points to: the result's `inner`
+        is the bitmap as the call left it."""
+        row = iommu_op_v2.SUBOPS_BY_NUMBER[iommu_op_v2.dirty.IOMMU_read_dirty]
+        raw = iommu_op_v2.encode(row, ctx_no=ctx_no, dfn=dfn, nr_pages=nr_pages, flags=flags,
+                                 bitmap=INNER_GADDR)
+        return self.iommu_op_subop(row.number, raw, bytes((nr_pages + 7) // 8))
+
     def iommu_op_subop(self, subop: int, raw: bytes, inner: bytes = b"",
                        inner_subop: int | None = None):
         raise NotImplementedError

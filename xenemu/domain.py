@@ -34,6 +34,8 @@ class Context:
     parent: int | None = None
     s1_root: int = 0
     pasids: set[tuple[int, int]] = field(default_factory=set)
+    # The walker keeps A/D bits (alloc_context's xenemu flag, abi/NESTED.md).
+    dirty_tracking: bool = False
 
     @property
     def nested(self) -> bool:

@@ -1060,10 +1060,9 @@ class Iommu:
     def _ad_update(self, c: _Context, dfn: int, perm: int, write: bool) -> int:
         """hw_ad_update on the leaf entry of dfn (present: just walked)."""
         table, index = self._leaf_table(c, dfn, False), self._index(dfn, 1)
-        pte = self._pte(table, index)
-        if not self._access(0, perm, 0, write)[0]:
-            pte |= PTE_A | PTE_D if write else PTE_A
-            self._set_pte(table, index, pte)
+        allowed = not self._access(0, perm, 0, write)[0]
+        pte = self._pte(table, index) | (PTE_A | PTE_D if write and allowed else PTE_A)
+        self._set_pte(table, index, pte)
         return int(bool(perm & PERM_W) and not pte & PTE_D)
 
     def read_dirty(self, ctx: int, dfn: int, n: int, clear: bool = True
