@@ -14,6 +14,7 @@ import pytest
 
 from support import DaemonProcess, abi_includes, assert_replays, checked_local
 from xenemu import snapshot
+from xenemu.cli import main
 from xenemu.client import RevisionTwoClient
 from xenemu.ctl import ControlError
 from xenemu.hypercalls import iommu_op_dirty as dirty
@@ -175,9 +176,10 @@ def test_snapshots_keep_the_flag_not_the_bits(m):
         snapshot.restore(snap)
 
 
-def test_through_the_daemon(tmp_path):
+def test_through_the_daemon(tmp_path, capsys):
     """The sub-op through a daemon's socket, DMA and read_dirty on its
-    control socket; the trace replays."""
+    control socket and through `xenemu ctl` (runs of pages); the trace
+    replays."""
     config = tmp_path / "dirty.toml"
     config.write_text('pv_iommu_revision = 2\nnested = true\n'
                       '[[domain]]\ndomid = 1\nmemory_mib = 16\ndevices = ["01:00.0"]\n')
@@ -191,6 +193,12 @@ def test_through_the_daemon(tmp_path):
             daemon.ctl("dma", sbdf=DEV, addr=0x1000, write=True, data=b"x")
             assert bits(daemon.ctl("read_dirty", domid=1, ctx_no=ctx, count=4,
                                    clear=False)["dirty"], 4) == [1]
+            assert main(["ctl", "--socket", daemon.control, "read_dirty", "domid=1",
+                         f"ctx_no={ctx}", "count=4", "clear=false"]) == 0
+            shown = capsys.readouterr().out.split("\n")
+            assert "1 of 4 pages dirty" in shown[0]
+            assert [line.split() for line in shown[3:5]] == [["0x1..0x1", "1", "D"],
+                                                             ["0x1..0x1", "1", "A"]]
             r = xen.read_dirty_bitmap(ctx, 0, 4)
             assert r.ok and r.inner == b"\x02"
             assert daemon.ctl("read_dirty", domid=1, ctx_no=ctx, count=4)["nr_dirty"] == 0

@@ -1,6 +1,7 @@
 """The `nested` fuzz target: a program for a small revision-2 machine with
-nested translation on (abi/NESTED.md). Its instructions are sub-ops 9-12
-with structs steered towards deep paths, the guest's stage-1 entries
+nested translation on (abi/NESTED.md). Its instructions are sub-ops 9-13
+(13: dirty tracking's read_dirty, over contexts allocated tracking or not,
+its bitmap in the frame or anywhere) with structs steered towards deep paths, the guest's stage-1 entries
 written into its memory (tables it points at, tables it does not, entries
 pointing beyond its memory, PS bits), DMA with and without a PASID, and
 stage-2 changes under the nested contexts (map, unmap, alloc and free of
@@ -15,6 +16,7 @@ import struct
 from xenemu import wire
 from xenemu.engine import Engine
 from xenemu.errno import XenErrno as E
+from xenemu.hypercalls import iommu_op_dirty as dirty
 from xenemu.hypercalls import iommu_op_v2 as v2
 from xenemu.hypervisor import Hypervisor
 from xenemu.machine import DomainConfig, MachineConfig
@@ -39,6 +41,7 @@ ALLOWED = {
     v2.IOMMU_unmap_pages: {0, -E.EINVAL, -E.ENOENT},
     v2.IOMMU_free_context: {0, -E.EINVAL, -E.ENOENT, -E.EBUSY},
     v2.IOMMU_alloc_context: {0, -E.ENOSPC, -E.ENOMEM},
+    dirty.IOMMU_read_dirty: {0, -E.EINVAL, -E.ENOENT, -E.E2BIG, -E.ERANGE},
 }
 
 
@@ -118,8 +121,17 @@ def nested(data: bytes) -> None:
         elif b[1] & 1:
             _call(engine, v2.IOMMU_free_context, _struct(
                 v2.IOMMU_free_context, ctx_no=b[2] % 6, free_flags=b[3] & 1))
+        elif b[1] & 2:
+            # read_dirty: the bitmap right after the struct, or a handle anywhere.
+            nr, here = (dirty.MAX_PAGES + 1 if b[6] & 0x80 else b[4] * 4), not b[6] & 1
+            raw = _struct(dirty.IOMMU_read_dirty, ctx_no=b[2] % 6, flags=b[3] % 3,
+                          nr_pages=nr, dfn=raw64 if b[5] & 1 else b[5],
+                          bitmap=GADDR + 32 if here else raw64)
+            _call(engine, dirty.IOMMU_read_dirty,
+                  raw + bytes((nr + 7) // 8 if here and nr < 4096 else 0))
         else:
-            _call(engine, v2.IOMMU_alloc_context, _struct(v2.IOMMU_alloc_context))
+            _call(engine, v2.IOMMU_alloc_context, _struct(
+                v2.IOMMU_alloc_context, alloc_flags=dirty.ALLOC_dirty_tracking * (b[3] & 1)))
     problems = hv.check_invariants()
     assert not problems, problems
     hv.contexts.guest_bugs()        # the audit of nested entries reads every one
