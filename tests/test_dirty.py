@@ -127,6 +127,27 @@ def test_errors_lose_no_dirty_bit(m, call, errno):
     assert bits(xen.read_dirty_bitmap(ctx, 0, 8).inner, 8) == [4]
 
 
+def test_nested_dma_leaves_its_stage_2_bits_alone(m):
+    """As abi/NESTED.md says (future work): DMA with a PASID through a nested
+    context over a tracked context sets none of the parent's bits; the
+    parent's own DMA does."""
+    xen, ctx = tracked(m)
+    root = 0x100                        # stage-1 tables at gfns (and parent dfns) 0x100..0x103
+    assert xen.map_pages(ctx, root, root, 4).ok
+    for level in range(3):
+        m.ctl("mem_write", domid=1, gfn=root + level,
+              data=(root + level + 1 << 12 | 3).to_bytes(8, "little"))
+    m.ctl("mem_write", domid=1, gfn=root + 3, data=(2 << 12 | 3).to_bytes(8, "little"))
+    nested = xen.alloc_nested(root, ctx_no=ctx).op.ctx_no
+    assert xen.attach_pasid(nested, 9, 0, 1, 0).ok
+    reply = m.ctl("dma", sbdf=DEV, pasid=9, addr=8, write=True, data=b"nested")
+    assert reply["done"] == 6 and m.ctl("mem_read", domid=1, gfn=GFN + 2, offset=8,
+                                        length=6)["data"] == b"nested"
+    assert xen.read_dirty_bitmap(ctx, 0, 4).inner == b"\0"
+    dma(m, 2, write=True)
+    assert bits(xen.read_dirty_bitmap(ctx, 0, 4).inner, 4) == [2]
+
+
 def test_contexts_without_the_flag_and_nested_ones_keep_no_bits(m):
     xen, ctx = tracked(m, flags=0)
     dma(m, 2, write=True)
