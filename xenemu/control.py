@@ -421,10 +421,9 @@ class Control:
         """Bitmaps of pages [dfn, dfn + count) of a context with dirty
         tracking, bit i (byte i // 8, bit i % 8) for page dfn + i: `dirty`
         (D, cleared unless clear is false) and `accessed` (A, kept)."""
-        dirty = iommu_op_dirty
         try:
-            ctx = dirty.tracked_context(self._domain(args.domid), args.ctx_no)
-            dirty.check_range(self.hv, args.dfn, args.count)
+            ctx = iommu_op_dirty.tracked_context(self._domain(args.domid), args.ctx_no)
+            iommu_op_dirty.check_range(self.hv, args.dfn, args.count)
         except HypercallError as e:
             raise RequestError(f"read_dirty: {e.why}") from None
         bits, accessed, n = self.hv.iommu.read_dirty(ctx.hw_id, args.dfn, args.count, args.clear)
