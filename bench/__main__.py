@@ -16,7 +16,7 @@ from xenemu import ctl_tables as tables
 
 # In the order of issue 6's sections.
 SECTIONS = ["bench.roundtrip", "bench.throughput", "bench.core", "bench.hw", "bench.codec",
-            "bench.scale", "bench.trace", "bench.limits", "bench.rev2"]
+            "bench.scale", "bench.trace", "bench.limits", "bench.rev2", "bench.dirty"]
 RESULTS = Path(__file__).resolve().parent / "results" / "latest.json"
 
 

@@ -237,6 +237,7 @@ struct hw_tlb_entry {
     uint32_t ctx;
     uint8_t perm;  /* HW_PTE_R / HW_PTE_W */
     uint8_t valid;
+    uint8_t clean; /* dirty tracking: writable, cached with D clear */
 };
 
 /* Set-associative: `ways` entries per set, set chosen by a hash of
@@ -286,6 +287,7 @@ struct hw_ctx {
     /* Page requests (hw_prq_*): on for this nested context, last group. */
     uint8_t prq;
     uint32_t prq_group;
+    uint8_t dirty_track;   /* the walker keeps A/D bits (hw_dirty_track) */
 };
 
 /* A PCI device's context entry: `ctx` is the only thing DMA reads, and
@@ -592,6 +594,38 @@ uint32_t hw_prq_list(const struct hw_iommu *io, struct hw_page_req *out,
  * by the context; HW_E_NOCTX / HW_E_NOTPRESENT for a context without page
  * requests or a pair not bound to it; HW_E_NOSPC past the bounds). */
 int hw_prq_load(struct hw_iommu *io, const struct hw_page_req *r);
+
+/* --- dirty tracking (xenemu's extension, dirty.c) ----------------------- */
+
+/*
+ * VT-d's second-level A/D support: in a context with dirty tracking on, the
+ * walker sets A (bit 8) in every present leaf entry it loads into the IOTLB
+ * (any access, even one its permissions then refuse: the entry is cached,
+ * so a later hit needs no update) and D (bit 9) for a write the entry
+ * allows. Upper-level entries keep no A/D bits. The IOTLB: an entry cached
+ * writable while D was clear is marked `clean`, and a write that hits it is
+ * handled as a miss (the entry dropped, the table walked again, D set, the
+ * entry refilled), as VT-d sets D only through a walk. Contexts without
+ * tracking never have clean entries, so their hits cost nothing more.
+ */
+#define HW_PTE_A (1ULL << 8)
+#define HW_PTE_D (1ULL << 9)
+
+/* Tracking on or off for a live, non-nested context (HW_E_INVAL if nested).
+ * Turning it on drops the context's cached translations, so that every
+ * write from then on walks and sets D; off leaves the bits as they are. */
+int hw_dirty_track(struct hw_iommu *io, uint32_t id, int on);
+/* Bitmaps of pages [dfn, dfn + n): bit i of dirty (byte i / 8, bit i % 8,
+ * as iommufd's) is D of page dfn + i, bit i of accessed (may be NULL) its A
+ * bit; pages not mapped read 0. len: the bytes of each bitmap, at least
+ * (n + 7) / 8 (HW_E_INVAL). HW_E_RANGE: the range leaves the width. With
+ * `clear`, D bits are cleared (A is kept) and the IOTLB entries of the
+ * cleared pages dropped (with the context's nested children's), counted as
+ * one invalidation, so the next write walks and sets D again. *ndirty: the
+ * pages found dirty. A context without tracking reads all zero. */
+int hw_dirty_read(struct hw_iommu *io, uint32_t id, uint64_t dfn, uint64_t n,
+                  int clear, uint8_t *dirty, uint8_t *accessed, uint64_t len,
+                  uint64_t *ndirty);
 
 /* END cffi public */
 

@@ -103,8 +103,8 @@ static inline struct hw_tlb_entry *hw_tlb_find(struct hw_iotlb *t,
             return &set[w];
     return NULL;
 }
-void hw_tlb_fill(struct hw_iotlb *t, uint32_t ctx, uint64_t dfn, uint64_t mfn,
-                 uint8_t perm);
+struct hw_tlb_entry *hw_tlb_fill(struct hw_iotlb *t, uint32_t ctx,
+                                 uint64_t dfn, uint64_t mfn, uint8_t perm);
 void hw_tlb_drop_range(struct hw_iotlb *t, uint32_t ctx, uint64_t dfn,
                        uint64_t n);
 void hw_tlb_drop_ctx(struct hw_iotlb *t, uint32_t ctx);
@@ -155,6 +155,19 @@ static inline void hw_count(struct hw_iommu *io, struct hw_ctx *c,
  * entries read to *walks. */
 uint64_t hw_pt_walk(const struct hw_iommu *io, const struct hw_ctx *c,
                     uint64_t dfn, uint64_t *walks);
+/* hw_pt_walk giving the present leaf entry itself (NULL if none), for
+ * the walker to set A/D bits in. */
+uint64_t *hw_pt_walk_entry(const struct hw_iommu *io, const struct hw_ctx *c,
+                           uint64_t dfn, uint64_t *walks);
+/* Dirty tracking on a walk: A when the walk loads the entry (it is then
+ * cached, so hits need no update), D for an allowed write; returns the new
+ * IOTLB entry's `clean` (writable, D still clear). */
+static inline uint8_t hw_ad_update(uint64_t *pte, uint8_t perm, int write,
+                                   int allowed)
+{
+    *pte |= write && allowed ? HW_PTE_A | HW_PTE_D : HW_PTE_A;
+    return (perm & HW_PTE_W) && !(*pte & HW_PTE_D);
+}
 /* State of one teardown slice. out == NULL discards the mfns (used when the
  * whole IOMMU is destroyed). */
 struct hw_td {

@@ -255,24 +255,28 @@ void hw_tlb_audit(struct hw_iommu *io, uint64_t *stale)
 }
 
 /* A miss: walk the tables and cache a present translation. 0 when the
- * address has no present entry. */
+ * address has no present entry. With dirty tracking the walk sets A/D for
+ * this access (hw_ad_update). */
 static int miss(struct hw_iommu *io, struct hw_ctx *c, uint32_t id,
-                uint64_t dfn, uint64_t *mfn, uint8_t *perm,
+                uint64_t dfn, int write, uint64_t *mfn, uint8_t *perm,
                 struct hw_counters *acc)
 {
-    uint64_t pte = hw_pt_walk(io, c, dfn, &acc->walks);
+    uint64_t *pte = hw_pt_walk_entry(io, c, dfn, &acc->walks);
     acc->misses++;
     if (!pte)
         return 0;
-    *mfn = (pte & HW_PTE_ADDR) >> HW_PAGE_SHIFT;
-    *perm = (uint8_t)(pte & HW_PTE_PERM);
+    *mfn = hw_pte_mfn(*pte);
+    *perm = (uint8_t)(*pte & HW_PTE_PERM);
     /* Cached even if this access faults: the entry itself is valid. */
-    hw_tlb_fill(&io->tlb, id, dfn, *mfn, *perm);
+    struct hw_tlb_entry *e = hw_tlb_fill(&io->tlb, id, dfn, *mfn, *perm);
+    if (c->dirty_track)
+        e->clean = hw_ad_update(pte, *perm, write,
+                                hw_perm_fault(*perm, write) == HW_FAULT_NONE);
     return 1;
 }
 
 /* One address through context c (live, id) and the IOTLB. Counts go to
- * *acc, added to the counters once per batch (count()), so that
+ * *acc, added to the counters once per batch (hw_count()), so that
  * hw_translate's loop, where this is inlined, keeps them in registers. */
 static int xlate(struct hw_iommu *io, struct hw_ctx *c, uint32_t id,
                         uint64_t addr, int write, uint64_t *maddr, int *stale,
@@ -286,6 +290,10 @@ static int xlate(struct hw_iommu *io, struct hw_ctx *c, uint32_t id,
     if (f != HW_FAULT_NONE)
         return f;
     struct hw_tlb_entry *e = hw_tlb_find(&io->tlb, id, dfn);
+    if (e && write && e->clean) {
+        e->valid = 0;       /* dirty tracking: a write walks to set D */
+        e = NULL;
+    }
     if (e) {
         acc->hits++;
         mfn = e->mfn;
@@ -299,7 +307,7 @@ static int xlate(struct hw_iommu *io, struct hw_ctx *c, uint32_t id,
                 return HW_FAULT_NONE;
             }
         }
-    } else if (!miss(io, c, id, dfn, &mfn, &perm, acc)) {
+    } else if (!miss(io, c, id, dfn, write, &mfn, &perm, acc)) {
         return HW_FAULT_NOT_PRESENT;
     }
     f = hw_perm_fault(perm, write);

@@ -34,8 +34,8 @@ void hw_tlb_fini(struct hw_iotlb *t)
 }
 
 /* Callers fill only after a miss, so the tag is not already cached. */
-void hw_tlb_fill(struct hw_iotlb *t, uint32_t ctx, uint64_t dfn, uint64_t mfn,
-                 uint8_t perm)
+struct hw_tlb_entry *hw_tlb_fill(struct hw_iotlb *t, uint32_t ctx,
+                                 uint64_t dfn, uint64_t mfn, uint8_t perm)
 {
     uint32_t s = hw_tlb_set(t, ctx, dfn);
     struct hw_tlb_entry *set = t->e + (uint64_t)s * t->ways;
@@ -48,6 +48,7 @@ void hw_tlb_fill(struct hw_iotlb *t, uint32_t ctx, uint64_t dfn, uint64_t mfn,
     }
     set[w] = (struct hw_tlb_entry){.dfn = dfn, .mfn = mfn, .ctx = ctx,
                                    .perm = perm, .valid = 1};
+    return &set[w];
 }
 
 void hw_tlb_drop_range(struct hw_iotlb *t, uint32_t ctx, uint64_t dfn,

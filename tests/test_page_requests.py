@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 
 from support import checked_local
-from test_nested import (DATA, DEV, L1, PASID, ROOT, build_stage1, dma, entry, fault_kind,
+from test_nested import (DATA, L1, PASID, ROOT, build_stage1, dma, entry, fault_kind,
                          machine, put)
 from xenemu.hypercalls import iommu_op_nested as nested
 from xenemu.hypercalls import iommu_op_prq as prq

@@ -180,6 +180,7 @@ VALID = {
     "dump": {"domid": 0, "ctx_no": 0, "dfn": 0, "count": 16},
     "fail_nth": {"nth": 0, "sites": ["table"]}, "snapshot": {"path": "/nonexistent/x.xs"},
 }
+VALID["read_dirty"] = {"domid": 0, "ctx_no": 0, "dfn": 0, "count": 16, "clear": False}
 
 
 def test_every_op_has_a_valid_example():

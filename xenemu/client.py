@@ -29,7 +29,7 @@ from typing import Any
 import trio
 
 from . import abi
-from .hypercalls import iommu_op_prq, iommu_op_v2, memory_op
+from .hypercalls import iommu_op_dirty, iommu_op_prq, iommu_op_v2, memory_op
 from .hypercalls.common import client_helpers
 from .hypercalls.iommu_op_v1 import IOMMU_OP, encode_subop
 from .errno import result_name
@@ -379,6 +379,15 @@ class RevisionTwo(client_helpers(iommu_op_v2.IOMMU_OP, iommu_op_v2.encode)):
         raw = iommu_op_v2.encode(row, ctx_no=ctx_no, max=max,
                                  requests=INNER_GADDR if requests is None else requests)
         return self.iommu_op_subop(row.number, raw, bytes(max * iommu_op_prq.ENTRY_SIZE))
+
+    def read_dirty_bitmap(self, ctx_no: int, dfn: int, nr_pages: int, flags: int = 0):
+        """read_dirty (xenemu's sub-op 13) with a bitmap of nr_pages bits
+        sent as a second region its handle points to: the result's `inner`
+        is the bitmap as the call left it."""
+        row = iommu_op_v2.SUBOPS_BY_NUMBER[iommu_op_dirty.IOMMU_read_dirty]
+        raw = iommu_op_v2.encode(row, ctx_no=ctx_no, dfn=dfn, nr_pages=nr_pages, flags=flags,
+                                 bitmap=INNER_GADDR)
+        return self.iommu_op_subop(row.number, raw, bytes((nr_pages + 7) // 8))
 
     def iommu_op_subop(self, subop: int, raw: bytes, inner: bytes = b"",
                        inner_subop: int | None = None):

@@ -20,7 +20,8 @@ import msgspec
 
 from . import hw, hypercalls
 from .errno import result_name
-from .hypercalls.common import UNKNOWN
+from .hypercalls import iommu_op_dirty
+from .hypercalls.common import UNKNOWN, HypercallError
 from .hw.common import InjectSite
 from .hypervisor import Hypervisor, MachineError
 from .machine import DomainFile, MiB, domain_from_file
@@ -144,6 +145,17 @@ ARGS: dict[str, type[msgspec.Struct]] = {
     "fail_nth": FailNthArgs, "snapshot": SnapshotArgs,
     "reserved_regions": DeviceArgs, "reserved_read": ReservedReadArgs,
 }
+
+
+class ReadDirtyArgs(DomainArgs, kw_only=True):
+    """Dirty tracking's read-and-clear (abi/NESTED.md), as sub-op 13."""
+    ctx_no: U16
+    dfn: U64 = 0
+    count: Annotated[int, msgspec.Meta(ge=1, le=iommu_op_dirty.MAX_PAGES)]
+    clear: bool = True
+
+
+ARGS["read_dirty"] = ReadDirtyArgs
 
 
 class Control:
@@ -406,6 +418,19 @@ class Control:
         if self.hv.config.nested:   # what guests did wrong that hardware lets them (abi/NESTED.md)
             reply["guest_bugs"] = self.hv.contexts.guest_bugs()
         return reply
+
+    def op_read_dirty(self, args: ReadDirtyArgs) -> dict:
+        """Bitmaps of pages [dfn, dfn + count) of a context with dirty
+        tracking, bit i (byte i // 8, bit i % 8) for page dfn + i: `dirty`
+        (D, cleared unless clear is false) and `accessed` (A, kept)."""
+        try:
+            ctx = iommu_op_dirty.tracked_context(self._domain(args.domid), args.ctx_no)
+            iommu_op_dirty.check_range(self.hv, args.dfn, args.count)
+        except HypercallError as e:
+            raise RequestError(f"read_dirty: {e.why}") from None
+        bits, accessed, n = self.hv.iommu.read_dirty(ctx.hw_id, args.dfn, args.count, args.clear)
+        return {"dfn": args.dfn, "count": args.count, "dirty": bytes(bits),
+                "accessed": bytes(accessed), "nr_dirty": n}
 
 
 OPERATIONS = sorted(ARGS)

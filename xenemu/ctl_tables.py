@@ -225,3 +225,34 @@ def reserved_regions(reply: dict) -> RenderableType:
 def stats(reply: dict) -> RenderableType:
     from .top import frame      # `xenemu top`'s frame, without rates
     return frame(None, reply)
+
+
+def _bit_runs(bitmap: bytes, count: int):
+    """(first, length) of each run of set bits among the first `count`
+    (bit i is byte i // 8, bit i % 8), byte by byte over zero bytes."""
+    i, start = 0, None
+    while i < count:
+        if start is None and not bitmap[i >> 3] and not i & 7:
+            i += 8
+            continue
+        on = bitmap[i >> 3] >> (i & 7) & 1
+        if on and start is None:
+            start = i
+        elif not on and start is not None:
+            yield start, i - start
+            start = None
+        i += 1
+    if start is not None:
+        yield start, min(i, count) - start
+
+
+@shows("read_dirty")
+def read_dirty(reply: dict) -> RenderableType:
+    """Runs of pages dirty (and of pages accessed), as `dump` shows mappings."""
+    dfn0, count = reply["dfn"], reply["count"]
+    t = table("dfn", ">pages", "bits", title=f"{reply['nr_dirty']} of {count} pages dirty")
+    for name in ("dirty", "accessed"):
+        for off, n in _bit_runs(reply[name], count):
+            t.add_row(f"{dfn0 + off:#x}..{dfn0 + off + n - 1:#x}", str(n),
+                      "D" if name == "dirty" else "A")
+    return t if t.row_count else Text(f"no page of {count} accessed or dirty")

@@ -35,6 +35,8 @@ class Context:
     s1_root: int = 0
     pasids: set[tuple[int, int]] = field(default_factory=set)
     page_requests: bool = False               # nested: stage-1 faults become page requests
+    # The walker keeps A/D bits (alloc_context's xenemu flag, abi/NESTED.md).
+    dirty_tracking: bool = False
 
     @property
     def nested(self) -> bool:

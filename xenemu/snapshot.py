@@ -42,6 +42,7 @@ import msgspec
 from . import __version__, hw
 from .domain import Context, Domain
 from .errno import XenError
+from .hypercalls import iommu_op_dirty
 from .hypervisor import PAGES_PER_MIB, Hypervisor, MachineError
 from .iommu_contexts import NO_LIMIT_TABLES
 from .machine import (MAX_DEVICES, MAX_DOMAINS, ConfigError, DomainConfig, MachineConfig,
@@ -152,6 +153,9 @@ class ContextState(_Map):
     devices: Annotated[list[Sbdf], msgspec.Meta(max_length=MAX_DEVICES)]
     mappings: list[Mapping]
     nested: NestedState | None = None
+    # alloc_context's dirty-tracking flag (abi/NESTED.md); the A/D bits
+    # themselves are not kept: a restored context reads all clean.
+    dirty_tracking: bool = False
 
 
 class DomainState(_Map):
@@ -249,6 +253,8 @@ def _take_context(hv: Hypervisor, ctx: Context) -> dict:
     entry = {"ctx_no": ctx.ctx_no, "dying": ctx.dying,
              "devices": [format_sbdf(s) for s in sorted(ctx.devices)],
              "mappings": [] if ctx.dying or ctx.nested else mappings(hv, ctx)}
+    if ctx.dirty_tracking:  # key absent otherwise, as "nested"
+        entry["dirty_tracking"] = True
     if ctx.nested:      # key absent otherwise: files without nested contexts stay as they were
         entry["nested"] = {"stage2": ctx.parent, "pgtable_gfn": ctx.s1_root,
                            "pasids": [[format_sbdf(s), p] for s, p in sorted(ctx.pasids)]}
@@ -538,6 +544,9 @@ def _restore_contexts(hv: Hypervisor, d: Domain, contexts: list[ContextState],
         here = f"{where}.contexts[{j}]"
         if (j == 0) != (ctx_no == 0):
             raise SnapshotError(f"{here}: context 0 comes first, and once")
+        if entry.dirty_tracking and (ctx_no == 0 or entry.nested or not hv.config.nested):
+            raise SnapshotError(f"{here}.dirty_tracking: only a PV-IOMMU context that is not "
+                                f"nested, on a nested machine, tracks dirty pages")
         if entry.nested is not None:
             continue        # once every stage 2 it may name is back
         if ctx_no == 0:
@@ -552,6 +561,8 @@ def _restore_contexts(hv: Hypervisor, d: Domain, contexts: list[ContextState],
                 ctx = hv.contexts.alloc(d, ctx_no)
             except XenError as e:
                 raise SnapshotError(f"{here}: {e.why}") from None
+            if entry.dirty_tracking:
+                iommu_op_dirty.start_tracking(hv, ctx)
             _map(hv, d, ctx, entry.mappings, here)
         ctx.dying = entry.dying
         if ctx.dying and ctx_no == 0:

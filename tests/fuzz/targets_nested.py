@@ -1,7 +1,8 @@
 """The `nested` fuzz target: a program for a small revision-2 machine with
-nested translation on (abi/NESTED.md). Its instructions are sub-ops 9-12,
-and 14-15 of I/O page faults (requests read into a buffer or a bad handle,
-answered with any code), with structs steered towards deep paths, the guest's stage-1 entries
+nested translation on (abi/NESTED.md). Its instructions are sub-ops 9-15
+(13: dirty tracking's read_dirty, over contexts allocated tracking or not, its bitmap in
+the frame or anywhere; 14-15: I/O page faults, requests read into a buffer or a bad
+handle, answered with any code) with structs steered towards deep paths, the guest's stage-1 entries
 written into its memory (tables it points at, tables it does not, entries
 pointing beyond its memory, PS bits), DMA with and without a PASID, and
 stage-2 changes under the nested contexts (map, unmap, alloc and free of
@@ -18,6 +19,7 @@ from xenemu.engine import Engine
 from xenemu.errno import XenErrno as E
 from xenemu.hypercalls import iommu_op_nested as nest
 from xenemu.hypercalls import iommu_op_prq as prq
+from xenemu.hypercalls import iommu_op_dirty as dirty
 from xenemu.hypercalls import iommu_op_v2 as v2
 from xenemu.hypervisor import Hypervisor
 from xenemu.machine import DomainConfig, MachineConfig
@@ -44,6 +46,7 @@ ALLOWED = {
     v2.IOMMU_alloc_context: {0, -E.ENOSPC, -E.ENOMEM},
     prq.IOMMU_read_page_requests: {0, -E.EINVAL, -E.ENOENT},
     prq.IOMMU_page_response: {0, -E.EINVAL, -E.ENOENT},
+    dirty.IOMMU_read_dirty: {0, -E.EINVAL, -E.ENOENT, -E.E2BIG, -E.ERANGE},
 }
 BUFFER = GADDR + 0x1000             # read_page_requests' buffer, when sent
 
@@ -134,8 +137,17 @@ def nested(data: bytes) -> None:
             _call(engine, prq.IOMMU_page_response, _struct(
                 prq.IOMMU_page_response, ctx_no=b[2] % 6, group=b[3] % 8,
                 code=(0, 1, 15, b[5])[b[4] % 4]))
+        elif b[1] % 8 == 4:
+            # read_dirty: the bitmap right after the struct, or a handle anywhere.
+            nr, here = (dirty.MAX_PAGES + 1 if b[6] & 0x80 else b[4] * 4), not b[6] & 1
+            raw = _struct(dirty.IOMMU_read_dirty, ctx_no=b[2] % 6, flags=b[3] % 3,
+                          nr_pages=nr, dfn=raw64 if b[5] & 1 else b[5],
+                          bitmap=GADDR + 32 if here else raw64)
+            _call(engine, dirty.IOMMU_read_dirty,
+                  raw + bytes((nr + 7) // 8 if here and nr < 4096 else 0))
         else:
-            _call(engine, v2.IOMMU_alloc_context, _struct(v2.IOMMU_alloc_context))
+            _call(engine, v2.IOMMU_alloc_context, _struct(
+                v2.IOMMU_alloc_context, alloc_flags=dirty.ALLOC_dirty_tracking * (b[3] & 1)))
     problems = hv.check_invariants()
     assert not problems, problems
     hv.contexts.guest_bugs()        # the audit of nested entries reads every one

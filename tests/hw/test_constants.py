@@ -22,6 +22,7 @@ def test_constants_match_c():
                                                        common.INTR_LAST)
     assert (lib.HW_MAX_CTX, lib.HW_MAX_DEV, lib.HW_MAX_FAULTS, lib.HW_MAX_POOLS) == (
         common.MAX_CONTEXTS, common.MAX_DEVICES, common.MAX_FAULTS, common.MAX_POOLS)
+    assert (lib.HW_PTE_A, lib.HW_PTE_D) == (common.PTE_A, common.PTE_D)
 
 
 def test_sbdf_packing():

@@ -88,6 +88,12 @@ nested_ops = st.one_of(
               st.integers(0, 6), st.integers(0, 3), st.sampled_from([0, 1, 15])),
 )
 
+# Dirty tracking: A/D bits set by the walker, read-and-clear of the bitmap.
+dirty_ops = st.one_of(
+    st.tuples(st.just("dirty_track"), ctxs, st.booleans()),
+    st.tuples(st.just("read_dirty"), ctxs, dfns, st.integers(0, 1100), st.booleans()),
+)
+
 
 def plain(x):
     """Results of either implementation in one comparable form."""
@@ -227,6 +233,10 @@ class Rig:
                     op[7]))
             if kind == "remove_device":
                 return io.remove_device(op[1])
+            if kind == "dirty_track":
+                return io.dirty_track(op[1], op[2])
+            if kind == "read_dirty":
+                return io.read_dirty(op[1], self.dfn(op[2]), op[3], op[4])
         except StaleIotlbError as e:
             return ("stale", e.done)
         except HwError as e:
@@ -247,6 +257,7 @@ class Rig:
                       [io.pasid_context(d, p) for d in DEVS for p in (1, 2)],
                       io.page_requests(),
                       [status_of(io.device_context, d) for d in DEVS[:2]],
+                      [status_of(io.read_dirty, c, 0, 1100, False) for c in (0, 1)],
                       self.m.refcounts(self.guest)))
 
 
@@ -345,3 +356,42 @@ def test_scripted_nested_sequence_agrees():
     rig = Rig(native, 39)
     maddr, faults = rig.io.translate_nested(3, 1, array("Q", [0, 1 << 12, 16 << 12]))
     assert list(faults) == [0, 0, 1] and maddr[0] == rig.guest[16] << 12
+
+
+@settings(max_examples=120, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from([39, 48]), st.lists(st.one_of(ops, dirty_ops, dirty_ops, nested_ops),
+                                           min_size=10, max_size=80))
+def test_random_dirty_sequences_agree(width, seq):
+    """A/D bits set by the walker (the tables are compared byte for byte),
+    the IOTLB's clean entries, read-and-clear of the bitmaps and what it
+    drops, mixed with the other operations."""
+    run_both(width, seq)
+
+
+def test_scripted_dirty_sequence_agrees():
+    """Tracking on; a read caches a clean entry that a write then walks
+    again; read-and-clear; its dropped entries; tracking off."""
+    seq = [("map_run", 0, 0, 0, 30, 3), ("map_run", 0, 30, 0, 4, 1),
+           ("dirty_track", 0, True),
+           ("dma", 0x100, (1, 0), 10, False), ("dma", 0x100, (1, 0), 10, True),
+           ("dma", 0x100, (2, 0), 9000, True), ("dma", 0x100, (31, 0), 8, True),
+           ("read_dirty", 0, 0, 40, False), ("read_dirty", 0, 0, 40, True),
+           ("read_dirty", 0, 0, 40, True), ("dma", 0x100, (3, 0), 8, True),
+           ("read_dirty", 0, 3, 1, True), ("dirty_track", 0, False),
+           ("dma", 0x100, (5, 0), 8, True), ("read_dirty", 0, ("top", -2), 2, True),
+           ("read_dirty", 0, ("top", -2), 4, True)]
+    run_both(39, seq)
+    rig = Rig(native, 39)
+    rig.io.map(0, 0, range(40, 48), 3)
+    rig.io.dirty_track(0, True)
+    rig.io.dma_read(0x100, 0, 8)            # page 0 read: A, and a clean IOTLB entry
+    rig.io.dma_write(0x100, 0x2000, b"x")   # page 2 written: A and D
+    rig.io.dma_write(0x100, 0, b"x")        # the clean entry walks again: D
+    dirty, accessed, n = rig.io.read_dirty(0, 0, 8, clear=True)
+    assert (dirty[0], accessed[0], n) == (0b101, 0b101, 2)
+    assert rig.io.read_dirty(0, 0, 8)[0][0] == 0          # cleared, A kept
+    misses = rig.io.counters().misses
+    rig.io.dma_write(0x100, 0x2000, b"y")   # its entry was dropped: walks, D again
+    assert rig.io.counters().misses == misses + 1
+    assert rig.io.read_dirty(0, 0, 8, clear=False)[0][0] == 0b100

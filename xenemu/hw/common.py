@@ -35,6 +35,10 @@ PASID_MAX = 0xFFFFF  #: PASIDs are 1..PASID_MAX (20 bits, as VT-d's)
 TLB_PASID_SHIFT = 36  #: an IOTLB tag is page | pasid << this
 MAX_PASID_BINDS = 4096  #: (device, PASID) bindings an IOMMU holds
 
+# Dirty tracking (xenemu's extension, cext/hw.h and abi/NESTED.md).
+PTE_A = 1 << 8       #: second-level leaf entry: accessed (VT-d SL A/D)
+PTE_D = 1 << 9       #: second-level leaf entry: dirty
+
 
 class Status(enum.IntEnum):
     """Why an operation stopped (0 = it did not)."""

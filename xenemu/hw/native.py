@@ -477,6 +477,25 @@ class Iommu:
         lib.hw_tlb_audit_nested(self._io, self._u64)
         return self._u64[0]
 
+    def dirty_track(self, ctx: int, on: bool) -> None:
+        """Dirty tracking of a (non-nested) context on or off: the walker
+        sets A on every allowed access and D on every allowed write in the
+        leaf entry (VT-d second-level A/D). On drops its cached entries."""
+        check_status(lib.hw_dirty_track(self._io, ctx, int(on)))
+
+    def read_dirty(self, ctx: int, dfn: int, n: int, clear: bool = True
+                   ) -> tuple[bytearray, bytearray, int]:
+        """(dirty bitmap, accessed bitmap, pages dirty) of pages [dfn,
+        dfn + n), bit i (byte i // 8, bit i % 8) for page dfn + i; with
+        `clear`, D bits are cleared and the pages' IOTLB entries dropped
+        (RANGE: the range leaves the width)."""
+        nbytes = (n + 7) // 8
+        dirty, accessed = bytearray(nbytes), bytearray(nbytes)
+        check_status(lib.hw_dirty_read(
+            self._io, ctx, dfn, n, int(clear), ffi.from_buffer("uint8_t[]", dirty),
+            ffi.from_buffer("uint8_t[]", accessed), nbytes, self._u64))
+        return dirty, accessed, self._u64[0]
+
     def faults(self) -> tuple[list[FaultRecord], bool]:
         """(fault records oldest first, overflow flag); the log keeps the
         first `fault_log` faults and sets overflow for any later one."""

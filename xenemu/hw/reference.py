@@ -18,7 +18,7 @@ from array import array
 from .common import (
     GFN_INVALID, INTR_FIRST, INTR_LAST, MAX_CONTEXTS, MAX_DEVICES, MAX_FAULTS, MAX_POOLS,
     MAX_PASID_BINDS, OWNER_NONE, PASID_MAX, S1_LEVELS, S1_P, S1_PS, S1_RW, TLB_PASID_SHIFT,
-    PAGE_SHIFT, PAGE_SIZE, PERM_RW, PERM_W, PERM_R, Counters, ContextInfo,
+    PAGE_SHIFT, PAGE_SIZE, PERM_RW, PERM_W, PERM_R, PTE_A, PTE_D, Counters, ContextInfo,
     Fault, FaultRecord, HwError, Injection, InjectSite, StaleIotlbError, Status,
     levels_for, MAX_PAGE_REQS, PRQ_PER_CTX, PageRequest, PrqCode, PrqState,
 )
@@ -233,13 +233,14 @@ class _Context:
 
     __slots__ = ("root", "mapped", "tables", "cursor", "ndevices", "state",
                  "cnt", "pool", "nested", "s1_root", "parent", "nchildren", "npasids",
-                 "prq", "prq_group")
+                 "prq", "prq_group", "dirty_track")
 
     def __init__(self, root: int, nested: bool = False):
         self.root = root
         self.nested = nested
         self.s1_root = self.parent = self.nchildren = self.npasids = 0
         self.prq, self.prq_group = False, 0
+        self.dirty_track = False
         self.pool = 0
         self.mapped = 0
         self.tables = 0 if nested else 1
@@ -269,6 +270,7 @@ class _Iotlb:
         self.dfn = array("Q", bytes(8 * entries))
         self.mfn = array("Q", bytes(8 * entries))
         self.perm = bytearray(entries)
+        self.clean = bytearray(entries)     # dirty tracking: writable, D clear
         self.rr = bytearray(self.nsets)
 
     def set_of(self, ctx: int, dfn: int) -> int:
@@ -283,7 +285,7 @@ class _Iotlb:
                 return i
         return -1
 
-    def fill(self, ctx: int, dfn: int, mfn: int, perm: int) -> None:
+    def fill(self, ctx: int, dfn: int, mfn: int, perm: int) -> int:
         s = self.set_of(ctx, dfn)
         base = s * self.ways
         w = 0
@@ -294,7 +296,8 @@ class _Iotlb:
             self.rr[s] = (w + 1) % self.ways
         i = base + w
         self.valid[i], self.ctx[i], self.dfn[i] = 1, ctx, dfn
-        self.mfn[i], self.perm[i] = mfn, perm
+        self.mfn[i], self.perm[i], self.clean[i] = mfn, perm, 0
+        return i
 
     def drop_range(self, ctx: int, dfn: int, n: int) -> None:
         if n <= len(self.valid):
@@ -686,6 +689,9 @@ class Iommu:
         dfn = addr >> PAGE_SHIFT
         tlb = self._tlb
         i = tlb.find(ctx, dfn)
+        if i >= 0 and write and tlb.clean[i]:
+            tlb.valid[i] = 0        # dirty tracking: a write walks to set D
+            i = -1
         if i >= 0:
             self._count(c, _HITS)
             mfn, perm = tlb.mfn[i], tlb.perm[i]
@@ -701,7 +707,9 @@ class Iommu:
             if not pte:
                 return Fault.NOT_PRESENT, 0
             mfn, perm = (pte & _ADDR) >> PAGE_SHIFT, pte & PERM_RW
-            tlb.fill(ctx, dfn, mfn, perm)
+            i = tlb.fill(ctx, dfn, mfn, perm)
+            if c.dirty_track:
+                tlb.clean[i] = self._ad_update(c, dfn, perm, write)
         return self._access(mfn, perm, addr, write)
 
     def translate(self, ctx: int, addrs, write: bool = False
@@ -1142,6 +1150,54 @@ class Iommu:
             if kind or mfn != t.mfn[i] or perm != t.perm[i]:
                 stale += 1
         return stale
+
+
+    # --- dirty tracking (cext/dirty.c) -------------------------------------
+    def dirty_track(self, ctx: int, on: bool) -> None:
+        c = self._get(ctx)
+        if on and not c.dirty_track:
+            self._tlb.drop_ctx(ctx)
+        c.dirty_track = bool(on)
+
+    def _ad_update(self, c: _Context, dfn: int, perm: int, write: bool) -> int:
+        """hw_ad_update on the leaf entry of dfn (present: just walked)."""
+        table, index = self._leaf_table(c, dfn, False), self._index(dfn, 1)
+        allowed = not self._access(0, perm, 0, write)[0]
+        pte = self._pte(table, index) | (PTE_A | PTE_D if write and allowed else PTE_A)
+        self._set_pte(table, index, pte)
+        return int(bool(perm & PERM_W) and not pte & PTE_D)
+
+    def read_dirty(self, ctx: int, dfn: int, n: int, clear: bool = True
+                   ) -> tuple[bytearray, bytearray, int]:
+        c = self._get(ctx)
+        if n and (dfn > self._max_dfn or n - 1 > self._max_dfn - dfn):
+            raise HwError(Status.RANGE)
+        dirty, accessed = bytearray((n + 7) // 8), bytearray((n + 7) // 8)
+        found = 0
+        for i in range(n):
+            try:
+                table = self._leaf_table(c, dfn + i, False)
+            except HwError:
+                continue
+            index = self._index(dfn + i, 1)
+            pte = self._pte(table, index)
+            if not self._present(pte):
+                continue
+            if pte & PTE_A:
+                accessed[i >> 3] |= 1 << (i & 7)
+            if not pte & PTE_D:
+                continue
+            dirty[i >> 3] |= 1 << (i & 7)
+            found += 1
+            if clear:
+                self._set_pte(table, index, pte & ~PTE_D)
+                j = self._tlb.find(ctx, dfn + i)
+                if j >= 0:
+                    self._tlb.valid[j] = 0
+        if clear and found:
+            self._stage2_changed(ctx, c)
+            self._count(c, _INVAL)
+        return dirty, accessed, found
 
 
 __all__ = ["Memory", "Iommu"]

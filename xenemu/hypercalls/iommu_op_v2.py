@@ -44,6 +44,7 @@ from ..domain import Context, Domain
 from ..errno import XenErrno, XenError
 from ..p2m import P2mType
 from ..pci import format_device, pack_sbdf
+from . import iommu_op_dirty as dirty
 from . import iommu_op_nested as nested
 from . import iommu_op_prq as prq
 from .common import (HYPERVISOR_iommu_op, Hazard, Hypercall, HypercallError, SubOp, SubopCall,
@@ -254,9 +255,13 @@ def _init(hv: Hypervisor, d: Domain, max_ctx_no: int, arena_order: int) -> None:
 
 
 def alloc_context_op(hv: Hypervisor, d: Domain, op: SubopCall) -> int:
-    """§5.4: alloc_flags ignored; the lowest free id; ctx_no set on success only."""
+    """§5.4: alloc_flags ignored (but xenemu's dirty-tracking bit on nested
+    machines); the lowest free id; ctx_no set on success only."""
     alloc = _view(op, Alloc)
-    alloc.ctx_no = hv.contexts.alloc(d).ctx_no
+    ctx = hv.contexts.alloc(d)
+    if dirty.wants_tracking(hv, alloc.alloc_flags):
+        dirty.start_tracking(hv, ctx)
+    alloc.ctx_no = ctx.ctx_no
     _write(op, Alloc, alloc)
     return 0
 
@@ -491,6 +496,11 @@ SUBOPS = (
     SubOp(IOMMU_detach_pasid, "detach_pasid", nested.detach_pasid_op, layout=DetachPasid,
           size=8, reads=False, copy_back=False, inputs=("dev", "pasid"),
           params=("pasid", ("seg", 0), ("bus", 0), ("devfn", 0))),
+    # 13: xenemu's dirty tracking (nested machines), past v7's table.
+    SubOp(dirty.IOMMU_read_dirty, "read_dirty", dirty.read_dirty_op, layout=dirty.ReadDirty,
+          size=32, reads=False, copy_back=False,
+          inputs=("ctx_no", "dfn", "nr_pages", "flags", "bitmap"), outputs=("nr_dirty",),
+          params=("ctx_no", "dfn", "nr_pages", ("flags", 0), ("bitmap", 0), ("nr_dirty", 0))),
     # 14-15: I/O page faults, xenemu's extension too (iommu_op_prq).
     SubOp(prq.IOMMU_read_page_requests, "read_page_requests", prq.read_page_requests_op,
           layout=prq.ReadPageRequests, size=24, reads=False, copy_back=False,
@@ -508,6 +518,7 @@ IOMMU_OP = Hypercall(
     subop_arg=0, handle_arg=1, subop_field="subop", unknown_errno=XenErrno.EOPNOTSUPP,
     log=log, log_prefix=PREFIX, gate=can_use_iommu_check,
     hex_fields=frozenset({"gfn", "dfn", "pgtable_gfn", "map_flags", "free_flags", "alloc_flags",
+                          "bitmap",
                           "cap_flags", "pgsize_mask", "max_iova_addr", "arg", "requests"}),
     formatters={"dev": format_device},
 )

@@ -47,6 +47,7 @@ HAZARD = "hazard"    # the hypercall (or round) just before would have crashed, 
 RECORDED_CONTROL = frozenset({
     "domain_create", "domain_destroy", "device_assign", "device_deassign",
     "p2m_set", "p2m_get", "mem_write", "mem_read", "dma", "faults", "fail_nth",
+    "read_dirty",
 })
 
 # -- sizes ------------------------------------------------------------------------------

@@ -81,6 +81,56 @@ typedef struct xenemu_iommu_flush_nested xenemu_iommu_flush_nested_t;
 DEFINE_XEN_GUEST_HANDLE(xenemu_iommu_flush_nested_t);
 
 /*
+ * Dirty tracking (xenemu's extension too, served on the same machines): a
+ * context allocated with XENEMU_IOMMU_ALLOC_dirty_tracking in alloc_context's
+ * alloc_flags keeps VT-d second-level access/dirty bits (the IOMMU sets A in
+ * a leaf entry on every access it translates, D on every write), and
+ * IOMMU_read_dirty reads and clears them over a range, as iommufd's
+ * IOMMU_HWPT_GET_DIRTY_BITMAP does. Xen ignores alloc_flags bits it does not
+ * know and answers sub-op 13 -EOPNOTSUPP.
+ */
+#define XENEMU_IOMMU_ALLOC_dirty_tracking (1U << 16)
+
+#define XENEMU_IOMMU_read_dirty 13
+
+/* read_dirty.flags: leave the D bits set (iommufd's _NO_CLEAR). */
+#define XENEMU_IOMMU_READ_DIRTY_no_clear (1U << 0)
+
+/* Pages one call reads at most (a 128 KiB bitmap); more is -E2BIG. */
+#define XENEMU_IOMMU_READ_DIRTY_MAX_PAGES (1U << 20)
+
+/**
+ * IOMMU_read_dirty (needs IOMMUCAP_nested), xenemu's sub-op 13.
+ * Writes a bitmap of pages [dfn, dfn + nr_pages) of ctx_no to `bitmap`: bit
+ * i (byte i / 8, bit i % 8) is 1 when page dfn + i was written by DMA since
+ * its D bit was last cleared; unless no_clear, those D bits are cleared and
+ * the IOMMU's cached translations of the pages invalidated, so the next
+ * write sets D again. Unmapped pages read 0. Copied back on success only.
+ */
+struct xenemu_iommu_read_dirty {
+    /* IN: a context allocated with XENEMU_IOMMU_ALLOC_dirty_tracking */
+    uint16_t ctx_no;
+    uint16_t pad0;
+
+    /* IN: XENEMU_IOMMU_READ_DIRTY_* */
+    uint32_t flags;
+
+    /* IN: pages to read (0 .. XENEMU_IOMMU_READ_DIRTY_MAX_PAGES) */
+    uint32_t nr_pages;
+
+    /* OUT: pages found dirty */
+    uint32_t nr_dirty;
+
+    /* IN: first IOVA page */
+    uint64_aligned_t dfn;
+
+    /* IN: guest address of (nr_pages + 7) / 8 bytes, written whole */
+    uint64_aligned_t bitmap;
+};
+typedef struct xenemu_iommu_read_dirty xenemu_iommu_read_dirty_t;
+DEFINE_XEN_GUEST_HANDLE(xenemu_iommu_read_dirty_t);
+
+/*
  * I/O page faults (xenemu's sub-ops 14 and 15, needs IOMMUCAP_nested). A
  * DMA with a PASID that meets a not-present stage-1 entry of a nested
  * context allocated with XENEMU_NESTED_PAGE_REQUESTS waits: a page request
@@ -170,6 +220,13 @@ __XENEMU_NESTED_AT(xenemu_iommu_flush_nested, flush_type, 4, flush_nested_flush_
 __XENEMU_NESTED_AT(xenemu_iommu_flush_nested, pasid, 8, flush_nested_pasid);
 __XENEMU_NESTED_AT(xenemu_iommu_flush_nested, nr_pages, 12, flush_nested_nr_pages);
 __XENEMU_NESTED_AT(xenemu_iommu_flush_nested, dfn, 16, flush_nested_dfn);
+__XENEMU_NESTED_ASSERT(sizeof(struct xenemu_iommu_read_dirty) == 32, read_dirty_size);
+__XENEMU_NESTED_AT(xenemu_iommu_read_dirty, ctx_no, 0, read_dirty_ctx_no);
+__XENEMU_NESTED_AT(xenemu_iommu_read_dirty, flags, 4, read_dirty_flags);
+__XENEMU_NESTED_AT(xenemu_iommu_read_dirty, nr_pages, 8, read_dirty_nr_pages);
+__XENEMU_NESTED_AT(xenemu_iommu_read_dirty, nr_dirty, 12, read_dirty_nr_dirty);
+__XENEMU_NESTED_AT(xenemu_iommu_read_dirty, dfn, 16, read_dirty_dfn);
+__XENEMU_NESTED_AT(xenemu_iommu_read_dirty, bitmap, 24, read_dirty_bitmap);
 
 __XENEMU_NESTED_ASSERT(sizeof(struct xenemu_page_request) == 24, page_request_size);
 __XENEMU_NESTED_AT(xenemu_page_request, addr, 0, page_request_addr);
