@@ -352,7 +352,8 @@ def test_the_c_example_guest(c_build, tmp_path):
     """clients/c/examples/nested_guest_v2.c against a daemon: its stage-1
     table, alloc_nested, attach_pasid, DMA, an edit the IOTLB hides until
     flush_nested, an I/O page fault serviced (tests/test_page_requests.py),
-    detach and free, every step as the program expects; the
+    detach and free, then dirty tracking (a tracked context, the device's
+    write in its bitmap once, then clean), every step as the program expects; the
     machine consistent after and the trace replaying."""
     config = tmp_path / "nested.toml"
     config.write_text(NESTED_TOML)
@@ -368,7 +369,10 @@ def test_the_c_example_guest(c_build, tmp_path):
                          "step=attach_pasid", "step=dma", "step=edit_without_flush",
                          "step=flush_nested", "step=dma_waits", "step=read_page_requests",
                          "step=page_request", "step=page_fault_serviced",     # I/O page faults
-                         "step=detach_pasid", "step=free_context"]
+                         "step=detach_pasid", "step=free_context",
+                         "step=alloc_tracked", "step=dma_tracked",            # dirty tracking
+                         "step=read_dirty", "step=dirty_page", "step=read_dirty",
+                         "step=dirty_cleared", "step=free_tracked"]
         assert "failures=0" in run.stdout
         assert daemon.ctl("check")["consistent"]
     finally:

@@ -287,13 +287,14 @@ static int device_write_waiting(const char *sbdf, uint64_t pasid, uint64_t iova,
     struct msg m = {.n = 0};
     size_t fn = 0, len = 0;
     const unsigned char *fault, *k;
-    put(&m, "\x86", 1);
+    put(&m, pasid ? "\x86" : "\x85", 1);     /* a map of 6 entries, or 5 without a PASID */
     put_str(&m, "op"), put_str(&m, "dma");
     put_str(&m, "sbdf"), put_str(&m, sbdf);
     put_str(&m, "addr"), put_uint(&m, iova);
     put_str(&m, "write"), put(&m, "\xc3", 1);
     put_str(&m, "data"), put_bin(&m, text, strlen(text));
-    put_str(&m, "pasid"), put_uint(&m, pasid);
+    if (pasid)
+        put_str(&m, "pasid"), put_uint(&m, pasid);
     if (control(&m))
         return -1;
     fault = lookup(reply.b, reply.n, "fault", &fn);
@@ -497,6 +498,44 @@ int main(int argc, char **argv)
     expect("detach_pasid", !st && !strcmp(kind, "NO_PASID"), kind);
     struct pv_iommu_free free_ = { .ctx_no = alloc.ctx_no };
     expect("free_context", xenemu_iommu_op2(conn, IOMMU_free_context, &free_) == 0, "");
+
+    /* 8. Dirty tracking, as a migration would use it: a context that keeps
+     * A/D bits (stage 2 of the device's own DMA, no PASID), pages gfn+4 and
+     * gfn+5 at IOVA pages 0x80-0x81, the device writing the second; the
+     * bitmap says so once, then reads clean (read-and-clear). */
+    struct pv_iommu_alloc tracked = { .alloc_flags = XENEMU_IOMMU_ALLOC_dirty_tracking };
+    ret = xenemu_iommu_op2(conn, IOMMU_alloc_context, &tracked);
+    expect("alloc_tracked", ret == 0, "");
+    struct pv_iommu_map_pages map = { .ctx_no = tracked.ctx_no, .gfn = gfn + 4, .dfn = 0x80,
+                                      .map_flags = IOMMU_MAP_readable | IOMMU_MAP_writeable,
+                                      .pgsize = 4096, .nr_pages = 2 };
+    struct pv_iommu_reattach_device move = { .ctx_no = tracked.ctx_no, .dev = dev };
+    st = xenemu_iommu_op2(conn, IOMMU_map_pages, &map) ||
+         xenemu_iommu_op2(conn, IOMMU_reattach_device, &move) ||
+         device_write(device, 0, (0x81 << 12) + 8, "dirty", kind, sizeof(kind));
+    expect("dma_tracked", !st && !strcmp(kind, "none"), kind);
+    for (int pass = 0; pass < 2; pass++) {
+        uint8_t bitmap[1] = { 0xFF };
+        struct xenemu_iommu_read_dirty rd = { .ctx_no = tracked.ctx_no, .nr_pages = 2,
+                                              .dfn = 0x80,
+                                              .bitmap = (uint64_t)(uintptr_t)bitmap };
+        uint64_t args[XENEMU_NR_ARGS] = { XENEMU_IOMMU_read_dirty, (uint64_t)(uintptr_t)&rd,
+                                          0, 0, 0 };
+        struct xenemu_buf bufs[2] = { { &rd, sizeof(rd) }, { bitmap, sizeof(bitmap) } };
+        ret = xenemu_hypercall(conn, __HYPERVISOR_iommu_op, args, bufs, 2);
+        printf("step=read_dirty ret=%ld nr_dirty=%u bitmap=0x%02x\n", ret, rd.nr_dirty,
+               bitmap[0]);
+        expect(pass ? "dirty_cleared" : "dirty_page", ret == 0 &&
+               rd.nr_dirty == (pass ? 0u : 1u) && bitmap[0] == (pass ? 0x0 : 0x2), "");
+    }
+    move.ctx_no = 0;
+    struct pv_iommu_unmap_pages unmap = { .ctx_no = tracked.ctx_no, .dfn = 0x80,
+                                          .pgsize = 4096, .nr_pages = 2 };
+    struct pv_iommu_free free_tracked = { .ctx_no = tracked.ctx_no };
+    st = xenemu_iommu_op2(conn, IOMMU_reattach_device, &move) ||
+         xenemu_iommu_op2(conn, IOMMU_unmap_pages, &unmap) ||
+         xenemu_iommu_op2(conn, IOMMU_free_context, &free_tracked);
+    expect("free_tracked", !st, "");
 
     xenemu_close(conn);
     close(control_fd);
