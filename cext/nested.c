@@ -164,19 +164,41 @@ static int stage2(const struct hw_iommu *io, const struct hw_ctx *p,
     return 1;
 }
 
+/* Stage 2 of a parent with dirty tracking on: its leaf entry for `dfn`
+ * (NULL when not mapped or beyond the width), whose A/D bits the walk sets. */
+static uint64_t *stage2_leaf(const struct hw_iommu *io, const struct hw_ctx *p,
+                             uint64_t dfn, uint64_t *walks)
+{
+    return dfn > max_dfn(io) ? NULL : hw_pt_walk_entry(io, p, dfn, walks);
+}
+
 /* The walk of a miss: stage 1 from c's root, each table page read through
  * stage 2, then stage 2 of the output. A fault kind; on HW_FAULT_NONE the
  * combined translation in *mfn, *perm (read as stage 2 allows it, write if
- * both stages allow it). */
-static int walk(const struct hw_iommu *io, const struct hw_ctx *c,
-                uint64_t dfn, uint64_t *mfn, uint8_t *perm, uint64_t *walks)
+ * both stages allow it). With `track` (a DMA's walk, not an audit) and
+ * dirty tracking on the parent, the stage-2 entries the walk loads get A
+ * (a table page's when it is read) and the output's D for an allowed write,
+ * as VT-d's second-level A/D on nested walks (hw_ad_update); *clean is then
+ * the IOTLB entry's mark (writable, D still clear), else 0. */
+static int walk(const struct hw_iommu *io, const struct hw_ctx *c, uint64_t dfn,
+                int write, int track, uint64_t *mfn, uint8_t *perm, uint8_t *clean,
+                uint64_t *walks)
 {
     const struct hw_ctx *p = &io->ctx[c->parent];
     uint64_t frame = c->s1_root, tm;
     uint8_t tp, s1w = HW_PTE_W;
+    track = track && p->dirty_track;
+    *clean = 0;
     for (uint32_t l = HW_S1_LEVELS; l >= 1; l--) {
-        if (!stage2(io, p, frame, &tm, &tp, walks) || !(tp & HW_PTE_R))
+        if (track) {
+            uint64_t *s = stage2_leaf(io, p, frame, walks);
+            if (!s || !(*s & HW_PTE_R))
+                return HW_FAULT_S1_TABLE;
+            *s |= HW_PTE_A;
+            tm = hw_pte_mfn(*s);
+        } else if (!stage2(io, p, frame, &tm, &tp, walks) || !(tp & HW_PTE_R)) {
             return HW_FAULT_S1_TABLE;
+        }
         uint64_t e = hw_table(io->m, tm)[hw_index_at(dfn, l)];
         (*walks)++;
         if (!(e & HW_S1_P))
@@ -186,6 +208,17 @@ static int walk(const struct hw_iommu *io, const struct hw_ctx *c,
         if (!(e & HW_S1_RW))
             s1w = 0;
         frame = hw_pte_mfn(e);
+    }
+    if (track) {
+        uint64_t *s = stage2_leaf(io, p, frame, walks);
+        if (!s)
+            return HW_FAULT_NOT_PRESENT;
+        *mfn = hw_pte_mfn(*s);
+        *perm = (uint8_t)((*s & HW_PTE_R) | (*s & s1w));
+        /* Cached even if this access faults, as a direct walk's entry is. */
+        *clean = hw_ad_update(s, *perm, write,
+                              hw_perm_fault(*perm, write) == HW_FAULT_NONE);
+        return HW_FAULT_NONE;
     }
     if (!stage2(io, p, frame, mfn, &tp, walks))
         return HW_FAULT_NOT_PRESENT;
@@ -207,16 +240,21 @@ static int xlate(struct hw_iommu *io, struct hw_ctx *c, uint32_t id,
     if (f != HW_FAULT_NONE)
         return f;
     struct hw_tlb_entry *e = hw_tlb_find(&io->tlb, id, tag(dfn, pasid));
+    if (e && write && e->clean) {
+        e->valid = 0;       /* dirty tracking on stage 2: a write walks to set D */
+        e = NULL;
+    }
     if (e) {
         acc->hits++;
         mfn = e->mfn;
         perm = e->perm;
     } else {
+        uint8_t clean;
         acc->misses++;
-        f = walk(io, c, dfn, &mfn, &perm, &acc->walks);
+        f = walk(io, c, dfn, write, 1, &mfn, &perm, &clean, &acc->walks);
         if (f != HW_FAULT_NONE)
             return f;
-        hw_tlb_fill(&io->tlb, id, tag(dfn, pasid), mfn, perm);
+        hw_tlb_fill(&io->tlb, id, tag(dfn, pasid), mfn, perm)->clean = clean;
     }
     f = hw_perm_fault(perm, write);
     if (f != HW_FAULT_NONE)
@@ -301,9 +339,9 @@ void hw_tlb_audit_nested(struct hw_iommu *io, uint64_t *guest_stale)
         if (!e->valid || e->ctx >= io->max_ctx || !io->ctx[e->ctx].nested)
             continue;
         uint64_t walks = 0, mfn = 0;
-        uint8_t perm = 0;
+        uint8_t perm = 0, clean;
         uint64_t dfn = e->dfn & ((1ULL << HW_TLB_PASID_SHIFT) - 1);
-        if (walk(io, &io->ctx[e->ctx], dfn, &mfn, &perm, &walks) !=
+        if (walk(io, &io->ctx[e->ctx], dfn, 0, 0, &mfn, &perm, &clean, &walks) !=
                 HW_FAULT_NONE || mfn != e->mfn || perm != e->perm)
             (*guest_stale)++;
     }

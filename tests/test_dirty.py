@@ -127,10 +127,13 @@ def test_errors_lose_no_dirty_bit(m, call, errno):
     assert bits(xen.read_dirty_bitmap(ctx, 0, 8).inner, 8) == [4]
 
 
-def test_nested_dma_leaves_its_stage_2_bits_alone(m):
-    """As abi/NESTED.md says (future work): DMA with a PASID through a nested
-    context over a tracked context sets none of the parent's bits; the
-    parent's own DMA does."""
+def test_nested_dma_sets_its_stage_2_bits(m):
+    """VT-d's second-level A/D on nested walks: DMA with a PASID through a
+    nested context over a tracked context sets A on the stage-2 entries of
+    the stage-1 table pages it reads and of the page it reaches, D for a
+    write; a read-and-clear of the parent drops the children's cached
+    translations, so the next nested write sets D again; a write through a
+    translation a read cached walks again."""
     xen, ctx = tracked(m)
     root = 0x100                        # stage-1 tables at gfns (and parent dfns) 0x100..0x103
     assert xen.map_pages(ctx, root, root, 4).ok
@@ -140,12 +143,19 @@ def test_nested_dma_leaves_its_stage_2_bits_alone(m):
     m.ctl("mem_write", domid=1, gfn=root + 3, data=(2 << 12 | 3).to_bytes(8, "little"))
     nested = xen.alloc_nested(root, ctx_no=ctx).op.ctx_no
     assert xen.attach_pasid(nested, 9, 0, 1, 0).ok
+    read = m.ctl("dma", sbdf=DEV, pasid=9, addr=8, length=4)      # cached by a read
+    assert read["done"] == 4
+    seen = m.ctl("read_dirty", domid=1, ctx_no=ctx, dfn=0, count=0x104, clear=False)
+    assert bits(seen["dirty"], 0x104) == []
+    assert bits(seen["accessed"], 0x104) == [2, 0x100, 0x101, 0x102, 0x103]
     reply = m.ctl("dma", sbdf=DEV, pasid=9, addr=8, write=True, data=b"nested")
     assert reply["done"] == 6 and m.ctl("mem_read", domid=1, gfn=GFN + 2, offset=8,
                                         length=6)["data"] == b"nested"
+    assert bits(xen.read_dirty_bitmap(ctx, 0, 4).inner, 4) == [2]      # read and cleared
     assert xen.read_dirty_bitmap(ctx, 0, 4).inner == b"\0"
-    dma(m, 2, write=True)
+    m.ctl("dma", sbdf=DEV, pasid=9, addr=16, write=True, data=b"again")
     assert bits(xen.read_dirty_bitmap(ctx, 0, 4).inner, 4) == [2]
+    assert not m.ctl("check")["problems"]
 
 
 def test_contexts_without_the_flag_and_nested_ones_keep_no_bits(m):

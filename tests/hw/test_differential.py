@@ -369,6 +369,21 @@ def test_random_dirty_sequences_agree(width, seq):
     run_both(width, seq)
 
 
+def test_scripted_nested_dirty_sequence_agrees():
+    """Tracking on the rig's stage 2 (S2): nested reads set A on the stage-1
+    table pages' and the output's stage-2 entries, a nested write through a
+    clean entry walks again and sets D, read-and-clear drops the nested
+    context's cached translations."""
+    seq = [("dirty_track", S2, True),
+           ("translate_nested", 3, 1, [(0, 8), (15, 0)], False),
+           ("translate_nested", 3, 1, [(0, 8)], True),
+           ("read_dirty", S2, 0, 64, False), ("read_dirty", S2, 0, 64, True),
+           ("translate_nested", 3, 1, [(0, 0)], True), ("read_dirty", S2, 0, 64, True),
+           ("dirty_track", S2, False), ("translate_nested", 3, 1, [(0, 0)], True),
+           ("read_dirty", S2, 0, 64, True)]
+    run_both(39, seq)
+
+
 def test_scripted_dirty_sequence_agrees():
     """Tracking on; a read caches a clean entry that a write then walks
     again; read-and-clear; its dropped entries; tracking off."""

@@ -969,27 +969,40 @@ class Iommu:
         walks[0] += n
         return ((pte & _ADDR) >> PAGE_SHIFT, pte & PERM_RW) if pte else None
 
-    def _nested_walk(self, c: _Context, dfn: int, walks: list) -> tuple[int, int, int]:
-        """(fault kind, combined mfn, combined perm) of a miss (cext/nested.c walk)."""
+    def _nested_walk(self, c: _Context, dfn: int, walks: list, write: bool = False,
+                     track: bool = False) -> tuple[int, int, int, int]:
+        """(fault kind, combined mfn, combined perm, clean) of a miss
+        (cext/nested.c walk); with `track` and dirty tracking on the parent,
+        A/D bits of the stage-2 entries it loads are set."""
         p = self._ctx[c.parent]
         frame, s1w = c.s1_root, PERM_W
+        track = track and p.dirty_track
         for level in range(S1_LEVELS, 0, -1):
             table = self._stage2(p, frame, walks)
             if table is None or not table[1] & PERM_R:
-                return Fault.S1_TABLE, 0, 0
+                return Fault.S1_TABLE, 0, 0, 0
+            if track:
+                self._set_accessed(p, frame)
             e = self._pte(table[0], self._index(dfn, level))
             walks[0] += 1
             if not e & S1_P:
-                return _S1_NOT_PRESENT, 0, 0
+                return _S1_NOT_PRESENT, 0, 0, 0
             if level > 1 and e & S1_PS:
-                return Fault.S1_TABLE, 0, 0
+                return Fault.S1_TABLE, 0, 0, 0
             if not e & S1_RW:
                 s1w = 0
             frame = (e & _ADDR) >> PAGE_SHIFT
         out = self._stage2(p, frame, walks)
         if out is None:
-            return Fault.NOT_PRESENT, 0, 0
-        return Fault.NONE, out[0], (out[1] & PERM_R) | (out[1] & s1w)
+            return Fault.NOT_PRESENT, 0, 0, 0
+        perm = (out[1] & PERM_R) | (out[1] & s1w)
+        clean = self._ad_update(p, frame, perm, write) if track else 0
+        return Fault.NONE, out[0], perm, clean
+
+    def _set_accessed(self, c: _Context, dfn: int) -> None:
+        """A in the present leaf entry of dfn (a nested walk read a table page there)."""
+        table, index = self._leaf_table(c, dfn, False), self._index(dfn, 1)
+        self._set_pte(table, index, self._pte(table, index) | PTE_A)
 
     def _xlate_nested(self, ctx: int, c: _Context, pasid: int, addr: int,
                       write: bool) -> tuple[int, int]:
@@ -1000,17 +1013,20 @@ class Iommu:
         tag = dfn | pasid << TLB_PASID_SHIFT
         tlb = self._tlb
         i = tlb.find(ctx, tag)
+        if i >= 0 and write and tlb.clean[i]:
+            tlb.valid[i] = 0        # dirty tracking on stage 2: a write walks to set D
+            i = -1
         if i >= 0:
             self._count(c, _HITS)
             mfn, perm = tlb.mfn[i], tlb.perm[i]
         else:
             self._count(c, _MISSES)
             walks = [0]
-            kind, mfn, perm = self._nested_walk(c, dfn, walks)
+            kind, mfn, perm, clean = self._nested_walk(c, dfn, walks, write, track=True)
             self._count(c, _WALKS, walks[0])
             if kind:
                 return kind, 0
-            tlb.fill(ctx, tag, mfn, perm)
+            tlb.clean[tlb.fill(ctx, tag, mfn, perm)] = clean
         return self._access(mfn, perm, addr, write)
 
     def translate_nested(self, ctx: int, pasid: int, addrs, write: bool = False
@@ -1146,7 +1162,8 @@ class Iommu:
             c = self._ctx[t.ctx[i]] if t.ctx[i] < len(self._ctx) else None
             if not t.valid[i] or c is None or not c.nested:
                 continue
-            kind, mfn, perm = self._nested_walk(c, t.dfn[i] & ((1 << TLB_PASID_SHIFT) - 1), [0])
+            kind, mfn, perm, _ = self._nested_walk(c, t.dfn[i] & ((1 << TLB_PASID_SHIFT) - 1),
+                                                   [0])
             if kind or mfn != t.mfn[i] or perm != t.perm[i]:
                 stale += 1
         return stale
