@@ -95,3 +95,40 @@ int hw_dirty_read(struct hw_iommu *io, uint32_t id, uint64_t dfn, uint64_t n,
     *ndirty = found;
     return HW_OK;
 }
+
+int hw_dirty_load(struct hw_iommu *io, uint32_t id, uint64_t dfn, uint64_t n,
+                  const uint8_t *dirty, const uint8_t *accessed, uint64_t len,
+                  uint64_t *bad)
+{
+    struct hw_ctx *c;
+    int st = hw_ctx_get(io, id, &c);
+    uint64_t max_dfn = io->max_iova >> HW_PAGE_SHIFT;
+    *bad = 0;
+    if (st != HW_OK)
+        return st;
+    if (!c->dirty_track || !dirty || !accessed || len < n / 8 + (n % 8 != 0))
+        return HW_E_INVAL;
+    if (n && (dfn > max_dfn || n - 1 > max_dfn - dfn))
+        return HW_E_RANGE;
+    /* Pass 0 checks every page with a bit, pass 1 sets them. */
+    for (int pass = 0; pass < 2; pass++) {
+        for (uint64_t i = 0; i < n; i++) {
+            uint64_t a = accessed[i >> 3] >> (i & 7) & 1, d = dirty[i >> 3] >> (i & 7) & 1;
+            if (!a && !d)
+                continue;
+            uint64_t span = 0, *leaf = leaf_of(io, c, dfn + i, &span);
+            uint64_t *pte = leaf ? &leaf[hw_index_at(dfn + i, 1)] : NULL;
+            if (!pte || !hw_pte_present(io->m, *pte)) {
+                *bad = i;
+                return HW_E_NOTPRESENT;
+            }
+            if (d && !a) {          /* the walker sets A with any D */
+                *bad = i;
+                return HW_E_INVAL;
+            }
+            if (pass)
+                *pte |= HW_PTE_A | (d ? HW_PTE_D : 0);
+        }
+    }
+    return HW_OK;
+}

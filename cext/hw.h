@@ -626,6 +626,15 @@ int hw_dirty_track(struct hw_iommu *io, uint32_t id, int on);
 int hw_dirty_read(struct hw_iommu *io, uint32_t id, uint64_t dfn, uint64_t n,
                   int clear, uint8_t *dirty, uint8_t *accessed, uint64_t len,
                   uint64_t *ndirty);
+/* Set A and D bits of pages [dfn, dfn + n) as a restored machine had them
+ * (bitmaps as hw_dirty_read's; no IOTLB change: a restored IOTLB is empty).
+ * All or nothing: a context without tracking, or a bitmap shorter than
+ * (n + 7) / 8 bytes, is HW_E_INVAL; a bit of a page not mapped
+ * HW_E_NOTPRESENT and D without A HW_E_INVAL, both with *bad the page's
+ * index; HW_E_RANGE: the range leaves the width. */
+int hw_dirty_load(struct hw_iommu *io, uint32_t id, uint64_t dfn, uint64_t n,
+                  const uint8_t *dirty, const uint8_t *accessed, uint64_t len,
+                  uint64_t *bad);
 
 /* END cffi public */
 

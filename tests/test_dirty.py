@@ -189,22 +189,74 @@ def test_a_machine_without_nested_keeps_xens_answers(tmp_path):
             m.ctl("read_dirty", domid=1, ctx_no=ctx, count=8)
 
 
-def test_snapshots_keep_the_flag_not_the_bits(m):
+def saved(hv) -> dict:
+    """A snapshot as a file holds it (msgpack's types)."""
+    import msgpack
+    return msgpack.unpackb(msgpack.packb(snapshot.take(hv), use_bin_type=True), raw=False)
+
+
+def test_snapshots_keep_the_flag_and_the_bits(m):
     xen, ctx = tracked(m)
+    dma(m, 1, write=False)
     dma(m, 2, write=True)
-    snap = snapshot.take(m.hv)
+    dma(m, 3, write=True)
+    snap = saved(m.hv)
     entry = next(c for c in snap["domains"][1]["contexts"] if c["ctx_no"] == ctx)
     assert entry["dirty_tracking"] is True
+    assert (entry["accessed"], entry["dirty"]) == ([[1, 3]], [[2, 2]])
     hv = snapshot.restore(snap)
     hw_id = hv.domains[1].context(ctx).hw_id
-    assert hv.iommu.read_dirty(hw_id, 0, 16)[2] == 0            # restored clean
-    hv.dma(0x100, 2 << 12, data=b"again")
-    assert bits(hv.iommu.read_dirty(hw_id, 0, 16)[0], 16) == [2]  # tracking goes on
-    entry["dirty_tracking"] = True
-    zero = snap["domains"][1]["contexts"][0]
-    zero["dirty_tracking"] = True
-    with pytest.raises(snapshot.SnapshotError, match=r"contexts\[0\]\.dirty_tracking"):
+    dirty, accessed, n = hv.iommu.read_dirty(hw_id, 0, 16, clear=False)
+    assert (bits(dirty, 16), bits(accessed, 16), n) == ([2, 3], [1, 2, 3], 2)
+    assert not hv.check_invariants()
+    hv.iommu.read_dirty(hw_id, 0, 16)                          # cleared
+    hv.dma(0x100, 7 << 12, data=b"again")
+    assert bits(hv.iommu.read_dirty(hw_id, 0, 16)[0], 16) == [7]  # tracking goes on
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda e, z: z.update(dirty_tracking=True), r"contexts\[0\]\.dirty_tracking"),
+    (lambda e, z: e.update(accessed=[[4, 20]]), r"accessed\[0\]: pages 0x4\+20 are not within"),
+    (lambda e, z: e.update(accessed=[[1, 1]], dirty=[[2, 1]]), r"a dirty page outside"),
+    (lambda e, z: z.update(accessed=[[0, 1]]), r"contexts\[0\]: accessed or dirty pages of a "
+                                               r"context without dirty_tracking"),
+])
+def test_a_snapshot_with_bits_it_cannot_have_is_refused(m, change, message):
+    xen, ctx = tracked(m)
+    assert xen.unmap_pages(ctx, 0, 1).ok            # page 0 not mapped
+    dma(m, 2, write=True)
+    snap = saved(m.hv)
+    contexts = snap["domains"][1]["contexts"]
+    change(next(c for c in contexts if c["ctx_no"] == ctx), contexts[0])
+    with pytest.raises(snapshot.SnapshotError, match=message):
         snapshot.restore(snap)
+
+
+@pytest.mark.parametrize("impl", ["native", "reference"])
+def test_loading_bits_checks_every_page_first(impl):
+    """The hardware's loader (a restore's): all or nothing, the page at
+    fault named; C and its twin alike."""
+    from xenemu.hw import native, reference
+    hwm = {"native": native, "reference": reference}[impl]
+    memory = hwm.Memory(64 << 20)
+    io = hwm.Iommu(memory, width=39)
+    ctx = io.alloc_context()
+    io.map(ctx, 0, range(100, 104), 3)
+    one = bytes([0b1111])
+    with pytest.raises(Exception) as refused:       # tracking is off
+        io.load_dirty(ctx, 0, 4, bytes(1), one)
+    assert refused.value.status.name == "INVAL"
+    io.dirty_track(ctx, True)
+    with pytest.raises(Exception) as refused:       # page 4 is not mapped
+        io.load_dirty(ctx, 0, 5, bytes(1), bytes([0b11111]))
+    assert (refused.value.status.name, refused.value.index) == ("NOTPRESENT", 4)
+    with pytest.raises(Exception) as refused:       # D without A
+        io.load_dirty(ctx, 0, 4, bytes([0b0100]), bytes([0b0011]))
+    assert (refused.value.status.name, refused.value.index) == ("INVAL", 2)
+    assert io.read_dirty(ctx, 0, 4, clear=False)[1] == bytes(1)     # nothing was set
+    io.load_dirty(ctx, 0, 4, bytes([0b0100]), bytes([0b0110]))
+    dirty, accessed, n = io.read_dirty(ctx, 0, 4, clear=False)
+    assert (dirty, accessed, n) == (bytearray([0b0100]), bytearray([0b0110]), 1)
 
 
 def test_through_the_daemon(tmp_path, capsys):

@@ -31,6 +31,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import re
 import time
 from array import array
 from pathlib import Path
@@ -108,6 +109,12 @@ class Mapping(_Row):
     perm: Literal[1, 2, 3]
 
 
+class PageRun(_Row):
+    """`count` pages from `dfn` (a tracked context's accessed or dirty pages)."""
+    dfn: U64
+    count: Count
+
+
 class FaultRecord(_Row):
     sbdf: Sbdf
     addr: U64
@@ -153,9 +160,11 @@ class ContextState(_Map):
     devices: Annotated[list[Sbdf], msgspec.Meta(max_length=MAX_DEVICES)]
     mappings: list[Mapping]
     nested: NestedState | None = None
-    # alloc_context's dirty-tracking flag (abi/NESTED.md); the A/D bits
-    # themselves are not kept: a restored context reads all clean.
+    # alloc_context's dirty-tracking flag (abi/NESTED.md), and the pages
+    # whose A and D bits are set (D only where A is, as the walker sets them).
     dirty_tracking: bool = False
+    accessed: list[PageRun] = []
+    dirty: list[PageRun] = []
 
 
 class DomainState(_Map):
@@ -253,8 +262,9 @@ def _take_context(hv: Hypervisor, ctx: Context) -> dict:
     entry = {"ctx_no": ctx.ctx_no, "dying": ctx.dying,
              "devices": [format_sbdf(s) for s in sorted(ctx.devices)],
              "mappings": [] if ctx.dying or ctx.nested else mappings(hv, ctx)}
-    if ctx.dirty_tracking:  # key absent otherwise, as "nested"
+    if ctx.dirty_tracking:  # keys absent otherwise, as "nested"
         entry["dirty_tracking"] = True
+        entry["accessed"], entry["dirty"] = _ad_runs(hv, ctx, entry["mappings"])
     if ctx.nested:      # key absent otherwise: files without nested contexts stay as they were
         entry["nested"] = {"stage2": ctx.parent, "pgtable_gfn": ctx.s1_root,
                            "pasids": [[format_sbdf(s), p] for s, p in sorted(ctx.pasids)]}
@@ -265,6 +275,56 @@ def _take_context(hv: Hypervisor, ctx: Context) -> dict:
                  "code": int(r.code)}
                 for r in hv.iommu.page_requests() if r.ctx == ctx.hw_id])
     return entry
+
+
+# A bitmap byte as 8 bytes of 0/1 (bit i of the byte is page i, as
+# read_dirty's bitmaps): runs of pages are then found by a regex, in C.
+_BITS = [bytes((b >> i) & 1 for i in range(8)) for b in range(256)]
+
+
+def _ad_runs(hv: Hypervisor, ctx: Context, runs: list[list[int]]) -> tuple[list, list]:
+    """[[dfn, count], ...] of the accessed and of the dirty pages of a
+    tracked context's mappings, read without clearing (one C call a run)."""
+    accessed, dirty = [], []
+    for dfn, _, count, _ in runs:
+        d, a, _ = hv.iommu.read_dirty(ctx.hw_id, dfn, count, clear=False)
+        for bitmap, out in ((a, accessed), (d, dirty)):
+            pages = b"".join(_BITS[b] for b in bitmap)[:count]
+            out += [[dfn + m.start(), m.end() - m.start()]
+                    for m in re.finditer(rb"\x01+", pages)]
+    return accessed, dirty
+
+
+def _load_ad(hv: Hypervisor, ctx: Context, entry: ContextState, where: str) -> None:
+    """Set the A/D bits a tracked context had: each accessed run at once,
+    its dirty pages among it; all or nothing for the context."""
+    dirty = [(r.dfn, r.count) for r in entry.dirty]
+    for k, run in enumerate(entry.accessed):
+        # Within one of its mappings (which the restore checked against the
+        # domain's memory): that bounds the bitmaps built here.
+        if not any(m.dfn <= run.dfn and run.dfn + run.count <= m.dfn + m.count
+                   for m in entry.mappings):
+            raise SnapshotError(f"{where}.accessed[{k}]: pages {run.dfn:#x}+{run.count} are "
+                                f"not within one of the context's mappings")
+        d_bits = 0
+        for dfn, count in dirty:
+            lo, hi = max(dfn, run.dfn), min(dfn + count, run.dfn + run.count)
+            if lo < hi:
+                d_bits |= ((1 << (hi - lo)) - 1) << (lo - run.dfn)
+        nbytes = (run.count + 7) // 8
+        try:
+            hv.iommu.load_dirty(ctx.hw_id, run.dfn, run.count, d_bits.to_bytes(nbytes, "little"),
+                                (((1 << run.count) - 1)).to_bytes(nbytes, "little"))
+        except hw.HwError as e:
+            page = run.dfn + (e.index or 0)
+            raise SnapshotError(f"{where}.accessed[{k}]: page {page:#x} "
+                                f"{'is not mapped' if e.status == hw.Status.NOTPRESENT else 'refused'}"
+                                f" ({e.status.name})") from None
+    inside = sum(max(0, min(d + c, r.dfn + r.count) - max(d, r.dfn))
+                 for d, c in dirty for r in entry.accessed)
+    if inside != sum(c for _, c in dirty):
+        raise SnapshotError(f"{where}.dirty: a dirty page outside the accessed runs (the walker "
+                            f"sets A with every D)")
 
 
 def mappings(hv: Hypervisor, ctx: Context) -> list[list[int]]:
@@ -544,6 +604,9 @@ def _restore_contexts(hv: Hypervisor, d: Domain, contexts: list[ContextState],
         here = f"{where}.contexts[{j}]"
         if (j == 0) != (ctx_no == 0):
             raise SnapshotError(f"{here}: context 0 comes first, and once")
+        if (entry.accessed or entry.dirty) and not entry.dirty_tracking:
+            raise SnapshotError(f"{here}: accessed or dirty pages of a context without "
+                                f"dirty_tracking")
         if entry.dirty_tracking and (ctx_no == 0 or entry.nested or not hv.config.nested):
             raise SnapshotError(f"{here}.dirty_tracking: only a PV-IOMMU context that is not "
                                 f"nested, on a nested machine, tracks dirty pages")
@@ -564,6 +627,8 @@ def _restore_contexts(hv: Hypervisor, d: Domain, contexts: list[ContextState],
             if entry.dirty_tracking:
                 iommu_op_dirty.start_tracking(hv, ctx)
             _map(hv, d, ctx, entry.mappings, here)
+            if entry.dirty_tracking:
+                _load_ad(hv, ctx, entry, here)
         ctx.dying = entry.dying
         if ctx.dying and ctx_no == 0:
             raise SnapshotError(f"{here}: the default context is never freed")

@@ -496,6 +496,19 @@ class Iommu:
             ffi.from_buffer("uint8_t[]", accessed), nbytes, self._u64))
         return dirty, accessed, self._u64[0]
 
+    def load_dirty(self, ctx: int, dfn: int, n: int, dirty, accessed) -> None:
+        """Set the A/D bits of pages [dfn, dfn + n) from bitmaps as
+        read_dirty gives them (a restored machine's); HwError with the
+        index of the page at fault (NOTPRESENT: not mapped; INVAL: D
+        without A, or the context does not track)."""
+        nbytes = (n + 7) // 8
+        if len(dirty) < nbytes or len(accessed) < nbytes:
+            raise HwError(Status.INVAL)
+        st = lib.hw_dirty_load(self._io, ctx, dfn, n, ffi.from_buffer("uint8_t[]", dirty),
+                               ffi.from_buffer("uint8_t[]", accessed), nbytes, self._u64)
+        if st:
+            raise HwError(st, self._u64[0])
+
     def faults(self) -> tuple[list[FaultRecord], bool]:
         """(fault records oldest first, overflow flag); the log keeps the
         first `fault_log` faults and sets overflow for any later one."""

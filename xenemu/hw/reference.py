@@ -1184,6 +1184,31 @@ class Iommu:
         self._set_pte(table, index, pte)
         return int(bool(perm & PERM_W) and not pte & PTE_D)
 
+    def load_dirty(self, ctx: int, dfn: int, n: int, dirty, accessed) -> None:
+        c = self._get(ctx)
+        nbytes = (n + 7) // 8
+        if not c.dirty_track or len(dirty) < nbytes or len(accessed) < nbytes:
+            raise HwError(Status.INVAL)
+        if n and (dfn > self._max_dfn or n - 1 > self._max_dfn - dfn):
+            raise HwError(Status.RANGE)
+        todo = []
+        for i in range(n):
+            a, d = accessed[i >> 3] >> (i & 7) & 1, dirty[i >> 3] >> (i & 7) & 1
+            if not a and not d:
+                continue
+            try:
+                table = self._leaf_table(c, dfn + i, False)
+            except HwError:
+                raise HwError(Status.NOTPRESENT, i) from None
+            index = self._index(dfn + i, 1)
+            if not self._present(self._pte(table, index)):
+                raise HwError(Status.NOTPRESENT, i)
+            if d and not a:
+                raise HwError(Status.INVAL, i)
+            todo.append((table, index, PTE_A | (PTE_D if d else 0)))
+        for table, index, bits in todo:
+            self._set_pte(table, index, self._pte(table, index) | bits)
+
     def read_dirty(self, ctx: int, dfn: int, n: int, clear: bool = True
                    ) -> tuple[bytearray, bytearray, int]:
         c = self._get(ctx)
