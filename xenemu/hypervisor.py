@@ -101,14 +101,22 @@ class Hypervisor:
         so that domains still get ascending frames."""
         if not self.config.rmrr:
             return
-        top = max(start + pages for _, start, pages in self.config.rmrr)
-        frames = self.memory.alloc(top, owner=DOMID_IO)     # 0 .. top-1: a new machine's first
-        reserved = set()
-        for _, start, pages in self.config.rmrr:
-            reserved.update(range(start, start + pages))
-        self.memory.free(array("Q", [m for m in reversed(frames) if m not in reserved]))
-        for _, start, pages in self.config.rmrr:
-            self.memory.set_m2p(array("Q", range(start, start + pages)), start)
+        ranges = sorted((start, start + pages) for _, start, pages in self.config.rmrr)
+        top = ranges[-1][1]          # the ranges do not overlap (machine_problem)
+        frames = self.memory.alloc(top, owner=DOMID_IO)
+        # A new machine hands its frames out in order, from 0.
+        assert len(frames) == top and frames[0] == 0 and frames[-1] == top - 1, "frame order"
+        gaps, at = [], 0
+        for lo, hi in ranges:
+            if at < lo:
+                gaps.append((at, lo))
+            at = hi
+        free = array("Q")
+        for lo, hi in reversed(gaps):       # freed last to first: reused lowest first
+            free.extend(range(hi - 1, lo - 1, -1))
+        self.memory.free(free)
+        for lo, hi in ranges:
+            self.memory.set_m2p(array("Q", range(lo, hi)), lo)
 
     def reserved_regions(self, sbdf: int) -> list[tuple[int, int, str]]:
         """A device's reserved regions as virtio-iommu's probe reports them:
