@@ -103,6 +103,20 @@ static inline struct hw_tlb_entry *hw_tlb_find(struct hw_iotlb *t,
             return &set[w];
     return NULL;
 }
+
+/* The entry a translation of (ctx, tag) for a read or a write may use, or
+ * NULL (a miss). Dirty tracking: a write through a `clean` entry (cached
+ * writable with D clear) drops it and misses, so the walk sets D. */
+static inline struct hw_tlb_entry *hw_tlb_hit(struct hw_iotlb *t, uint32_t ctx,
+                                              uint64_t tag, int write)
+{
+    struct hw_tlb_entry *e = hw_tlb_find(t, ctx, tag);
+    if (e && write && e->clean) {
+        e->valid = 0;
+        return NULL;
+    }
+    return e;
+}
 struct hw_tlb_entry *hw_tlb_fill(struct hw_iotlb *t, uint32_t ctx,
                                  uint64_t dfn, uint64_t mfn, uint8_t perm);
 void hw_tlb_drop_range(struct hw_iotlb *t, uint32_t ctx, uint64_t dfn,

@@ -289,11 +289,7 @@ static int xlate(struct hw_iommu *io, struct hw_ctx *c, uint32_t id,
     int f = hw_addr_fault(io, addr);
     if (f != HW_FAULT_NONE)
         return f;
-    struct hw_tlb_entry *e = hw_tlb_find(&io->tlb, id, dfn);
-    if (e && write && e->clean) {
-        e->valid = 0;       /* dirty tracking: a write walks to set D */
-        e = NULL;
-    }
+    struct hw_tlb_entry *e = hw_tlb_hit(&io->tlb, id, dfn, write);
     if (e) {
         acc->hits++;
         mfn = e->mfn;

@@ -124,7 +124,7 @@ class Hypervisor:
         wherever it is attached ("direct"), and the interrupt window every
         device's writes there are interrupts in ("msi")."""
         regions = [(start << hw.PAGE_SHIFT, ((start + pages) << hw.PAGE_SHIFT) - 1, "direct")
-                   for s, start, pages in self.config.rmrr if s == sbdf]
+                   for start, pages in self.contexts.rmrrs.get(sbdf, ())]
         return regions + [(hw.INTR_FIRST, hw.INTR_LAST, "msi")]
 
     def read_reserved(self, pfn: int, offset: int, length: int) -> bytes:

@@ -285,6 +285,15 @@ class _Iotlb:
                 return i
         return -1
 
+    def hit(self, ctx: int, tag: int, write: bool) -> int:
+        """The slot a translation may use, or -1 (cext's hw_tlb_hit): a
+        write through a clean entry drops it, so the walk sets D."""
+        i = self.find(ctx, tag)
+        if i >= 0 and write and self.clean[i]:
+            self.valid[i] = 0
+            return -1
+        return i
+
     def fill(self, ctx: int, dfn: int, mfn: int, perm: int) -> int:
         s = self.set_of(ctx, dfn)
         base = s * self.ways
@@ -688,10 +697,7 @@ class Iommu:
             return f, 0
         dfn = addr >> PAGE_SHIFT
         tlb = self._tlb
-        i = tlb.find(ctx, dfn)
-        if i >= 0 and write and tlb.clean[i]:
-            tlb.valid[i] = 0        # dirty tracking: a write walks to set D
-            i = -1
+        i = tlb.hit(ctx, dfn, write)
         if i >= 0:
             self._count(c, _HITS)
             mfn, perm = tlb.mfn[i], tlb.perm[i]
@@ -1012,10 +1018,7 @@ class Iommu:
         dfn = addr >> PAGE_SHIFT
         tag = dfn | pasid << TLB_PASID_SHIFT
         tlb = self._tlb
-        i = tlb.find(ctx, tag)
-        if i >= 0 and write and tlb.clean[i]:
-            tlb.valid[i] = 0        # dirty tracking on stage 2: a write walks to set D
-            i = -1
+        i = tlb.hit(ctx, tag, write)
         if i >= 0:
             self._count(c, _HITS)
             mfn, perm = tlb.mfn[i], tlb.perm[i]
