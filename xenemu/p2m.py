@@ -16,6 +16,7 @@ Python settles it) and the owners of foreign gfns.
 from __future__ import annotations
 
 import enum
+import struct
 from array import array
 
 from .errno import XenErrno
@@ -50,6 +51,10 @@ _KINDS = (P2mType.RAM, P2mType.INVALID, P2mType.PAGED_OUT, P2mType.PAGING_IN,
           P2mType.SHARED, P2mType.MMIO, P2mType.FOREIGN)
 _KIND_NO = {t: no for no, t in enumerate(_KINDS)}
 _ram_run, _kind_at, _run_after = lib.p2m_ram_run, lib.p2m_kind_at, lib.p2m_run_after
+# struct p2m_run as bytes (start, end, kind, padding): runs() unpacks the
+# array in one pass instead of three cffi field reads a run.
+_RUN = struct.Struct("=QQi4x")
+assert _RUN.size == ffi.sizeof("struct p2m_run") and ffi.offsetof("struct p2m_run", "kind") == 16
 
 
 class P2m:
@@ -114,7 +119,8 @@ class P2m:
         c = self.c_p2m
         if not c.nr_runs:
             return []
-        return [(r.start, r.end - r.start, _KINDS[r.kind]) for r in c.runs[0:c.nr_runs]]
+        return [(s, e - s, _KINDS[k])
+                for s, e, k in _RUN.iter_unpack(ffi.buffer(c.runs, c.nr_runs * _RUN.size))]
 
     def state(self) -> tuple[list[tuple[int, int, P2mType]], dict[int, float]]:
         """The runs that are not RAM, and the page-ins under way (gfn -> the
