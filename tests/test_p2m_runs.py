@@ -252,3 +252,20 @@ def test_many_runs_grow_the_array_and_stay_in_order():
     assert p.first_non_ram(1, 3)[0] == 1 and p.type_of(4094) is P2mType.MMIO
     p.set_run(0, 4096, P2mType.INVALID)             # one run again
     assert p.runs() == [(0, 4096, P2mType.INVALID)]
+
+
+def test_a_zero_page_map_inside_a_paged_out_run_maps_nothing_and_pages_nothing_in(local):
+    # Through the engine: map_pages of 0 pages at gfn 0x521, inside paged-out
+    # gfns 0x520-0x523, returns 0 as Xen's empty loop does (the Python lists'
+    # version answered -EIO and started a page-in there, but not at 0x520).
+    xen = local.client(0)
+    for g in range(0x520, 0x524):
+        local.ctl("p2m_set", domid=0, gfn=g, type="paged_out")
+    ctx = xen.alloc_context().op.ctx_no
+    res = xen.map_pages(ctx, 0x521, 0x900, 0)
+    assert (res.ret, res.op.map_pages.mapped) == (0, 0)
+    assert local.ctl("p2m_get", domid=0, gfn=0x521)["type"] == "paged_out"
+    assert xen.map_pages(ctx, 0x51F, 0x900, 3).ret == -XenErrno.EIO     # one page, then 0x520
+    assert local.ctl("p2m_get", domid=0, gfn=0x520)["type"] == "paging_in"
+    assert xen.unmap_pages(ctx, 0x900, 1).ret == 0
+    assert xen.free_context(ctx).ret == 0

@@ -54,14 +54,15 @@ _ram_run, _kind_at, _run_after = lib.p2m_ram_run, lib.p2m_kind_at, lib.p2m_run_a
 # struct p2m_run as bytes (start, end, kind, padding): runs() unpacks the
 # array in one pass instead of three cffi field reads a run.
 _RUN = struct.Struct("=QQi4x")
-assert _RUN.size == ffi.sizeof("struct p2m_run") and ffi.offsetof("struct p2m_run", "kind") == 16
+if _RUN.size != ffi.sizeof("struct p2m_run") or ffi.offsetof("struct p2m_run", "kind") != 16:
+    raise ImportError("struct p2m_run's layout is not (uint64, uint64, int, padding)")
 
 
 class P2m:
     def __init__(self, mfns: array, clock, page_in_delay: float):
         if not (isinstance(mfns, array) and mfns.typecode == "Q"):
             raise TypeError("a p2m's frames are an array('Q')")
-        self.mfns = mfns                       # gfn -> mfn for every gfn below nr_pages
+        self.mfns = mfns                       # gfn -> mfn for every gfn below nr_pages; never rebound
         # C reads mfns through this pointer for the p2m's life: the buffer
         # export it holds makes any resize of mfns raise BufferError, so
         # the pointer and nr_pages stay true.
