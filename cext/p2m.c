@@ -78,6 +78,12 @@ enum p2m_kind p2m_kind_at(const struct p2m *p, uint64_t gfn)
     return i < p->nr_runs && p->runs[i].start <= gfn ? p->runs[i].kind : P2M_RAM;
 }
 
+uint64_t p2m_run_end(const struct p2m *p, uint64_t gfn)
+{
+    size_t i = p2m_run_after(p, gfn);
+    return i < p->nr_runs && p->runs[i].start <= gfn ? p->runs[i].end : gfn;
+}
+
 size_t p2m_run_count(const struct p2m *p)
 {
     return p->nr_runs;

@@ -68,6 +68,10 @@ int p2m_set_run(struct p2m *p, uint64_t gfn, uint64_t count, enum p2m_kind kind)
  * holding gfn if one does, else the next non-RAM run after it. */
 size_t p2m_run_after(const struct p2m *p, uint64_t gfn);
 
+/* The end of the run holding gfn; gfn itself when no run holds it (RAM, or
+ * at or beyond nr_pages). */
+uint64_t p2m_run_end(const struct p2m *p, uint64_t gfn);
+
 /* The number of runs, and the i-th in order: 0, or -1 if i >= nr_runs. */
 size_t p2m_run_count(const struct p2m *p);
 int p2m_run_get(const struct p2m *p, size_t i, struct p2m_run *out);

@@ -242,6 +242,8 @@ def test_p2m_ram_run_and_set_run_in_c():
     assert (run.start, run.end, run.kind) == (10, 14, lib.P2M_PAGING_IN)
     assert lib.p2m_run_get(c, 1, run) == -1
     assert lib.p2m_run_after(c, 9) == 0 and lib.p2m_run_after(c, 14) == 1
+    assert lib.p2m_run_end(c, 10) == 14 and lib.p2m_run_end(c, 13) == 14
+    assert lib.p2m_run_end(c, 9) == 9 and lib.p2m_run_end(c, 14) == 14 and lib.p2m_run_end(c, 40) == 40
 
 
 def test_many_runs_grow_the_array_and_stay_in_order():

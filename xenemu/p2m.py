@@ -50,7 +50,7 @@ TYPE_ERROR = {
 _KINDS = (P2mType.RAM, P2mType.INVALID, P2mType.PAGED_OUT, P2mType.PAGING_IN,
           P2mType.SHARED, P2mType.MMIO, P2mType.FOREIGN)
 _KIND_NO = {t: no for no, t in enumerate(_KINDS)}
-_ram_run, _kind_at, _run_after = lib.p2m_ram_run, lib.p2m_kind_at, lib.p2m_run_after
+_ram_run, _kind_at, _run_end = lib.p2m_ram_run, lib.p2m_kind_at, lib.p2m_run_end
 # struct p2m_run as bytes (start, end, kind, padding): runs() unpacks the
 # array in one pass instead of three cffi field reads a run.
 _RUN = struct.Struct("=QQi4x")
@@ -74,7 +74,6 @@ class P2m:
         # adjacent runs of one type joined: a run costs one entry whatever
         # its length, so a snapshot's run of a million pages is one.
         self.c_p2m = ffi.gc(c, lib.p2m_destroy)
-        self._run = ffi.new("struct p2m_run *")
         self._page_in_done: dict[int, float] = {}
         # FOREIGN gfn -> (owner domid, owner's gfn): set one gfn at a time on
         # the control socket, so at most one entry per gfn of the domain.
@@ -138,10 +137,10 @@ class P2m:
 
     def run_end(self, gfn: int) -> int:
         """The end of the run of one type that holds gfn (not RAM)."""
-        run = self._run
-        if lib.p2m_run_get(self.c_p2m, _run_after(self.c_p2m, gfn), run) or run.start > gfn:
+        end = _run_end(self.c_p2m, gfn)
+        if end == gfn:
             raise ValueError(f"gfn {gfn:#x} is RAM: it is in no run")
-        return run.end
+        return end
 
     def first_non_ram(self, gfn: int, n: int,
                       page_in: bool = True) -> tuple[int, XenErrno | None, str]:
