@@ -96,7 +96,7 @@ class Model:
 
 NR = st.integers(1, 24)
 # Few kinds, most often the same ones, so that runs often meet and join.
-KIND = st.one_of(st.sampled_from([P2mType.RAM, P2mType.MMIO, P2mType.SHARED]),
+KIND = st.one_of(st.sampled_from([P2mType.RAM, P2mType.MMIO, P2mType.PAGED_OUT]),
                  st.sampled_from(TYPES))
 OPS = st.lists(st.tuples(
     st.sampled_from(["set", "set", "set", "type_of", "fnr", "ram_run", "run_end", "tick",
