@@ -3,17 +3,24 @@
 The frames of guest RAM live in one array('Q') indexed by gfn (no Python
 object per page). The gfns that are not plain RAM - paged out, being paged
 in, shared, MMIO, ballooned out - are kept as sorted runs of one type, so
-checking or setting a run of gfns is a bisect and a slice, not a loop over
-pages, and a run costs the same whatever its length.
+checking or setting a run of gfns is a binary search and a move of a few
+runs, not a loop over pages, and a run costs the same whatever its length.
+
+The runs live in C (cext/p2m.c), in the struct the C fast path reads
+(`P2m.c_p2m`), and nowhere else: P2m changes them only through
+p2m_set_run, so C never reads a stale copy. What C does not read stays
+here: the page-ins under way (a PAGING_IN gfn is not RAM to C until
+Python settles it) and the owners of foreign gfns.
 """
 
 from __future__ import annotations
 
-import bisect
 import enum
+import struct
 from array import array
 
 from .errno import XenErrno
+from .hw._hwlib import ffi, lib
 
 
 class P2mType(enum.Enum):
@@ -39,15 +46,34 @@ TYPE_ERROR = {
 }
 
 
+# P2mType in the order of cext/p2m.h's enum p2m_kind (P2M_RAM = 0, ...).
+_KINDS = (P2mType.RAM, P2mType.INVALID, P2mType.PAGED_OUT, P2mType.PAGING_IN,
+          P2mType.SHARED, P2mType.MMIO, P2mType.FOREIGN)
+_KIND_NO = {t: no for no, t in enumerate(_KINDS)}
+_ram_run, _kind_at, _run_end = lib.p2m_ram_run, lib.p2m_kind_at, lib.p2m_run_end
+# struct p2m_run as bytes (start, end, kind, padding): runs() unpacks the
+# array in one pass instead of three cffi field reads a run.
+_RUN = struct.Struct("=QQi4x")
+if _RUN.size != ffi.sizeof("struct p2m_run") or ffi.offsetof("struct p2m_run", "kind") != 16:
+    raise ImportError("struct p2m_run's layout is not (uint64, uint64, int, padding)")
+
+
 class P2m:
     def __init__(self, mfns: array, clock, page_in_delay: float):
-        self.mfns = mfns                       # gfn -> mfn for every gfn below nr_pages
+        if not (isinstance(mfns, array) and mfns.typecode == "Q"):
+            raise TypeError("a p2m's frames are an array('Q')")
+        self.mfns = mfns                       # gfn -> mfn for every gfn below nr_pages; never rebound
+        # C reads mfns through this pointer for the p2m's life: the buffer
+        # export it holds makes any resize of mfns raise BufferError, so
+        # the pointer and nr_pages stay true.
+        self._lent = ffi.from_buffer("uint64_t[]", mfns)
+        c = lib.p2m_create(self._lent, len(mfns))
+        if c == ffi.NULL:
+            raise MemoryError("no memory for a p2m")
         # The gfns that are not RAM, as sorted runs [start, end) of one type,
-        # adjacent runs of one type joined: a run costs three list slots
-        # whatever its length, so a snapshot's run of a million pages is one.
-        self._starts: list[int] = []
-        self._ends: list[int] = []
-        self._kinds: list[P2mType] = []
+        # adjacent runs of one type joined: a run costs one entry whatever
+        # its length, so a snapshot's run of a million pages is one.
+        self.c_p2m = ffi.gc(c, lib.p2m_destroy)
         self._page_in_done: dict[int, float] = {}
         # FOREIGN gfn -> (owner domid, owner's gfn): set one gfn at a time on
         # the control socket, so at most one entry per gfn of the domain.
@@ -61,8 +87,7 @@ class P2m:
         return len(self.mfns)
 
     def _kind(self, gfn: int) -> P2mType:
-        i = bisect.bisect_right(self._starts, gfn) - 1
-        return self._kinds[i] if i >= 0 and gfn < self._ends[i] else P2mType.RAM
+        return _KINDS[_kind_at(self.c_p2m, gfn)]
 
     def type_of(self, gfn: int) -> P2mType:
         if not 0 <= gfn < self.nr_pages:
@@ -75,35 +100,13 @@ class P2m:
 
     def set_run(self, gfn: int, count: int, t: P2mType) -> None:
         """gfns [gfn, gfn + count) become t: the runs they cut are split, in
-        a few list operations whatever count is."""
+        one C call whatever count is."""
         end = gfn + count
         if count <= 0 or not 0 <= gfn or end > self.nr_pages:
             raise ValueError(f"gfns {gfn:#x}+{count} are beyond the domain's memory")
-        starts, ends, kinds = self._starts, self._ends, self._kinds
-        lo = bisect.bisect_right(ends, gfn)        # first run ending after gfn
-        hi = bisect.bisect_left(starts, end)       # first run starting at or after end
-        keep = []                                  # the parts of cut runs outside the range
-        if lo < hi and starts[lo] < gfn:
-            keep.append((starts[lo], gfn, kinds[lo]))
-        if lo < hi and ends[hi - 1] > end:
-            keep.append((end, ends[hi - 1], kinds[hi - 1]))
-        pieces = sorted(keep + ([(gfn, end, t)] if t is not P2mType.RAM else []))
-        # Join what touches and has one type: the pieces, and the runs on either side.
-        if lo > 0:
-            lo -= 1
-            pieces.insert(0, (starts[lo], ends[lo], kinds[lo]))
-        if hi < len(starts):
-            pieces.append((starts[hi], ends[hi], kinds[hi]))
-            hi += 1
-        new: list[tuple[int, int, P2mType]] = []
-        for piece in pieces:
-            if new and new[-1][1] == piece[0] and new[-1][2] is piece[2]:
-                new[-1] = (new[-1][0], piece[1], piece[2])
-            else:
-                new.append(piece)
-        starts[lo:hi] = [s for s, _, _ in new]
-        ends[lo:hi] = [e for _, e, _ in new]
-        kinds[lo:hi] = [k for _, _, k in new]
+        if lib.p2m_set_run(self.c_p2m, gfn, count, _KIND_NO[t]) != lib.P2M_OK:
+            # The range is checked above and t is a P2mType: only memory is left.
+            raise MemoryError(f"no memory for the p2m's runs (gfns {gfn:#x}+{count})")
         if t is not P2mType.FOREIGN and self.foreign:
             for g in [g for g in self.foreign if gfn <= g < end]:
                 del self.foreign[g]
@@ -113,7 +116,11 @@ class P2m:
 
     def runs(self) -> list[tuple[int, int, P2mType]]:
         """(gfn, count, type) of each run of gfns that are not RAM, in order."""
-        return [(s, e - s, k) for s, e, k in zip(self._starts, self._ends, self._kinds)]
+        c = self.c_p2m
+        if not c.nr_runs:
+            return []
+        return [(s, e - s, _KINDS[k])
+                for s, e, k in _RUN.iter_unpack(ffi.buffer(c.runs, c.nr_runs * _RUN.size))]
 
     def state(self) -> tuple[list[tuple[int, int, P2mType]], dict[int, float]]:
         """The runs that are not RAM, and the page-ins under way (gfn -> the
@@ -130,7 +137,10 @@ class P2m:
 
     def run_end(self, gfn: int) -> int:
         """The end of the run of one type that holds gfn (not RAM)."""
-        return self._ends[bisect.bisect_right(self._starts, gfn) - 1]
+        end = _run_end(self.c_p2m, gfn)
+        if end == gfn:
+            raise ValueError(f"gfn {gfn:#x} is RAM: it is in no run")
+        return end
 
     def first_non_ram(self, gfn: int, n: int,
                       page_in: bool = True) -> tuple[int, XenErrno | None, str]:
@@ -140,22 +150,23 @@ class P2m:
         gfn met here starts its page-in, as p2m_mem_paging_populate does,
         unless not `page_in` (revision 2's get_paged_frame asks for none).
         """
-        limit = max(0, min(n, self.nr_pages - gfn)) if gfn < self.nr_pages else 0
-        while True:
-            i = bisect.bisect_right(self._ends, gfn)       # the first run ending after gfn
-            if i == len(self._starts) or self._starts[i] >= gfn + limit:
-                break
-            g = max(self._starts[i], gfn)
+        if n <= 0:
+            return n, None, ""
+        c = self.c_p2m
+        k = _ram_run(c, gfn, n)        # stops at nr_pages and at the first run
+        while k < n:
+            g = gfn + k
+            if g >= self.nr_pages:
+                err, why = TYPE_ERROR[P2mType.INVALID]
+                return k, err, f"{why} (gfn {g:#x})"
             if self._settle(g):
-                continue          # became RAM: look again from the same place
-            t = self._kinds[i]
+                k = _ram_run(c, gfn, n)       # became RAM: look again from the same place
+                continue
+            t = _KINDS[_kind_at(c, g)]
             if t is P2mType.PAGED_OUT and page_in:
                 self._start_page_in(g)
             err, why = TYPE_ERROR[t]
-            return g - gfn, err, f"{why} (gfn {g:#x})"
-        if limit < n:
-            err, why = TYPE_ERROR[P2mType.INVALID]
-            return limit, err, f"{why} (gfn {gfn + limit:#x})"
+            return k, err, f"{why} (gfn {g:#x})"
         return n, None, ""
 
     def _start_page_in(self, gfn: int) -> None:
@@ -182,9 +193,9 @@ class P2m:
         for gfn in list(self._page_in_done):
             self._settle(gfn)
         start = 0
-        for s, e in zip(list(self._starts), list(self._ends)):
+        for s, count, _ in self.runs():
             if s > start:
                 yield start, s - start
-            start = e
+            start = s + count
         if start < self.nr_pages:
             yield start, self.nr_pages - start

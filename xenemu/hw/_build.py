@@ -1,5 +1,6 @@
 """cffi build script for the C layer (cext/*.c -> xenemu.hw._hwlib): the
-simulated hardware (cext/hw.h) and the trace record packer (cext/tracepack.h).
+simulated hardware (cext/hw.h), the trace record packer (cext/tracepack.h)
+and the domains' p2m runs (cext/p2m.h).
 
 The declarations are not written here: they are the part of each public
 header between the "BEGIN cffi public" and "END cffi public" marks, so a
@@ -20,7 +21,7 @@ from cffi import FFI
 ROOT = Path(__file__).resolve().parents[2]
 CEXT = ROOT / "cext"
 # The public headers, in the order their declarations reach cffi.
-HEADERS = [CEXT / "hw.h", CEXT / "tracepack.h"]
+HEADERS = [CEXT / "hw.h", CEXT / "tracepack.h", CEXT / "p2m.h"]
 BEGIN = "/* BEGIN cffi public */"
 END = "/* END cffi public */"
 
