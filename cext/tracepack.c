@@ -11,9 +11,6 @@
 
 #include "tracepack.h"
 
-/* The most a record takes besides its frames: the map, keys, kind, time,
- * domid, two bin headers and a continuation id (53 bytes for `hc`). */
-#define FIXED_MAX 64
 #define FIRST_CAP (64 * 1024)
 /* msgpack's largest `bin` (bin 32). */
 #define BIN_MAX UINT32_MAX
@@ -51,8 +48,7 @@ void tp_buffer_reset(struct tp_buffer *b, size_t keep)
     }
 }
 
-/* Room for `n` more bytes; 0 or -1 (no memory, or past any size_t). */
-static int reserve(struct tp_buffer *b, size_t n)
+int tp_reserve(struct tp_buffer *b, size_t n)
 {
     if (n <= b->cap - b->len)
         return 0;
@@ -160,7 +156,7 @@ static int begin(struct cursor *c, struct tp_buffer *b, size_t frame1, size_t fr
     c->overflow = 0;
     if (frame1 > BIN_MAX || frame2 > BIN_MAX)
         return -1;
-    return reserve(b, FIXED_MAX + frame1 + frame2);
+    return tp_reserve(b, TP_RECORD_FIXED + frame1 + frame2);
 }
 
 /* The record the cursor wrote, kept if it was written whole. */
@@ -174,7 +170,7 @@ static int end(struct cursor *c)
 
 int tp_append(struct tp_buffer *b, const char *data, size_t n)
 {
-    if (reserve(b, n) != 0)
+    if (tp_reserve(b, n) != 0)
         return -1;
     if (n > 0)
         memcpy(b->data + b->len, data, n);

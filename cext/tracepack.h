@@ -26,6 +26,10 @@
 
 /* BEGIN cffi public */
 
+/* The most a record takes besides its frames: the map, keys, kind, time,
+ * domid, two bin headers and a continuation id (53 bytes for `hc`). */
+#define TP_RECORD_FIXED 64
+
 struct tp_buffer {
     uint8_t *data;
     size_t len;             /* bytes appended since the last reset */
@@ -39,6 +43,10 @@ void tp_buffer_free(struct tp_buffer *b);
 /* Empty the buffer, and shrink it to `keep` bytes if it has grown larger
  * (keep > 0: a large batch's memory is given back). */
 void tp_buffer_reset(struct tp_buffer *b, size_t keep);
+
+/* Room for n more bytes, so that appends of at most n bytes cannot fail:
+ * 0, or -1 (no memory, or past any size_t) with the buffer unchanged. */
+int tp_reserve(struct tp_buffer *b, size_t n);
 
 /* `n` bytes packed elsewhere (a record of a rare kind). */
 int tp_append(struct tp_buffer *b, const char *data, size_t n);

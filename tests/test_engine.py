@@ -50,11 +50,11 @@ def test_a_continuing_call_returns_and_is_called_again(monkeypatch):
     dec.feed(data)
     decoded = [(f.req_id, f.ret) for f in dec]
     assert decoded == [(1, 0), (2, 0), (3, 0), (4, 0)]
-    kinds = [type(e) for e in eng.events]
+    kinds = [type(e) for e in eng.records()]
     # The free's first round begins a continuation; its rounds follow, between others' calls.
-    begun = [e for e in eng.events if isinstance(e, HypercallRecord) and e.rep is None]
+    begun = [e for e in eng.records() if isinstance(e, HypercallRecord) and e.rep is None]
     assert len(begun) == 1 and kinds.count(RoundRecord) == rounds - 1
-    assert [e.rep is None for e in eng.events if isinstance(e, RoundRecord)][-1] is False
+    assert [e.rep is None for e in eng.records() if isinstance(e, RoundRecord)][-1] is False
     assert eng.hv.check_invariants() == []
 
 
@@ -92,14 +92,14 @@ def test_a_broken_frame_gets_its_error_last_and_is_recorded():
     frames = list(dec)
     assert frames[0].ret == 0 and isinstance(frames[1], Error)
     assert frames[1].code == ERR_BAD_MAGIC
-    last = eng.events[-1]
+    last = eng.records()[-1]
     assert isinstance(last, ProtocolRecord) and last.code == ERR_BAD_MAGIC and not last.eof
     # A frame cut off by the peer: recorded, nothing to send.
     cut = eng.connection(0)
     cut.receive_data(good[:10])
     cut.end_of_input()
-    assert isinstance(eng.events[-1], ProtocolRecord)
-    assert eng.events[-1].code == ERR_TRUNCATED and eng.events[-1].rep is None
+    assert isinstance(eng.records()[-1], ProtocolRecord)
+    assert eng.records()[-1].code == ERR_TRUNCATED and eng.records()[-1].rep is None
 
 
 def test_the_engine_ticks_the_clock_once_per_event():
@@ -111,8 +111,8 @@ def test_the_engine_ticks_the_clock_once_per_event():
     conn.answer()
     now[0] = 4.0
     eng.control({"op": "p2m_get", "domid": 0, "gfn": 1})
-    assert [e.t for e in eng.events] == [2.5, 3.0]
-    assert isinstance(eng.events[1], ControlRecord)
+    assert [e.t for e in eng.records()] == [2.5, 3.0]
+    assert isinstance(eng.records()[1], ControlRecord)
 
 
 def test_a_snapshot_request_returns_the_bytes_and_writes_nothing(tmp_path):

@@ -252,8 +252,8 @@ def test_a_snapshot_keeps_the_ranges_where_the_devices_are(m):
     restored = snapshot.restore(saved(m.hv))
     assert not restored.check_invariants()
     ctx_r = restored.domains[0].contexts[ctx]
-    assert ctx_r.identity == [[RMRR_PFN, 2, 1]]
-    assert restored.domains[0].contexts[0].identity == [[0x3000, 16, 1], [0x100, 1, 1]]
+    assert ctx_r.identity == [(RMRR_PFN, 2, 1)]
+    assert restored.domains[0].contexts[0].identity == [(0x3000, 16, 1), (0x100, 1, 1)]
     assert restored.read_reserved(RMRR_PFN, 0, 4) == b"kept"
     assert restored.iommu.lookup(ctx_r.hw_id, RMRR_PFN - 1) is not None
 

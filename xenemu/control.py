@@ -354,7 +354,7 @@ class Control:
 
     def op_stats(self, args: Args) -> dict:
         """What `xenemu top` shows, read from counters the machine keeps
-        anyway (Domain.calls; in C, the contexts' counts and the IOTLB
+        anyway (Domain.call_counts; in C, the contexts' counts and the IOTLB
         counters of the domain's page-table pools, which outlive its freed
         contexts) and cheap to ask for every second: per domain, hypercalls
         finished by sub-op and result, its contexts, pages and IOTLB counts;
@@ -376,7 +376,7 @@ class Control:
         # Its two pools' counters: of its contexts, freed ones included.
         iotlb = [io.pool_counters(d.default_pool), io.pool_counters(d.table_pool)]
         calls = []
-        for (number, subop, ret), count in sorted(d.calls.items()):
+        for (number, subop, ret), count in sorted(d.call_counts().items()):
             abi = abis.get(number)
             calls.append({"hypercall": abi.name if abi else "unknown",
                           "subop": abi.subops[subop].name if abi and subop != UNKNOWN

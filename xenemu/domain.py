@@ -9,67 +9,202 @@ a Context only names its hardware context and lists its devices.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
+from .hw._hwlib import ffi, lib
 from .p2m import P2m
 
 # Xen's DOMID_IO: owner of the machine frames set apart for devices (RMRRs).
 DOMID_IO = 0x7FF1
 
+# Identity ranges one context may hold: each is a device's RMRR, and a
+# machine has at most machine.MAX_RMRRS of them.
+MAX_IDENTITY = 1024
 
-@dataclass
+
 class Context:
-    ctx_no: int
-    hw_id: int                                # hardware context id (VT-d domain id)
-    devices: set[int] = field(default_factory=set)
-    dying: bool = False                       # free_context's teardown is under way
-    # Its identity-mapped reserved ranges (Xen's ctx->arch.identity_maps):
-    # [start pfn, pages, devices using it], the RMRRs of devices attached to
-    # it, mapped dfn == mfn when the first such device arrives, unmapped when
-    # the last leaves. A range, not a page, per entry.
-    identity: list[list[int]] = field(default_factory=list)
-    # A nested context (xenemu's extension, abi/NESTED.md): its stage 2
-    # (the parent's ctx_no), its stage-1 root frame in the parent's input
-    # space, and the (sbdf, pasid) pairs bound to it. None: not nested.
-    parent: int | None = None
-    s1_root: int = 0
-    pasids: set[tuple[int, int]] = field(default_factory=set)
-    page_requests: bool = False               # nested: stage-1 faults become page requests
-    # The walker keeps A/D bits (alloc_context's xenemu flag, abi/NESTED.md).
-    dirty_tracking: bool = False
+    """One IOMMU context of a domain. What the C fast path reads of it (its
+    hardware context, dying, its identity ranges, the references it holds
+    on other domains' frames) lives in its `struct fp_context`
+    (cext/fastpath.h), which it owns and reads through; the rest, which
+    only Python reads, is plain attributes."""
+
+    __slots__ = ("_c", "ctx_no", "domid", "devices", "parent", "s1_root", "pasids", "page_requests",
+                 "dirty_tracking")
+
+    def __init__(self, ctx_no: int, hw_id: int, domid: int, *, parent: int | None = None,
+                 s1_root: int = 0, page_requests: bool = False):
+        c = lib.fp_context_create(hw_id)
+        if c == ffi.NULL:
+            raise MemoryError("no memory for an IOMMU context")
+        self._c = ffi.gc(c, lib.fp_context_destroy)
+        self.ctx_no = ctx_no
+        self.domid = domid                      # whose context it is
+        self.devices: set[int] = set()
+        # A nested context (xenemu's extension, abi/NESTED.md): its stage 2
+        # (the parent's ctx_no), its stage-1 root frame in the parent's input
+        # space, and the (sbdf, pasid) pairs bound to it. None: not nested.
+        self.parent = parent
+        self.s1_root = s1_root
+        self.pasids: set[tuple[int, int]] = set()
+        self.page_requests = page_requests      # nested: stage-1 faults become page requests
+        # The walker keeps A/D bits (alloc_context's xenemu flag, abi/NESTED.md).
+        self.dirty_tracking = False
+
+    def __repr__(self) -> str:
+        return f"Context(ctx_no={self.ctx_no}, hw_id={self.hw_id}, dying={self.dying})"
+
+    @property
+    def hw_id(self) -> int:
+        """Its hardware context id (VT-d domain id)."""
+        return self._c.hw_id
+
+    @property
+    def dying(self) -> bool:
+        """free_context's teardown is under way."""
+        return bool(self._c.dying)
+
+    @dying.setter
+    def dying(self, value: bool) -> None:
+        self._c.dying = bool(value)
+
+    @property
+    def foreign_refs(self) -> int:
+        """References its mappings hold on other domains' frames (§6.1)."""
+        return self._c.foreign_refs
+
+    @foreign_refs.setter
+    def foreign_refs(self, value: int) -> None:
+        self._c.foreign_refs = value
 
     @property
     def nested(self) -> bool:
         return self.parent is not None
 
+    # Its identity-mapped reserved ranges (Xen's ctx->arch.identity_maps):
+    # the RMRRs of devices attached to it, mapped dfn == mfn when the first
+    # such device arrives, unmapped when the last leaves. A range, not a
+    # page, per entry.
+
+    @property
+    def identity(self) -> list[tuple[int, int, int]]:
+        """(start pfn, pages, devices using it) of each range, in order."""
+        c = self._c
+        return [(r.start, r.pages, r.users) for r in c.identity[0:c.nidentity]]
+
+    def identity_add(self, start: int, pages: int) -> None:
+        """A new range, with one user."""
+        if lib.fp_identity_add(self._c, start, pages, MAX_IDENTITY):
+            raise MemoryError("no memory for an identity range")
+
+    def identity_users(self, start: int, pages: int, delta: int) -> None:
+        """The range's users change by delta; it goes when none are left."""
+        if lib.fp_identity_users(self._c, start, pages, delta):
+            raise ValueError(f"context {self.ctx_no} has no identity range {start:#x}+{pages}")
+
     def identity_at(self, dfn: int, n: int = 1) -> int | None:
         """The first dfn of [dfn, dfn + n) inside an identity range, or None
         (iommu_identity_map_check, over a run)."""
-        if not self.identity:           # the common case, on every map and unmap
+        c = self._c
+        if not c.nidentity:             # the common case, on every map and unmap
             return None
-        hits = [max(start, dfn) for start, pages, _ in self.identity
-                if start < dfn + n and dfn < start + pages]
-        return min(hits) if hits else None
+        first = ffi.new("uint64_t *")
+        return first[0] if lib.fp_identity_at(c, dfn, n, first) else None
 
 
-@dataclass
+class ContextTable:
+    """A domain's contexts by ctx_no ([0] is the default context, None a
+    free slot): the Context objects, and the C domain's slot pointers the
+    fast path reads, set together here and nowhere else."""
+
+    __slots__ = ("_dom", "_items")
+
+    def __init__(self, dom, n: int):
+        self._dom = dom
+        self._items: list[Context | None] = [None] * n
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __iter__(self):
+        return iter(self._items)
+
+    def __getitem__(self, i):
+        return self._items[i]
+
+    def __setitem__(self, i: int, ctx: Context | None) -> None:
+        if not 0 <= i < len(self._items):
+            raise IndexError(f"no context slot {i}")
+        self._dom.slot[i] = ffi.NULL if ctx is None else ctx._c
+        self._items[i] = ctx
+
+    def extend(self, slots) -> None:
+        """More slots, all free (revision 2's init)."""
+        slots = list(slots)
+        if any(s is not None for s in slots):
+            raise ValueError("new context slots start free")
+        if lib.fp_domain_resize(self._dom, len(self._items) + len(slots)):
+            raise MemoryError("no memory for the context table")
+        self._items.extend(slots)
+
+
+def _flag(bit: int, doc: str) -> property:
+    """A flag of the domain, read and written in its struct fp_domain."""
+    def get(d) -> bool:
+        return bool(d._c.flags & bit)
+
+    def set_(d, on: bool) -> None:
+        d._c.flags = d._c.flags | bit if on else d._c.flags & ~bit
+    return property(get, set_, doc=doc)
+
+
 class Domain:
-    domid: int
-    name: str
-    hardware: bool
-    iommu_enabled: bool
-    p2m: P2m
-    contexts: list[Context | None]            # index = ctx_no; [0] is the default context
-    devices: dict[int, int] = field(default_factory=dict)   # sbdf -> ctx_no
-    opaque_default: bool = False               # context 0 shared with the CPU's tables
-    table_pool: int = 0                        # the IOMMU pool its contexts' tables count against
-    default_pool: int = 0                      # the IOMMU pool context 0's tables count against
-    pv_initialized: bool = False               # revision 2: init ran (sticky, even if it failed)
-    no_dma: bool = False                       # revision 2: context 0 maps nothing (dom0-iommu=no-dma)
-    # Hypercalls finished, (hypercall, sub-op, result) -> count, for the
-    # control op `stats` (`xenemu top`); hypercalls.common.count_call keeps
-    # the keys bounded. One dict update per call: the hot path's only cost.
-    calls: dict[tuple[int, int, int], int] = field(default_factory=dict)
+    """A domain: its memory (P2m), contexts, devices and flags. The flags and
+    the context table the C fast path reads are its `struct fp_domain`'s."""
+
+    def __init__(self, *, domid: int, name: str, hardware: bool, iommu_enabled: bool, p2m: P2m,
+                 contexts: int, opaque_default: bool = False, no_dma: bool = False):
+        flags = ((lib.FP_D_HARDWARE if hardware else 0)
+                 | (lib.FP_D_IOMMU_ENABLED if iommu_enabled else 0)
+                 | (lib.FP_D_OPAQUE_DEFAULT if opaque_default else 0)
+                 | (lib.FP_D_NO_DMA if no_dma else 0))
+        dom = lib.fp_domain_create(domid, flags, contexts, p2m.c_p2m)
+        if dom == ffi.NULL:
+            raise MemoryError(f"no memory for d{domid}")
+        self._c = ffi.gc(dom, lib.fp_domain_destroy)
+        self.domid = domid
+        self.name = name
+        self.p2m = p2m
+        # index = ctx_no; [0] is the default context
+        self.contexts = ContextTable(self._c, contexts)
+        self.devices: dict[int, int] = {}           # sbdf -> ctx_no
+        self.table_pool = 0         # the IOMMU pool its contexts' tables count against
+        self.default_pool = 0       # the IOMMU pool context 0's tables count against
+        self.pv_initialized = False     # revision 2: init ran (sticky, even if it failed)
+        # Hypercalls the Python handlers finished, (hypercall, sub-op, result)
+        # -> count, for the control op `stats` (`xenemu top`);
+        # hypercalls.common.count_call keeps the keys bounded. The fast
+        # path's own are counted in C (fast_calls).
+        self.calls: dict[tuple[int, int, int], int] = {}
+
+    def __repr__(self) -> str:
+        return f"Domain(domid={self.domid}, name={self.name!r})"
+
+    hardware = _flag(lib.FP_D_HARDWARE, "The hardware domain (dom0).")
+    iommu_enabled = _flag(lib.FP_D_IOMMU_ENABLED, "Its IOMMU is on.")
+    opaque_default = _flag(lib.FP_D_OPAQUE_DEFAULT, "Context 0 shared with the CPU's tables.")
+    no_dma = _flag(lib.FP_D_NO_DMA, "Revision 2: context 0 maps nothing (dom0-iommu=no-dma).")
+
+    def call_counts(self) -> dict[tuple[int, int, int], int]:
+        """Every hypercall finished, (hypercall, sub-op, result) -> count:
+        those of the Python handlers (calls) and those the fast path
+        answered, which it counts in C."""
+        counts = dict(self.calls)
+        nresults = lib.FP_NRESULTS
+        fast = memoryview(ffi.buffer(self._c.calls, 8 * lib.FP_NSUBOPS * nresults)).cast("Q")
+        for i, n in enumerate(fast):
+            if n:
+                key = (lib.FP_HYPERCALL, i // nresults, -(i % nresults))
+                counts[key] = counts.get(key, 0) + n
+        return counts
 
     @property
     def nr_contexts(self) -> int:

@@ -31,11 +31,12 @@ from . import snapshot
 from .control import Control
 from .domain import Domain
 from .errno import XenErrno
+from .fastpath import FastPath
 from .guest import GuestMemory
 from .hypercalls.common import UNKNOWN, count_call
 from .hypervisor import RESTART, Hypervisor, MachineError
 from .trace.records import (RECORDED_CONTROL, ControlRecord, HazardRecord, HypercallRecord,
-                            ProtocolRecord, RoundRecord)
+                            PackedHypercalls, ProtocolRecord, RoundRecord)
 from .wire import ERR_INTERNAL, ERR_TRUNCATED, Call, FrameDecoder, ProtocolError, encode_error, encode_reply
 
 log = logging.getLogger("xenemu.engine")
@@ -73,8 +74,11 @@ class Engine:
     engine), to `path`, or `snapshot_path` when none is given."""
 
     def __init__(self, hv: Hypervisor, *, record: bool = False, snapshots: bool = False,
-                 snapshot_path: Path | None = None):
+                 snapshot_path: Path | None = None, fast_path: bool | None = None):
         self.hv = hv
+        # cext/fastpath.c, when on (None: unless XENEMU_FAST_PATH=0) and the
+        # hardware is C's; None when off.
+        self.fast = FastPath.for_machine(hv, fast_path)
         self.clock = hv.clock
         self.events: list | None = [] if record else None
         self.snapshot_path = snapshot_path
@@ -83,6 +87,18 @@ class Engine:
         self.control_plane = Control(
             hv, on_domain_created=self._created, on_domain_destroyed=self._destroyed,
             on_snapshot=self._snapshot if snapshots else None)
+
+    @property
+    def fast_path(self) -> bool:
+        return self.fast is not None
+
+    def records(self) -> list:
+        """The recorded events so far, one record each (the fast path's
+        packed batches unpacked): for readers of events, not drivers."""
+        out = []
+        for e in self.events or ():
+            out += e.records() if isinstance(e, PackedHypercalls) else [e]
+        return out
 
     def connection(self, domid: int, name: str = "") -> Connection:
         """A connection of domid's present incarnation (MachineError if none)."""
@@ -228,7 +244,13 @@ class Connection:
                 if reply is None:
                     return b""
                 replies.append(reply)
-            for call in self.decoder:
+            fast = self.engine.fast
+            while True:
+                if fast is not None:
+                    replies.append(self._answer_fast(fast))
+                call = self.decoder.next_frame()
+                if call is None:
+                    break
                 reply = self.start(call)
                 if reply is None:
                     break
@@ -243,6 +265,17 @@ class Connection:
                                         "internal error in the daemon (see its log)"))
             self.closing = True
         return b"".join(replies)
+
+    def _answer_fast(self, fast: FastPath) -> bytes:
+        """The replies to the frames at the front of the buffer the fast
+        path takes, at one tick of the clock, their records kept."""
+        engine = self.engine
+        events = engine.events
+        replies, records = fast.answer(self.domain, self.decoder, engine.clock.tick(),
+                                       events is not None)
+        if records is not None:
+            events.append(records)
+        return replies
 
     def end_of_input(self) -> None:
         """The peer hung up: a frame it left half sent is recorded as refused."""

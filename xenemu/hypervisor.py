@@ -187,7 +187,7 @@ class Hypervisor:
         self.memory.set_m2p(mfns, 0)
         p2m = P2m(mfns, self.clock, self.config.page_in_delay_ms / 1000)
         d = Domain(domid=cfg.domid, name=cfg.name or f"d{cfg.domid}", hardware=cfg.hardware,
-                   iommu_enabled=cfg.iommu, p2m=p2m, contexts=[None] * (1 + pool),
+                   iommu_enabled=cfg.iommu, p2m=p2m, contexts=1 + pool,
                    opaque_default=cfg.opaque_default, no_dma=cfg.no_dma)
         try:
             self.contexts.init_domain(d, cfg.table_pages)

@@ -73,10 +73,10 @@ class IommuContexts:
         # Table-page budgets, POOLS_PER_DOMAIN IOMMU pools per domain (pool 0: no limit).
         self._free_pools = list(range(MAX_POOLS - 1, 0, -1))
         # References other domains' IOMMU mappings hold on a domain's frames
-        # (revision 2's foreign frames, §6.1), by owner and by mapper: the
-        # invariant check and the owner's destruction need them.
+        # (revision 2's foreign frames, §6.1), by owner here and by mapping
+        # context in Context.foreign_refs: the invariant check and the
+        # owner's destruction need them.
         self.lent: dict[int, int] = {}                  # owner domid -> references
-        self.borrowed: dict[int, list[int]] = {}        # hw context -> [mapper domid, references]
         self.max_iova_addr = iommu.max_iova_addr
         self.last_dfn = iommu.max_iova_addr >> hw.PAGE_SHIFT
 
@@ -94,7 +94,7 @@ class IommuContexts:
         for pool in (d.table_pool, d.default_pool):     # a past domain's counts go
             self.iommu.clear_pool_counters(pool)
         try:
-            default = d.contexts[0] = Context(0, self.iommu.alloc_context())
+            default = d.contexts[0] = Context(0, self.iommu.alloc_context(), d.domid)
         except hw.HwError as e:
             self._free_pools += [d.default_pool, d.table_pool]
             raise XenError(XenErrno.ENOMEM, f"no default context for d{d.domid}: {e}") from None
@@ -142,7 +142,7 @@ class IommuContexts:
             hw_ctx = self.iommu.alloc_context()
         except hw.HwError as e:
             raise XenError(XenErrno.ENOMEM, f"no hardware context: {e}") from None
-        ctx = d.contexts[ctx_no] = Context(ctx_no, hw_ctx)
+        ctx = d.contexts[ctx_no] = Context(ctx_no, hw_ctx, d.domid)
         try:
             # Its tables, root included, come out of the domain's budget.
             self.iommu.set_context_pool(hw_ctx, d.table_pool)
@@ -226,8 +226,8 @@ class IommuContexts:
             raise XenError(XenErrno.ENOMEM, f"no hardware context: {e}") from None
         if page_requests:
             self.iommu.enable_page_requests(hw_id)
-        ctx = d.contexts[ctx_no] = Context(ctx_no, hw_id, parent=parent.ctx_no, s1_root=s1_root,
-                                           page_requests=page_requests)
+        ctx = d.contexts[ctx_no] = Context(ctx_no, hw_id, d.domid, parent=parent.ctx_no,
+                                           s1_root=s1_root, page_requests=page_requests)
         return ctx
 
     def attach_pasid(self, sbdf: int, pasid: int, ctx: Context) -> None:
@@ -312,25 +312,21 @@ class IommuContexts:
         foreign or grant page), the page reference on the owner's frame."""
         done, st = self.map(ctx, dfn, array("Q", [mfn]), perm)
         if done:
-            self.borrowed.setdefault(ctx.hw_id, [d.domid, 0])[1] += 1
+            ctx.foreign_refs += 1
             self.lent[owner] = self.lent.get(owner, 0) + 1
         return done, st
 
     def _returned(self, ctx: Context, mfns) -> None:
         """Mappings of ctx went (unmap, teardown): the references on other
         domains' frames among them leave the foreign accounting."""
-        entry = self.borrowed.get(ctx.hw_id)
-        if entry is None or not len(mfns):
+        if not ctx.foreign_refs or not len(mfns):
             return
-        mapper = entry[0]
         for owner, count in Counter(self.memory.owners(mfns)).items():
-            if owner != mapper:
-                entry[1] -= count
+            if owner != ctx.domid:
+                ctx.foreign_refs -= count
                 self.lent[owner] -= count
                 if not self.lent[owner]:
                     del self.lent[owner]
-        if not entry[1]:
-            del self.borrowed[ctx.hw_id]
 
     def iotlb_flush(self, ctx: Context, dfn: int, nr_pages: int) -> None:
         """iommu_iotlb_flush over [dfn, dfn + nr_pages) (clipped to the width).
@@ -497,44 +493,40 @@ class IommuContexts:
         never at an RMRR's frames) and come back when the range goes. All or
         nothing: XenError EINVAL (VT-d's answer to a failed RMRR map) if a
         page is mapped there already or no table page is left."""
-        added: list[list[int]] = []
+        added: list[tuple[int, int]] = []
         for start, pages in self.rmrrs.get(sbdf, ()):
-            entry = next((r for r in ctx.identity if r[0] == start and r[1] == pages), None)
-            if entry is None:
-                if ctx.ctx_no == 0:
-                    self._unmap_present(ctx, start, pages)
-                done, st = self.iommu.map(ctx.hw_id, start, range(start, start + pages),
-                                          hw.PERM_RW)
-                if done != pages:
-                    self.iommu.unmap(ctx.hw_id, start, done)
-                    if ctx.ctx_no == 0 and not d.no_dma:
-                        self.identity_map(d, ctx, start, pages)
-                    for entry in added:
-                        self._identity_drop(d, ctx, entry)
-                    why = {hw.Status.PRESENT: f"dfn {start + done:#x} is mapped already",
-                           hw.Status.RANGE: "beyond the IOMMU's address width"}.get(
-                               hw.Status(st), f"no page-table page left ({hw.Status(st).name})")
-                    raise XenError(XenErrno.EINVAL, f"{format_sbdf(sbdf)}'s reserved range "
-                                                    f"{start:#x}+{pages} can't be identity-mapped "
-                                                    f"in context {ctx.ctx_no}: {why}")
-                entry = [start, pages, 0]
-                ctx.identity.append(entry)
-            entry[2] += 1
-            added.append(entry)
+            if any(r[0] == start and r[1] == pages for r in ctx.identity):
+                ctx.identity_users(start, pages, +1)
+                added.append((start, pages))
+                continue
+            if ctx.ctx_no == 0:
+                self._unmap_present(ctx, start, pages)
+            done, st = self.iommu.map(ctx.hw_id, start, range(start, start + pages), hw.PERM_RW)
+            if done != pages:
+                self.iommu.unmap(ctx.hw_id, start, done)
+                if ctx.ctx_no == 0 and not d.no_dma:
+                    self.identity_map(d, ctx, start, pages)
+                for range_ in added:
+                    self._identity_drop(d, ctx, *range_)
+                why = {hw.Status.PRESENT: f"dfn {start + done:#x} is mapped already",
+                       hw.Status.RANGE: "beyond the IOMMU's address width"}.get(
+                           hw.Status(st), f"no page-table page left ({hw.Status(st).name})")
+                raise XenError(XenErrno.EINVAL, f"{format_sbdf(sbdf)}'s reserved range "
+                                                f"{start:#x}+{pages} can't be identity-mapped "
+                                                f"in context {ctx.ctx_no}: {why}")
+            ctx.identity_add(start, pages)
+            added.append((start, pages))
 
     def _identity_leave(self, d: Domain, ctx: Context, sbdf: int) -> None:
         """The device left ctx: each of its ranges loses a user, and goes
         (unmapped, flushed) with the last."""
         for start, pages in self.rmrrs.get(sbdf, ()):
-            entry = next(r for r in ctx.identity if r[0] == start and r[1] == pages)
-            self._identity_drop(d, ctx, entry)
+            self._identity_drop(d, ctx, start, pages)
 
-    def _identity_drop(self, d: Domain, ctx: Context, entry: list[int]) -> None:
-        entry[2] -= 1
-        if entry[2]:
+    def _identity_drop(self, d: Domain, ctx: Context, start: int, pages: int) -> None:
+        ctx.identity_users(start, pages, -1)
+        if any(r[0] == start and r[1] == pages for r in ctx.identity):
             return
-        ctx.identity.remove(entry)
-        start, pages = entry[0], entry[1]
         self.iommu.unmap(ctx.hw_id, start, pages, flush=True)
         if ctx.ctx_no == 0 and not d.no_dma:
             self.identity_map(d, ctx, start, pages)     # its RAM 1:1 again, where RAM
@@ -577,8 +569,7 @@ class IommuContexts:
                                         f"{ctx.ctx_no} but recorded in {d.devices.get(sbdf)}")
             # Mappings of other domains' frames hold their references there
             # (revision 2's foreign frames), and theirs of d's frames here.
-            borrowed = sum(self.borrowed.get(ctx.hw_id, (0, 0))[1]
-                           for ctx in d.contexts if ctx is not None)
+            borrowed = sum(ctx.foreign_refs for ctx in d.contexts if ctx is not None)
             mapped += self.lent.get(d.domid, 0) - borrowed
             refs = sum(self.memory.refcounts(d.p2m.mfns))
             if refs != mapped:

@@ -304,6 +304,20 @@ class FrameDecoder:
             self._compact()
         return frame
 
+    def unread(self) -> tuple[bytearray, int]:
+        """The buffer and where its bytes not yet handed out begin, for a
+        reader of whole frames in place (the fast path: it must not keep
+        either past its call, and tells skip() what it took)."""
+        return self._buf, self._pos
+
+    def skip(self, nbytes: int, frames: int) -> None:
+        """`frames` whole frames of `nbytes` at the front, taken by a reader
+        in place, leave the buffer as if handed out."""
+        self._pos += nbytes
+        self.taken += frames
+        if self._pos == len(self._buf) or nbytes > _COMPACT_AFTER:
+            self._compact()
+
     def whole_frame(self, raw: bytes) -> Call | Reply | Error:
         """raw, which must be exactly one whole frame, decoded with the checks
         next_frame makes (a trace's recorded frames): without the stream's

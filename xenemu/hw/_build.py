@@ -21,7 +21,7 @@ from cffi import FFI
 ROOT = Path(__file__).resolve().parents[2]
 CEXT = ROOT / "cext"
 # The public headers, in the order their declarations reach cffi.
-HEADERS = [CEXT / "hw.h", CEXT / "tracepack.h", CEXT / "p2m.h"]
+HEADERS = [CEXT / "hw.h", CEXT / "tracepack.h", CEXT / "p2m.h", CEXT / "fastpath.h"]
 BEGIN = "/* BEGIN cffi public */"
 END = "/* END cffi public */"
 

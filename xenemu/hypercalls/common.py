@@ -75,6 +75,9 @@ class SubOp:
     size: int = 0                     # bytes at the handle (0: none, arg untouched)
     reads: bool = True                # the entry copies them in first (else the handler does)
     copy_back: bool = True            # the entry copies them back, on every path
+    # cext/fastpath.c answers its common cases (the handler's docstring says
+    # which) without Python: the fast path takes no sub-op whose row says not.
+    fast: bool = False
 
 
 @dataclass(slots=True)
@@ -131,6 +134,14 @@ class Hypercall:
     # (memory_op: MEMOP_CMD_MASK; the rest, its extent, is the handler's).
     subop_reg_mask: int = 0xFFFFFFFF
     row_mask: int = 0xFFFFFFFF
+    # The reason of a failure the fast path answered, for its log line:
+    # fast_why(why, hw_status, at) with fastpath.h's enum fp_why.
+    fast_why: Callable | None = None
+
+    @property
+    def fast_subops(self) -> int:
+        """The sub-ops the fast path may take, as fp_machine.subops' bits."""
+        return sum(1 << row.number for row in self.subops.values() if row.fast)
 
     # -- the call ------------------------------------------------------------
 

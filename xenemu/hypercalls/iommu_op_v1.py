@@ -27,11 +27,13 @@ from typing import TYPE_CHECKING
 from construct import Bytes, Container, Int8ul, Int16ul, Int32ul, Int64ul, Struct
 
 from .. import hw
+from ..hw._hwlib import lib
 from ..domain import Context, Domain
 from ..errno import XenErrno
 from ..packing import struct_of
 from ..pci import format_device, pack_sbdf
-from .common import HYPERVISOR_iommu_op, Hazard, Hypercall, HypercallError, SubOp, report_hazard
+from .common import (HYPERVISOR_iommu_op, Hazard, Hypercall, HypercallError, SubOp,
+                     report_hazard)
 
 if TYPE_CHECKING:
     from ..hypervisor import Hypervisor
@@ -190,11 +192,18 @@ def can_use_iommu(hv: Hypervisor, d: Domain) -> None:
         raise HypercallError(XenErrno.EPERM, "IOMMU disabled for this domain")
 
 
+# The fast path (cext/fastpath.c's v1_*) answers the rows marked `fast`
+# when the gate passes and the struct is in the frame; each handler below
+# says which of its cases it takes. The rest, and everything while the fault
+# injector is armed, comes here.
+
 def noop(hv: Hypervisor, d: Domain, op: Op) -> int:
+    """Fast path: always."""
     return 0
 
 
 def query_cap_op(hv: Hypervisor, d: Domain, op: Op) -> int:
+    """Fast path: always (v1_query)."""
     _, pad0, _, _, pad1 = CAPABILITIES.unpack(op.payload)
     op.payload = CAPABILITIES.pack(d.nr_contexts, pad0, PVIOMMU_MAX_PAGES,
                                    hv.contexts.max_iova_addr, pad1)
@@ -238,6 +247,9 @@ def reattach_device_op(hv: Hypervisor, d: Domain, op: Op) -> int:
 
 
 def map_pages_op(hv: Hypervisor, d: Domain, op: Op) -> int:
+    """Fast path (v1_map): a usable context, nr_pages within the limit, a
+    permission, and every gfn RAM; the run's own failures (a dfn mapped,
+    beyond the width, no table page, get_page) included."""
     gfn, dfn, nr_pages, _ = MAP_PAGES.unpack(op.payload)
     ctx = _run_context(d, op.ctx_no, nr_pages)
     perm = ((hw.PERM_R if op.flags & IOMMU_OP_readable else 0)
@@ -260,6 +272,9 @@ def map_pages_op(hv: Hypervisor, d: Domain, op: Op) -> int:
 
 
 def unmap_pages_op(hv: Hypervisor, d: Domain, op: Op) -> int:
+    """Fast path (v1_unmap): a usable context holding no other domain's
+    frames, nr_pages within the limit, no identity range met (the hazard is
+    here); a hole's -ENOENT included."""
     dfn, nr_pages, _, pad = UNMAP_PAGES.unpack(op.payload)
     ctx = _run_context(d, op.ctx_no, nr_pages)
     # The reference unmaps an identity-mapped (RMRR) page like any other and
@@ -281,6 +296,7 @@ def unmap_pages_op(hv: Hypervisor, d: Domain, op: Op) -> int:
 
 
 def lookup_page_op(hv: Hypervisor, d: Domain, op: Op) -> int:
+    """Fast path (v1_lookup): a usable context; -ENOENT included."""
     _, dfn, pad = LOOKUP_PAGE.unpack(op.payload)
     ctx = _usable_context(d, op.ctx_no)
     gfn = hv.contexts.lookup_gfn(ctx, dfn)
@@ -312,13 +328,21 @@ def _usable_context(d: Domain, ctx_no: int) -> Context:
     raise HypercallError(XenErrno.EINVAL, why)
 
 
+def fast_why(why: int, hw_status: int, at: int) -> str:
+    """The reason the fast path's failure gives in its log line, as the
+    handler words it (fastpath.h's enum fp_why)."""
+    if why == lib.FP_WHY_MAP_STOP:
+        return MAP_STOP[hw.Status(hw_status)][1].format(at)
+    return f"no mapping at dfn {at:#x}"
+
+
 # -- the table -----------------------------------------------------------------
 
 _RW = IOMMU_OP_readable | IOMMU_OP_writeable
 
 SUBOPS = (
-    SubOp(IOMMUOP_noop, "noop", noop),
-    SubOp(IOMMUOP_query_capabilities, "query_capabilities", query_cap_op,
+    SubOp(IOMMUOP_noop, "noop", noop, fast=True),
+    SubOp(IOMMUOP_query_capabilities, "query_capabilities", query_cap_op, fast=True,
           view="cap", layout=Capabilities,
           outputs=("max_ctx_no", "max_nr_pages", "max_iova_addr")),
     SubOp(IOMMUOP_alloc_context, "alloc_context", alloc_context_op,
@@ -328,15 +352,15 @@ SUBOPS = (
     SubOp(IOMMUOP_reattach_device, "reattach_device", reattach_device_op,
           view="reattach_device", layout=ReattachDevice, inputs=("dev",),
           params=("ctx_no", ("seg", 0), ("bus", 0), ("devfn", 0))),
-    SubOp(IOMMUOP_map_pages, "map_pages", map_pages_op,
+    SubOp(IOMMUOP_map_pages, "map_pages", map_pages_op, fast=True,
           view="map_pages", layout=MapPages, inputs=("gfn", "dfn", "nr_pages"),
           outputs=("mapped",), outputs_on_error=True, pages="mapped",
           params=("ctx_no", "gfn", "dfn", "nr_pages", ("flags", _RW))),
-    SubOp(IOMMUOP_unmap_pages, "unmap_pages", unmap_pages_op,
+    SubOp(IOMMUOP_unmap_pages, "unmap_pages", unmap_pages_op, fast=True,
           view="unmap_pages", layout=UnmapPages, inputs=("dfn", "nr_pages"),
           outputs=("unmapped",), outputs_on_error=True, pages="unmapped",
           params=("ctx_no", "dfn", "nr_pages")),
-    SubOp(IOMMUOP_lookup_page, "lookup_page", lookup_page_op,
+    SubOp(IOMMUOP_lookup_page, "lookup_page", lookup_page_op, fast=True,
           view="lookup_page", layout=LookupPage, inputs=("dfn",), outputs=("gfn",),
           params=("ctx_no", "dfn")),
 )
@@ -349,7 +373,7 @@ IOMMU_OP = Hypercall(
     handle_arg=0, size=OP_SIZE, subop_field="subop_id",
     log=log, log_prefix=PREFIX, gate=can_use_iommu,
     hex_fields=frozenset({"flags", "gfn", "dfn", "max_iova_addr"}),
-    formatters={"dev": format_device},
+    formatters={"dev": format_device}, fast_why=fast_why,
 )
 
 # Union member name (as in the C header) -> its view, from the rows.

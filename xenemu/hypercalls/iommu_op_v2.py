@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING
 from construct import Bytes, Int8ul, Int16ul, Int32ul, Int64ul, Struct
 
 from .. import hw
+from ..hw._hwlib import lib
 from ..domain import Context, Domain
 from ..errno import XenErrno, XenError
 from ..p2m import P2mType
@@ -202,12 +203,18 @@ def _write(op: SubopCall, layout, fields) -> None:
 
 # -- the handlers (§5, in the code's order) ----------------------------------------
 
+# The fast path (cext/fastpath.c's v2_*) answers the rows marked `fast`
+# when the gate passes and the struct is in the frame; each handler below
+# says which of its cases it takes. The rest, and everything while the fault
+# injector is armed, comes here.
+
 def noop(hv: Hypervisor, d: Domain, op: SubopCall) -> int:
+    """Fast path: always."""
     return 0
 
 
 def capabilities_op(hv: Hypervisor, d: Domain, op: SubopCall) -> int:
-    """§5.2: written, never read."""
+    """§5.2: written, never read. Fast path: always (v2_query)."""
     _write(op, Capabilities, dict(
         max_iova_addr=hv.contexts.max_iova_addr,
         # Context 0 is 1:1 unless the hardware domain is no-dma (dom0-iommu=dma=0).
@@ -321,7 +328,11 @@ def _context(d: Domain, ctx_no: int) -> Context:
 
 
 def map_pages_op(hv: Hypervisor, d: Domain, op: SubopCall) -> int:
-    """§5.7, one round of at most rev2_pages_per_round pages."""
+    """§5.7, one round of at most rev2_pages_per_round pages. Fast path
+    (v2_map): a live context that is not nested, a permission, a run of one
+    round (no continuation), every gfn RAM and no identity range met; the
+    run's own failures (a dfn mapped, beyond the width, the arena spent,
+    get_page) included."""
     m = _view(op, MapPages)
     ctx = _context(d, m.ctx_no)
     perm = ((hw.PERM_R if m.map_flags & IOMMU_MAP_readable else 0)
@@ -394,7 +405,9 @@ def _map_run(hv: Hypervisor, d: Domain, ctx: Context, gfn: int, dfn: int, n: int
 
 
 def unmap_pages_op(hv: Hypervisor, d: Domain, op: SubopCall) -> int:
-    """§5.8, one round."""
+    """§5.8, one round. Fast path (v2_unmap): a live context that is not
+    nested and holds no other domain's frames, a run of one round, no
+    identity range met; a hole's -ENOENT included."""
     u = _view(op, UnmapPages)
     ctx = _context(d, u.ctx_no)
     n = min(u.nr_pages, hv.config.rev2_pages_per_round)
@@ -450,13 +463,21 @@ def remote_cmd_op(hv: Hypervisor, d: Domain, op: SubopCall) -> int:
     return ret
 
 
+def fast_why(why: int, hw_status: int, at: int) -> str:
+    """The reason the fast path's failure gives in its log line, as the
+    handlers word it (fastpath.h's enum fp_why)."""
+    if why == lib.FP_WHY_MAP_STOP:
+        return MAP_STOP[hw.Status(hw_status)][1].format(at)
+    return f"no mapping at dfn {at:#x}"
+
+
 # -- the table -----------------------------------------------------------------
 
 _RW = IOMMU_MAP_readable | IOMMU_MAP_writeable
 
 SUBOPS = (
-    SubOp(IOMMU_noop, "noop", noop),
-    SubOp(IOMMU_query_capabilities, "query_capabilities", capabilities_op,
+    SubOp(IOMMU_noop, "noop", noop, fast=True),
+    SubOp(IOMMU_query_capabilities, "query_capabilities", capabilities_op, fast=True,
           layout=Capabilities, size=24, reads=False,
           outputs=("max_iova_addr", "cap_flags", "pgsize_mask", "max_ctx_no")),
     SubOp(IOMMU_init, "init", init_op, layout=Init, size=8,
@@ -469,12 +490,12 @@ SUBOPS = (
     SubOp(IOMMU_reattach_device, "reattach_device", reattach_device_op,
           layout=ReattachDevice, size=12, copy_back=False, inputs=("ctx_no", "dev"),
           params=("ctx_no", ("seg", 0), ("bus", 0), ("devfn", 0), ("pasid", 0))),
-    SubOp(IOMMU_map_pages, "map_pages", map_pages_op, layout=MapPages, size=40,
+    SubOp(IOMMU_map_pages, "map_pages", map_pages_op, layout=MapPages, size=40, fast=True,
           inputs=("ctx_no", "gfn", "dfn", "nr_pages", "map_flags"),
           outputs=("mapped",), outputs_on_error=True, pages="mapped",
           params=("ctx_no", "gfn", "dfn", "nr_pages", ("map_flags", _RW),
                   ("pgsize", PAGE_SIZE_4K), ("mapped", 0))),
-    SubOp(IOMMU_unmap_pages, "unmap_pages", unmap_pages_op, layout=UnmapPages, size=32,
+    SubOp(IOMMU_unmap_pages, "unmap_pages", unmap_pages_op, layout=UnmapPages, size=32, fast=True,
           inputs=("ctx_no", "dfn", "nr_pages"), outputs=("unmapped",),
           outputs_on_error=True, pages="unmapped",
           params=("ctx_no", "dfn", "nr_pages", ("pgsize", PAGE_SIZE_4K), ("unmapped", 0))),
@@ -520,7 +541,7 @@ IOMMU_OP = Hypercall(
     hex_fields=frozenset({"gfn", "dfn", "pgtable_gfn", "map_flags", "free_flags", "alloc_flags",
                           "bitmap",
                           "cap_flags", "pgsize_mask", "max_iova_addr", "arg", "requests"}),
-    formatters={"dev": format_device},
+    formatters={"dev": format_device}, fast_why=fast_why,
 )
 
 

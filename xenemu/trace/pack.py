@@ -17,7 +17,7 @@ import msgpack
 
 from ..hw._hwlib import ffi, lib
 from .records import (CONTROL, HAZARD, HYPERCALL, PROTOCOL, ROUND, ControlRecord,
-                      HazardRecord, HypercallRecord, Record, RoundRecord)
+                      HazardRecord, HypercallRecord, PackedHypercalls, Record, RoundRecord)
 
 # A batch's buffer grows as it must; what it grew past this is given back
 # once the batch is written (a receive buffer's worth of hypercalls takes
@@ -69,6 +69,10 @@ class BatchPacker:
         hypercall, round_, null = lib.tp_pack_hypercall, lib.tp_pack_round, ffi.NULL
         for rec in records:
             kind = type(rec)
+            if kind is PackedHypercalls:
+                if lib.tp_append(buf, rec.data, len(rec.data)):
+                    raise MemoryError("no memory for a batch of trace records")
+                continue
             # C takes the exact types the engine makes (a float time, bytes
             # frames, int ids in range); anything else is msgpack's to pack,
             # as an int time is (msgpack packs it as an int, not a float).

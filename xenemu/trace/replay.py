@@ -77,7 +77,7 @@ class Replayer:
         self._continuations = Continuations()
         self.hypercalls = 0
         self.hazards: list[str] = []     # the trace's hazard records, as report lines
-        # The hypercall record a hazard record follows: (number, domid, call),
+        # The hypercall record a hazard record follows: (number, domid, frame),
         # put in words only when a hazard needs it (most calls never do).
         self._last_call: tuple | None = None
 
@@ -117,15 +117,25 @@ class Replayer:
     def _last_call_text(self) -> str:
         if self._last_call is None:
             return "no call"
-        number, domid, call = self._last_call
+        number, domid, raw = self._last_call
+        call = tracetext.recorded_call(number, raw)
         return f"record {number}: d{domid} {tracetext.request_text(call, self.revision)}"
 
     # -- hypercalls ------------------------------------------------------------
 
     def _hypercall(self, number: int, rec: HypercallRecord) -> Divergence | None:
-        call = tracetext.recorded_call(number, rec.req)
         self.hypercalls += 1
-        self._last_call = (number, rec.d, call)
+        fast, d = self.engine.fast, self.hv.domains.get(rec.d)
+        if fast is not None and d is not None and rec.rep is not None:
+            reply = fast.answer_frame(d, rec.req, rec.t)
+            if reply is not None:
+                self._last_call = (number, rec.d, rec.req)
+                if reply == rec.rep:
+                    return None
+                call = tracetext.recorded_call(number, rec.req)
+                return self._hypercall_divergence(number, rec.d, call, rec.rep, reply)
+        call = tracetext.recorded_call(number, rec.req)
+        self._last_call = (number, rec.d, rec.req)
         try:
             conn = self.engine.connection(rec.d)
         except MachineError:
@@ -143,7 +153,7 @@ class Replayer:
             raise TraceError(f"record {number}: a round of continuation {rec.c}, "
                              f"which no earlier record began")
         running = cont.state
-        self._last_call = (number, cont.domid, cont.call)
+        self._last_call = (number, cont.domid, cont.call.raw)
         if running.reply is None:
             running.reply = running.conn.resume()
         if rec.rep is None:

@@ -23,7 +23,7 @@ import msgpack
 from .. import __version__, wire
 from ..machine import MachineConfig, machine_to_dict
 from .pack import BatchPacker
-from .records import HEADER_KEY, MAX_HEADER, Record, mib
+from .records import HEADER_KEY, MAX_HEADER, PackedHypercalls, Record, mib
 
 
 def make_header(machine: MachineConfig, meta: dict | None = None,
@@ -126,7 +126,8 @@ class TraceWriter:
         """Serialise a batch of the engine's events (xenemu.engine), as
         abi/TRACE.md says, with one write."""
         if self.error is None and records:
-            self._write(self._packer.pack(records), len(records))
+            count = sum(r.count if type(r) is PackedHypercalls else 1 for r in records)
+            self._write(self._packer.pack(records), count)
             self._packer.release()
 
     def close(self) -> None:
