@@ -1,5 +1,5 @@
 """Traces: the large corpus trace replayed in process (xenemu replay's core,
-no socket) against the daemon serving the same recorded request frames over
+no socket), with the C fast path and without it, against the daemon serving the same recorded request frames over
 its socket, pipelined on one connection, in the same run; the daemon
 serving them again while recording a trace, whose extra time per call is
 what recording costs; and the trace writer alone on the trace's records, in
@@ -135,6 +135,9 @@ def run(smoke: bool) -> list[dict]:
     r = replay_file(path)
     assert r.ok, f"{path} does not replay"
     in_process = r.hypercalls / r.seconds
+    r = replay_file(path, fast_path=False)
+    assert r.ok, f"{path} does not replay through the handlers alone"
+    handlers_alone = r.hypercalls / r.seconds
     calls = calls_of(path)
     n, seconds, bad, cpu = serve_over_socket(path, calls)
     assert bad == 0, f"the daemon answered {bad} of {n} recorded calls differently"
@@ -146,6 +149,8 @@ def run(smoke: bool) -> list[dict]:
     return [
         {"name": f"trace replay in process ({path.name})", "value": in_process,
          "unit": "hypercalls/s", "ref": over_socket, "ratio": in_process / over_socket},
+        {"name": "same, the fast path off (the handlers alone)", "value": handlers_alone,
+         "unit": "hypercalls/s", "ref": in_process, "ratio": handlers_alone / in_process},
         {"name": "same trace, daemon over its socket (pipelined)", "value": over_socket,
          "unit": "hypercalls/s", "ref": None, "ratio": None},
         {"name": "same, the daemon recording a trace", "value": recording,

@@ -61,7 +61,7 @@ class Replayer:
     """`machine` and `snapshot` as a TraceReader read them from the header."""
 
     def __init__(self, machine: MachineConfig, snapshot: dict | None = None, *,
-                 check_iotlb: bool = False):
+                 check_iotlb: bool = False, fast_path: bool | None = None):
         self._time = 0.0
         if snapshot is not None:
             self.hv = self._restore(snapshot, check_iotlb)
@@ -72,7 +72,7 @@ class Replayer:
                 self.hv = Hypervisor(machine, clock=lambda: self._time)
             except (MachineError, ValueError, OverflowError) as e:   # more than the host has
                 raise TraceError(f"the trace's machine cannot be built: {e}") from None
-        self.engine = Engine(self.hv)
+        self.engine = Engine(self.hv, fast_path=fast_path)
         self.revision = self.hv.config.pv_iommu_revision   # how its calls read
         self._continuations = Continuations()
         self.hypercalls = 0
@@ -290,12 +290,14 @@ class ReplayResult:
 
 
 def replay_file(path: Path, *, keep_going: bool = False, check_iotlb: bool = False,
-                fail_on_hazard: bool = False, progress=None, report=None) -> ReplayResult:
+                fail_on_hazard: bool = False, progress=None, report=None,
+                fast_path: bool | None = None) -> ReplayResult:
     """Replay one trace; `report(divergence)` is called on each divergence found,
     `progress.update(fraction, records, force)` as it goes and `progress.done()`
     at the end (a bar of progress.ReplayProgress, or a -j worker's reports to
     its parent). `fail_on_hazard`: the trace's hazard records (calls Xen v7
-    would crash on) fail it too."""
+    would crash on) fail it too. `fast_path`: as Engine's (None: on unless
+    XENEMU_FAST_PATH=0)."""
     result = ReplayResult(path)
     try:
         reader = TraceReader(path)
@@ -308,7 +310,8 @@ def replay_file(path: Path, *, keep_going: bool = False, check_iotlb: bool = Fal
     start = time.perf_counter()
     try:
         with reader:
-            replayer = Replayer(reader.machine, reader.header.snapshot, check_iotlb=check_iotlb)
+            replayer = Replayer(reader.machine, reader.header.snapshot, check_iotlb=check_iotlb,
+                                fast_path=fast_path)
             start = time.perf_counter()     # the rate is of records, not of building the machine
             for number, rec in reader:
                 result.records = number
