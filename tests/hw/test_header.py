@@ -1,4 +1,4 @@
-"""cext's public headers (hw.h, tracepack.h, p2m.h) are the one source of the cffi
+"""cext's public headers (hw.h, tracepack.h, p2m.h, fastpath.h) are the one source of the cffi
 declarations: _build.py reads their marked public parts, every C name Python
 calls is declared there, and nothing internal to cext/ (hw_internal.h) or
 benchmark-only reaches the library."""
@@ -15,11 +15,11 @@ PUBLIC = "\n".join(_build.cdef_from_header(h.read_text(), h.name) for h in _buil
 
 
 def _declared(text: str) -> set[str]:
-    """hw_/HW_, tp_/TP_ and p2m_/P2M_ names a C text declares (functions,
-    constants, enumerators)."""
-    return set(re.findall(r"\b((?:hw|tp|p2m)_\w+)\s*\(", text)) | set(
-        re.findall(r"#\s*define\s+((?:HW|TP|P2M)_\w+)", text)) | set(
-        re.findall(r"\b((?:HW|TP|P2M)_\w+)\s*=", text))
+    """hw_/HW_, tp_/TP_, p2m_/P2M_ and fp_/FP_ names a C text declares
+    (functions, constants, enumerators)."""
+    return set(re.findall(r"\b((?:hw|tp|p2m|fp)_\w+)\s*\(", text)) | set(
+        re.findall(r"#\s*define\s+((?:HW|TP|P2M|FP)_\w+)", text)) | set(
+        re.findall(r"\b((?:HW|TP|P2M|FP)_\w+)\s*=", text))
 
 
 def test_the_build_has_no_declaration_of_its_own():
@@ -30,10 +30,11 @@ def test_the_build_has_no_declaration_of_its_own():
 def test_every_name_python_calls_comes_from_the_public_header():
     used = set()
     for path in (ROOT / "xenemu").rglob("*.py"):
-        used |= set(re.findall(r"\blib\.((?:hw|HW|tp|TP|p2m|P2M)_\w+)", path.read_text()))
+        used |= set(re.findall(r"\blib\.((?:hw|HW|tp|TP|p2m|P2M|fp|FP)_\w+)", path.read_text()))
     assert used, "xenemu calls the C library through lib.hw_*"
     assert any(name.startswith("tp_") for name in used), "and the trace packer through lib.tp_*"
     assert any(name.startswith("p2m_") for name in used), "and the p2m runs through lib.p2m_*"
+    assert "fp_answer" in used, "and the fast path through lib.fp_*"
     assert used <= _declared(PUBLIC)
     for name in used:
         assert hasattr(lib, name), name
