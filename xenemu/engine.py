@@ -24,6 +24,7 @@ engine does no I/O.
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,11 +71,16 @@ Effect = OpenDomainSocket | CloseDomain | WriteSnapshot
 class Engine:
     """One machine and what drives it. `record`: keep trace records in
     `events`. `snapshots`: control may ask for snapshots (the daemon's
-    engine), to `path`, or `snapshot_path` when none is given."""
+    engine), to `path`, or `snapshot_path` when none is given. `fast_path`:
+    answer the hot sub-ops of a receive buffer in C (None: on unless the
+    environment has XENEMU_FAST_PATH=0)."""
 
     def __init__(self, hv: Hypervisor, *, record: bool = False, snapshots: bool = False,
-                 snapshot_path: Path | None = None):
+                 snapshot_path: Path | None = None, fast_path: bool | None = None):
         self.hv = hv
+        if fast_path is None:
+            fast_path = os.environ.get("XENEMU_FAST_PATH", "1") != "0"
+        self.fast_path = fast_path
         self.clock = hv.clock
         self.events: list | None = [] if record else None
         self.snapshot_path = snapshot_path
