@@ -50,6 +50,7 @@ from pathlib import Path
 
 import pytest
 
+from support import DaemonProcess
 from xenemu import iommu_contexts, snapshot
 from xenemu.engine import Engine
 from xenemu.hypercalls import iommu_op_v1 as v1
@@ -59,6 +60,7 @@ from xenemu.hypervisor import Hypervisor
 from xenemu.machine import DomainConfig, MachineConfig
 from xenemu.pci import format_sbdf, parse_sbdf
 from xenemu.trace.pack import pack_in_python
+from xenemu.trace.replay import Replayer
 from xenemu.wire import FrameDecoder, Region, encode_call
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -691,6 +693,27 @@ def test_a_bug_planted_in_a_python_handler_is_caught(monkeypatch, revision, plan
         for seed in SEEDS:
             run_program(revision, seed, python_hook=hook)
     assert planted and "the engines differ at step" in str(caught.value)
+
+
+@pytest.mark.parametrize("setting", [None, "1", "0"])
+def test_xenemu_fast_path_reaches_the_daemon_and_replay(tmp_path, monkeypatch, setting):
+    """The switch `make test`'s second pass turns: XENEMU_FAST_PATH=0 turns
+    the fast path off in every Engine built with the default, the daemon's
+    (it says so in its log) and replay's; anything else leaves it on."""
+    if setting is None:
+        monkeypatch.delenv("XENEMU_FAST_PATH", raising=False)
+    else:
+        monkeypatch.setenv("XENEMU_FAST_PATH", setting)
+    on = setting != "0"
+    assert Replayer(machine(1)).engine.fast_path is on
+    assert Engine(Hypervisor(machine(2)), fast_path=not on).fast_path is not on
+    daemon = DaemonProcess(tmp_path, record=False)
+    try:
+        assert daemon.ctl("info")["abi"] == {"pv_iommu_revision": 1}
+    finally:
+        assert daemon.stop() == 0
+    said = "by the C fast path where it can" if on else "by the Python handlers alone"
+    assert f"hypercalls answered {said}" in daemon.log()
 
 
 FASTPATH_C = ROOT / "cext" / "fastpath.c"
