@@ -80,6 +80,7 @@ INNER = 0x3000              # revision 2's remote_cmd: the inner struct
 DEVICES = [parse_sbdf(s) for s in ("0000:00:02.0", "0000:00:03.0", "0000:00:04.0",
                                    "0000:01:00.0", "0000:02:00.0")]
 RMRR_DEVICE = DEVICES[2]    # identity-mapped pages wherever it is attached
+RMRR_PFN = 0xE8
 GFNS = 48                   # the gfns programs map and change types of
 DFNS = 600                  # the dfns programs map at (two leaf tables and more)
 
@@ -102,7 +103,7 @@ def machine(revision: int) -> MachineConfig:
     return MachineConfig(pv_iommu_revision=revision, address_width=48 if rev2 else 39,
                          memory_mib=64, iotlb_entries=16, check_iotlb=True,
                          page_in_delay_ms=10, rev2_pages_per_round=PER_ROUND,
-                         domains=domains, rmrr=((RMRR_DEVICE, 0xE8, 2),))
+                         domains=domains, rmrr=((RMRR_DEVICE, RMRR_PFN, 2),))
 
 
 class Divergence(AssertionError):
@@ -196,10 +197,12 @@ def control_state(engine: Engine) -> dict:
 
 def trace_bytes(engine: Engine) -> bytes:
     """The trace records the engine produced since the last call, packed
-    as the trace writer writes them (and taken out of the engine)."""
+    as the trace writer writes them (and taken out of the engine); records
+    already packed (bytes) as they are."""
     events = list(engine.events)
     engine.events.clear()
-    return pack_in_python(events)
+    return b"".join(e if isinstance(e, (bytes, bytearray)) else pack_in_python([e])
+                    for e in events)
 
 
 # -- the two machines, driven alike ------------------------------------------------------
@@ -296,8 +299,10 @@ class Calls:
 
     def dfn(self) -> int:
         r = self.rng.random()
-        if r < 0.85:
+        if r < 0.65:
             return self.rng.randrange(DFNS)
+        if r < 0.85:        # around the RMRR, identity-mapped where its device is attached
+            return self.rng.randrange(RMRR_PFN - 2, RMRR_PFN + 3)
         if r < 0.95:
             return self.max_dfn - self.rng.randrange(0, 4)         # at or past the top
         return self.rng.choice((self.max_dfn + 1, 1 << 52, (1 << 64) - 1))
@@ -350,7 +355,7 @@ class Calls:
             fields = dict(dfn=self.dfn())
             raw = v1.encode_op(v1.IOMMUOP_lookup_page, ctx, 0, "lookup_page", **fields)
         elif kind == "reattach":
-            sbdf = rng.choice(DEVICES)
+            sbdf = rng.choice(DEVICES + [RMRR_DEVICE] * 2)
             fields = dict(dev=dict(seg=sbdf >> 16, bus=(sbdf >> 8) & 0xFF, devfn=sbdf & 0xFF))
             ctx = rng.choice((0, 1, 2, 3))
             raw = v1.encode_op(v1.IOMMUOP_reattach_device, ctx, 0, "reattach_device", **fields)
@@ -402,7 +407,7 @@ class Calls:
             fields = dict(ctx_no=self.ctx(), free_flags=rng.choice((0, 0, 1)))
             raw, number = v2.encode(row[v2.IOMMU_free_context], **fields), v2.IOMMU_free_context
         elif kind == "reattach":
-            sbdf = rng.choice(DEVICES)
+            sbdf = rng.choice(DEVICES + [RMRR_DEVICE] * 2)
             fields = dict(ctx_no=rng.choice((0, 1, 2, 3)), seg=sbdf >> 16,
                           bus=(sbdf >> 8) & 0xFF, devfn=sbdf & 0xFF)
             raw = v2.encode(row[v2.IOMMU_reattach_device], **fields)
@@ -610,7 +615,7 @@ LOG_MARKS = {"a call continuing": "-> continuing", "a connection closing": "-> c
 REACHED = [*LOG_MARKS, "noop ok", "query_capabilities ok", "free_context ok", "map_pages ok",
            "map_pages -EINVAL", "map_pages -ERANGE", "map_pages -ENOMEM", "map_pages -EPERM",
            "map_pages -EADDRINUSE", "unmap_pages ok", "unmap_pages -ENOENT",
-           "unmap_pages -EINVAL"]
+           "unmap_pages -EINVAL", "unmap_pages -EADDRNOTAVAIL", "free_context -EBUSY"]
 REACHED_BY_REVISION = {
     1: [*REACHED, "map_pages -E2BIG", "map_pages -EIO", "unmap_pages -E2BIG", "lookup_page ok",
         "lookup_page -ENOENT", "lookup_page -EINVAL", "unknown -EFAULT", "unknown -EINVAL",
