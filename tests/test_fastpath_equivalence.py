@@ -157,9 +157,13 @@ def reply_difference(a: bytes, b: bytes) -> str | None:
                            for f in dec])
         except Exception as e:      # not frames at all: the bytes say it
             frames.append([f"undecodable ({e})"])
-    diff = first_difference(frames[0], frames[1], "replies")
     at = next(i for i, (x, y) in enumerate(zip(a + b"\0", b + b"\1")) if x != y)
-    return f"{diff or 'replies'} (first differing byte at offset {at})"
+    for i, (x, y) in enumerate(zip(*frames)):
+        diff = first_difference(x, y, f"replies[{i}]")
+        if diff:
+            req = f"the reply to #{x['req_id']}: " if isinstance(x, dict) else ""
+            return f"{req}{diff} (first differing byte at offset {at})"
+    return f"{first_difference(*frames, 'replies')} (first differing byte at offset {at})"
 
 
 # -- what both machines must agree on ----------------------------------------------------
