@@ -546,6 +546,10 @@ class Program:
             text += f" + the start of [{split}]"
         if conn.continuing:
             text += " (a call continuing)"
+        others = [other for other, domid in self.names.items() if other != name and
+                  domid == self.names[name] and self.twins.conns[other][0].continuing]
+        if done and others:     # what a fast path's stale state would get wrong
+            text += f" (while {others[0]}'s call continues)"
         self.log.append(text)
         replies, flags = self.twins.deliver(name, chunk)
         if flags[0] or flags[1]:
@@ -613,7 +617,8 @@ class Program:
 LOG_MARKS = {"a call continuing": "-> continuing", "a connection closing": "-> closing",
              "fail-nth armed": "'fail_nth'", "a p2m change": "'p2m_set'",
              "a domain destroyed": "domain_destroy", "a frame split": "+ the start of",
-             "a device moved": "'device_", "time moving": "time: +"}
+             "a device moved": "'device_", "time moving": "time: +",
+             "calls while another connection's continues": "'s call continues)"}
 # What the programs of each revision must all together have reached: the log's
 # marks and results of sub-ops ("subop result" as `stats` counts calls).
 REACHED = [*LOG_MARKS, "noop ok", "query_capabilities ok", "free_context ok", "map_pages ok",
