@@ -13,9 +13,12 @@ import dataclasses
 import pytest
 
 from support import DaemonProcess, assert_replays, checked_local
+from xenemu import iommu_contexts
 from xenemu.client import RevisionTwoClient, subop_frame
+from xenemu.errno import XenErrno as E
 from xenemu.hypercalls import iommu_op_v2 as v2
 from xenemu.machine import DomainConfig, default_machine
+from xenemu.trace.text import decode_reply
 from xenemu.wire import Region, encode_call
 
 MAX_IOVA = (1 << 48) - 1
@@ -117,6 +120,33 @@ def test_long_map_preempts_and_others_are_served_between_rounds(tmp_path):
         r = d0.unmap_pages(1, dfn0, nr0)
         assert (r.name, r.op.unmapped, r.op.dfn, r.op.nr_pages) == ("0", nr0, dfn0 + k, nr0 - k)
         assert d0.free_context(1).ok
+
+
+def test_map_and_unmap_between_the_rounds_of_a_free_are_einval(tmp_path, monkeypatch):
+    """Xen v7's teardown is never preempted: no call sees a context half torn
+    down. xenemu's free continues; a map or unmap of the context between its
+    rounds is -EINVAL, as once the free is over (it closed the connection
+    with an internal error before)."""
+    monkeypatch.setattr(iommu_contexts, "TEARDOWN_SLICE", 8)
+    with checked_local(machine(), tmp_path / "t.xt") as m:
+        d0 = m.client(0)
+        assert d0.init(4, 12).ok                      # context 1
+        assert d0.map_pages(1, 0x10, 0x100, 40).ok
+        freeing = m.engine.connection(0, "free")
+        row = v2.SUBOPS_BY_NUMBER[v2.IOMMU_free_context]
+        freeing.receive_data(call_frame(1, v2.IOMMU_free_context, v2.encode(row, ctx_no=1)))
+        assert freeing.answer() == b"" and freeing.continuing
+        m.record_events()
+        mapped = d0.map_pages(1, 0x80, 0x400, 1)
+        unmapped = d0.unmap_pages(1, 0x100, 1)
+        assert (mapped.ret, unmapped.ret) == (-E.EINVAL, -E.EINVAL)
+        assert (mapped.op.mapped, unmapped.op.unmapped) == (0, 0)
+        while freeing.continuing:
+            reply = freeing.answer()
+        m.record_events()
+        assert decode_reply(reply).ret == 0
+        assert d0.map_pages(1, 0x80, 0x400, 1).ret == -E.EINVAL     # gone
+        assert m.hv.check_invariants() == []
 
 
 def test_error_after_preemption_keeps_the_count_across_rounds(m):

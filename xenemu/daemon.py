@@ -117,6 +117,8 @@ class Daemon:
         self.recorder: TraceWriter | None = None
         self.engine = Engine(hv, record=record is not None, snapshots=True,
                              snapshot_path=snapshot_path)
+        log.info("xenemu: hypercalls answered %s", "by the C fast path where it can"
+                 if self.engine.fast_path else "by the Python handlers alone (XENEMU_FAST_PATH=0)")
         self.snapshot_path = snapshot_path
         # What the daemon was asked to keep and could not (a trace stopped
         # early, the snapshot at shutdown): why `xenemu serve` exits 3.

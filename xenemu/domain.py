@@ -28,7 +28,7 @@ class Context:
     only Python reads, is plain attributes."""
 
     __slots__ = ("_c", "ctx_no", "domid", "devices", "parent", "s1_root", "pasids", "page_requests",
-                 "dirty_tracking")
+                 "dirty_tracking", "tearing_down")
 
     def __init__(self, ctx_no: int, hw_id: int, domid: int, *, parent: int | None = None,
                  s1_root: int = 0, page_requests: bool = False):
@@ -48,6 +48,10 @@ class Context:
         self.page_requests = page_requests      # nested: stage-1 faults become page requests
         # The walker keeps A/D bits (alloc_context's xenemu flag, abi/NESTED.md).
         self.dirty_tracking = False
+        # Its teardown has begun (dying is then set too): the hardware
+        # refuses it to all but the teardown. (Revision 2's -EBUSY leaves a
+        # context dying that is not torn down, and still maps.)
+        self.tearing_down = False
 
     def __repr__(self) -> str:
         return f"Context(ctx_no={self.ctx_no}, hw_id={self.hw_id}, dying={self.dying})"

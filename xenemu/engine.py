@@ -71,7 +71,9 @@ Effect = OpenDomainSocket | CloseDomain | WriteSnapshot
 class Engine:
     """One machine and what drives it. `record`: keep trace records in
     `events`. `snapshots`: control may ask for snapshots (the daemon's
-    engine), to `path`, or `snapshot_path` when none is given."""
+    engine), to `path`, or `snapshot_path` when none is given. `fast_path`:
+    answer the hot sub-ops of a receive buffer in C (None: on unless the
+    environment has XENEMU_FAST_PATH=0)."""
 
     def __init__(self, hv: Hypervisor, *, record: bool = False, snapshots: bool = False,
                  snapshot_path: Path | None = None, fast_path: bool | None = None):

@@ -195,7 +195,7 @@ class IommuContexts:
         dropping the page references its mappings held. True when finished.
         (Its devices have left, and their identity ranges with them.)"""
         assert not ctx.identity, "a context is torn down after its devices left"
-        ctx.dying = True
+        ctx.dying = ctx.tearing_down = True
         slice_ = budget or (1 << 20)
         while True:
             mfns, finished = self.iommu.teardown(ctx.hw_id, slice_)

@@ -315,7 +315,8 @@ def reattach_device_op(hv: Hypervisor, d: Domain, op: SubopCall) -> int:
 
 
 def _context(d: Domain, ctx_no: int) -> Context:
-    """map/unmap's context: allocated and not 0 (dying ones still map), -EINVAL else."""
+    """map/unmap's context: allocated and not 0 (dying ones still map, but
+    not one whose teardown is under way), -EINVAL else."""
     ctx = d.context(ctx_no) if ctx_no != IOMMU_DEFAULT_CONTEXT else None
     if ctx is None:
         raise HypercallError(XenErrno.EINVAL, "the default context is not reachable"
@@ -324,6 +325,11 @@ def _context(d: Domain, ctx_no: int) -> Context:
     if ctx.nested:
         raise HypercallError(XenErrno.EINVAL, f"context {ctx_no} is nested: its stage 1 is the "
                                               f"guest's table at gfn {ctx.s1_root:#x}")
+    if ctx.tearing_down:
+        # Xen v7's teardown is never preempted (§5.5): no call sees it half
+        # done, only the context gone. xenemu's free continues, and a call
+        # between its rounds gets what it gets once the free is over.
+        raise HypercallError(XenErrno.EINVAL, f"context {ctx_no} is being freed")
     return ctx
 
 
