@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import msgpack
 import pytest
 
 from support import DaemonProcess, assert_replays, checked_local
@@ -147,6 +148,62 @@ def test_map_and_unmap_between_the_rounds_of_a_free_are_einval(tmp_path, monkeyp
         assert decode_reply(reply).ret == 0
         assert d0.map_pages(1, 0x80, 0x400, 1).ret == -E.EINVAL     # gone
         assert m.hv.check_invariants() == []
+
+
+def restored(hv):
+    """hv's snapshot as a file holds it, restored."""
+    from xenemu import snapshot
+    return snapshot.restore(msgpack.unpackb(msgpack.packb(snapshot.take(hv), use_bin_type=True),
+                                            raw=False))
+
+
+def answers(conn, *frames) -> list[int]:
+    """The results of frames sent on an engine connection at once."""
+    from xenemu.wire import FrameDecoder
+    conn.receive_data(b"".join(frames))
+    dec = FrameDecoder.for_client()
+    dec.feed(conn.answer())
+    return [f.ret for f in dec]
+
+
+def test_a_snapshot_keeps_a_dying_context_mapping_and_one_being_torn_down(tmp_path,
+                                                                          monkeypatch):
+    """-EBUSY leaves a context dying that still maps (v7): a snapshot keeps
+    its mappings. A context whose teardown is under way is saved being torn
+    down, without the mappings it has left; restored, map and unmap on it
+    are -EINVAL and the next free_context finishes it."""
+    from xenemu.engine import Engine
+    monkeypatch.setattr(iommu_contexts, "TEARDOWN_SLICE", 8)
+    free_row = v2.SUBOPS_BY_NUMBER[v2.IOMMU_free_context]
+    map_row = v2.SUBOPS_BY_NUMBER[v2.IOMMU_map_pages]
+    unmap_row = v2.SUBOPS_BY_NUMBER[v2.IOMMU_unmap_pages]
+    with checked_local(machine(), tmp_path / "t.xt") as m:
+        d0 = m.client(0)
+        assert d0.init(4, 12).ok and d0.map_pages(1, 0x10, 0x100, 40).ok
+        assert d0.alloc_context().op.ctx_no == 2 and d0.reattach_device(2, 0, 0, 0x18).ok
+        assert d0.map_pages(2, 0x20, 0x200, 2).ok
+        assert d0.free_context(2).name == "-EBUSY"           # dying, mapping
+        freeing = m.engine.connection(0, "free")
+        assert answers(freeing, call_frame(1, v2.IOMMU_free_context,
+                                           v2.encode(free_row, ctx_no=1))) == []
+        assert freeing.continuing
+        m.record_events()
+        again = restored(m.hv)
+        while freeing.continuing:
+            freeing.answer()
+        m.record_events()
+    busy, torn = again.domains[0].contexts[2], again.domains[0].contexts[1]
+    assert (busy.dying, busy.tearing_down, torn.dying, torn.tearing_down) == \
+        (True, False, True, True)
+    conn = Engine(again).connection(0)
+    assert answers(conn,
+                   call_frame(2, v2.IOMMU_map_pages, v2.encode(
+                       map_row, ctx_no=1, gfn=0x80, dfn=0x400, nr_pages=1, map_flags=3)),
+                   call_frame(3, v2.IOMMU_unmap_pages, v2.encode(
+                       unmap_row, ctx_no=2, dfn=0x200, nr_pages=2)),
+                   call_frame(4, v2.IOMMU_free_context, v2.encode(free_row, ctx_no=1))) == \
+        [-E.EINVAL, 0, 0]
+    assert again.domains[0].contexts[1] is None and again.check_invariants() == []
 
 
 def test_error_after_preemption_keeps_the_count_across_rounds(m):

@@ -17,10 +17,11 @@ restored machine allocates its own; lookup_page and dump report gfns through
 the M2P), hardware context ids, the IOTLB's entries (it starts cold) and its
 counters (they count from the restore). Kept as far as they can be read back: table pages
 (a restored context has those its mappings need, not those an unmap left
-empty), and a context being freed, kept as dying and without the mappings
-its teardown has not reached: the hardware refuses to read a dying
-context's tables (as PV-IOMMU refuses map, unmap and lookup on it), and the
-next free_context finishes it.
+empty), and a context being freed, kept as dying and being torn down, without
+the mappings its teardown has not reached: the hardware refuses to read such
+a context's tables (as PV-IOMMU refuses map, unmap and lookup on it), and the
+next free_context finishes it. (Revision 2's -EBUSY leaves a context dying
+that is not torn down: it keeps its mappings.)
 
 `write()` and `read()` move a snapshot to and from a file (one msgpack map,
 `abi/SNAPSHOT.md`); a write replaces the file atomically.
@@ -159,6 +160,9 @@ class ContextState(_Map):
     dying: bool
     devices: Annotated[list[Sbdf], msgspec.Meta(max_length=MAX_DEVICES)]
     mappings: list[Mapping]
+    # Its teardown is under way (a continued free_context): then it lists no
+    # mappings. Absent in files before it: a dying context was torn down.
+    teardown: bool | None = None
     nested: NestedState | None = None
     # alloc_context's dirty-tracking flag (abi/NESTED.md), and the pages
     # whose A and D bits are set (D only where A is, as the walker sets them).
@@ -259,9 +263,9 @@ def _take_domain(hv: Hypervisor, d: Domain) -> dict:
 
 
 def _take_context(hv: Hypervisor, ctx: Context) -> dict:
-    entry = {"ctx_no": ctx.ctx_no, "dying": ctx.dying,
+    entry = {"ctx_no": ctx.ctx_no, "dying": ctx.dying, "teardown": ctx.tearing_down,
              "devices": [format_sbdf(s) for s in sorted(ctx.devices)],
-             "mappings": [] if ctx.dying or ctx.nested else mappings(hv, ctx)}
+             "mappings": [] if ctx.tearing_down or ctx.nested else mappings(hv, ctx)}
     if ctx.dirty_tracking:  # keys absent otherwise, as "nested"
         entry["dirty_tracking"] = True
         entry["accessed"], entry["dirty"] = _ad_runs(hv, ctx, entry["mappings"])
@@ -629,7 +633,12 @@ def _restore_contexts(hv: Hypervisor, d: Domain, contexts: list[ContextState],
             _map(hv, d, ctx, entry.mappings, here)
             if entry.dirty_tracking:
                 _load_ad(hv, ctx, entry, here)
-        ctx.dying = entry.dying
+        # Revision 2's -EBUSY leaves a context dying, mapping, not torn down.
+        teardown = entry.dying if entry.teardown is None else entry.teardown
+        if teardown and (not entry.dying or entry.mappings):
+            raise SnapshotError(f"{here}.teardown: a context being torn down is dying and "
+                                f"lists no mappings")
+        ctx.dying, ctx.tearing_down = entry.dying, teardown
         if ctx.dying and ctx_no == 0:
             raise SnapshotError(f"{here}: the default context is never freed")
         for k, sbdf in enumerate(entry.devices):
