@@ -274,7 +274,9 @@ static int map_errno(int hw_status)
     case HW_E_PRESENT: return XEN_EADDRINUSE;
     case HW_E_RANGE: return XEN_ERANGE;
     case HW_E_NOMEM: return XEN_ENOMEM;
-    default: return XEN_EPERM;      /* INJECTED, REFCOUNT: get_page failed */
+    /* INJECTED, REFCOUNT: get_page failed. (BADFRAME, NOCTX, BUSY: a RAM
+     * frame of the domain, a usable live context: not reached.) */
+    default: return XEN_EPERM;
     }
 }
 

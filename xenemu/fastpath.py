@@ -14,7 +14,8 @@ What Python still does for a batch C answered: tick the clock once (every
 frame of the batch happened at that moment), take the reply bytes (one
 copy), and, only when asked for, the trace records C packed (one bytes
 object) and the debug log lines, rebuilt from C's per-frame results in the
-handlers' words. Calls C answered are counted in C (Domain.fast_calls).
+handlers' words. Calls C answered are counted in C (Domain.call_counts
+adds them to the handlers').
 
 `XENEMU_FAST_PATH=0` in the environment turns it off for every engine that
 does not say otherwise (`make test` runs the suite once each way); a
@@ -49,7 +50,7 @@ class FastPath:
     def __init__(self, hv):
         iommu_op = hypercalls.abis(hv.config.pv_iommu_revision)[lib.FP_HYPERCALL]
         mc = ffi.new("struct fp_machine *")
-        mc.io = hv.iommu._io
+        mc.io = hv.iommu.c_iommu
         mc.revision = hv.config.pv_iommu_revision
         mc.flags = ((lib.FP_M_IOMMU if hv.config.iommu else 0)
                     | (lib.FP_M_NESTED if hv.config.nested else 0)

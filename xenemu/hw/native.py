@@ -179,6 +179,12 @@ class Iommu:
         self.check = check
 
     @property
+    def c_iommu(self):
+        """The `struct hw_iommu *` itself, for C that reads the hardware
+        directly (cext/fastpath.c); valid while this object lives."""
+        return self._io
+
+    @property
     def check(self) -> bool:
         """Check mode: every IOTLB hit is verified against the tables; a
         stale one is counted and raises StaleIotlbError."""
