@@ -126,6 +126,10 @@ class TraceWriter:
         """Serialise a batch of the engine's events (xenemu.engine), as
         abi/TRACE.md says, with one write."""
         if self.error is None and records:
+            if len(records) == 1 and type(records[0]) is PackedHypercalls:
+                # The fast path's batch alone (the common case): its bytes as they are.
+                self._write(records[0].data, records[0].count)
+                return
             count = sum(r.count if type(r) is PackedHypercalls else 1 for r in records)
             self._write(self._packer.pack(records), count)
             self._packer.release()
