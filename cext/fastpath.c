@@ -98,11 +98,12 @@ int fp_identity_users(struct fp_context *c, uint64_t start, uint64_t pages,
         if (delta < 0 && r->users < (uint32_t)-delta)
             return -1;
         r->users += (uint32_t)delta;
-        if (r->users == 0) {        /* gone: the rest keep their order */
+        int left = (int)r->users;
+        if (left == 0) {            /* gone: the rest keep their order */
             memmove(r, r + 1, (c->nidentity - i - 1) * sizeof *r);
             c->nidentity--;
         }
-        return 0;
+        return left;
     }
     return -1;
 }

@@ -122,8 +122,9 @@ struct fp_result {
 struct fp_context *fp_context_create(uint32_t hw_id);
 void fp_context_destroy(struct fp_context *c);
 /* Identity ranges: add one (users 1; -1 if no memory or the bound of
- * `limit` ranges is reached), change a range's users by delta (the range
- * goes at 0; -1 if there is no such range). */
+ * `limit` ranges is reached), change a range's users by delta: the users
+ * left (the range goes at 0), or -1 if there is no such range (or fewer
+ * users than -delta). */
 int fp_identity_add(struct fp_context *c, uint64_t start, uint64_t pages,
                     uint32_t limit);
 int fp_identity_users(struct fp_context *c, uint64_t start, uint64_t pages,

@@ -99,10 +99,11 @@ class Context:
         if lib.fp_identity_add(self._c, start, pages, MAX_IDENTITY):
             raise MemoryError("no memory for an identity range")
 
-    def identity_users(self, start: int, pages: int, delta: int) -> None:
-        """The range's users change by delta; it goes when none are left."""
-        if lib.fp_identity_users(self._c, start, pages, delta):
-            raise ValueError(f"context {self.ctx_no} has no identity range {start:#x}+{pages}")
+    def identity_users(self, start: int, pages: int, delta: int) -> int | None:
+        """The range's users change by delta: how many are left (it goes at
+        0), or None when the context has no such range."""
+        left = lib.fp_identity_users(self._c, start, pages, delta)
+        return None if left < 0 else left
 
     def identity_at(self, dfn: int, n: int = 1) -> int | None:
         """The first dfn of [dfn, dfn + n) inside an identity range, or None
@@ -140,14 +141,11 @@ class ContextTable:
         self._dom.slot[i] = ffi.NULL if ctx is None else ctx._c
         self._items[i] = ctx
 
-    def extend(self, slots) -> None:
-        """More slots, all free (revision 2's init)."""
-        slots = list(slots)
-        if any(s is not None for s in slots):
-            raise ValueError("new context slots start free")
-        if lib.fp_domain_resize(self._dom, len(self._items) + len(slots)):
+    def grow(self, n: int) -> None:
+        """n more slots, all free (revision 2's init)."""
+        if lib.fp_domain_resize(self._dom, len(self._items) + n):
             raise MemoryError("no memory for the context table")
-        self._items.extend(slots)
+        self._items += [None] * n
 
 
 def _flag(bit: int, doc: str) -> property:

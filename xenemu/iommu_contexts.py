@@ -171,7 +171,7 @@ class IommuContexts:
         if arena_order > MAX_ARENA_ORDER:
             raise XenError(XenErrno.ENOMEM, f"no arena of 2^{arena_order} pages "
                                             f"(at most 2^{MAX_ARENA_ORDER}); init stays spent")
-        d.contexts.extend([None] * nr_contexts)
+        d.contexts.grow(nr_contexts)
         self.iommu.set_pool_limit(d.table_pool, 1 << arena_order if arena_order else 0)
 
     def free(self, d: Domain, ctx: Context, reattach_default: bool,
@@ -495,8 +495,7 @@ class IommuContexts:
         page is mapped there already or no table page is left."""
         added: list[tuple[int, int]] = []
         for start, pages in self.rmrrs.get(sbdf, ()):
-            if any(r[0] == start and r[1] == pages for r in ctx.identity):
-                ctx.identity_users(start, pages, +1)
+            if ctx.identity_users(start, pages, +1) is not None:     # there already
                 added.append((start, pages))
                 continue
             if ctx.ctx_no == 0:
@@ -524,9 +523,10 @@ class IommuContexts:
             self._identity_drop(d, ctx, start, pages)
 
     def _identity_drop(self, d: Domain, ctx: Context, start: int, pages: int) -> None:
-        ctx.identity_users(start, pages, -1)
-        if any(r[0] == start and r[1] == pages for r in ctx.identity):
-            return
+        left = ctx.identity_users(start, pages, -1)
+        assert left is not None, f"context {ctx.ctx_no} has no identity range {start:#x}+{pages}"
+        if left:
+            return          # other devices still use it
         self.iommu.unmap(ctx.hw_id, start, pages, flush=True)
         if ctx.ctx_no == 0 and not d.no_dma:
             self.identity_map(d, ctx, start, pages)     # its RAM 1:1 again, where RAM

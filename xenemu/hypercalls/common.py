@@ -30,6 +30,8 @@ from typing import Any, Callable
 from construct import Construct, Container
 
 from ..errno import XenErrno, XenError, result_name
+from ..hw import Status
+from ..hw._hwlib import lib
 
 HYPERVISOR_memory_op = 12
 HYPERVISOR_iommu_op = 43
@@ -134,9 +136,16 @@ class Hypercall:
     # (memory_op: MEMOP_CMD_MASK; the rest, its extent, is the handler's).
     subop_reg_mask: int = 0xFFFFFFFF
     row_mask: int = 0xFFFFFFFF
-    # The reason of a failure the fast path answered, for its log line:
-    # fast_why(why, hw_status, at) with fastpath.h's enum fp_why.
-    fast_why: Callable | None = None
+    # Why a map run stopped, as the handlers answer it: hw.Status ->
+    # (errno, reason with the dfn's place), for the fast path's log lines too.
+    map_stop: dict = field(default_factory=dict)
+
+    def fast_why(self, why: int, hw_status: int, at: int) -> str:
+        """The reason of a failure the fast path answered (fastpath.h's
+        enum fp_why, the hardware's status, the dfn), in the handlers' words."""
+        if why == lib.FP_WHY_MAP_STOP:
+            return self.map_stop[Status(hw_status)][1].format(at)
+        return f"no mapping at dfn {at:#x}"
 
     @property
     def fast_subops(self) -> int:

@@ -27,7 +27,6 @@ from typing import TYPE_CHECKING
 from construct import Bytes, Container, Int8ul, Int16ul, Int32ul, Int64ul, Struct
 
 from .. import hw
-from ..hw._hwlib import lib
 from ..domain import Context, Domain
 from ..errno import XenErrno
 from ..packing import struct_of
@@ -328,14 +327,6 @@ def _usable_context(d: Domain, ctx_no: int) -> Context:
     raise HypercallError(XenErrno.EINVAL, why)
 
 
-def fast_why(why: int, hw_status: int, at: int) -> str:
-    """The reason the fast path's failure gives in its log line, as the
-    handler words it (fastpath.h's enum fp_why)."""
-    if why == lib.FP_WHY_MAP_STOP:
-        return MAP_STOP[hw.Status(hw_status)][1].format(at)
-    return f"no mapping at dfn {at:#x}"
-
-
 # -- the table -----------------------------------------------------------------
 
 _RW = IOMMU_OP_readable | IOMMU_OP_writeable
@@ -373,7 +364,7 @@ IOMMU_OP = Hypercall(
     handle_arg=0, size=OP_SIZE, subop_field="subop_id",
     log=log, log_prefix=PREFIX, gate=can_use_iommu,
     hex_fields=frozenset({"flags", "gfn", "dfn", "max_iova_addr"}),
-    formatters={"dev": format_device}, fast_why=fast_why,
+    formatters={"dev": format_device}, map_stop=MAP_STOP,
 )
 
 # Union member name (as in the C header) -> its view, from the rows.

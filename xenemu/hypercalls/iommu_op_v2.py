@@ -40,7 +40,6 @@ from typing import TYPE_CHECKING
 from construct import Bytes, Int8ul, Int16ul, Int32ul, Int64ul, Struct
 
 from .. import hw
-from ..hw._hwlib import lib
 from ..domain import Context, Domain
 from ..errno import XenErrno, XenError
 from ..p2m import P2mType
@@ -469,14 +468,6 @@ def remote_cmd_op(hv: Hypervisor, d: Domain, op: SubopCall) -> int:
     return ret
 
 
-def fast_why(why: int, hw_status: int, at: int) -> str:
-    """The reason the fast path's failure gives in its log line, as the
-    handlers word it (fastpath.h's enum fp_why)."""
-    if why == lib.FP_WHY_MAP_STOP:
-        return MAP_STOP[hw.Status(hw_status)][1].format(at)
-    return f"no mapping at dfn {at:#x}"
-
-
 # -- the table -----------------------------------------------------------------
 
 _RW = IOMMU_MAP_readable | IOMMU_MAP_writeable
@@ -547,7 +538,7 @@ IOMMU_OP = Hypercall(
     hex_fields=frozenset({"gfn", "dfn", "pgtable_gfn", "map_flags", "free_flags", "alloc_flags",
                           "bitmap",
                           "cap_flags", "pgsize_mask", "max_iova_addr", "arg", "requests"}),
-    formatters={"dev": format_device}, fast_why=fast_why,
+    formatters={"dev": format_device}, map_stop=MAP_STOP,
 )
 
 
