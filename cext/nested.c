@@ -14,6 +14,16 @@ static int pasid_ok(uint32_t pasid)
     return pasid != 0 && pasid <= HW_PASID_MAX;
 }
 
+/* What a request with `pasid` through nested context id needs: a PASID it
+ * may carry (HW_E_INVAL) and the context live and nested (hw_ctx_find). */
+static int nested_target(const struct hw_iommu *io, uint32_t id, uint32_t pasid,
+                         struct hw_ctx **c)
+{
+    if (!pasid_ok(pasid))
+        return HW_E_INVAL;
+    return hw_ctx_find(io, id, 1, c);
+}
+
 /* walk()'s stage-1 not-present fault, told apart from stage 2's (only the
  * guest's table can be fixed by a page request); fault_kind() makes it
  * NOT_PRESENT for everyone else. */
@@ -92,9 +102,7 @@ int hw_pasid_attach(struct hw_iommu *io, uint32_t sbdf, uint32_t pasid,
     struct hw_ctx *c;
     if (!hw_dev_find(io, sbdf))
         return HW_E_NODEV;
-    if (!pasid_ok(pasid))
-        return HW_E_INVAL;
-    int st = hw_ctx_find(io, ctx, 1, &c);
+    int st = nested_target(io, ctx, pasid, &c);
     if (st != HW_OK)
         return st;
     if (hw_pasid_find(io, sbdf, pasid))
@@ -265,9 +273,7 @@ int hw_translate_nested(struct hw_iommu *io, uint32_t id, uint32_t pasid,
 {
     struct hw_ctx *c;
     *done = 0;
-    if (!pasid_ok(pasid))
-        return HW_E_INVAL;
-    int st = hw_ctx_find(io, id, 1, &c);
+    int st = nested_target(io, id, pasid, &c);
     if (st != HW_OK)
         return st;
     struct hw_counters acc = {0};
@@ -284,9 +290,7 @@ int hw_nested_dma_xlate(struct hw_iommu *io, uint32_t id, uint32_t sbdf,
                         uint64_t *maddr, uint8_t *kind)
 {
     struct hw_ctx *c;
-    if (!pasid_ok(pasid))
-        return HW_E_INVAL;
-    int st = hw_ctx_find(io, id, 1, &c);
+    int st = nested_target(io, id, pasid, &c);
     if (st != HW_OK)
         return st;
     int retried = c->prq ? hw_prq_retry(io, id, sbdf, pasid, addr) : 0;
