@@ -218,6 +218,27 @@ def test_a_worker_killed_mid_trace_costs_that_trace_only(tmp_path):
     assert (outcome(cases[str(BIG)]), outcome(cases[str(small)])) == ("error", "passed")
 
 
+@pytest.mark.parametrize("delay", [0.0, 0.05, 0.15])
+def test_ctrl_c_while_the_workers_start_prints_no_traceback(delay):
+    # A worker re-imports the main module before it runs: a Ctrl-C then
+    # printed its KeyboardInterrupt traceback (1 run in 20). Signalled once
+    # the first worker exists (the parent's handler is in place by then),
+    # while they are still starting.
+    proc = subprocess.Popen([sys.executable, "-m", "xenemu.cli", "replay", "-j", "3",
+                             str(TRACES / "linux-driver.xt"), str(BIG), str(BIG)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                            start_new_session=True)
+    deadline = time.monotonic() + 60
+    while not workers_of(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.005)
+    time.sleep(delay)
+    os.killpg(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert "Traceback" not in out + err
+    assert proc.returncode == 128 + signal.SIGINT, out + err
+    assert re.fullmatch(r"xenemu: replay stopped by SIGINT after reporting \d of 3 traces\n", err)
+
+
 @pytest.mark.parametrize("jobs", ["1", "3"])
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_ctrl_c_or_sigterm_stops_the_replay_cleanly(tmp_path, jobs, signum):

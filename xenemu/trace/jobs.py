@@ -25,6 +25,7 @@ import time
 from collections import deque
 from contextlib import contextmanager
 from dataclasses import dataclass
+from multiprocessing import resource_tracker
 from multiprocessing.connection import wait
 from pathlib import Path
 
@@ -137,7 +138,6 @@ class _PipeProgress:
 def _work(conn, options: ReplayOptions) -> None:
     """A worker: replays the traces it is sent, one at a time, until told to stop."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)    # the parent alone decides on Ctrl-C
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     try:
         while (task := conn.recv()) is not None:
             index, path = task
@@ -216,9 +216,17 @@ class ParallelReplay:
         parent, child = self._context.Pipe()
         process = self._context.Process(target=_work, args=(child, self._options), daemon=True,
                                         name="xenemu replay worker")
-        # The worker is born with SIGINT blocked (the mask is inherited), so a
-        # Ctrl-C before it has set SIGINT aside cannot print its traceback.
+        # The worker is born ignoring SIGINT, so that a Ctrl-C while it starts
+        # (re-importing the main module takes a while) cannot print its
+        # KeyboardInterrupt traceback: an ignored signal stays ignored across
+        # exec, where a blocked one does not (spawn's child starts with an
+        # empty mask). Meanwhile the parent's SIGINT is blocked, so that one
+        # arriving is held for its handler, not ignored. multiprocessing's
+        # resource tracker is started first: starting it unblocks SIGINT,
+        # which inside the window would let a Ctrl-C be ignored and lost.
+        resource_tracker.ensure_running()
         old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        handler = signal.signal(signal.SIGINT, signal.SIG_IGN)
         try:
             process.start()
         except OSError as e:        # EAGAIN: out of processes; ENOMEM
@@ -227,6 +235,7 @@ class ParallelReplay:
                 raise WorkerError(f"cannot start a replay worker process: {e}") from None
             return False
         finally:
+            signal.signal(signal.SIGINT, handler)
             signal.pthread_sigmask(signal.SIG_SETMASK, old)
             child.close()
         worker = _Worker(process, parent)
